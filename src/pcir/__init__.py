@@ -1,0 +1,10 @@
+"""pcir: a compiler for probabilistic circuits.
+
+``.pc`` text -> graph IR (node groups) -> passes -> Triton kernels -> a ``torch.nn.Module``.
+"""
+
+from .ir import *  # noqa: F401,F403
+from .ir import __all__ as _ir_all
+
+__version__ = "0.1.0"
+__all__ = list(_ir_all) + ["__version__"]

@@ -1,0 +1,189 @@
+"""Structural verifier. Each problem names the group (and its source span when known).
+
+Rules: roots exist; no dangling groups (every group reaches a root); variables and distributions
+exist and fit; edge patterns have consistent shapes and in-range indices; every sum node has an
+edge; parameters exist with the shape their users need (tied users agree) and valid values;
+**smoothness** (all children of a sum share one scope) and **decomposability** (children of a
+product have pairwise disjoint scopes). Smoothness and decomposability can be waived for the whole
+check (``verify(c, smooth=False)``) or per group with the attribute ``waive="smooth"`` /
+``waive="decomposable"``; the reference evaluator still computes what such a circuit says.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import distributions as dists
+from .circuit import NP_DTYPES, Circuit, InputGroup, ProductGroup, SumGroup
+from .diagnostics import VerifyError
+
+
+def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True) -> list[VerifyError]:
+    """Every rule violation found, in topological order of the groups."""
+    errs: list[VerifyError] = []
+
+    def err(g, msg: str) -> None:
+        errs.append(VerifyError(f"group '{g.name}': {msg}", getattr(g, "span", None)))
+
+    names = [v.name for v in circuit.variables]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        errs.append(VerifyError(f"duplicate variable name '{dup}'"))
+    if not circuit.roots:
+        errs.append(VerifyError("circuit has no root"))
+    for r in circuit.roots:
+        if r not in circuit:
+            errs.append(VerifyError(f"unknown root '{r}'"))
+    if errs:
+        return errs
+
+    # reachability from the roots
+    live: set[str] = set()
+    stack = list(circuit.roots)
+    while stack:
+        n = stack.pop()
+        if n in live:
+            continue
+        live.add(n)
+        stack.extend(circuit.children(n))
+    for g in circuit:
+        if g.name not in live:
+            err(g, "dangling group: not reachable from any root")
+
+    param_shape: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    def check_param(g, pname: str, shape: tuple[int, ...], dtype: str) -> bool:
+        if pname not in circuit.params:
+            err(g, f"unknown parameter '{pname}'")
+            return False
+        p = circuit.params[pname]
+        if p.shape != tuple(shape):
+            err(g, f"parameter '{pname}' has shape {list(p.shape)}, expected {list(shape)}")
+            return False
+        if pname in param_shape and param_shape[pname][0] != tuple(shape):
+            err(g, f"tied parameter '{pname}' is used with another shape by '{param_shape[pname][1]}'")
+            return False
+        param_shape.setdefault(pname, (tuple(shape), g.name))
+        if p.dtype not in NP_DTYPES or (dtype == "i64") != (p.dtype == "i64"):
+            err(g, f"parameter '{pname}' has dtype {p.dtype}, expected {dtype}")
+            return False
+        return True
+
+    scope = circuit.scope()
+    for g in circuit:
+        if g.units < 1:
+            err(g, f"units must be >= 1, got {g.units}")
+            continue
+        if isinstance(g, InputGroup):
+            if not 0 <= g.var < circuit.num_vars:
+                err(g, f"variable index {g.var} out of range (circuit has {circuit.num_vars} variables)")
+                continue
+            try:
+                dt = dists.get(g.dist.kind)
+            except VerifyError as e:
+                err(g, e.message)
+                continue
+            msg = dt.check_dist(g.dist)
+            if msg:
+                err(g, msg)
+                continue
+            dom = circuit.variables[g.var].domain
+            if not dt.accepts(g.dist, dom):
+                err(g, f"distribution {g.dist} does not fit variable '{circuit.variables[g.var].name}' of domain {dom}")
+            shape = dt.param_shape(g.dist, g.units)
+            if check_param(g, g.params, shape, dt.param_dtype(g.dist)):
+                p = circuit.params[g.params]
+                if p.value is not None:
+                    msg = dt.check_params(g.dist, np.asarray(p.value))
+                    if msg:
+                        err(g, msg)
+            continue
+        if not g.children:
+            err(g, "has no children")
+            continue
+        cu = circuit.child_units(g.name)
+        if isinstance(g, ProductGroup):
+            if g.pattern == "aligned":
+                if len(set(cu)) != 1 or cu[0] != g.units:
+                    err(g, f"aligned product needs children of {g.units} units each, got {cu}")
+            elif g.pattern == "outer":
+                if int(np.prod(cu)) != g.units:
+                    err(g, f"outer product of {cu} has {int(np.prod(cu))} units, not {g.units}")
+            elif g.pattern == "explicit":
+                e = g.edges
+                if e is None or e.shape != (g.units, len(g.children)):
+                    got = None if e is None else list(e.shape)
+                    err(g, f"explicit product edges must have shape [{g.units}, {len(g.children)}], got {got}")
+                else:
+                    for j, n in enumerate(cu):
+                        if e.size and (e[:, j].min() < 0 or e[:, j].max() >= n):
+                            err(g, f"edge index out of range for child '{g.children[j]}' ({n} units)")
+            else:
+                err(g, f"unknown product pattern '{g.pattern}'")
+            if decomposable and g.attr("waive") != "decomposable":
+                seen: set[int] = set()
+                for c in g.children:
+                    if seen & scope[c]:
+                        err(g, f"product is not decomposable: child '{c}' shares variables {sorted(seen & scope[c])[:5]} with an earlier child")
+                        break
+                    seen |= scope[c]
+            continue
+        assert isinstance(g, SumGroup)
+        k = sum(cu)
+        if g.pattern == "dense":
+            check_param(g, g.params, (g.units, k), "f64")
+        elif g.pattern == "block":
+            if g.block is None or g.mask is None:
+                err(g, "block-sparse sum needs block and mask")
+                continue
+            bm, bk = g.block
+            if bm < 1 or bk < 1 or g.units % bm or k % bk:
+                err(g, f"block {list(g.block)} does not tile [{g.units}, {k}]")
+                continue
+            if g.mask.shape != (g.units // bm, k // bk):
+                err(g, f"mask has shape {list(g.mask.shape)}, expected {[g.units // bm, k // bk]}")
+                continue
+            if not g.mask.any(axis=1).all():
+                err(g, "a block row of the mask has no edge (a sum node without children)")
+            check_param(g, g.params, (g.units, k), "f64")
+        elif g.pattern == "explicit":
+            e = g.edges
+            if e is None or e.ndim != 2 or e.shape[1] != 2 or e.shape[0] == 0:
+                err(g, "explicit sum edges must have shape [E, 2] with E >= 1")
+                continue
+            if e[:, 0].min() < 0 or e[:, 0].max() >= g.units:
+                err(g, f"edge node index out of range ({g.units} units)")
+                continue
+            if e[:, 1].min() < 0 or e[:, 1].max() >= k:
+                err(g, f"edge child index out of range ({k} child units)")
+                continue
+            if len(np.unique(e[:, 0] * k + e[:, 1])) != len(e):
+                err(g, "duplicate edge")
+            if len(np.unique(e[:, 0])) != g.units:
+                missing = sorted(set(range(g.units)) - set(np.unique(e[:, 0]).tolist()))
+                err(g, f"sum node {missing[0]} has no edge")
+            check_param(g, g.params, (len(e),), "f64")
+        else:
+            err(g, f"unknown sum pattern '{g.pattern}'")
+            continue
+        p = circuit.params.get(g.params)
+        if p is not None and p.value is not None and p.shape == circuit.params[g.params].shape:
+            v = np.asarray(p.value)
+            if not np.all(np.isfinite(v)) or np.any(v < 0):
+                err(g, "sum weights must be finite and non-negative")
+        if smooth and g.attr("waive") != "smooth":
+            s0 = scope[g.children[0]]
+            for c in g.children[1:]:
+                if scope[c] != s0:
+                    diff = sorted(s0 ^ scope[c])[:5]
+                    err(g, f"sum is not smooth: children '{g.children[0]}' and '{c}' have different scopes (differ on {diff})")
+                    break
+    return errs
+
+
+def verify(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True) -> Circuit:
+    """Raise the first :class:`VerifyError` found; return the circuit unchanged when valid."""
+    errs = problems(circuit, smooth=smooth, decomposable=decomposable)
+    if errs:
+        raise errs[0]
+    return circuit
