@@ -1,0 +1,1 @@
+"""Subcommands of ``pcir``: each module here is one (see :mod:`pcir.cli`)."""
