@@ -1,0 +1,47 @@
+"""Shared test configuration.
+
+* ``--device cuda`` runs the kernel tests on the GPU with real Triton compilation; the default,
+  ``cpu``, runs the same kernels under ``TRITON_INTERPRET=1`` (scripts/test.sh sets it).
+* Hypothesis profiles: ``ci`` (default, small) and ``thorough`` (``--hypothesis-profile thorough``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,
+)
+settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=["cpu", "cuda"], help="device for kernel tests")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    dev = request.config.getoption("--device")
+    if dev == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("--device cuda given but no CUDA device")
+    return dev
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--device") == "cuda":
+        return
+    skip = pytest.mark.skip(reason="needs --device cuda")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
