@@ -189,7 +189,9 @@ class Checkpoint:
         try:
             from .ir.parser import parse_ir
         except ImportError:  # pragma: no cover - the parser lands separately
-            raise CheckpointError(f"{self.path / MODEL_FILE}: reading it needs pcir.ir.parser, which is not installed") from None
+            raise CheckpointError(
+                f"{self.path / MODEL_FILE}: reading it needs pcir.ir.parser, which is not installed"
+            ) from None
         c = parse_ir(self.model_text, filename=str(self.path / MODEL_FILE))
         return self.apply(c)
 
@@ -260,7 +262,12 @@ def check_matches(ck: Checkpoint, circuit: Circuit) -> None:
     if names != want:
         extra, missing = sorted(names - want), sorted(want - names)
         detail = "; ".join(
-            s for s in (f"missing {', '.join(missing[:5])}" if missing else "", f"unexpected {', '.join(extra[:5])}" if extra else "") if s
+            s
+            for s in (
+                f"missing {', '.join(missing[:5])}" if missing else "",
+                f"unexpected {', '.join(extra[:5])}" if extra else "",
+            )
+            if s
         )
         raise CheckpointError(f"{where}: parameters do not match the circuit ({detail})")
     for k, p in circuit.params.items():

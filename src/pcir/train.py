@@ -72,7 +72,9 @@ def compile_model(circuit: Circuit, device: str, **kw: Any):
         try:
             from . import compile as backend_compile  # type: ignore[attr-defined,no-redef]
         except ImportError:
-            raise BackendError("training needs the compiled runtime (pcir.compile), which this install does not have") from None
+            raise BackendError(
+                "training needs the compiled runtime (pcir.compile), which this install does not have"
+            ) from None
     return backend_compile(circuit, device=device, **kw)
 
 
@@ -134,7 +136,7 @@ class TrainResult:
 
 
 # ---- data on the device -------------------------------------------------------------------------
-class _Split:
+class DeviceSplit:
     """One split as tensors on the model's device; ``batch`` gives model-ready slices."""
 
     def __init__(self, x: np.ndarray, missing: np.ndarray | None, discrete: bool, device):
@@ -151,17 +153,17 @@ class _Split:
         return xb, mb
 
 
-def _splits_on_device(circuit: Circuit, dataset: Dataset, device, allow_missing: bool) -> dict[str, _Split]:
+def _splits_on_device(circuit: Circuit, dataset: Dataset, device, allow_missing: bool) -> dict[str, DeviceSplit]:
     discrete = all(v.domain.is_discrete for v in circuit.variables)
     out = {}
     for name, table in dataset.splits.items():
         x, miss = check_table(table, circuit, allow_missing)
-        out[name] = _Split(x, miss, discrete, device)
+        out[name] = DeviceSplit(x, miss, discrete, device)
     return out
 
 
 @torch.no_grad()
-def evaluate(model, split: _Split, batch_size: int = 4096) -> np.ndarray:
+def evaluate(model, split: DeviceSplit, batch_size: int = 4096) -> np.ndarray:
     """Per-sample log-likelihoods of a split (float64 numpy)."""
     outs = []
     for s in range(0, split.n, batch_size):
@@ -175,7 +177,8 @@ def _params_of(model) -> dict[str, np.ndarray]:
     return ckpt.param_arrays(model.to_circuit())
 
 
-def _load_params(model, params: dict[str, np.ndarray]) -> None:
+def load_params(model, params: dict[str, np.ndarray]) -> None:
+    """Set a compiled model's parameters from arrays (e.g. a checkpoint's)."""
     for k, v in params.items():
         if v.dtype.kind == "f":  # integer parameters (indicator values) never change in training
             model.set_param(k, torch.from_numpy(np.ascontiguousarray(v)))
@@ -264,9 +267,11 @@ class Trainer:
             raise CheckpointError(
                 f"{ck.path / ckpt.STATE_FILE}: the checkpoint was trained on different data (fingerprint {fp[:12]}..., this data {self.fingerprint[:12]}...)"
             )
-        _load_params(self.model, ck.params)
+        load_params(self.model, ck.params)
         old = st.get("settings", {})
-        diff = [f"{k} {old[k]} -> {v}" for k, v in asdict(self.config).items() if k in old and old[k] != v and k != "epochs"]
+        diff = [
+            f"{k} {old[k]} -> {v}" for k, v in asdict(self.config).items() if k in old and old[k] != v and k != "epochs"
+        ]
         if diff:
             self._note("resuming with changed settings: " + ", ".join(diff))
         self.history = [EpochRecord(**h) for h in st.get("history", [])]
@@ -321,7 +326,9 @@ class Trainer:
         if "valid" in self.data:
             valid = float(evaluate(self.model, self.data["valid"], cfg.eval_batch_size).mean())
         eval_time = time.perf_counter() - t1
-        return EpochRecord(epoch, total / max(count, 1), valid, step, train_time, eval_time, count / max(train_time, 1e-9))
+        return EpochRecord(
+            epoch, total / max(count, 1), valid, step, train_time, eval_time, count / max(train_time, 1e-9)
+        )
 
     def fit(self) -> TrainResult:
         """Run the remaining epochs, then evaluate the best parameters on every split."""
@@ -340,7 +347,9 @@ class Trainer:
                 rec = self._run_epoch(epoch)
             except KeyboardInterrupt:
                 if self.out is not None:
-                    self.log(f"interrupted in epoch {epoch}; {self.out / 'last'} holds epoch {epoch - 1}; continue with --resume")
+                    self.log(
+                        f"interrupted in epoch {epoch}; {self.out / 'last'} holds epoch {epoch - 1}; continue with --resume"
+                    )
                 raise
             self.history.append(rec)
             self.elapsed += rec.train_time_s + rec.eval_time_s
@@ -358,11 +367,13 @@ class Trainer:
             self.log(_epoch_line(rec, cfg.epochs, improved and rec.valid_ll is not None))
             if cfg.patience and self.bad_epochs >= cfg.patience and epoch < cfg.epochs:
                 stopped = True
-                self._note(f"early stop: no validation improvement for {cfg.patience} epochs (best: epoch {self.best_epoch})")
+                self._note(
+                    f"early stop: no validation improvement for {cfg.patience} epochs (best: epoch {self.best_epoch})"
+                )
         if self.out is not None and self.best_epoch is not None:
             self._best_params = ckpt.load_checkpoint(self.out, "best", self.model.to_circuit()).params
         if self._best_params is not None:
-            _load_params(self.model, self._best_params)
+            load_params(self.model, self._best_params)
         report = self._report(stopped)
         if self.out is not None:
             ckpt.write_file_atomic(self.out / "report.json", json.dumps(report, indent=1) + "\n")
@@ -380,7 +391,12 @@ class Trainer:
         times = [h.train_time_s for h in self.history]
         return {
             **self.meta,
-            "data": {"name": self.dataset.name, "source": self.dataset.source, "sizes": self.dataset.sizes(), "fingerprint": self.fingerprint},
+            "data": {
+                "name": self.dataset.name,
+                "source": self.dataset.source,
+                "sizes": self.dataset.sizes(),
+                "fingerprint": self.fingerprint,
+            },
             "device": self.device,
             "device_name": device_name(self.device),
             "settings": asdict(self.config),
@@ -474,7 +490,18 @@ def train(
             hint="one column per variable, in the circuit's variable order",
         )
     model = (compile_fn or compile_model)(circuit, device=device)
-    trainer = Trainer(model, circuit, dataset, config, out=out, device=device, progress=progress, log=log, on_batch=on_batch, meta=meta)
+    trainer = Trainer(
+        model,
+        circuit,
+        dataset,
+        config,
+        out=out,
+        device=device,
+        progress=progress,
+        log=log,
+        on_batch=on_batch,
+        meta=meta,
+    )
     if resume:
         trainer.resume()
     elif out is not None and (Path(out) / "last").is_symlink():
@@ -483,4 +510,3 @@ def train(
             hint="continue it with --resume, or choose another --out",
         )
     return trainer.fit()
-

@@ -12,6 +12,17 @@ from .dataset import SHIPPED, SPLITS, Dataset, check_table, known_names, load_da
 from .readers import Origin, Table, read_file, read_idx, read_npy, read_npz, read_text
 
 __all__ = [
-    "SHIPPED", "SPLITS", "Dataset", "Origin", "Table", "check_table", "known_names", "load_dataset",
-    "read_file", "read_idx", "read_npy", "read_npz", "read_text",
+    "SHIPPED",
+    "SPLITS",
+    "Dataset",
+    "Origin",
+    "Table",
+    "check_table",
+    "known_names",
+    "load_dataset",
+    "read_file",
+    "read_idx",
+    "read_npy",
+    "read_npz",
+    "read_text",
 ]

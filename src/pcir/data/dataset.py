@@ -123,7 +123,9 @@ def check_table(table: Table, circuit: Circuit, allow_missing: bool = False) -> 
         if inf.any():
             r, c = (int(i) for i in np.argwhere(inf)[0])
             raise origin.error(
-                f"row {r + 1}, column {c + 1} (variable '{circuit.variables[c].name}'): value {x[r, c]} is not finite", r + 1, c + 1
+                f"row {r + 1}, column {c + 1} (variable '{circuit.variables[c].name}'): value {x[r, c]} is not finite",
+                r + 1,
+                c + 1,
             )
     discrete = np.array([v.domain.is_discrete for v in circuit.variables])
     if discrete.any():
@@ -173,7 +175,7 @@ def _make(name: str, splits: dict[str, Table], source: str, notes: tuple[str, ..
     for k, t in splits.items():
         if t.num_cols != train.num_cols:
             raise t.origin.error(
-                f"the {k} split has {t.num_cols} columns but the train split has {train.num_cols}", 1
+                f"the {k} split has {t.num_cols} columns but the train split has {train.num_cols}", 1, hint=None
             )
     return Dataset(name, splits, source, train.image_shape, notes)
 
@@ -205,12 +207,18 @@ def _idx_dir(d: Path, name: str) -> Dataset | None:
         return None
     full = read_idx(train)
     if full.num_rows <= IDX_VALID_SIZE:
-        raise DataError(f"{train}: only {full.num_rows} images; need more than {IDX_VALID_SIZE} to hold out a validation split")
+        raise DataError(
+            f"{train}: only {full.num_rows} images; need more than {IDX_VALID_SIZE} to hold out a validation split"
+        )
     cut = full.num_rows - IDX_VALID_SIZE
     splits = {
         "train": Table(full.x[:cut], full.origin, image_shape=full.image_shape),
         # rows of the valid split are rows cut+1.. of the file: say so in its origin label
-        "valid": Table(full.x[cut:], Origin(full.origin.path, "array", f"rows {cut + 1}-{full.num_rows}"), image_shape=full.image_shape),
+        "valid": Table(
+            full.x[cut:],
+            Origin(full.origin.path, "array", f"rows {cut + 1}-{full.num_rows}"),
+            image_shape=full.image_shape,
+        ),
     }
     test = _idx_file(d, "t10k-images-idx3-ubyte")
     if test is not None:

@@ -65,7 +65,9 @@ class Origin:
                 end = start + max(len(fields[col - 1]), 1)
         return SourceSpan(self.path, line_no, start, end, line)
 
-    def error(self, message: str, row: int | None = None, col: int | None = None, hint: str | None = ROWS_FROM_1) -> DataError:
+    def error(
+        self, message: str, row: int | None = None, col: int | None = None, hint: str | None = ROWS_FROM_1
+    ) -> DataError:
         """A DataError at 1-based ``row``/``col``: a source span for text, the label for arrays."""
         span = self.span(row, col) if row is not None else None
         if span is None:
@@ -109,7 +111,8 @@ def _open_text(p: Path):
 
 
 def _file_error(p: Path, message: str, hint: str | None = None) -> DataError:
-    return DataError(message, SourceSpan(str(p), 1, 1), hint=hint)
+    """An error about a whole file (no row or column to point at)."""
+    return DataError(f"{p}: {message}", hint=hint)
 
 
 def _require_file(p: Path) -> None:
@@ -218,10 +221,30 @@ def read_npy(path: str | Path) -> Table:
     _require_file(p)
     if p.stat().st_size == 0:
         raise _file_error(p, "file is empty")
+    with open(p, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise _file_error(p, "not a .npy file (bad magic number)")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(f)
+        except (ValueError, OSError, EOFError) as e:
+            raise _file_error(p, f"corrupt .npy header ({e})") from None
+        if not dtype.hasobject:
+            need = int(np.prod(shape)) * dtype.itemsize
+            have = p.stat().st_size - f.tell()
+            if have < need:
+                raise _file_error(
+                    p,
+                    f"truncated .npy file: the header says {dtype.str} {tuple(shape)} ({need} bytes of data), the file holds {have} bytes",
+                )
     try:
         a = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise _file_error(p, f"cannot read the .npy file: {e} (truncated or not a .npy file?)") from None
+        raise _file_error(p, f"truncated or corrupt .npy file ({e})") from None
     origin = Origin(str(p), "array")
     x, image_shape = _as_2d(np.asarray(a), origin)
     return Table(x, origin, image_shape=image_shape)
@@ -274,7 +297,11 @@ def read_idx(path: str | Path) -> Table:
     if len(raw) == 0:
         raise _file_error(p, "file is empty")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise _file_error(p, "not an idx file (bad magic number)", hint="idx files start with two zero bytes, a type code and the number of dimensions")
+        raise _file_error(
+            p,
+            "not an idx file (bad magic number)",
+            hint="idx files start with two zero bytes, a type code and the number of dimensions",
+        )
     ndim = raw[3]
     if ndim < 1 or len(raw) < 4 + 4 * ndim:
         raise _file_error(p, "truncated idx header")
@@ -284,7 +311,9 @@ def read_idx(path: str | Path) -> Table:
     have = len(raw) - 4 - 4 * ndim
     if have < need:
         shape = " x ".join(map(str, dims))
-        raise _file_error(p, f"truncated idx file: the header says {shape} values ({need} bytes), the file holds {have} bytes")
+        raise _file_error(
+            p, f"truncated idx file: the header says {shape} values ({need} bytes), the file holds {have} bytes"
+        )
     a = np.frombuffer(raw, dtype=dt, count=int(np.prod(dims)), offset=4 + 4 * ndim).reshape(dims)
     a = a.astype(dt.newbyteorder("="))
     x, image_shape = _as_2d(a, Origin(str(p), "array"))
