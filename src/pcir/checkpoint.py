@@ -232,7 +232,8 @@ def load_checkpoint(path: str | Path, which: str = "best", circuit: Circuit | No
     try:
         state = json.loads(data[STATE_FILE].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{state_path}: not valid JSON ({e}); the file is truncated or corrupt") from None
+        where = f"line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise CheckpointError(f"{state_path}: not valid JSON ({where}): the file is truncated or corrupt") from None
     if not isinstance(state, dict) or "format" not in state or "files" not in state:
         raise CheckpointError(f"{state_path}: not a pcir checkpoint state (no 'format'/'files' keys)")
     if state["format"] != FORMAT:
@@ -242,17 +243,19 @@ def load_checkpoint(path: str | Path, which: str = "best", circuit: Circuit | No
         got = _sha256(data[name])
         if want != got:
             raise CheckpointError(
-                f"{d / name}: checksum mismatch (the file is truncated or corrupt; "
-                f"{len(data[name])} bytes, sha256 {got[:12]}..., state.json expects {str(want)[:12]}...)"
+                f"{d / name}: checksum mismatch (its SHA-256 differs from the one in {STATE_FILE}): the file is truncated or corrupt"
             )
     try:
         params = st_load(data[PARAMS_FILE])
-    except SafetensorError as e:
-        raise CheckpointError(f"{d / PARAMS_FILE}: not a valid safetensors file ({e})") from None
+    except SafetensorError:
+        raise CheckpointError(f"{d / PARAMS_FILE}: not a valid safetensors file (unreadable header)") from None
     ck = Checkpoint(d, params, state, data[MODEL_FILE].decode())
     if circuit is not None:
         check_matches(ck, circuit)
     return ck
+
+
+_MISMATCH_HINT = "use the model file (and --pipeline) the checkpoint was trained with"
 
 
 def check_matches(ck: Checkpoint, circuit: Circuit) -> None:
@@ -269,17 +272,21 @@ def check_matches(ck: Checkpoint, circuit: Circuit) -> None:
             )
             if s
         )
-        raise CheckpointError(f"{where}: parameters do not match the circuit ({detail})")
+        raise CheckpointError(f"{where}: parameters do not match the circuit ({detail})", hint=_MISMATCH_HINT)
     for k, p in circuit.params.items():
         v = ck.params[k]
         if tuple(v.shape) != p.shape:
-            raise CheckpointError(f"{where}: parameter '{k}' has shape {tuple(v.shape)}, the circuit needs {p.shape}")
+            raise CheckpointError(
+                f"{where}: parameter '{k}' has shape {tuple(v.shape)}, the circuit needs {p.shape}", hint=_MISMATCH_HINT
+            )
         # f32 and f64 convert into each other (a runtime may hold f32); integers must stay integers
         if (v.dtype.kind == "f") != (np.dtype(NP_DTYPES[p.dtype]).kind == "f"):
-            raise CheckpointError(f"{where}: parameter '{k}' has dtype {v.dtype}, the circuit needs {p.dtype}")
+            raise CheckpointError(
+                f"{where}: parameter '{k}' has dtype {v.dtype}, the circuit needs {p.dtype}", hint=_MISMATCH_HINT
+            )
     want_hash = ck.state.get("structure_sha256")
     if want_hash is not None and want_hash != structure_hash(circuit):
         raise CheckpointError(
             f"{ck.path / STATE_FILE}: the checkpoint was written for a different circuit structure",
-            hint="evaluate with the model file the checkpoint was trained from",
+            hint=_MISMATCH_HINT,
         )

@@ -181,7 +181,7 @@ def load_params(model, params: dict[str, np.ndarray]) -> None:
     """Set a compiled model's parameters from arrays (e.g. a checkpoint's)."""
     for k, v in params.items():
         if v.dtype.kind == "f":  # integer parameters (indicator values) never change in training
-            model.set_param(k, torch.from_numpy(np.ascontiguousarray(v)))
+            model.set_param(k, torch.from_numpy(np.array(v, copy=True)))
 
 
 def bits_per_dim(mean_ll: float | None, num_vars: int) -> float | None:
@@ -374,12 +374,13 @@ class Trainer:
             self._best_params = ckpt.load_checkpoint(self.out, "best", self.model.to_circuit()).params
         if self._best_params is not None:
             load_params(self.model, self._best_params)
-        report = self._report(stopped)
         if self.out is not None:
-            ckpt.write_file_atomic(self.out / "report.json", json.dumps(report, indent=1) + "\n")
             note = plot_curves(self.history, self.out / "curves.png")
             if note:
                 self._note(note)
+        report = self._report(stopped)
+        if self.out is not None:
+            ckpt.write_file_atomic(self.out / "report.json", json.dumps(report, indent=1) + "\n")
         return TrainResult(report, self.history, self.best_epoch, self.model, self.out, stopped, self.notes)
 
     def _report(self, stopped: bool) -> dict[str, Any]:
@@ -411,7 +412,7 @@ class Trainer:
             "samples_per_s": float(np.mean([h.samples_per_s for h in self.history])) if self.history else None,
             "total_time_s": self.elapsed,
             "history": [asdict(h) for h in self.history],
-            "notes": self.notes,
+            "notes": list(self.notes),
         }
 
 
