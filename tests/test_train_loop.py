@@ -144,3 +144,11 @@ def test_learning_curves_png_or_a_note(tmp_path):
         assert note is not None and "matplotlib" in note and not (tmp_path / "c.png").exists()
     else:
         assert note is None and (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mini_batch_then_full_batch_phase(tmp_path):
+    ds = make_dataset(tmp_path)
+    res = run(mixture_circuit(), ds, em="mini", epochs=2, full_epochs=2, batch_size=30, step_size=0.3)
+    assert [h.step_size for h in res.history] == [0.3, 0.3, 1.0, 1.0]
+    # a full-batch epoch of the stand-in runs exactly one EM step; mini-batch epochs one per batch
+    assert res.model.em_steps == 2 * 4 + 2

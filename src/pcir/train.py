@@ -84,6 +84,7 @@ class TrainConfig:
     """Settings of a training run (all recorded in checkpoints and the report)."""
 
     epochs: int = 20
+    full_epochs: int = 0  # mini-batch EM: then this many epochs of full-batch EM (step size 1)
     batch_size: int = 512
     em: str = "mini"
     step_size: float | None = None  # default: 0.1 for mini-batch EM, 1.0 for full-batch EM
@@ -97,15 +98,27 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.em not in EM_MODES:
             raise PcirError(f"unknown EM mode '{self.em}' (use one of: {', '.join(EM_MODES)})")
-        if self.epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
+        if self.epochs < 0 or self.full_epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise PcirError("epochs must be >= 0 and batch sizes >= 1")
+        if self.full_epochs and self.em != "mini":
+            raise PcirError("full_epochs (--full-epochs) follows mini-batch EM; with --em full use --epochs")
         if self.step_size is not None and not 0 < self.step_size <= 1:
             raise PcirError(f"step size {self.step_size} is not in (0, 1]")
         if self.pseudocount < 0:
             raise PcirError(f"pseudocount {self.pseudocount} is negative")
 
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.full_epochs
+
+    def mode_for_epoch(self, epoch: int) -> str:
+        """``mini`` or ``full``: the EM variant of ``epoch`` (1-based)."""
+        return "full" if self.em == "full" or epoch > self.epochs else "mini"
+
     def step_for_epoch(self, epoch: int) -> float:
         """The EM step size of ``epoch`` (1-based)."""
+        if self.em == "mini" and epoch > self.epochs:
+            return 1.0  # the full-batch phase after mini-batch EM: classic EM
         start = self.step_size if self.step_size is not None else (0.1 if self.em == "mini" else 1.0)
         if self.em == "full" or self.step_size_final is None or self.epochs <= 1:
             return start
@@ -293,11 +306,12 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> EpochRecord:
         cfg, train = self.config, self.data["train"]
         step = cfg.step_for_epoch(epoch)
-        if cfg.em == "mini":
+        mode = cfg.mode_for_epoch(epoch)
+        if mode == "mini":
             perm = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(train.n)).to(train.x.device)
         else:
             perm = None  # full-batch EM: order does not matter
-        bar = _progress(train.n, f"epoch {epoch}/{cfg.epochs}", self.progress)
+        bar = _progress(train.n, f"epoch {epoch}/{cfg.total_epochs}", self.progress)
         t0 = time.perf_counter()
         total, count = 0.0, 0
         self.model.zero_flows()
@@ -305,7 +319,7 @@ class Trainer:
             idx = perm[s : s + cfg.batch_size] if perm is not None else slice(s, s + cfg.batch_size)
             xb, mb = train.batch(idx)
             ll = self.model.forward_backward(xb, mb) if mb is not None else self.model.forward_backward(xb)
-            if cfg.em == "mini":
+            if mode == "mini":
                 self.model.em_step(step_size=step, pseudocount=cfg.pseudocount)
             total += float(ll.double().sum())
             count += int(xb.shape[0])
@@ -314,7 +328,7 @@ class Trainer:
                 bar.set_postfix_str(f"ll={total / count:.4f}", refresh=False)
             if self.on_batch is not None:
                 self.on_batch(epoch, b)
-        if cfg.em == "full":
+        if mode == "full":
             self.model.em_step(step_size=step, pseudocount=cfg.pseudocount)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -335,12 +349,14 @@ class Trainer:
         cfg = self.config
         stopped = False
         epoch = self.start_epoch - 1
-        if self.start_epoch > cfg.epochs:
-            self._note(f"nothing to do: the run already has {self.start_epoch - 1} epochs (--epochs {cfg.epochs})")
+        if self.start_epoch > cfg.total_epochs:
+            self._note(
+                f"nothing to do: the run already has {self.start_epoch - 1} epochs (asked for {cfg.total_epochs})"
+            )
         if cfg.patience and self.bad_epochs >= cfg.patience:
             stopped = True
             self._note("the resumed run had already stopped early")
-        for epoch in range(self.start_epoch, cfg.epochs + 1):
+        for epoch in range(self.start_epoch, cfg.total_epochs + 1):
             if stopped:
                 break
             try:
@@ -364,8 +380,8 @@ class Trainer:
                 ckpt.save_run_checkpoint(self.out, self.model.to_circuit(), self._state(epoch), best=improved)
             elif improved:
                 self._best_params = _params_of(self.model)
-            self.log(_epoch_line(rec, cfg.epochs, improved and rec.valid_ll is not None))
-            if cfg.patience and self.bad_epochs >= cfg.patience and epoch < cfg.epochs:
+            self.log(_epoch_line(rec, cfg.total_epochs, improved and rec.valid_ll is not None))
+            if cfg.patience and self.bad_epochs >= cfg.patience and epoch < cfg.total_epochs:
                 stopped = True
                 self._note(
                     f"early stop: no validation improvement for {cfg.patience} epochs (best: epoch {self.best_epoch})"

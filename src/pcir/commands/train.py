@@ -45,6 +45,12 @@ def add_arguments(p):
         default="mini",
         help="mini-batch EM (an update per batch) or full-batch EM (one per epoch)",
     )
+    p.add_argument(
+        "--full-epochs",
+        type=int,
+        default=0,
+        help="after --epochs of mini-batch EM, this many epochs of full-batch EM (default 0)",
+    )
     p.add_argument("--step-size", type=float, help="EM step size in (0, 1] (default 0.1 for mini, 1.0 for full)")
     p.add_argument(
         "--step-size-final", type=float, help="mini-batch EM: anneal the step size linearly to this by the last epoch"
@@ -93,6 +99,7 @@ def run(args) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         em=args.em,
+        full_epochs=args.full_epochs,
         step_size=args.step_size,
         step_size_final=args.step_size_final,
         pseudocount=args.pseudocount,
@@ -114,8 +121,12 @@ def run(args) -> int:
         print(f"        {note}")
     print(f"device  {device} ({device_name(device)})")
     step = config.step_for_epoch(1)
+    final = config.step_for_epoch(config.epochs)
+    steps = f"{step:g}" if final == step else f"{step:g} -> {final:g}"
+    full = f" + {config.full_epochs} full-batch" if config.full_epochs else ""
     print(
-        f"em      {config.em}-batch, step size {step:g}, pseudocount {config.pseudocount:g}, batch {config.batch_size}, {config.epochs} epochs, patience {config.patience}"
+        f"em      {config.em}-batch, step size {steps}, pseudocount {config.pseudocount:g}, batch {config.batch_size}, "
+        f"{config.epochs} epochs{full}, patience {config.patience}"
     )
     print(f"out     {out}")
 
