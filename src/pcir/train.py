@@ -391,7 +391,9 @@ class Trainer:
         if self._best_params is not None:
             load_params(self.model, self._best_params)
         if self.out is not None:
-            note = plot_curves(self.history, self.out / "curves.png")
+            model = self.meta.get("model", {}).get("path") if isinstance(self.meta.get("model"), dict) else None
+            title = f"{Path(model).name if model else 'model'} on {self.dataset.name}"
+            note = plot_curves(self.history, self.out / "curves.png", title)
             if note:
                 self._note(note)
         report = self._report(stopped)
@@ -456,7 +458,7 @@ def _si(v: float) -> str:
     return f"{v:.0f}"
 
 
-def plot_curves(history: list[EpochRecord], path: Path) -> str | None:
+def plot_curves(history: list[EpochRecord], path: Path, title: str | None = None) -> str | None:
     """Learning curves as a PNG (matplotlib, when installed). Returns a note when skipped."""
     if not history:
         return None
@@ -469,13 +471,15 @@ def plot_curves(history: list[EpochRecord], path: Path) -> str | None:
         return f"no plot: matplotlib is not installed (pip install 'pcir[plot]' to get {path.name})"
     ep = [h.epoch for h in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(ep, [h.train_ll for h in history], label="train", marker="o", ms=3)
+    ax.plot(ep, [h.train_ll for h in history], label="train (during the epoch)", marker="o", ms=3)
     if any(h.valid_ll is not None for h in history):
         ax.plot(ep, [h.valid_ll for h in history], label="valid", marker="o", ms=3)
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean log-likelihood")
     ax.grid(alpha=0.3)
     ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
