@@ -61,6 +61,13 @@ def device_name(device: str) -> str:
     """A human name for the device: the GPU's name, or the CPU's."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
+    try:  # Linux: the CPU's model name; platform.processor() there is only "x86_64"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 

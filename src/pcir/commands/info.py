@@ -116,7 +116,7 @@ def run(args) -> int:
         print(f"  data        {data.get('name')} (fingerprint {str(data.get('fingerprint'))[:12]})")
         if settings:
             print(
-                f"  settings    em {settings.get('em')}, batch {settings.get('batch_size')}, step {settings.get('step_size')}, pseudocount {settings.get('pseudocount')}, seed {settings.get('seed')}"
+                f"  settings    em {settings.get('em')}, batch {settings.get('batch_size')}, step {settings.get('step_size') or 'default'}, pseudocount {settings.get('pseudocount')}, seed {settings.get('seed')}"
             )
         hist = st.get("history", [])
         if hist:
