@@ -33,7 +33,7 @@ import zlib
 
 import numpy as np
 
-from .circuit import AttrValue, Attrs, Circuit, InputGroup, Param, ProductGroup, SumGroup
+from .circuit import Attrs, AttrValue, Circuit, InputGroup, Param, ProductGroup, SumGroup
 from .distributions import Dist
 
 INLINE_LIMIT = 64
@@ -88,7 +88,7 @@ def _nested(a: np.ndarray) -> str:
 def fmt_attrs(attrs: Attrs) -> str:
     if not attrs:
         return ""
-    return " {" + ", ".join(f"{k}={fmt_scalar(v)}" for k, v in attrs) + "}"
+    return " {" + ", ".join(f"{fmt_name(k)}={fmt_scalar(v)}" for k, v in attrs) + "}"
 
 
 def fmt_dist(d: Dist) -> str:
@@ -108,7 +108,7 @@ def print_ir(circuit: Circuit, summarize: bool = False) -> str:
     """The canonical ``.pcir`` text of ``circuit`` (ends with a newline)."""
     out = [f"pcir {FORMAT_VERSION}"]
     for k, v in circuit.attrs:
-        out.append(f"attr {k} = {fmt_scalar(v)}")
+        out.append(f"attr {fmt_name(k)} = {fmt_scalar(v)}")
     for var in circuit.variables:
         out.append(f"var {fmt_name(var.name)} : {var.domain}")
     for pname, p in circuit.params.items():
