@@ -39,7 +39,12 @@ from .distributions import Dist
 INLINE_LIMIT = 64
 FORMAT_VERSION = 1
 _BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]\-]*$")
-_DTYPE_OF = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32", np.dtype(np.int64): "i64", np.dtype(np.bool_): "bool"}
+_DTYPE_OF = {
+    np.dtype(np.float64): "f64",
+    np.dtype(np.float32): "f32",
+    np.dtype(np.int64): "i64",
+    np.dtype(np.bool_): "bool",
+}
 
 
 def fmt_name(name: str) -> str:

@@ -124,7 +124,10 @@ def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True
                 seen: set[int] = set()
                 for c in g.children:
                     if seen & scope[c]:
-                        err(g, f"product is not decomposable: child '{c}' shares variables {sorted(seen & scope[c])[:5]} with an earlier child")
+                        err(
+                            g,
+                            f"product is not decomposable: child '{c}' shares variables {sorted(seen & scope[c])[:5]} with an earlier child",
+                        )
                         break
                     seen |= scope[c]
             continue
@@ -176,7 +179,10 @@ def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True
             for c in g.children[1:]:
                 if scope[c] != s0:
                     diff = sorted(s0 ^ scope[c])[:5]
-                    err(g, f"sum is not smooth: children '{g.children[0]}' and '{c}' have different scopes (differ on {diff})")
+                    err(
+                        g,
+                        f"sum is not smooth: children '{g.children[0]}' and '{c}' have different scopes (differ on {diff})",
+                    )
                     break
     return errs
 
