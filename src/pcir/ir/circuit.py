@@ -234,6 +234,8 @@ class Param:
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.dtype not in NP_DTYPES:
+            raise VerifyError(f"unknown parameter dtype '{self.dtype}' (expected f32, f64 or i64)")
         if self.value is not None:
             np_dtype = NP_DTYPES[self.dtype]
             object.__setattr__(self, "value", _freeze(self.value, np_dtype))
