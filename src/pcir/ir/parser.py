@@ -478,6 +478,7 @@ class _Parser:
             raise ln.error(
                 f"expected 'attr', 'var', 'param', 'root' or a group '%name = ...', found {ln.found()}",
                 start,
+                start + len(kw) if kw else None,
                 hint=hint,
             )
         ln.word("a keyword")
@@ -564,7 +565,7 @@ class _Parser:
         value = raw.resolve(dtype, lambda size: want, f"parameter '{name}'")
         if value.shape != want:
             raise raw.error(
-                f"parameter '{name}' is declared {dtype}{list(want)} but its value has shape {list(value.shape)}"
+                f"parameter '{name}' is declared {dtype}[{','.join(map(str, want))}] but its value has shape {list(value.shape)}"
             )
         self.params[name] = Param(want, dtype, value)
 
