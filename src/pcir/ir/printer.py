@@ -33,7 +33,7 @@ import zlib
 
 import numpy as np
 
-from .circuit import Attrs, AttrValue, Circuit, InputGroup, Param, ProductGroup, SumGroup
+from .circuit import AttrValue, Attrs, Circuit, InputGroup, Param, ProductGroup, SumGroup
 from .distributions import Dist
 
 INLINE_LIMIT = 64
