@@ -228,7 +228,7 @@ def to_circuit(
             fam, var, _ = g.leaf[i]  # type: ignore[misc]
             sid[i] = intern(frozenset((var,)))
             fam = _family_for_domain(fam, domains[var])
-            assign(i, ("in", var, fam, i if i == root else -1))
+            assign(i, ("in", var, fam, i == root))
             continue
         ch = g.children[i]
         if not ch:
@@ -247,7 +247,7 @@ def to_circuit(
             if sid[c] == s:
                 depth = max(depth, sd[c] + 1)
         sd[i] = depth
-        solo = i if i == root else -1  # the root gets a group of its own (one unit: the output)
+        solo = i == root  # the root gets a group of its own (one unit: the output)
         if kind == PRODUCT:
             cg = sorted(gid[c] for c in ch)
             if len(set(cg)) != len(cg):
@@ -263,17 +263,33 @@ def to_circuit(
             vt = g.vtree[i] if sum_attrs_from_vtree else -1
             assign(i, ("s", s, depth, smooth, vt, solo))
 
-    # ---- build the groups ----------------------------------------------------------------------
-    names: list[str] = []
+    # ---- order and name the groups --------------------------------------------------------------
+    # Names, group order, child order and the unit order of product groups are canonical: they
+    # depend on the circuit's structure, not on the order of the file's lines. Re-importing an
+    # export (whose line order differs, and whose PSDD products are implicit) then gives exactly
+    # the same circuit.
+    gchildren: list[list[int]] = []
+    for k, key in enumerate(gkind):
+        if key[0] == "in":
+            gchildren.append([])
+        elif key[0] == "p":
+            gchildren.append(list(key[3]))
+        else:
+            gchildren.append(sorted({gid[c] for i in members[k] for c in g.children[i]}))
+    crank = _canonical_rank(gkind, gchildren, scope_sets)
+    by_rank = sorted(range(len(gkind)), key=crank.__getitem__)
+    names: list[str] = [""] * len(gkind)
     counters = {"in": 0, "p": 0, "s": 0}
-    for key in gkind:
-        pre = key[0]
-        names.append(f"{pre}{counters[pre]}")
+    for k in by_rank:
+        pre = gkind[k][0]
+        names[k] = f"{pre}{counters[pre]}"
         counters[pre] += 1
+    _canonical_units(g, order, members, gkind, gid, crank, unit, domains)
 
     groups = []
     params: dict[str, Param] = {}
-    for k, key in enumerate(gkind):
+    for k in by_rank:
+        key = gkind[k]
         name = names[k]
         nodes = members[k]
         span = g.span(g.line[nodes[0]])
@@ -284,7 +300,7 @@ def to_circuit(
             params[pname] = Param.of(value, "i64" if fam == "indicator" else "f64")
             groups.append(InputGroup(name, var, len(nodes), dist, pname, (), span))
         elif key[0] == "p":
-            child_groups = key[3]
+            child_groups = sorted(key[3], key=crank.__getitem__)
             col = {cgk: j for j, cgk in enumerate(child_groups)}
             edges = np.empty((len(nodes), len(child_groups)), dtype=np.int64)
             for u_, i in enumerate(nodes):
@@ -295,7 +311,7 @@ def to_circuit(
                 ProductGroup(name, tuple(names[c] for c in child_groups), "explicit", len(nodes), edges, attrs_, span)
             )
         else:
-            child_groups = sorted({gid[c] for i in nodes for c in g.children[i]})
+            child_groups = sorted(gchildren[k], key=crank.__getitem__)
             offset = {}
             off = 0
             for cgk in child_groups:
@@ -334,6 +350,104 @@ def to_circuit(
                     )
                 )
     return Circuit(variables, groups, params, [names[gid[root]]], make_attrs(attrs or {}))
+
+
+def _canonical_rank(gkind: list[tuple], gchildren: list[list[int]], scope_sets: list[frozenset[int]]) -> list[int]:
+    """A canonical topological position of each group: by level (longest path from the
+    inputs), then by a structural key (kind, variables, same-scope depth, children's positions,
+    flags) that is unique among the groups (each was made from a distinct key)."""
+    n = len(gkind)
+    level = [-1] * n
+
+    def lev(k: int) -> int:
+        stack = [k]
+        while stack:
+            t = stack[-1]
+            pending = [c for c in gchildren[t] if level[c] < 0]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            level[t] = 1 + max((level[c] for c in gchildren[t]), default=-1)
+        return level[k]
+
+    for k in range(n):
+        if level[k] < 0:
+            lev(k)
+    crank = [-1] * n
+    pos = 0
+    by_level: dict[int, list[int]] = {}
+    for k in range(n):
+        by_level.setdefault(level[k], []).append(k)
+    for lv in sorted(by_level):
+
+        def key(k: int) -> tuple:
+            kd = gkind[k]
+            if kd[0] == "in":  # ("in", var, family, solo)
+                return (0, (kd[1],), 0, (), kd[2], kd[3])
+            scope = tuple(sorted(scope_sets[kd[1]]))
+            kids = tuple(sorted(crank[c] for c in gchildren[k]))
+            if kd[0] == "p":  # ("p", scope, sd, child groups, decomposable, solo)
+                return (1, scope, kd[2], kids, str(kd[4]), kd[5])
+            return (2, scope, kd[2], kids, f"{kd[3]}/{kd[4]}", kd[5])  # ("s", scope, sd, smooth, vtree, solo)
+
+        for k in sorted(by_level[lv], key=key):
+            crank[k] = pos
+            pos += 1
+    return crank
+
+
+def _canonical_units(g, order, members, gkind, gid, crank, unit, domains) -> None:
+    """Order the units of every group canonically (``members`` and ``unit`` in place).
+
+    Bottom-up, each unit gets a structural id within its group (leaf parameters; a product's
+    children's ids; a sum's (child group, child id, weight) edges), so equal ids mean equal
+    sub-circuits. Top-down, units are sorted by (structural id, their parents' positions and
+    edge weights): what remains tied is interchangeable (swapping gives the same arrays).
+    """
+    skid = [0] * len(g)
+    by_rank = sorted(range(len(gkind)), key=crank.__getitem__)
+    for k in by_rank:
+        kd = gkind[k]
+        keys = {}
+        for i in members[k]:
+            if kd[0] == "in":
+                keys[i] = _leaf_key(g.leaf[i], kd[2], domains[kd[1]])
+            elif kd[0] == "p":
+                keys[i] = tuple(skid[c] for c in sorted(g.children[i], key=lambda c: crank[gid[c]]))
+            else:
+                keys[i] = tuple(
+                    sorted((crank[gid[c]], skid[c], w) for c, w in zip(g.children[i], g.weights[i], strict=True))
+                )
+        distinct = {key: j for j, key in enumerate(sorted(set(keys.values())))}
+        for i in members[k]:
+            skid[i] = distinct[keys[i]]
+    parents: dict[int, list[tuple[int, float]]] = {}
+    for i in order:
+        ws = g.weights[i]
+        for j, c in enumerate(g.children[i]):
+            parents.setdefault(c, []).append((i, ws[j] if ws is not None else 0.0))
+    for k in reversed(by_rank):
+
+        def sort_key(i: int) -> tuple:
+            sig = sorted((crank[gid[p]], unit[p], w) for p, w in parents.get(i, ()))
+            return (skid[i], tuple(sig))
+
+        members[k].sort(key=sort_key)
+        for u_, i in enumerate(members[k]):
+            unit[i] = u_
+
+
+def _leaf_key(leaf: tuple, fam: str, domain: Domain) -> tuple:
+    lf, _, v = leaf
+    if fam == "categorical":
+        row = [0.0] * domain.k
+        if lf == "bernoulli":
+            row[0], row[1] = 1.0 - v, v
+        else:
+            row[: len(v)] = v
+        return tuple(row)
+    return tuple(v) if isinstance(v, tuple) else (v,)
 
 
 def _family_for_domain(fam: str, domain: Domain) -> str:
