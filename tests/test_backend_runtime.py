@@ -112,7 +112,9 @@ def test_em_step_matches_reference(case, step, pc, engine, device):
     # the module's circuit is a valid, normalised circuit again
     c2 = m.to_circuit()
     pcir.verify(c2)
-    np.testing.assert_allclose(m(x, miss).detach().cpu().double().numpy(), ev.log_likelihood(c2, x, miss), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        m(x, miss).detach().cpu().double().numpy(), ev.log_likelihood(c2, x, miss), rtol=1e-4, atol=1e-4
+    )
     assert float(m.sum_flows.abs().sum()) == 0.0  # em_step zeroes the flows
 
 
@@ -218,7 +220,9 @@ def test_nan_is_fine_where_missing(engine, device):
     c, m = build("mixed", engine, device)
     x = np.array([[0, 1, 2, np.nan]])
     miss = np.array([[False, False, False, True]])
-    np.testing.assert_allclose(m(x, miss).detach().cpu().numpy(), ev.log_likelihood(c, np.nan_to_num(x), miss), rtol=1e-5)
+    np.testing.assert_allclose(
+        m(x, miss).detach().cpu().numpy(), ev.log_likelihood(c, np.nan_to_num(x), miss), rtol=1e-5
+    )
 
 
 def test_params_by_name_and_state_dict(engine, device):

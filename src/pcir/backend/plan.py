@@ -79,6 +79,7 @@ class SumGroupPlan:
     block_k: int  # column tile
     tiles: np.ndarray  # int32 [T, 2]: the (node tile, column tile) pairs that carry edges
     products: tuple[str, ...] = ()  # the fused product groups read through cols
+    index: int = 0  # position among all sum groups (row of the per-group max buffer)
 
 
 @dataclass
@@ -96,6 +97,9 @@ class Layer:
     index: int
     kind: str  # "sum" | "product"
     groups: list
+    block_m: int = 0
+    block_k: int = 0
+    arity: int = 1
 
 
 @dataclass
@@ -162,13 +166,14 @@ class KernelPlan:
             for name, row, units in b.groups:
                 out.append(f"  {name} row={row} units={units}")
         for layer in self.layers:
-            out.append(f"layer {layer.index} {layer.kind} groups={len(layer.groups)}")
+            sizes = f" tile=({layer.block_m},{layer.block_k})" if layer.kind == "sum" else ""
+            out.append(f"layer {layer.index} {layer.kind} groups={len(layer.groups)} arity={layer.arity}{sizes}")
             for g in layer.groups:
                 if isinstance(g, SumGroupPlan):
                     fused = f" fused=[{', '.join(g.products)}]" if g.products else ""
                     out.append(
                         f"  sum {g.name} row={g.row} units={g.units} K={g.k} arity={g.arity} {g.pattern} "
-                        f"params={g.params} w_off={g.w_off} tile=({g.block_m},{g.block_k}) tiles={len(g.tiles)}{fused}"
+                        f"params={g.params} w_off={g.w_off} tiles={len(g.tiles)}{fused}"
                     )
                 else:
                     out.append(f"  product {g.name} row={g.row} units={g.units} arity={g.arity} stored")
@@ -311,7 +316,9 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
     for b in inputs:
         for name, _, _ in b.groups:
             layer_of[name] = 0
-    stored_groups = [n for n in order if not isinstance(circuit.group(n), InputGroup) and fuse.get(n, "stored") == "stored"]
+    stored_groups = [
+        n for n in order if not isinstance(circuit.group(n), InputGroup) and fuse.get(n, "stored") == "stored"
+    ]
     deps: dict[str, set[str]] = {}
 
     def stored_deps(name: str) -> set[str]:
@@ -388,6 +395,8 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
 
     final_layers: list[Layer] = []
     explicit_off = sum_param_size
+    emasks: dict[str, np.ndarray] = {}
+    sum_index = 0
     for layer in layers:
         plans: list = []
         for n in layer.groups:
@@ -420,21 +429,40 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
             bs = g.attr("bs")
             block_m = _tile(g.units, int(bs) if isinstance(bs, int) else None, 16, 64)
             block_k = _tile(k, None, 16, 64)
-            emask = g.edge_mask(k)
-            nt_m = -(-g.units // block_m)
-            nt_k = -(-k // block_k)
-            pad = np.zeros((nt_m * block_m, nt_k * block_k), dtype=bool)
-            pad[: g.units, :k] = emask
-            occupied = pad.reshape(nt_m, block_m, nt_k, block_k).any(axis=(1, 3))
-            tiles = np.argwhere(occupied).astype(np.int32)
             fused = tuple(sorted(_fused_under(circuit, n, fuse)))
+            emasks[n] = g.edge_mask(k)
             plans.append(
                 SumGroupPlan(
-                    n, rows[n], g.units, k, arity, cols.astype(np.int32), w_off, g.params, g.pattern,
-                    layer.index, block_m, block_k, tiles, fused,
+                    n,
+                    rows[n],
+                    g.units,
+                    k,
+                    arity,
+                    cols.astype(np.int32),
+                    w_off,
+                    g.params,
+                    g.pattern,
+                    layer.index,
+                    block_m,
+                    block_k,
+                    np.zeros((0, 2), np.int32),
+                    fused,
+                    sum_index,
                 )
             )
-        final_layers.append(Layer(layer.index, layer.kind, plans))
+            sum_index += 1
+        lay = Layer(layer.index, layer.kind, plans)
+        if layer.kind == "sum":
+            # one launch per layer: the layer's tile sizes are the largest its groups want
+            lay.block_m = max(g.block_m for g in plans)
+            lay.block_k = max(g.block_k for g in plans)
+            lay.arity = max(g.arity for g in plans)
+            for g in plans:
+                g.block_m, g.block_k = lay.block_m, lay.block_k
+                g.tiles = _occupied_tiles(emasks[g.name], lay.block_m, lay.block_k)
+        else:
+            lay.arity = max(g.arity for g in plans)
+        final_layers.append(lay)
 
     rg = circuit.group(root)
     return KernelPlan(
@@ -463,6 +491,17 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         var_names=[v.name for v in circuit.variables],
         source_hash=circuit_hash(circuit),
     )
+
+
+def _occupied_tiles(emask: np.ndarray, block_m: int, block_k: int) -> np.ndarray:
+    """(node tile, column tile) pairs of a (units, K) edge mask that carry at least one edge."""
+    units, k = emask.shape
+    nt_m = -(-units // block_m)
+    nt_k = -(-k // block_k)
+    pad = np.zeros((nt_m * block_m, nt_k * block_k), dtype=bool)
+    pad[:units, :k] = emask
+    occupied = pad.reshape(nt_m, block_m, nt_k, block_k).any(axis=(1, 3))
+    return np.argwhere(occupied).astype(np.int32)
 
 
 def _family(g: InputGroup) -> str:

@@ -74,9 +74,10 @@ class _CircuitFunction(torch.autograd.Function):
     def forward(ctx, model: CompiledCircuit, xf, logw, cat_logp, gauss):  # type: ignore[override]
         W = model._kernel_weights(logw)
         eng = model._engine()
-        V = eng.forward(W, cat_logp, gauss, xf)
+        V, aux = eng.forward(W, cat_logp, gauss, xf)
         ctx.model = model
         ctx.W = W
+        ctx.aux = aux
         ctx.save_for_backward(xf, cat_logp, gauss, V)
         return model._root_values(V)
 
@@ -85,10 +86,12 @@ class _CircuitFunction(torch.autograd.Function):
         model: CompiledCircuit = ctx.model
         xf, cat_logp, gauss, V = ctx.saved_tensors
         root_flow = grad_out.reshape(grad_out.shape[0], -1).t().to(torch.float32)
-        F, PF = model._engine().backward(ctx.W, V, xf, root_flow)
+        eng = model._engine()
+        F, PF = eng.backward(ctx.W, V, ctx.aux, xf, root_flow)
         grad_logw = model._fold_flows(PF)
-        cat_grad, gauss_grad, _stats, x_grad = model._input_statistics(F, xf, gauss, want_x=ctx.needs_input_grad[1])
-        return None, x_grad, grad_logw, cat_grad, gauss_grad
+        cat_grad, g5 = eng.input_stats(F, xf, gauss)
+        x_grad = model._x_grad(F, xf, gauss) if ctx.needs_input_grad[1] else None
+        return None, x_grad, grad_logw, cat_grad, g5[:, 3:5].contiguous()
 
 
 class CompiledCircuit(nn.Module):
@@ -98,7 +101,16 @@ class CompiledCircuit(nn.Module):
     root of several units) and supports autograd; ``forward_backward`` + ``em_step`` train by EM.
     """
 
-    def __init__(self, circuit: Circuit, plan: KernelPlan, *, precision: str = "tf32", engine: str = "auto", source: str | None = None, kernels: Any = None):
+    def __init__(
+        self,
+        circuit: Circuit,
+        plan: KernelPlan,
+        *,
+        precision: str = "tf32",
+        engine: str = "auto",
+        source: str | None = None,
+        kernels: Any = None,
+    ):
         super().__init__()
         self.circuit = circuit
         self.plan = plan
@@ -148,7 +160,9 @@ class CompiledCircuit(nn.Module):
     def _engine(self):
         k = self._key()
         if k not in self._engines:
-            use_triton = self.engine_name == "triton" or (self.engine_name == "auto" and self._kernels is not None and _triton_can_run(self.device))
+            use_triton = self.engine_name == "triton" or (
+                self.engine_name == "auto" and self._kernels is not None and _triton_can_run(self.device)
+            )
             if use_triton:
                 from .triton_engine import TritonEngine
 
@@ -168,7 +182,13 @@ class CompiledCircuit(nn.Module):
         return logw, logp
 
     def _normalised_cached(self):
-        key = (self.sum_logits._version, self.cat_logits._version, self._key(), id(self.sum_logits), id(self.cat_logits))
+        key = (
+            self.sum_logits._version,
+            self.cat_logits._version,
+            self._key(),
+            id(self.sum_logits),
+            id(self.cat_logits),
+        )
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
                 logw, logp = self._normalised()
@@ -250,16 +270,24 @@ class CompiledCircuit(nn.Module):
                 lv = np.log(np.maximum(arr.reshape(-1), 0.0))
                 edge = self.plan.sum_edge[slot.offset : slot.offset + n]
                 lv = np.where(edge, lv, -np.inf)
-                self.sum_logits.data[slot.offset : slot.offset + n] = torch.as_tensor(lv, dtype=torch.float32, device=dev)
+                self.sum_logits.data[slot.offset : slot.offset + n] = torch.as_tensor(
+                    lv, dtype=torch.float32, device=dev
+                )
             elif slot.kind == "categorical":
-                self.cat_logits.data[slot.offset : slot.offset + n] = torch.as_tensor(np.log(np.maximum(arr.reshape(-1), 0.0)), dtype=torch.float32, device=dev)
+                self.cat_logits.data[slot.offset : slot.offset + n] = torch.as_tensor(
+                    np.log(np.maximum(arr.reshape(-1), 0.0)), dtype=torch.float32, device=dev
+                )
             elif slot.kind == "bernoulli":
                 p = np.clip(arr.reshape(-1), 0.0, 1.0)
                 tab = np.log(np.stack([1.0 - p, p], axis=1)).reshape(-1)
-                self.cat_logits.data[slot.offset : slot.offset + 2 * n] = torch.as_tensor(tab, dtype=torch.float32, device=dev)
+                self.cat_logits.data[slot.offset : slot.offset + 2 * n] = torch.as_tensor(
+                    tab, dtype=torch.float32, device=dev
+                )
             elif slot.kind == "gaussian":
                 g = np.stack([arr[:, 0], np.log(arr[:, 1])], axis=1)
-                self.gauss.data[slot.offset : slot.offset + arr.shape[0]] = torch.as_tensor(g, dtype=torch.float32, device=dev)
+                self.gauss.data[slot.offset : slot.offset + arr.shape[0]] = torch.as_tensor(
+                    g, dtype=torch.float32, device=dev
+                )
         self._cache = None
 
     def param_flows(self, name: str) -> torch.Tensor:
@@ -302,7 +330,10 @@ class CompiledCircuit(nn.Module):
             if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise DataError(f"data has dtype {arr.dtype}; expected integers or floats")
             x = torch.as_tensor(arr)
-        if x.is_complex() or not (x.is_floating_point() or x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        if x.is_complex() or not (
+            x.is_floating_point()
+            or x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+        ):
             raise DataError(f"data has dtype {x.dtype}; expected integers or floats")
         if x.ndim == 1:
             x = x[None, :]
@@ -329,7 +360,10 @@ class CompiledCircuit(nn.Module):
             name = plan.var_names[c]
             val = float(xf[r, c])
             if not math.isfinite(val):
-                raise DataError(f"{'NaN' if math.isnan(val) else val} in data at row {r}, column {c} ({name})", hint="mark missing values with the missing mask")
+                raise DataError(
+                    f"{'NaN' if math.isnan(val) else val} in data at row {r}, column {c} ({name})",
+                    hint="mark missing values with the missing mask",
+                )
             dom = "binary" if plan.var_k[c] == 2 else f"categorical({plan.var_k[c]})"
             raise DataError(f"value {val:g} at row {r}, column {c} ({name}) is outside the domain {dom}")
         if m is not None:
@@ -348,11 +382,16 @@ class CompiledCircuit(nn.Module):
         if isinstance(x, torch.Tensor) and x.requires_grad:
             xg = x.to(torch.float32)
             xf = xg + (xf - xg).detach() if missing is None else torch.where(torch.isnan(xf), xf, xg)
-        needs_grad = torch.is_grad_enabled() and (self.sum_logits.requires_grad or self.cat_logits.requires_grad or self.gauss.requires_grad or xf.requires_grad)
+        needs_grad = torch.is_grad_enabled() and (
+            self.sum_logits.requires_grad
+            or self.cat_logits.requires_grad
+            or self.gauss.requires_grad
+            or xf.requires_grad
+        )
         if not needs_grad:
             with torch.no_grad():
                 logw, logp, W = self._normalised_cached()
-                V = self._engine().forward(W, logp, self.gauss, xf)
+                V, _aux = self._engine().forward(W, logp, self.gauss, xf)
                 return self._root_values(V)
         logw, logp = self._normalised()
         return _CircuitFunction.apply(self, xf, logw, logp, self.gauss)
@@ -373,50 +412,31 @@ class CompiledCircuit(nn.Module):
         xf = self._prepare(x, missing)
         logw, logp, W = self._normalised_cached()
         eng = self._engine()
-        V = eng.forward(W, logp, self.gauss, xf)
+        V, aux = eng.forward(W, logp, self.gauss, xf)
         ones = torch.ones((self.plan.root_units, xf.shape[0]), dtype=torch.float32, device=self.device)
-        F, PF = eng.backward(W, V, xf, ones)
+        F, PF = eng.backward(W, V, aux, xf, ones)
         self.sum_flows += self._fold_flows(PF)
-        cat_grad, _g, stats, _x = self._input_statistics(F, xf, self.gauss, want_x=False, want_stats=True)
-        self.cat_flows += cat_grad
-        self.gauss_stats += stats
+        cat, g5 = eng.input_stats(F, xf, self.gauss)
+        self.cat_flows += cat
+        self.gauss_stats += g5[:, :3]
         return self._root_values(V)
 
-    def _input_statistics(self, F, xf, gauss, want_x=False, want_stats=False):
-        """From the node flows of the leaves: categorical counts (= gradient wrt log-probs),
-        gaussian gradients wrt (mean, log std), gaussian EM statistics, gradient wrt x."""
-        plan = self.plan
-        t = self._tab()
-        dev = F.device
-        cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=dev)
-        ggrad = torch.zeros((plan.gauss_rows, 2), dtype=torch.float32, device=dev)
-        stats = torch.zeros((plan.gauss_rows, 3), dtype=torch.float32, device=dev)
-        xgrad = torch.zeros_like(xf) if want_x else None
-        for b, var, index in t.inputs:
-            if b.family == "indicator":
+    def _x_grad(self, F, xf, gauss):
+        """d L / d x for gaussian variables (0 for discrete ones and missing entries)."""
+        xgrad = torch.zeros_like(xf)
+        for b, var, index in self._tab().inputs:
+            if b.family != "gaussian":
                 continue
-            f = F[b.row : b.row + b.count]  # [U, B]
+            f = F[b.row : b.row + b.count]
             x = xf[:, var].t()
             obs = ~torch.isnan(x)
-            if b.family == "categorical":
-                idx = index[:, None] + torch.where(obs, x, torch.zeros_like(x)).long()
-                cat.index_add_(0, idx[obs], f[obs])
-                continue
             g = gauss.detach()
             mu = g[index, 0][:, None]
-            lsd = g[index, 1][:, None]
-            xs = torch.where(obs, x, mu)
-            z = (xs - mu) * torch.exp(-lsd)
+            isd = torch.exp(-g[index, 1])[:, None]
+            z = (torch.where(obs, x, mu) - mu) * isd
             fo = torch.where(obs, f, torch.zeros_like(f))
-            gm = (fo * z * torch.exp(-lsd)).sum(1)
-            gs = (fo * (z * z - 1.0)).sum(1)
-            ggrad.index_add_(0, index, torch.stack([gm, gs], dim=1))
-            if want_stats:
-                st = torch.stack([fo.sum(1), (fo * xs).sum(1), (fo * xs * xs).sum(1)], dim=1)
-                stats.index_add_(0, index, st)
-            if want_x:
-                xgrad.index_add_(1, var, (-fo * z * torch.exp(-lsd)).t())
-        return cat, ggrad, stats, xgrad
+            xgrad.index_add_(1, var, (-fo * z * isd).t())
+        return xgrad
 
     @torch.no_grad()
     def em_step(self, step_size: float = 1.0, pseudocount: float = 0.0) -> None:

@@ -77,10 +77,10 @@ class TorchEngine:
                     V[g.row : g.row + g.units] = torch.log(w @ E) + m
                 else:
                     V[g.row : g.row + g.units] = _gather_sum(V, idx)
-        return V
+        return V, None
 
     # ---- backward (PC flows) ----------------------------------------------------------------
-    def backward(self, W, V, xf, root_flow):
+    def backward(self, W, V, aux, xf, root_flow):
         plan = self.plan
         F = torch.zeros_like(V)
         F[plan.root_row : plan.root_row + plan.root_units] = root_flow
@@ -101,6 +101,39 @@ class TorchEngine:
                 _scatter_flows(F, idx, E * (w.t() @ G))
         F[0] = 0.0
         return F, PF
+
+    def input_stats(self, F, xf, gauss):
+        """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows:
+        counts are the gradient wrt the log-prob table; the gaussian sums are (f, f x, f x^2,
+        f z/sd, f (z^2 - 1)) over observed samples (EM statistics and gradients wrt mean, log std)."""
+        plan = self.plan
+        cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
+        g5 = torch.zeros((plan.gauss_rows, 5), dtype=torch.float32, device=F.device)
+        for b, var, index in self.inputs:
+            if b.family == "indicator":
+                continue
+            f = F[b.row : b.row + b.count]  # [U, B]
+            x = xf[:, var].t()
+            obs = ~torch.isnan(x)
+            if b.family == "categorical":
+                idx = index[:, None] + torch.where(obs, x, torch.zeros_like(x)).long()
+                cat.index_add_(0, idx[obs], f[obs])
+                continue
+            g = gauss.detach()
+            mu = g[index, 0][:, None]
+            isd = torch.exp(-g[index, 1])[:, None]
+            xs = torch.where(obs, x, torch.zeros_like(x))
+            z = (xs - mu) * isd
+            fo = torch.where(obs, f, torch.zeros_like(f))
+            st = [
+                fo.sum(1),
+                (fo * xs).sum(1),
+                (fo * xs * xs).sum(1),
+                (fo * z * isd).sum(1),
+                (fo * (z * z - 1.0)).sum(1),
+            ]
+            g5.index_add_(0, index, torch.stack(st, dim=1))
+        return cat, g5
 
 
 def _gather_sum(V, idx):

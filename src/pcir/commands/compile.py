@@ -11,8 +11,12 @@ ORDER = 30
 
 def add_arguments(p):
     p.add_argument("file")
-    p.add_argument("-p", "--pipeline", default=None, help="pass pipeline spec to run first ('default' for the default pipeline)")
-    p.add_argument("--emit", choices=["plan", "triton", "summary"], default="summary", help="what to print (default: summary)")
+    p.add_argument(
+        "-p", "--pipeline", default=None, help="pass pipeline spec to run first ('default' for the default pipeline)"
+    )
+    p.add_argument(
+        "--emit", choices=["plan", "triton", "summary"], default="summary", help="what to print (default: summary)"
+    )
     p.add_argument("--device", default=None, help="device to build the module on (cpu, cuda); checks that it loads")
     p.add_argument("--precision", default="tf32", choices=["tf32", "fp32", "bf16"], help="sum-layer matmul precision")
     p.add_argument("--dump-dir", default=None, help="write the IR after each pass, the plan and the source here")
