@@ -1,36 +1,23 @@
-"""pcir train / eval / info / sample end to end on CPU (tiny data; the compiled runtime, or the
-stand-in of tests/_fake_runtime.py where the backend is not installed)."""
+"""pcir train / eval / info / sample end to end on CPU: the compiled runtime, tiny data."""
 
 from __future__ import annotations
 
 import json
 
-import _fake_runtime as fake
 import numpy as np
 import pytest
 from _train_helpers import make_dataset, mixture_circuit
 
-import pcir.api
-import pcir.train
 from pcir.cli import main
 from pcir.ir import print_ir
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A model file, a dataset file, the stand-in runtime in place of pcir.compile."""
+def env(tmp_path):
+    """A model file and a dataset file."""
     circuit = mixture_circuit()
     model = tmp_path / "mix.pcir"
     model.write_text(print_ir(circuit))
-    import importlib.util
-
-    if (
-        importlib.util.find_spec("pcir.ir.parser") is None
-    ):  # until the IR parser lands: read the model file back from memory
-        real = pcir.api.load
-        monkeypatch.setattr(pcir.api, "load", lambda p, fmt=None: circuit if str(p) == str(model) else real(p, fmt))
-    if importlib.util.find_spec("pcir.backend.runtime") is None:  # until the backend lands: the stand-in
-        monkeypatch.setattr(pcir.train, "compile_model", lambda c, device, **kw: fake.compile(c, device=device))
     make_dataset(tmp_path)
     return {
         "model": str(model),

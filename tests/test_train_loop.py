@@ -2,8 +2,8 @@
 run, early stopping, the report.
 
 Each test runs on two runtimes: ``standin`` (tests/_fake_runtime.py: the runtime contract on the
-float64 reference evaluator, exact) and ``compiled`` (pcir.backend.compile on CPU, float32; skipped
-where the backend is not installed). ``tol`` is the float32 slack of the compiled runtime."""
+float64 reference evaluator, exact) and ``compiled`` (pcir.backend.compile on CPU, float32).
+``tol`` is the float32 slack of the compiled runtime."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ def _compiled(circuit, device):
 def rt(request):
     """(compile function, tolerance) of one runtime."""
     if request.param == "compiled":
-        pytest.importorskip("pcir.backend.runtime")
         return _compiled, 2e-5
     return fake.compile, 0.0
 
