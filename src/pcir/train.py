@@ -40,6 +40,11 @@ from .ir.diagnostics import BackendError, CheckpointError, DataError, PcirError
 EM_MODES = ("mini", "full")
 
 
+def log_line(msg: str) -> None:
+    """Print a line now (flushed: a run logged to a file shows each epoch as it ends)."""
+    print(msg, flush=True)
+
+
 # ---- runtime plumbing ---------------------------------------------------------------------------
 def default_device() -> str:
     """``$PCIR_DEVICE``, else ``cuda`` when a GPU is visible, else ``cpu``."""
@@ -226,7 +231,7 @@ class Trainer:
         out: str | Path | None = None,
         device: str = "cpu",
         progress: bool = True,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = log_line,
         on_batch: Callable[[int, int], None] | None = None,
         meta: dict[str, Any] | None = None,
     ):
@@ -369,10 +374,12 @@ class Trainer:
             try:
                 rec = self._run_epoch(epoch)
             except KeyboardInterrupt:
-                if self.out is not None:
+                if self.out is not None and epoch > 1:
                     self.log(
                         f"interrupted in epoch {epoch}; {self.out / 'last'} holds epoch {epoch - 1}; continue with --resume"
                     )
+                elif self.out is not None:
+                    self.log("interrupted in epoch 1, before the first checkpoint; start again (without --resume)")
                 raise
             self.history.append(rec)
             self.elapsed += rec.train_time_s + rec.eval_time_s
@@ -504,7 +511,7 @@ def train(
     device: str | None = None,
     resume: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log_line,
     compile_fn: Callable[..., Any] | None = None,
     meta: dict[str, Any] | None = None,
     on_batch: Callable[[int, int], None] | None = None,

@@ -128,7 +128,7 @@ def run(args) -> int:
         f"em      {config.em}-batch, step size {steps}, pseudocount {config.pseudocount:g}, batch {config.batch_size}, "
         f"{config.epochs} epochs{full}, patience {config.patience}"
     )
-    print(f"out     {out}")
+    print(f"out     {out}", flush=True)
 
     def compile_fn(c, device):
         from ..train import compile_model
