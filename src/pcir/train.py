@@ -104,13 +104,13 @@ class TrainConfig:
     pseudocount: float = 0.1
     patience: int = 5  # epochs without validation improvement before stopping; 0: never stop early
     seed: int = 0
-    eval_batch_size: int = 4096
+    eval_batch_size: int | None = None  # default: batch_size (known to fit in memory)
     allow_missing: bool = False
 
     def __post_init__(self) -> None:
         if self.em not in EM_MODES:
             raise PcirError(f"unknown EM mode '{self.em}' (use one of: {', '.join(EM_MODES)})")
-        if self.epochs < 0 or self.full_epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
+        if self.epochs < 0 or self.full_epochs < 0 or self.batch_size < 1 or (self.eval_batch_size or 1) < 1:
             raise PcirError("epochs must be >= 0 and batch sizes >= 1")
         if self.full_epochs and self.em != "mini":
             raise PcirError("full_epochs (--full-epochs) follows mini-batch EM; with --em full use --epochs")
@@ -350,7 +350,7 @@ class Trainer:
         t1 = time.perf_counter()
         valid = None
         if "valid" in self.data:
-            valid = float(evaluate(self.model, self.data["valid"], cfg.eval_batch_size).mean())
+            valid = float(evaluate(self.model, self.data["valid"], cfg.eval_batch_size or cfg.batch_size).mean())
         eval_time = time.perf_counter() - t1
         return EpochRecord(
             epoch, total / max(count, 1), valid, step, train_time, eval_time, count / max(train_time, 1e-9)
@@ -418,7 +418,9 @@ class Trainer:
     def _report(self, stopped: bool) -> dict[str, Any]:
         final = {}
         for name, split in self.data.items():
-            final[name] = float(evaluate(self.model, split, self.config.eval_batch_size).mean())
+            final[name] = float(
+                evaluate(self.model, split, self.config.eval_batch_size or self.config.batch_size).mean()
+            )
         nv = self.circuit.num_vars
         image = self.dataset.image_shape is not None
         times = [h.train_time_s for h in self.history]
