@@ -27,7 +27,21 @@ INLINE_LIMIT = 64
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INDEXED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[-?[0-9]+\])+)$")
 _VAR_NUM = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*?)([0-9]+)$")
-_BUILTINS = {"sum", "prod", "outer", "load", "len", "range", "reversed", "min", "max", "abs", "int", "permutation", "children"}
+_BUILTINS = {
+    "sum",
+    "prod",
+    "outer",
+    "load",
+    "len",
+    "range",
+    "reversed",
+    "min",
+    "max",
+    "abs",
+    "int",
+    "permutation",
+    "children",
+}
 
 
 def _reserved() -> set[str]:
@@ -187,7 +201,9 @@ class _Emitter:
             owner = us[0]
             if pn in (f"{owner}.w", f"{self.loaded_name[owner]}.w"):
                 continue  # the loader names it after its first user again
-            name = pn if (_IDENT.match(pn) and pn not in self.used and pn not in _reserved()) else _sanitize(pn, self.used)
+            name = (
+                pn if (_IDENT.match(pn) and pn not in self.used and pn not in _reserved()) else _sanitize(pn, self.used)
+            )
             self.used.add(name)
             declared[pn] = name
             p = c.params.get(pn)
@@ -290,7 +306,9 @@ def _domain(d) -> tuple[str, S.Expr | None]:
     return "categorical", _num(d.k)
 
 
-def emit_pc(circuit: Circuit, *, weights_file: str | Path | None = None, header: str | None = None) -> tuple[str, dict[str, np.ndarray]] | str:
+def emit_pc(
+    circuit: Circuit, *, weights_file: str | Path | None = None, header: str | None = None
+) -> tuple[str, dict[str, np.ndarray]] | str:
     """The `.pc` text of ``circuit``.
 
     With ``weights_file`` (a ``.npz`` name, relative to where the text will be saved), arrays
@@ -301,10 +319,18 @@ def emit_pc(circuit: Circuit, *, weights_file: str | Path | None = None, header:
     em = _Emitter(circuit, wf)
     stmts = em.emit()
     s = circuit.stats()
-    head = header if header is not None else f"# written by pcir: {circuit.num_vars} variables, {s['groups']} groups, {s['nodes']} nodes"
+    head = (
+        header
+        if header is not None
+        else f"# written by pcir: {circuit.num_vars} variables, {s['groups']} groups, {s['nodes']} nodes"
+    )
     text = format_stmts(tuple(stmts))
     if head:
-        text = "\n".join("# " + ln.lstrip("# ") if not ln.startswith("#") else ln for ln in head.splitlines()) + "\n" + text
+        text = (
+            "\n".join("# " + ln.lstrip("# ") if not ln.startswith("#") else ln for ln in head.splitlines())
+            + "\n"
+            + text
+        )
     if wf is not None:
         return text, em.arrays
     return text

@@ -40,7 +40,8 @@ class _PostLexer:
         self.source = source
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        stack: list[Token] = []  # open brackets, innermost last
+        self.stack: list[Token] = []  # open brackets, innermost last (read by error messages)
+        stack = self.stack
         depth = 0  # of ( and [ only: braces delimit blocks, whose newlines count
         pending: Token | None = None  # a newline held back until we see the next token
         at_line_start = True
@@ -247,7 +248,9 @@ def _syntax_error(e: UnexpectedInput, source: S.Source, p: _Parser) -> PcSyntaxE
         elif ch == "&" or ch == "|":
             hint = "use 'and' / 'or'"
         elif ch == '"':
-            return PcSyntaxError("unterminated string", SourceSpan(source.name, line, col, None, text), 'close it with "')
+            return PcSyntaxError(
+                "unterminated string", SourceSpan(source.name, line, col, None, text), 'close it with "'
+            )
         shown = ch if ch.isprintable() else repr(ch)
         return PcSyntaxError(f"unexpected character '{shown}'", SourceSpan(source.name, line, col, col + 1, text), hint)
     if isinstance(e, UnexpectedEOF):
@@ -285,10 +288,18 @@ def _syntax_error(e: UnexpectedInput, source: S.Source, p: _Parser) -> PcSyntaxE
         msg = f"unexpected {what}"
     if expected:
         msg += f"; expected {_join_or(expected)}"
-    return PcSyntaxError(msg, span, _syntax_hint(tok, exp_terms, span))
+    hint = _syntax_hint(tok, exp_terms, span)
+    post = p._post
+    opened = [t for t in getattr(post, "stack", []) if t.type != "LBRACE"]
+    if opened and tok.line is not None and opened[-1].line < tok.line:
+        o = opened[-1]
+        hint = f"'{o.value}' opened at line {o.line}, column {o.column} is still open"
+    return PcSyntaxError(msg, span, hint)
 
 
 def _syntax_hint(tok: Token, expected: set[str], span: SourceSpan) -> str | None:
+    if tok.type == "_ELSE":
+        return "'else' must follow the '}' of an 'if' block"
     if tok.value == "=" and "EQUAL" not in expected:
         return "use '==' to compare"
     if tok.type == "LBRACE" and "LBRACE" not in expected:
