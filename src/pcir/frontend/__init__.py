@@ -72,4 +72,8 @@ def format_pc(text: str, filename: str = "<string>") -> str:
     """The canonical formatting of `.pc` source (comments kept); raises on a syntax error."""
     from .fmt import format_module
 
-    return format_module(parse_module(text, filename))
+    module = parse_module(text, filename)
+    try:
+        return format_module(module)
+    except RecursionError:
+        raise PcSyntaxError("the program is nested too deeply to format", None) from None

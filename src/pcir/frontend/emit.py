@@ -245,7 +245,7 @@ class _Emitter:
                 assert isinstance(g, SumGroup)
                 call = self.sum_call(g, kwargs_p)
             base, key = self.group_target[g.name]
-            attrs = tuple(S.KwArg(k, _value(v)) for k, v in g.attrs if _IDENT.match(k) and k not in KEYWORDS)
+            attrs = tuple(S.KwArg(k, _value(v)) for k, v in g.attrs)
             self.stmts.append(S.Assign(base, ((tuple(_num(k) for k in key)),) if key else (), call, attrs))
             del kwargs
         if c.roots:

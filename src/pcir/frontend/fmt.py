@@ -10,10 +10,12 @@ statement's last line stays there; other comments inside a multi-line statement 
 from __future__ import annotations
 
 import json
+import re
 
 from . import syntax as S
 
 WIDTH = 100
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INDENT = "  "
 
 # precedence levels (higher binds tighter)
@@ -104,6 +106,15 @@ def _expr(e: S.Expr) -> str:
     if isinstance(e, S.Slice):
         return _sub(e)
     raise TypeError(f"cannot format {type(e).__name__}")  # pragma: no cover
+
+
+def attr_key(key: str) -> str:
+    """An attribute key as written: a bare name when it is one, else a quoted string."""
+    from .parser import KEYWORDS
+
+    if _IDENT.match(key) and key not in KEYWORDS:
+        return key
+    return json.dumps(key, ensure_ascii=False)
 
 
 def _sub(s: S.Expr) -> str:
@@ -216,7 +227,7 @@ class _Printer:
             return f"var {st.name}{dims}: {dom}"
         if isinstance(st, S.Assign):
             target = st.name + "".join("[" + ", ".join(expr(i) for i in sub) + "]" for sub in st.indices)
-            suffix = (" with " + ", ".join(f"{k.name}={expr(k.value)}" for k in st.attrs)) if st.attrs else ""
+            suffix = (" with " + ", ".join(f"{attr_key(k.name)}={expr(k.value)}" for k in st.attrs)) if st.attrs else ""
             head = f"{target} = "
             return head + expr_lines(st.value, indent, used + len(head), suffix) + suffix
         if isinstance(st, S.Return):
@@ -229,7 +240,7 @@ class _Printer:
             head = f"param {st.name} = "
             return head + expr_lines(st.value, indent, used + len(head))
         if isinstance(st, S.AttrStmt):
-            return f"attr {st.name} = {expr(st.value)}"
+            return f"attr {attr_key(st.name)} = {expr(st.value)}"
         if isinstance(st, S.Include):
             return "include " + json.dumps(st.path, ensure_ascii=False)
         if isinstance(st, S.Import):

@@ -42,6 +42,7 @@ from .values import (
 )
 
 MAX_INT = 2**62
+MAX_LIST = 10_000_000
 MAX_TEMPLATE_DEPTH = 48
 DEFAULT_MAX_STEPS = 50_000_000
 DOMAINS = ("binary", "categorical", "real")
@@ -371,8 +372,10 @@ class Lowerer:
 
     def _check_attrs(self, attrs: dict[str, tuple[Any, S.KwArg]]) -> None:
         for k, (v, kw) in attrs.items():
-            if k == "bs" and (not _is_int(v) or v < 1):
-                raise self.error(f"bs (block size) must be a positive integer, got {_show(v)}", kw.value.pos or kw.pos)
+            if k == "bs" and (not _is_int(v) or v < 0):
+                raise self.error(
+                    f"bs (block size) must be a non-negative integer, got {_show(v)}", kw.value.pos or kw.pos
+                )
             if k == "waive" and v not in ("smooth", "decomposable"):
                 raise self.error(f'waive must be "smooth" or "decomposable", got {_show(v)}', kw.value.pos or kw.pos)
             if not isinstance(v, (bool, int, float, str, list, range)) or (
@@ -423,8 +426,9 @@ class Lowerer:
                 raise self.error(f"array size must be at least 1, got {d}", e.pos)
         if st.dims:
             size = int(np.prod(dims))
-            if size > 10_000_000:
+            if size > MAX_LIST:
                 raise self.error(f"too many variables ({size})", st.pos)
+            self.check_len(range(size), st.pos)
             names = tuple(f"{st.name}{i}" for i in range(size))
         else:
             names = (st.name,)
@@ -734,6 +738,7 @@ class Lowerer:
         b = self.eval(e.right, namer)
         op = e.op
         if op == "+" and isinstance(a, (list, range)) and isinstance(b, (list, range)):
+            self.check_len(range(len(a) + len(b)), e.pos)
             return list(a) + list(b)
         if isinstance(a, GroupVal) or isinstance(b, GroupVal):
             hint = "a mixture of groups is written sum(A, B, units=...)" if op == "+" else None
@@ -788,7 +793,9 @@ class Lowerer:
             seq = self.sequence(obj, e.obj.pos)
             lo = None if s.lo is None else self.eval_int(s.lo, "a slice bound", namer)
             hi = None if s.hi is None else self.eval_int(s.hi, "a slice bound", namer)
-            return list(seq[lo:hi])
+            part = seq[lo:hi]
+            self.check_len(part, e.pos)
+            return list(part)
         idx = tuple(self.eval_int(x, "an index", namer) for x in e.subs)
         return self.index(obj, idx, e)
 
@@ -936,6 +943,8 @@ class Lowerer:
         if isinstance(v, ArrayVal):
             a = v.value
         elif isinstance(v, (list, range)) or _is_num(v):
+            if isinstance(v, range):
+                self.check_len(v, pos)
             try:
                 a = np.array(_plain_numbers(v), dtype=np.float64)
             except (TypeError, ValueError):
@@ -1293,7 +1302,11 @@ class Lowerer:
                         f"{kind} argument {a} must be a number or string, not {type_name(v)}", self._kpos(kw)
                     )
                 args[a] = v
-        if "k" in dt.arg_names and "k" not in args and domain.is_discrete:
+        defaults = getattr(dt, "default_args", None)
+        if callable(defaults):  # a family may derive its arguments from the domain
+            for k, v in dict(defaults(domain)).items():
+                args.setdefault(k, v)
+        elif "k" in dt.arg_names and "k" not in args and domain.is_discrete:
             args["k"] = domain.k  # categorical-like families default to the variable's domain size
         dist = Dist.make(kind, **args)
         msg = dt.check_dist(dist)
@@ -1506,12 +1519,24 @@ class Lowerer:
 
     def _b_reversed(self, e, namer, top):
         (v,) = self._plain_args(e, "reversed", 1, 1, namer)
-        return list(reversed(self.iterable(v, e.args[0].pos, "reversed()")))
+        seq = self.iterable(v, e.args[0].pos, "reversed()")
+        self.check_len(seq, e.pos)
+        return list(reversed(seq))
+
+    def check_len(self, seq, pos: S.Pos | None) -> None:
+        n = len(seq)
+        if n > MAX_LIST:
+            raise self.error(f"list too long ({n} items)", pos)
+        self.steps += n
+        if self.steps > self.max_steps:
+            raise self.error(f"the program runs too long (more than {self.max_steps} steps); is a list too big?", pos)
 
     def _minmax(self, e, namer, name, fn):
         args = self._plain_args(e, name, 1, 1_000_000, namer)
         if len(args) == 1:
-            args = list(self.iterable(args[0], e.args[0].pos, f"{name}()"))
+            seq = self.iterable(args[0], e.args[0].pos, f"{name}()")
+            self.check_len(seq, e.pos)
+            args = list(seq)
         if not args:
             raise self.error(f"{name}() of an empty list", e.pos)
         if not all(_is_num(a) for a in args):
@@ -1552,13 +1577,15 @@ class Lowerer:
         if len(args) != 1:
             raise self.error("permutation(n, seed=0) takes the size n and a seed", e.pos)
         n = args[0]
-        if not _is_int(n) or n < 0 or n > 100_000_000:
-            raise self.error(f"permutation() needs a size between 0 and 10^8, got {_show(n)}", e.args[0].pos)
+        if not _is_int(n) or n < 0 or n > MAX_LIST:
+            raise self.error(f"permutation() needs a size between 0 and {MAX_LIST}, got {_show(n)}", e.args[0].pos)
+        self.check_len(range(n), e.pos)
         return [int(i) for i in np.random.default_rng(seed).permutation(n)]
 
     def _b_children(self, e, namer, top):
         parent, v = self._plain_args(e, "children", 2, 2, namer)
         seq = self.iterable(parent, e.args[0].pos, "children()")
+        self.check_len(seq, e.pos)
         return [i for i, p in enumerate(seq) if _same(p, v)]
 
 

@@ -422,7 +422,8 @@ class _ToAst(Transformer):
         return S.ParamDecl(str(ch[0]), ch[1] if len(ch) > 1 else None, self._pos(meta))
 
     def attr_stmt(self, meta, ch):
-        return S.AttrStmt(str(ch[0]), ch[1], self._pos(meta))
+        key = _unquote(ch[0]) if ch[0].type == "STRING" else str(ch[0])
+        return S.AttrStmt(key, ch[1], self._pos(meta))
 
     def include_stmt(self, meta, ch):
         return S.Include(_unquote(ch[0]), self._pos(meta))
@@ -484,6 +485,10 @@ class _ToAst(Transformer):
         args = tuple(a for a in items if not isinstance(a, S.KwArg))
         kwargs = tuple(a for a in items if isinstance(a, S.KwArg))
         return S.Call(func, args, kwargs, self._pos(meta))
+
+    def attr_item(self, meta, ch):
+        key = _unquote(ch[0]) if ch[0].type == "STRING" else str(ch[0])
+        return S.KwArg(key, ch[1], self._tpos(ch[0]))
 
     def kwarg(self, meta, ch):
         return S.KwArg(str(ch[0]), ch[1], self._tpos(ch[0]))
