@@ -155,6 +155,7 @@ class _Printer:
         self.out: list[str] = []
         self.comments = sorted(comments, key=lambda c: (c.line, c.col))
         self.done: set[int] = set()  # indices of comments already printed
+        self.trailing: dict[int, str] = {}  # output line index -> its trailing comment
 
     # comments ---------------------------------------------------------------
     def _take(self, lo: int, hi: int) -> list[S.Comment]:
@@ -205,6 +206,26 @@ class _Printer:
         cs = self._take(line, line)
         return ("  " + "  ".join(c.text for c in cs)) if cs else ""
 
+    def aligned(self) -> list[str]:
+        """The output with trailing comments of consecutive statements aligned (as gofmt does)."""
+        out = list(self.out)
+        idx = sorted(self.trailing)
+        run: list[int] = []
+        for i in idx + [-2]:
+            if (
+                run
+                and i == run[-1] + 1
+                and len(out[i]) - len(out[i].lstrip()) == len(out[run[0]]) - len(out[run[0]].lstrip())
+            ):
+                run.append(i)
+                continue
+            if run:
+                col = max(len(out[j]) for j in run) + 2
+                for j in run:
+                    out[j] = out[j].ljust(col) + self.trailing[j]
+            run = [i]
+        return out
+
     def stmt(self, st: S.Stmt, indent: str) -> None:
         if isinstance(st, (S.For, S.If, S.Def)):
             self._block_stmt(st, indent)
@@ -216,8 +237,12 @@ class _Printer:
             # comments inside a multi-line statement go above it; one on its last line stays
             for c in self._take(p.line, p.end_line - 1):
                 self._line(indent, c.text)
-            lines[-1] += self._trail(p.end_line)
+            trail = self._trail(p.end_line)
+        else:
+            trail = ""
         self.out.extend(ln.rstrip() for ln in lines)
+        if trail:
+            self.trailing[len(self.out) - 1] = trail.strip()
 
     def simple(self, st: S.Stmt, indent: str) -> str:
         used = len(indent)
@@ -301,7 +326,7 @@ def format_stmts(stmts, comments: tuple[S.Comment, ...] = ()) -> str:
     """Canonical text of a statement list (no trailing blank lines; ends with a newline)."""
     pr = _Printer(comments)
     pr.block(stmts, "", 0, 10**9)
-    lines = pr.out
+    lines = pr.aligned()
     # any comment we failed to place (should not happen) is kept at the end rather than lost
     for i, c in enumerate(pr.comments):
         if i not in pr.done:
