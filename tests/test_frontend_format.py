@@ -55,7 +55,7 @@ V = [k for k in 0..10 if k % 2 == 0] with bs=2
 
 EXPECTED = """# head
 
-var x[2]: categorical(3)  # vars
+var x[2]: categorical(3)        # vars
 A = categorical(x[0], units=4)  # b
 B = categorical(x[1], units=4)
 for i in 0..3 {
