@@ -221,3 +221,11 @@ def test_emit_round_trip_of_random_circuits(c):
         }
     )
     assert canonical(c2) == expected
+
+
+def test_cli_ir_and_check_on_examples():
+    mixture = str(ROOT / "examples" / "mixture.pc")
+    r = subprocess.run([sys.executable, "-m", "pcir", "ir", mixture], capture_output=True, text=True)
+    assert r.returncode == 0 and "%P = product(%A, %B) aligned units=4" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "pcir", "check", mixture], capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout
