@@ -459,3 +459,10 @@ def discrete_total(circuit: Circuit, root: str | None = None) -> float:
         else:
             miss[:, v] = True
     return float(np.exp(log_likelihood(circuit, x, miss, root=root)).sum())
+
+
+def at_least(n: int):
+    """``@settings`` with at least ``n`` examples (more when the loaded profile asks for more)."""
+    from hypothesis import settings
+
+    return settings(max_examples=max(n, settings.default.max_examples))

@@ -14,9 +14,9 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from strategies import circuits, data_for, discrete_total, random_data
+from strategies import at_least, circuits, data_for, discrete_total, random_data
 
 from pcir.ir import (
     CircuitBuilder,
@@ -35,6 +35,7 @@ from pcir.ir.evaluator import enumerate_assignments
 SMALL = dict(max_vars=3, max_units=3, f32=False)
 
 
+@at_least(100)
 @given(circuits())
 def test_all_assignments_sum_to_one(c):
     for r in c.roots:
@@ -51,7 +52,7 @@ def test_enumerate_assignments_matches_product_of_domains():
     assert {tuple(r) for r in xs.tolist()} == set(itertools.product(range(2), range(3)))
 
 
-@settings(max_examples=25)
+@at_least(60)
 @given(circuits(**SMALL), st.data())
 def test_marginal_equals_explicit_summation(c, data):
     x, missing = data.draw(data_for(c, 3))
@@ -76,7 +77,7 @@ def _row_sums(c, g: SumGroup, pf: np.ndarray) -> np.ndarray:
     return pf.sum(axis=1)
 
 
-@settings(max_examples=25)
+@at_least(60)
 @given(circuits(**SMALL), st.data())
 def test_param_flows_of_a_row_sum_to_the_node_flow(c, data):
     x, missing = data.draw(data_for(c, 4))
@@ -91,7 +92,7 @@ def test_param_flows_of_a_row_sum_to_the_node_flow(c, data):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
 
 
-@settings(max_examples=15)
+@at_least(30)
 @given(circuits(max_vars=3, max_units=2, f32=False, allow_real=False), st.data())
 def test_param_flows_are_gradients_wrt_log_weights(c, data):
     x, missing = data.draw(data_for(c, 3))
@@ -120,7 +121,7 @@ def test_param_flows_are_gradients_wrt_log_weights(c, data):
         np.testing.assert_allclose(fl.param[pname], fd, rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=15)
+@at_least(30)
 @given(circuits(max_vars=3, max_units=2, f32=False, dists=("categorical", "indicator")), st.data())
 def test_input_node_flows_are_gradients_wrt_log_leaf_params(c, data):
     """d(sum ll)/d(log theta[u, c]) = sum of flows of leaf u over observed samples with x == c."""
@@ -190,7 +191,7 @@ def test_em_step_closed_form_on_a_two_component_mixture(pseudocount):
     np.testing.assert_allclose(half.param_value("S.w"), 0.5 * w[None, :] + 0.5 * new_w[None, :], rtol=1e-12)
 
 
-@settings(max_examples=30)
+@at_least(100)
 @given(circuits(max_vars=3, max_units=3, f32=False), st.integers(0, 2**32 - 1))
 def test_full_batch_em_never_decreases_the_log_likelihood(c, seed):
     x, missing = random_data(c, 12, np.random.default_rng(seed), missing_rate=0.25)

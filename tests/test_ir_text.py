@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from strategies import circuits
+from strategies import at_least, circuits
 
 from pcir.ir import (
     Circuit,
@@ -148,6 +148,7 @@ def test_extreme_values_round_trip_exactly():
         assert back.params[k].value.dtype == params[k].value.dtype
 
 
+@at_least(200)
 @given(circuits())
 def test_round_trip_generated(c):
     text = print_ir(c)
@@ -157,7 +158,7 @@ def test_round_trip_generated(c):
     assert print_ir(c) == text  # deterministic
 
 
-@settings(max_examples=10)
+@at_least(20)
 @given(circuits(max_units=8, max_vars=4))
 def test_round_trip_generated_after_materialising(c):
     m = c.materialized()
@@ -295,18 +296,20 @@ def _parse_and_verify(text: str) -> None:
         e.render()
 
 
+@at_least(200)
 @given(st.text(max_size=200))
 def test_random_text_raises_only_pcir_errors(text):
     _parse_and_verify(text)
     _parse_and_verify("pcir 1\n" + text)
 
 
+@at_least(200)
 @given(st.lists(PCIR_ALPHABET, max_size=80).map("".join))
 def test_pcir_like_garbage_raises_only_pcir_errors(text):
     _parse_and_verify("pcir 1\n" + text)
 
 
-@settings(max_examples=60)
+@at_least(150)
 @given(circuits(max_vars=3), st.data())
 def test_mutated_dumps_raise_only_pcir_errors(c, data):
     text = print_ir(c)
