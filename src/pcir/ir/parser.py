@@ -686,11 +686,12 @@ class _Parser:
         ln.field("dist")
         kind, kstart = ln.word("a distribution name")
         if kind not in dists.names():
+            # the known families go in the hint: the list grows as families are registered
             raise ln.error(
-                f"unknown distribution '{kind}' (known: {', '.join(dists.names())})",
+                f"unknown distribution '{kind}'",
                 kstart,
                 ln.pos,
-                hint=suggest(kind, dists.names()),
+                hint=suggest(kind, dists.names()) or f"known distributions: {', '.join(dists.names())}",
             )
         args: list[tuple[str, object]] = []
         if ln.accept("("):
