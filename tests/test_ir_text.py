@@ -182,6 +182,7 @@ def test_lenient_whitespace_and_comments():
     for ln in lines[1:]:
         noisy.append("  " + ln.replace("=", " = ").replace(",", " , ").replace("(", " ( ") + "   ")
     assert parse_ir("\r\n".join(noisy)) == mixture()
+    assert parse_ir("\ufeff" + text) == mixture()
 
 
 def test_load_pcir_file(tmp_path):

@@ -66,6 +66,8 @@ def parse_ir(text: str, filename: str = "<string>") -> Circuit:
     """
     if not isinstance(text, str):
         raise IRParseError(f"expected .pcir text (str), got {type(text).__name__}")
+    if text.startswith("\ufeff"):  # a byte-order mark left by some editors
+        text = text[1:]
     return _Parser(text, filename).parse()
 
 
