@@ -45,7 +45,7 @@ _KINDS = "LICBGPS"
 
 def read(text: str, filename: str) -> Circuit:
     src = Lines(filename, text)
-    g = NodeGraph(filename)
+    g = NodeGraph(filename, src.lines)
     ids: dict[int, int] = {}
     header_line = 0
     declared = -1
@@ -83,13 +83,11 @@ def read(text: str, filename: str) -> Circuit:
             per = 1 if head == "P" else 2
             have = len(toks) - 4
             if have != per * n:
-                what = "children" if head == "P" else "(child, log-weight) pairs"
-                got = have if head == "P" else have / 2
-                raise src.error(
-                    lineno,
-                    f"{head} line says {n} children but lists {got:g} {what}",
-                    3,
-                )
+                if head == "P":
+                    msg = f"P line says {n} children but lists {have}"
+                else:
+                    msg = f"S line says {n} children but has {have} numbers after the count (expected {2 * n}: a child and its log-weight each)"
+                raise src.error(lineno, msg, 3)
             children = []
             for j in range(n):
                 t = 4 + per * j

@@ -29,7 +29,7 @@ from ...ir.circuit import Circuit, InputGroup, Param, ProductGroup, SumGroup, Va
 from ...ir.diagnostics import SourceSpan
 from ...ir.distributions import Dist, Domain
 from ...ir.evaluator import _sum_weights
-from ._common import FormatError
+from ._common import FormatError, span_at
 
 INPUT, PRODUCT, SUM = 0, 1, 2
 
@@ -58,6 +58,7 @@ class NodeGraph:
     """
 
     filename: str = "<input>"
+    source: list[str] | None = None  # the file's lines, to show in diagnostics
     kind: list[int] = field(default_factory=list)
     leaf: list[tuple | None] = field(default_factory=list)  # (family, var, value)
     children: list[tuple[int, ...]] = field(default_factory=list)
@@ -157,7 +158,13 @@ class NodeGraph:
         return out
 
     def span(self, line: int) -> SourceSpan | None:
-        return SourceSpan(self.filename, line, 1) if line > 0 else None
+        if line <= 0:
+            return None
+        if self.source is not None and line <= len(self.source):
+            text = self.source[line - 1]
+            lead = len(text) - len(text.lstrip())
+            return span_at(self.filename, line, text, lead + 1, len(text.rstrip()) + 1)
+        return SourceSpan(self.filename, line, 1)
 
 
 # ------------------------------------------------------------------------------------------------

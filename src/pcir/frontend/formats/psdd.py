@@ -142,7 +142,7 @@ def read_vtree(text: str, filename: str) -> Vtree:
 
 def read(text: str, filename: str, vtree: Vtree | None = None) -> Circuit:
     src = Lines(filename, text)
-    g = NodeGraph(filename)
+    g = NodeGraph(filename, src.lines)
     ids: dict[int, int] = {}
     leaf_of = vtree.leaf_of() if vtree is not None else {}
     header = 0
@@ -206,7 +206,10 @@ def read(text: str, filename: str, vtree: Vtree | None = None) -> Circuit:
             have = len(toks) - 4
             if have != 3 * n:
                 raise src.error(
-                    lineno, f"D line says {n} elements but lists {have / 3:g} (prime, sub, log-weight) triples", 3
+                    lineno,
+                    f"D line says {n} elements but has {have} numbers after the count"
+                    f" (expected {3 * n}: prime, sub and log-weight each)",
+                    3,
                 )
             elems = []
             ws = []
