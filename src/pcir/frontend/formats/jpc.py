@@ -88,22 +88,28 @@ def read(text: str, filename: str) -> Circuit:
                 else:
                     msg = f"S line says {n} children but has {have} numbers after the count (expected {2 * n}: a child and its log-weight each)"
                 raise src.error(lineno, msg, 3)
-            children = []
-            for j in range(n):
-                t = 4 + per * j
-                cid = src.int_at(lineno, toks, t, "a child id", 0)
-                if cid not in ids:
-                    raise src.error(
-                        lineno,
-                        f"child {cid} of node {nid} is not defined before it",
-                        t,
-                        "jpc nodes must come bottom-up: children before parents",
-                    )
-                children.append(ids[cid])
+            fast = _fast_children(toks, ids, per) if "_" not in line else None
+            if fast is None:  # the slow path names the faulty token
+                children = []
+                for j in range(n):
+                    t = 4 + per * j
+                    cid = src.int_at(lineno, toks, t, "a child id", 0)
+                    if cid not in ids:
+                        raise src.error(
+                            lineno,
+                            f"child {cid} of node {nid} is not defined before it",
+                            t,
+                            "jpc nodes must come bottom-up: children before parents",
+                        )
+                    children.append(ids[cid])
+                ws = (
+                    [src.prob_from_log(lineno, toks, 5 + 2 * j, "the log-weight") for j in range(n)] if per == 2 else []
+                )
+            else:
+                children, ws = fast
             if head == "P":
                 last = g.product(children, lineno)
             else:
-                ws = [src.prob_from_log(lineno, toks, 5 + 2 * j, "the log-weight") for j in range(n)]
                 last = g.sum(children, ws, lineno)
         ids[nid] = last
     if not header_line:
@@ -114,6 +120,18 @@ def read(text: str, filename: str) -> Circuit:
         raise src.error(header_line, "the file has no nodes", 0)
     variables = g.infer_variables()
     return to_circuit(g, last, variables)
+
+
+def _fast_children(toks: list[str], ids: dict[int, int], per: int) -> tuple[list[int], list[float]] | None:
+    """Children (and weights) of a well-formed P/S line, or None to take the checking path."""
+    try:
+        children = [ids[int(t)] for t in toks[4::per]]
+        lws = [float(t) for t in toks[5::2]] if per == 2 else []
+    except (ValueError, KeyError):
+        return None
+    if not all(lw <= 700.0 for lw in lws):  # also false for nan
+        return None
+    return children, [math.exp(lw) for lw in lws]
 
 
 def _leaf(src: Lines, g: NodeGraph, lineno: int, toks: list[str], head: str) -> int:

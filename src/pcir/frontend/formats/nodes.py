@@ -117,9 +117,11 @@ class NodeGraph:
     def product(self, children, line: int = 0, vtree: int = -1, *, dedupe: bool = False) -> int:
         """A product node. ``dedupe`` merges it with an earlier product of the same children
         (PSDD elements, which are implicit in the file, are shared this way)."""
-        ch = tuple(int(c) for c in children)
+        ch = tuple(children)
         if dedupe:
-            key = tuple(sorted(ch))
+            key = ch if len(ch) != 2 or ch[0] <= ch[1] else (ch[1], ch[0])
+            if len(key) > 2:
+                key = tuple(sorted(ch))
             nid = self._products.get(key)
             if nid is None:
                 nid = self._products[key] = self._add(PRODUCT, None, ch, None, line, vtree)
@@ -241,7 +243,11 @@ def to_circuit(
         if not ch:
             raise FormatError("a node without children", g.span(g.line[i]))
         cs = [sid[c] for c in ch]
-        distinct = tuple(sorted(set(cs)))
+        if len(cs) == 2:  # the common case (PSDD elements), without set/sort overhead
+            a, b = cs
+            distinct = (a,) if a == b else ((a, b) if a < b else (b, a))
+        else:
+            distinct = tuple(sorted(set(cs)))
         memo = union_memo.get(distinct)
         if memo is None:
             u: frozenset[int] = frozenset().union(*(scope_sets[s] for s in distinct))
@@ -256,7 +262,11 @@ def to_circuit(
         sd[i] = depth
         solo = i == root  # the root gets a group of its own (one unit: the output)
         if kind == PRODUCT:
-            cg = sorted(gid[c] for c in ch)
+            if len(ch) == 2:
+                a, b = gid[ch[0]], gid[ch[1]]
+                cg = (a, b) if a < b else (b, a)
+            else:
+                cg = tuple(sorted(gid[c] for c in ch))
             if len(set(cg)) != len(cg):
                 raise FormatError(
                     "product node is not decomposable: two of its children are on the same variables",
@@ -264,7 +274,7 @@ def to_circuit(
                     "pcir imports products whose children have pairwise different scopes",
                 )
             decomposable = disjoint and len(distinct) == len(cs)
-            assign(i, ("p", s, depth, tuple(cg), decomposable, solo))
+            assign(i, ("p", s, depth, cg, decomposable, solo))
         else:
             smooth = len(distinct) == 1
             vt = g.vtree[i] if sum_attrs_from_vtree else -1
@@ -430,18 +440,28 @@ def _canonical_units(g, order, members, gkind, gid, crank, unit, domains) -> Non
         for i in members[k]:
             skid[i] = distinct[keys[i]]
     parents: dict[int, list[tuple[int, float]]] = {}
-    for i in order:
-        ws = g.weights[i]
-        for j, c in enumerate(g.children[i]):
-            parents.setdefault(c, []).append((i, ws[j] if ws is not None else 0.0))
+
+    def parents_of(i: int) -> list[tuple[int, float]]:
+        if not parents:  # built on the first tie only: most files have none
+            for q in order:
+                ws = g.weights[q]
+                for j, c in enumerate(g.children[q]):
+                    parents.setdefault(c, []).append((q, ws[j] if ws is not None else 0.0))
+        return parents.get(i, [])
+
     for k in reversed(by_rank):
-
-        def sort_key(i: int) -> tuple:
-            sig = sorted((crank[gid[p]], unit[p], w) for p, w in parents.get(i, ()))
-            return (skid[i], tuple(sig))
-
-        members[k].sort(key=sort_key)
-        for u_, i in enumerate(members[k]):
+        mem = members[k]
+        mem.sort(key=skid.__getitem__)
+        # only units with equal structure need their parents to tell them apart
+        j = 0
+        while j < len(mem):
+            e = j + 1
+            while e < len(mem) and skid[mem[e]] == skid[mem[j]]:
+                e += 1
+            if e - j > 1:
+                mem[j:e] = sorted(mem[j:e], key=lambda i: sorted((crank[gid[p]], unit[p], w) for p, w in parents_of(i)))
+            j = e
+        for u_, i in enumerate(mem):
             unit[i] = u_
 
 
