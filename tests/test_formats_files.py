@@ -292,3 +292,29 @@ def test_nothing_half_written_when_writing_fails(tmp_path, monkeypatch):
         export_file(import_file(DATA / "hand.jpc"), "jpc", target)
     assert target.read_text() == "old contents\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.jpc"]
+
+
+def test_other_leaf_families_export_exactly():
+    """binomial -> jpc B lines; literal -> indicators; any other discrete family (here
+    discrete_logistic) -> the categorical of its probabilities: the function is unchanged."""
+    b = CircuitBuilder()
+    x = b.variables(3, Domain.categorical(4))
+    binom = b.input(x[0], units=2, dist=Dist.make("binomial", n=3), params=[0.2, 0.7])
+    lit = b.input(x[1], units=1, dist=Dist.make("literal", value=2))
+    cat = b.input(x[1], units=1, dist=Dist.make("categorical", k=4), params=[[0.1, 0.2, 0.3, 0.4]])
+    logi = b.input(x[2], units=1, dist=Dist.make("discrete_logistic", n=4), params=[[1.5, -0.5]])
+    left = b.sum([binom], units=1, weights=[[0.4, 0.6]])
+    mid = b.sum([lit, cat], units=1, weights=[[0.5, 0.5]])
+    b.root(b.sum([b.product([left, mid, logi], pattern="aligned")], units=1, weights=[[1.0]]))
+    c = b.build()
+    verify(c)
+    xs = enumerate_assignments(c)
+    for fmt in ("jpc", "spflow"):
+        text = export_circuit(c, fmt)
+        if fmt == "jpc":
+            assert sum(1 for line in text.splitlines() if line.startswith("B ") and line.split()[4] == "3") == 2
+        back = import_text(text, fmt)
+        verify(back)
+        np.testing.assert_allclose(prob(back, xs), prob(c, xs), rtol=1e-12, atol=1e-300)
+        if fmt == "jpc":
+            assert {g.dist.kind for g in back if isinstance(g, InputGroup)} == {"binomial", "indicator", "categorical"}

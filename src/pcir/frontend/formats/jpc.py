@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ...ir.circuit import Circuit
 from ._common import FormatError, Lines
 from .nodes import INPUT, PRODUCT, FlatCircuit, NodeGraph, fmt_float, log_text, to_circuit
@@ -163,14 +161,7 @@ def _leaf(src: Lines, g: NodeGraph, lineno: int, toks: list[str], head: str) -> 
         p = min(p, 1.0)
         if n == 1:
             return g.bernoulli(var, p, lineno)
-        # Binomial(N, p) over 0..N is a categorical leaf of N + 1 values
-        ks = np.arange(n + 1)
-        logc = np.array([math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) for k in ks])
-        with np.errstate(divide="ignore"):
-            pmf = (
-                np.exp(logc + ks * np.log(p) + (n - ks) * np.log1p(-p)) if 0 < p < 1 else (ks == (n if p else 0)) * 1.0
-            )
-        return g.categorical(var, pmf, lineno)
+        return g.binomial(var, n, p, lineno)
     mean = src.float_at(lineno, toks, 4, "the gaussian mean")
     std = src.float_at(lineno, toks, 5, "the gaussian standard deviation")
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
@@ -200,6 +191,8 @@ def write(flat: FlatCircuit) -> str:
                 out.append(f"C {i} 0 {v} " + " ".join(log_text(p) for p in val))
             elif fam == "bernoulli":
                 out.append(f"B {i} 0 {v} 1 {log_text(val)}")
+            elif fam == "binomial":
+                out.append(f"B {i} 0 {v} {val[0]} {log_text(val[1])}")
             else:
                 out.append(f"G {i} 0 {v} {fmt_float(val[0])} {fmt_float(val[1])}")
         elif nd.kind == PRODUCT:

@@ -26,7 +26,7 @@ import re
 
 from ...ir.circuit import Circuit
 from ._common import FormatError, span_at
-from .nodes import INPUT, PRODUCT, FlatCircuit, NodeGraph, fmt_float, to_circuit
+from .nodes import INPUT, PRODUCT, FlatCircuit, NodeGraph, categorical_row, fmt_float, to_circuit
 
 MAX_EXPORT_NODES = 1_000_000
 
@@ -306,6 +306,9 @@ def _leaf_text(flat: FlatCircuit, nd) -> str:
         return f"Bernoulli({feat}|p={fmt_float(val)})"
     if fam == "gaussian":
         return f"Gaussian({feat}|mean={fmt_float(val[0])};stdev={fmt_float(val[1])})"
+    if fam == "binomial":  # exactly a categorical over the variable's values
+        row = categorical_row(nd.leaf, flat.variables[var].domain.k)
+        return f"Categorical({feat}|p=[{', '.join(fmt_float(p) for p in row)}])"
     dom = flat.variables[var].domain
     # an indicator is a one-hot categorical (the same for observed and for missing values)
     p = ["0.0"] * dom.k
