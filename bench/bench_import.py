@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="write the PSDD here (and X.vtree next to it) instead of a temp dir")
     ap.add_argument("--check", action="store_true", help="also verify, evaluate 16 samples and export back")
+    ap.add_argument("--passes", action="store_true", help="also run the default pass pipeline and time it")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -129,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         text = export_circuit(c, "psdd")
         print(f"export psdd: {time.perf_counter() - t:.2f} s ({len(text) / 1e6:.1f} MB)")
+    if args.passes:
+        from pcir.passes.pipeline import DEFAULT_PIPELINE, run_pipeline
+
+        t = time.perf_counter()
+        out, _ = run_pipeline(c, DEFAULT_PIPELINE, timings=False)
+        print(f"passes ({DEFAULT_PIPELINE}): {time.perf_counter() - t:.2f} s -> {len(out)} groups")
     if tmp is not None:
         tmp.cleanup()
     return 0
