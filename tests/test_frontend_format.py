@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,19 +102,21 @@ def test_format_keeps_every_comment():
             assert line[line.index("#") :].strip() in out
 
 
-def test_fmt_cli_check_and_in_place(tmp_path):
+def test_fmt_cli_check_and_in_place(tmp_path, capsys):
+    from pcir.cli import main
+
     f = tmp_path / "m.pc"
     f.write_text("var x: binary\nA=bernoulli(x,units=2)\nroot sum(A)\n")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pcir", "fmt", *a], capture_output=True, text=True)  # noqa: E731
-    r = run("--check", str(f))
-    assert r.returncode == 1 and "+A = bernoulli(x, units=2)" in r.stdout
-    r = run("-i", str(f))
-    assert r.returncode == 0 and f.read_text() == "var x: binary\nA = bernoulli(x, units=2)\nroot sum(A)\n"
-    assert run("--check", str(f)).returncode == 0
+    assert main(["fmt", "--check", str(f)]) == 1
+    assert "+A = bernoulli(x, units=2)" in capsys.readouterr().out
+    assert main(["fmt", "-i", str(f)]) == 0
+    assert f.read_text() == "var x: binary\nA = bernoulli(x, units=2)\nroot sum(A)\n"
+    assert main(["fmt", "--check", str(f)]) == 0
+    assert main(["fmt", str(f)]) == 0 and capsys.readouterr().out == f.read_text()
     bad = tmp_path / "bad.pc"
     bad.write_text("A = (1\n")
-    r = run(str(bad))
-    assert r.returncode == 1 and "bad.pc:1:5: error: '(' is never closed" in r.stderr
+    assert main(["fmt", str(bad)]) == 1
+    assert "bad.pc:1:5: error: '(' is never closed" in capsys.readouterr().err
 
 
 # ---- emitter ----------------------------------------------------------------------------------
@@ -223,9 +223,11 @@ def test_emit_round_trip_of_random_circuits(c):
     assert canonical(c2) == expected
 
 
-def test_cli_ir_and_check_on_examples():
+def test_cli_ir_and_check_on_examples(capsys):
+    from pcir.cli import main
+
     mixture = str(ROOT / "examples" / "mixture.pc")
-    r = subprocess.run([sys.executable, "-m", "pcir", "ir", mixture], capture_output=True, text=True)
-    assert r.returncode == 0 and "%P = product(%A, %B) aligned units=4" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "pcir", "check", mixture], capture_output=True, text=True)
-    assert r.returncode == 0 and "ok" in r.stdout
+    assert main(["ir", mixture]) == 0
+    assert "%P = product(%A, %B) aligned units=4" in capsys.readouterr().out
+    assert main(["check", mixture]) == 0
+    assert "ok" in capsys.readouterr().out
