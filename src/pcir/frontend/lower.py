@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from ..ir import distributions as dists
 from ..ir.builder import CircuitBuilder
-from ..ir.circuit import Circuit, InputGroup, Param, SumGroup
+from ..ir.circuit import Circuit, Param
 from ..ir.diagnostics import PcirError, PcSyntaxError, SourceSpan, suggest
 from ..ir.distributions import Dist, Domain
 from . import syntax as S
@@ -214,7 +214,7 @@ class Lowerer:
                     + ", ".join(f"'{n}'" for n in free[:4])
                     + (", ..." if len(free) > 4 else ""),
                     self.span(self.group_pos.get(last)),
-                    f"add 'root {_short(last)}' (or whichever is the circuit's output)",
+                    f"add 'root {last}' (or whichever is the circuit's output)",
                 )
             roots = free
         self.b.root(*roots)
@@ -234,8 +234,6 @@ class Lowerer:
         for g in c:
             pn = getattr(g, "params", None)
             if pn in renames:
-                from dataclasses import replace
-
                 g = replace(g, params=renames[pn])
             groups.append(g)
         return c.replace(groups=groups, params=params)
@@ -300,8 +298,6 @@ class Lowerer:
                 pos,
                 "names are single-assignment; pick a new name or index it, e.g. X[i]",
             )
-        if f.scope.function and f.scope.parent is None and name in self.builtins:
-            pass  # shadowing a builtin at file level is allowed but unusual
         f.scope.names[name] = (value, pos)
 
     def exec_assign(self, st: S.Assign) -> None:
@@ -478,7 +474,7 @@ class Lowerer:
             v = self.eval(e, namer, top=True)
             for g in self.flatten_groups(v, e.pos, "root"):
                 if g.name in self.root_seen:
-                    raise self.error(f"'{_short(g.name)}' is already a root", e.pos)
+                    raise self.error(f"'{g.name}' is already a root", e.pos)
                 self.root_seen.add(g.name)
                 self.roots.append(g.name)
 
@@ -989,9 +985,6 @@ class Lowerer:
         self.group_pos[name] = pos
         return name, {k: self.attr_value(v, pos, k) for k, v in attrs.items()}
 
-    def group_span(self, pos: S.Pos | None) -> SourceSpan | None:
-        return self.span(pos)
-
     def _kwargs(
         self, e: S.Call, allowed: tuple[str, ...], fname: str, namer: Namer | None
     ) -> dict[str, tuple[Any, S.KwArg]]:
@@ -1035,7 +1028,7 @@ class Lowerer:
                 if k.units != u0:
                     p = operand_exprs[j].pos if operand_exprs else pos
                     raise self.error(
-                        f"elementwise product of groups with different sizes: '{_short(kids[0].name)}' has {u0} units, '{_short(k.name)}' has {k.units}",
+                        f"elementwise product of groups with different sizes: '{kids[0].name}' has {u0} units, '{k.name}' has {k.units}",
                         p,
                         "use outer(...) for all combinations, or prod(..., edges=...) to pick pairs",
                     )
@@ -1070,7 +1063,7 @@ class Lowerer:
                 col = edges[:, j]
                 if col.min() < 0 or col.max() >= k.units:
                     raise self.error(
-                        f"edge index {int(col.max() if col.max() >= k.units else col.min())} is out of range for '{_short(k.name)}' ({k.units} units)",
+                        f"edge index {int(col.max() if col.max() >= k.units else col.min())} is out of range for '{k.name}' ({k.units} units)",
                         self._kpos(kw),
                     )
             return self.make_product(kids, "explicit", edges, e.pos, namer, top)
@@ -1101,7 +1094,7 @@ class Lowerer:
             return pv.value, None
         if pv.shape != tuple(shape) or pv.dtype != dtype:
             raise self.error(
-                f"parameter '{pv.name}' is used with shape {list(pv.shape or ())} by '{_short(pv.owner)}', but here it needs {list(shape)}",
+                f"parameter '{pv.name}' is used with shape {list(pv.shape or ())} by '{pv.owner}', but here it needs {list(shape)}",
                 self._kpos(kw),
             )
         return None, pv.owner
@@ -1112,11 +1105,11 @@ class Lowerer:
         g = self.b.group(v.name)
         pname = getattr(g, "params", None)
         if not pname:
-            raise self.error(f"'{_short(v.name)}' is a product group and has no parameters to tie to", self._kpos(kw))
+            raise self.error(f"'{v.name}' is a product group and has no parameters to tie to", self._kpos(kw))
         p = self.b._params[pname]
         if p.shape != tuple(shape) or (p.dtype == "i64") != (dtype == "i64"):
             raise self.error(
-                f"cannot tie to '{_short(v.name)}': its parameters have shape {list(p.shape)}, here {list(shape)} are needed",
+                f"cannot tie to '{v.name}': its parameters have shape {list(p.shape)}, here {list(shape)} are needed",
                 self._kpos(kw),
             )
         return v.name
@@ -1653,10 +1646,6 @@ def _show(v: Any) -> str:
     return type_name(v)
 
 
-def _short(name: str) -> str:
-    return name
-
-
 def _src_name(e: S.Expr) -> str:
     if isinstance(e, S.Name):
         return f"'{e.id}'"
@@ -1726,6 +1715,3 @@ def lower_module(
         return lw.run_module(module, path)
     except RecursionError:
         raise PcSyntaxError("the program nests too deeply (templates or expressions)", None) from None
-
-
-_ = (InputGroup, SumGroup)
