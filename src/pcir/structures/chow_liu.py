@@ -33,13 +33,8 @@ ESTIMATORS = ("auto", "exact", "soft")
 
 
 def _as_data(data) -> np.ndarray:
-    try:
-        import torch  # noqa: F401  (only to recognise tensors)
-
-        if hasattr(data, "detach"):
-            data = data.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if type(data).__module__.startswith("torch"):  # a tensor, wherever it lives
+        data = data.detach().cpu().numpy()
     x = np.asarray(data)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise DataError(f"data for a Chow-Liu tree must be a 2-D array [samples, variables], got shape {x.shape}")

@@ -110,6 +110,7 @@ def hclt(
             if not (0 <= a < n and 0 <= b < n) or a == b:
                 raise PcirError(f"tree edge ({a}, {b}) is not between two of the {n} variables")
     dist, dom = resolve_input(input_dist, num_cats, domain)
+    chow_liu.root_tree(n, edges, 0)  # raises unless the edges form one tree
     r = chow_liu.tree_center(n, edges) if root is None else int(root)
     if not 0 <= r < n:
         raise PcirError(f"root variable {r} out of range (0..{n - 1})")
