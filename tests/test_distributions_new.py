@@ -245,3 +245,20 @@ def test_bad_values_are_reported():
     b.root(b.sum([b.input(v, 1, Dist.make("discrete_logistic", n=4), params=[[1.0, np.nan]])], 1))
     with pytest.raises(VerifyError, match="discrete_logistic parameters must be finite"):
         verify(b.build())
+
+
+def test_new_families_round_trip_through_pcir_text():
+    from pcir.ir import parse_ir
+
+    b = CircuitBuilder(seed=3)
+    x0, x1, x2 = b.variables(3, Domain.categorical(4))
+    a = b.input(x0, 2, Dist.make("binomial", n=3), params=[0.25, 0.75])
+    c = b.input(x1, 2, Dist.make("discrete_logistic", n=4, min_std=0.5))
+    lit = b.input(x2, 2, Dist.make("literal", value=1))
+    lazy_lit = b.input(x2, 2, Dist.make("literal", value=3), params=np.zeros((2, 0)))
+    b.root(b.sum([b.product([a, c, lit]), b.product([a, c, lazy_lit])], 1))
+    circ = verify(b.build())
+    back = parse_ir(print_ir(circ))
+    assert back == circ
+    concrete = circ.materialized()
+    assert parse_ir(print_ir(concrete)) == concrete

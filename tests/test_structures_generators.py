@@ -362,3 +362,15 @@ def test_input_dist_specs():
         rat_spn(4, 2, 1, 1, input_dist="indicator")
     with pytest.raises(PcirError, match="needs the form name=value"):
         rat_spn(4, 2, 1, 1, input_dist="binomial(7)")
+
+
+def test_generated_circuits_round_trip_through_pcir_text():
+    from pcir.ir import parse_ir
+
+    for c in [
+        hclt(tree=[(0, 1), (1, 2), (1, 3)], num_latents=2, input_dist="categorical(k=3)", tie_inputs=True),
+        pd(4, 4, 4, split_intervals=1, block_size=2, input_dist="bernoulli"),
+        rat_spn(7, 2, 2, 2, input_dist="binomial(n=3)"),
+        hmm(4, 2, 5),
+    ]:
+        assert parse_ir(print_ir(c)) == c

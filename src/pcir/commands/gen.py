@@ -144,7 +144,14 @@ def build(args):
             domain=_domain(args),
             seed=args.seed,
         )
-    return st.hmm(args.length, args.states, args.vocab, homogeneous=not args.inhomogeneous, input_dist=args.input_dist, seed=args.seed)
+    return st.hmm(
+        args.length,
+        args.states,
+        args.vocab,
+        homogeneous=not args.inhomogeneous,
+        input_dist=args.input_dist,
+        seed=args.seed,
+    )
 
 
 def write(circuit, output: str | None) -> None:
@@ -158,18 +165,18 @@ def write(circuit, output: str | None) -> None:
     path = Path(output)
     if path.suffix == ".pc":
         try:
-            from ..frontend import emit_pc  # type: ignore[attr-defined]
+            from ..frontend import save_pc  # type: ignore[attr-defined]
+
+            save_pc(circuit, path)  # large arrays go to a .npz beside the .pc
         except ImportError:
             raise PcirError(
-                f"{output}: writing .pc needs pcir.frontend.emit_pc, which this installation lacks",
+                f"{output}: writing .pc needs pcir.frontend.save_pc (the .pc emitter), which this installation lacks",
                 hint="write .pcir instead (same content, the IR text); pcir check and pcir ir read it",
             ) from None
-        text = emit_pc(circuit)
-    elif path.suffix == ".pcir":
-        text = print_ir(circuit)
-    else:
+        return
+    if path.suffix != ".pcir":
         raise PcirError(f"{output}: unknown output format '{path.suffix}' (use .pcir or .pc)")
-    path.write_text(text)
+    path.write_text(print_ir(circuit))
 
 
 def run(args) -> int:
