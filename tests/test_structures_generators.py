@@ -374,3 +374,16 @@ def test_generated_circuits_round_trip_through_pcir_text():
         hmm(4, 2, 5),
     ]:
         assert parse_ir(print_ir(c)) == c
+
+
+def test_mutual_information_torch_path_matches_numpy():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, (200, 7))
+    x[:, 4] = x[:, 0]
+    for est in ("exact", "soft"):
+        a = chow_liu.mutual_information(x, estimator=est, device="cpu", chunk_size=4, row_chunk=64)
+        b = chow_liu.mutual_information(x, estimator=est, device="torch-cpu", chunk_size=4, row_chunk=64)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(PcirError, match="unknown device 'tpu'"):
+        chow_liu.mutual_information(x, device="tpu")
