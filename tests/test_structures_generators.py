@@ -74,6 +74,10 @@ def test_hclt_tie_inputs_shares_one_parameter():
     ins = [g for g in c if isinstance(g, InputGroup)]
     assert len({g.params for g in ins}) == 1
     assert total_probability(c) == pytest.approx(1.0, abs=1e-12)
+    import networkx as nx
+
+    g = nx.Graph([(0, 1), (1, 2), (1, 3)])
+    assert hclt(g, 2, input_dist="categorical(k=3)", tie_inputs=True) == c
     untied = hclt(tree=[(0, 1), (1, 2), (1, 3)], num_latents=2, input_dist="categorical(k=3)")
     assert len({g.params for g in untied if isinstance(g, InputGroup)}) == 4
 

@@ -66,7 +66,8 @@ def hclt(
     """An HCLT circuit, from ``data`` [samples, variables] (Chow-Liu tree learnt here) or ``tree``.
 
     Args:
-        data: integer (or real, for real-valued leaves) array or tensor [N, V].
+        data: integer (or real, for real-valued leaves) array or tensor [N, V]; or a networkx
+            tree (then no learning).
         num_latents: units per latent group (PyJuice's ``num_latents``).
         tree: instead of data, the tree's edges (pairs of variable indices) or a networkx graph.
         root: the tree's root variable (default: its centre, as PyJuice).
@@ -82,6 +83,8 @@ def hclt(
     """
     check_positive("num_latents", num_latents)
     check_positive("num_root_units", num_root_units)
+    if tree is None and type(data).__module__.startswith("networkx"):
+        tree, data = data, None  # hclt(tree_graph, num_latents)
     num_cats = None
     if tree is None:
         if data is None:
