@@ -56,7 +56,9 @@ def main() -> None:
     s = circuit.stats()
     print(f"parse+lower: {best:.3f} s  (HCLT, {args.vars} variables, {args.units} units, best of {args.repeat})")
     print(f"verify:      {t_verify:.3f} s")
-    print(f"circuit:     {s['groups']} groups, {s['nodes']:,} PC nodes, {s['edges']:,} edges, {s['params']:,} parameters")
+    print(
+        f"circuit:     {s['groups']} groups, {s['nodes']:,} PC nodes, {s['edges']:,} edges, {s['params']:,} parameters"
+    )
 
 
 if __name__ == "__main__":
