@@ -72,6 +72,17 @@ def test_train_then_eval_info_and_resume(env, capsys):
     assert rc == 0, err
     assert "variables   4 (4 binary)" in stdout and "epoch       3" in stdout
 
+    # the trained circuit as one .pcir file: the reference log-likelihood of the test split
+    trained = env["tmp"] / "trained.pcir"
+    rc, stdout, err = cli(capsys, "info", m, "--checkpoint", out, "--save-pcir", trained)
+    assert rc == 0, err
+    from pcir.api import load
+    from pcir.data import load_dataset
+    from pcir.ir import log_likelihood
+
+    test_ll = log_likelihood(load(trained), load_dataset(d)["test"]).mean()
+    assert test_ll == pytest.approx(report["test_ll"], abs=1e-5)
+
     # a second run into the same folder must say how to continue; --resume continues
     rc, stdout, err = cli(
         capsys, "train", m, "--data", d, "--epochs", 5, "--out", out, "--device", "cpu", "--no-progress"
