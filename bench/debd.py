@@ -173,7 +173,7 @@ def table(rows, header: bool = True) -> str:
     for r in rows:
         mark = " (better)" if r["delta"] >= 0 else ""
         lines.append(
-            f"| {r['dataset']} | {r['vars']} | {r['test_ll']:.2f} | {r['published']:.2f} | {r['delta']:+.2f}{mark} | "
+            f"| {r['dataset']} | {r['vars']} | {r['test_ll']:.3f} | {r['published']:.2f} | {r['delta']:+.3f}{mark} | "
             f"{r['epochs_run']} ({r['best_epoch']}) | {r['time_per_epoch_s']:.2f} |"
         )
     return "\n".join(lines)
