@@ -325,7 +325,9 @@ class Trainer:
             perm = None  # full-batch EM: order does not matter
         bar = _progress(train.n, f"epoch {epoch}/{cfg.total_epochs}", self.progress)
         t0 = time.perf_counter()
-        total, count = 0.0, 0
+        # the running sum stays on the device: reading it forces a sync, done only for the bar
+        total = torch.zeros((), dtype=torch.float64, device=train.x.device)
+        count, shown = 0, 0.0
         self.model.zero_flows()
         for b, s in enumerate(range(0, train.n, cfg.batch_size)):
             idx = perm[s : s + cfg.batch_size] if perm is not None else slice(s, s + cfg.batch_size)
@@ -333,15 +335,19 @@ class Trainer:
             ll = self.model.forward_backward(xb, mb) if mb is not None else self.model.forward_backward(xb)
             if mode == "mini":
                 self.model.em_step(step_size=step, pseudocount=cfg.pseudocount)
-            total += float(ll.double().sum())
+            total += ll.detach().double().sum()
             count += int(xb.shape[0])
             if bar is not None:
                 bar.update(int(xb.shape[0]))
-                bar.set_postfix_str(f"ll={total / count:.4f}", refresh=False)
+                now = time.perf_counter()
+                if now - shown > 0.5:
+                    bar.set_postfix_str(f"ll={float(total) / count:.4f}", refresh=False)
+                    shown = now
             if self.on_batch is not None:
                 self.on_batch(epoch, b)
         if mode == "full":
             self.model.em_step(step_size=step, pseudocount=cfg.pseudocount)
+        train_total = float(total)  # synchronises with the device: the epoch's work is done
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
@@ -353,7 +359,7 @@ class Trainer:
             valid = float(evaluate(self.model, self.data["valid"], cfg.eval_batch_size or cfg.batch_size).mean())
         eval_time = time.perf_counter() - t1
         return EpochRecord(
-            epoch, total / max(count, 1), valid, step, train_time, eval_time, count / max(train_time, 1e-9)
+            epoch, train_total / max(count, 1), valid, step, train_time, eval_time, count / max(train_time, 1e-9)
         )
 
     def fit(self) -> TrainResult:
