@@ -462,7 +462,7 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, nothing when stderr is a file or a pipe
-    return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, leave=False, disable=None, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=" samples", unit_scale=True, leave=False, disable=None, dynamic_ncols=True)
 
 
 def _epoch_line(rec: EpochRecord, epochs: int, best: bool) -> str:
