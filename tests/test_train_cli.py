@@ -146,3 +146,45 @@ def test_sample_writes_rows_or_says_sampling_is_missing(env, capsys):
     rc, stdout, err = cli(capsys, "sample", m, "--checkpoint", out, "-n", 4, "-o", png)
     assert rc == 0, err
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoints_of_a_pipeline_run_need_that_pipeline(tmp_path, capsys):
+    from pcir.ir import CircuitBuilder, Dist, Domain
+
+    b = CircuitBuilder()
+    xs = b.variables(4, Domain.binary())
+    inner = b.sum([b.product([b.input(v, 3, Dist.make("bernoulli")) for v in xs])], 3)
+    b.root(b.sum([inner], 1))  # collapse-nodes merges the two sums: the structure changes
+    model = tmp_path / "nested.pcir"
+    model.write_text(print_ir(b.build()))
+    make_dataset(tmp_path)
+    data, out = tmp_path / "toy.npz", tmp_path / "run"
+    rc, _, err = cli(
+        capsys,
+        "train",
+        model,
+        "--data",
+        data,
+        "--epochs",
+        1,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--pipeline",
+        "default",
+        "--no-progress",
+    )
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "eval", model, "--data", data, "--checkpoint", out, "--reference")
+    assert rc == 1 and "parameters do not match the circuit" in err and "--pipeline" in err
+    rc, stdout, err = cli(
+        capsys, "eval", model, "--data", data, "--checkpoint", out, "--reference", "--pipeline", "default", "--json"
+    )
+    assert rc == 0, err
+    ref = json.loads(stdout)["splits"]["test"]["mean_ll"]
+    rc, stdout, err = cli(
+        capsys, "eval", model, "--data", data, "--checkpoint", out, "--pipeline", "default", "--json", "--device", "cpu"
+    )
+    assert rc == 0, err
+    assert json.loads(stdout)["splits"]["test"]["mean_ll"] == pytest.approx(ref, abs=1e-5)

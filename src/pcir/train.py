@@ -76,6 +76,18 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def apply_pipeline(circuit: Circuit, pipeline: str | None) -> Circuit:
+    """The circuit after the pass pipeline ``pipeline`` (``"default"``: the default one), as
+    :func:`compile_model` sees it; ``None``: unchanged. Reference paths (sampling, ``--reference``)
+    use it so that checkpoints of a run with ``--pipeline`` fit."""
+    if not pipeline:
+        return circuit
+    from .passes import DEFAULT_PIPELINE, run_pipeline
+
+    out, _report = run_pipeline(circuit, DEFAULT_PIPELINE if pipeline == "default" else pipeline, timings=False)
+    return out
+
+
 def compile_model(circuit: Circuit, device: str, **kw: Any):
     """``pcir.compile(circuit, device=...)``; a clear error while the backend is not installed."""
     try:

@@ -44,6 +44,7 @@ def run(args) -> int:
     from ..ir.verify import verify
     from ..train import (
         DeviceSplit,
+        apply_pipeline,
         bits_per_dim,
         check_device,
         compile_model,
@@ -64,6 +65,7 @@ def run(args) -> int:
         from ..ir.evaluator import log_likelihood
 
         device = "reference"
+        circuit = apply_pipeline(circuit, args.pipeline)
         if args.checkpoint:
             circuit = load_checkpoint(args.checkpoint, args.which, circuit).apply(circuit)
         for s in splits:

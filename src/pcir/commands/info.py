@@ -15,7 +15,9 @@ def add_arguments(p):
     p.add_argument("--which", choices=["best", "last"], default="best")
     p.add_argument("--plan", action="store_true", help="compile and print the backend's kernel plan (layers)")
     p.add_argument("--device", help="device to compile for with --plan (default: cpu)")
-    p.add_argument("--pipeline", help="pass pipeline to run before compiling (with --plan)")
+    p.add_argument(
+        "--pipeline", help="pass pipeline to run before compiling (--plan) or that the checkpoint was trained with"
+    )
     p.add_argument(
         "--save-pcir",
         metavar="FILE",
@@ -112,6 +114,9 @@ def run(args) -> int:
         for line in describe_plan(model):
             print(f"  {line}")
     if args.checkpoint:
+        from ..train import apply_pipeline
+
+        circuit = apply_pipeline(circuit, args.pipeline)
         ck = load_checkpoint(args.checkpoint, args.which, circuit)
         st = ck.state
         settings = st.get("settings", {})

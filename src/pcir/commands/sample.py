@@ -25,6 +25,7 @@ def add_arguments(p):
     p.add_argument("-o", "--output", help="write to FILE.png (image grid), FILE.npy or FILE.csv")
     p.add_argument("--data", help="the dataset, to take the image shape from (for -o FILE.png)")
     p.add_argument("--image-shape", help="image shape as HxW or HxWx3 (for -o FILE.png)")
+    p.add_argument("--pipeline", help="the pass pipeline the checkpoint was trained with (pcir train --pipeline)")
 
 
 def find_sampler():
@@ -77,7 +78,9 @@ def run(args) -> int:
 
     if args.num_samples < 1:
         raise PcirError("-n must be at least 1")
-    circuit = verify(load(args.model))
+    from ..train import apply_pipeline
+
+    circuit = apply_pipeline(verify(load(args.model)), args.pipeline)
     if args.checkpoint:
         circuit = load_checkpoint(args.checkpoint, args.which, circuit).apply(circuit)
     xs = draw(circuit, args.num_samples, args.seed)
