@@ -105,8 +105,24 @@ def _sha256(data: bytes) -> str:
 
 
 # ---- saving -------------------------------------------------------------------------------------
-def save_checkpoint(path: str | Path, circuit: Circuit, state: dict[str, Any] | None = None) -> Path:
-    """Write one checkpoint directory atomically (replacing any directory already at ``path``)."""
+@dataclass(frozen=True)
+class Structure:
+    """The structure text and hash of a circuit, computed once: they do not change in training."""
+
+    text: bytes
+    sha256: str
+
+    @staticmethod
+    def of(circuit: Circuit) -> Structure:
+        return Structure(structure_text(circuit).encode(), structure_hash(circuit))
+
+
+def save_checkpoint(
+    path: str | Path, circuit: Circuit, state: dict[str, Any] | None = None, structure: Structure | None = None
+) -> Path:
+    """Write one checkpoint directory atomically (replacing any directory already at ``path``).
+
+    ``structure``: :meth:`Structure.of` the circuit, when the caller has it already."""
     from safetensors.numpy import save as st_save
 
     final = Path(path)
@@ -115,11 +131,12 @@ def save_checkpoint(path: str | Path, circuit: Circuit, state: dict[str, Any] | 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model_text = structure_text(circuit).encode()
+    structure = structure or Structure.of(circuit)
+    model_text = structure.text
     params_bytes = st_save(param_arrays(circuit), metadata={"format": "pcir-params", "version": str(FORMAT)})
     st = dict(state or {})
     st["format"] = FORMAT
-    st["structure_sha256"] = structure_hash(circuit)
+    st["structure_sha256"] = structure.sha256
     st["files"] = {MODEL_FILE: _sha256(model_text), PARAMS_FILE: _sha256(params_bytes)}
     _write_bytes(tmp / MODEL_FILE, model_text)
     _write_bytes(tmp / PARAMS_FILE, params_bytes)
@@ -148,12 +165,14 @@ def _point(link: Path, target_name: str) -> None:
     _fsync_dir(link.parent)
 
 
-def save_run_checkpoint(out: str | Path, circuit: Circuit, state: dict[str, Any], *, best: bool) -> Path:
+def save_run_checkpoint(
+    out: str | Path, circuit: Circuit, state: dict[str, Any], *, best: bool, structure: Structure | None = None
+) -> Path:
     """Save epoch ``state['epoch']`` under ``out/epoch-NNNN``, point ``out/last`` (and ``out/best``
     when ``best``) at it, then remove epoch directories no link points at."""
     out = Path(out)
     name = f"epoch-{int(state['epoch']):04d}"
-    path = save_checkpoint(out / name, circuit, state)
+    path = save_checkpoint(out / name, circuit, state, structure)
     _point(out / "last", name)
     if best:
         _point(out / "best", name)

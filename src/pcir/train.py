@@ -268,6 +268,7 @@ class Trainer:
         self.elapsed = 0.0
         self._best_params: dict[str, np.ndarray] | None = None
         self.notes: list[str] = []
+        self._structure: ckpt.Structure | None = None
 
     # -- state ----------------------------------------------------------------------------------
     def _state(self, epoch: int) -> dict[str, Any]:
@@ -409,7 +410,12 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             if self.out is not None:
-                ckpt.save_run_checkpoint(self.out, self.model.to_circuit(), self._state(epoch), best=improved)
+                current = self.model.to_circuit()
+                if self._structure is None:
+                    self._structure = ckpt.Structure.of(current)
+                ckpt.save_run_checkpoint(
+                    self.out, current, self._state(epoch), best=improved, structure=self._structure
+                )
             elif improved:
                 self._best_params = _params_of(self.model)
             self.log(_epoch_line(rec, cfg.total_epochs, improved and rec.valid_ll is not None))
