@@ -171,3 +171,16 @@ def test_mini_batch_then_full_batch_phase(tmp_path):
     assert [h.step_size for h in res.history] == [0.3, 0.3, 1.0, 1.0]
     # a full-batch epoch of the stand-in runs exactly one EM step; mini-batch epochs one per batch
     assert res.model.em_steps == 2 * 4 + 2
+
+
+def test_training_without_a_validation_split(tmp_path):
+    from _train_helpers import mixture_data
+
+    from pcir.data import load_dataset
+
+    np.save(tmp_path / "x.npy", mixture_data(50))
+    ds = load_dataset(tmp_path / "x.npy")
+    res = run(STANDIN, mixture_circuit(), ds, tmp_path / "run", em="full", epochs=3, patience=1)
+    assert not res.stopped_early and res.best_epoch == 3  # nothing to stop on: the latest is kept
+    assert res.report["valid_ll"] is None and res.report["test_ll"] is None
+    assert [h.valid_ll for h in res.history] == [None, None, None]
