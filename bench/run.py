@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import platform
 import re
+import signal
 import sys
 import time
 import traceback
@@ -46,6 +47,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--smoke", action="store_true", help="tiny configurations of every family (harness check)")
     ap.add_argument("--only", metavar="REGEX", help="configurations whose name matches (re.search)")
+    ap.add_argument("--configs", metavar="A,B,...", help="exactly these configurations, in this order")
     ap.add_argument("--skip", metavar="REGEX", help="leave out configurations whose name matches")
     ap.add_argument("--no-pyjuice", action="store_true", help="pcir only")
     ap.add_argument("--json", metavar="OUT", help="write the results here (default bench/results/last.json)")
@@ -63,12 +65,26 @@ def parse_args(argv=None):
     ap.add_argument("--budget-s", type=float, default=None, help="start no configuration after this many seconds")
     ap.add_argument("--target-s", type=float, default=0.4, help="seconds spent timing each measurement")
     ap.add_argument("--max-iters", type=int, default=20)
+    ap.add_argument(
+        "--config-timeout-s",
+        type=float,
+        default=None,
+        help="abandon a configuration after this many seconds (SIGALRM; its partial row is kept)",
+    )
     ap.add_argument("--label", default="", help="free text recorded in the JSON (commit, what changed)")
+    ap.add_argument("--from-json", metavar="FILE", help="only print the tables of an earlier run's JSON")
     return ap.parse_args(argv)
 
 
 def select(args) -> list:
     configs = SMOKE if args.smoke else SUITE
+    if args.configs:
+        by_name = {c.name: c for c in configs}
+        names = [n.strip() for n in args.configs.split(",") if n.strip()]
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise SystemExit(f"unknown configuration(s) {', '.join(unknown)}; known: {', '.join(by_name)}")
+        configs = [by_name[n] for n in names]
     if args.quick:
         configs = [c for c in configs if c.name in QUICK]
     if args.only:
@@ -84,7 +100,12 @@ def import_pyjuice(args) -> tuple[object | None, str]:
     try:
         import pyjuice
 
-        return pyjuice, getattr(pyjuice, "__version__", "?")
+        try:
+            from importlib.metadata import version
+
+            return pyjuice, version("pyjuice")
+        except Exception:  # noqa: BLE001  (a source checkout has no metadata)
+            return pyjuice, getattr(pyjuice, "__version__", "?")
     except Exception as e:  # noqa: BLE001  (optional: any import failure means pcir only)
         return None, f"not importable: {type(e).__name__}: {e}"[:300]
 
@@ -111,8 +132,16 @@ def error_text(e: BaseException) -> str:
     return (f"{type(e).__name__}: {e}"[:600] + "\n" + "".join(tb[-3:])[-1500:]).strip()
 
 
-def run_config(cfg, ctx: Context, card: dict, args) -> dict:
-    row: dict = {"config": cfg.name, "family": cfg.family, "latents": cfg.latents, "batch": cfg.batch}
+class ConfigTimeout(BaseException):
+    """Raised by SIGALRM; a BaseException so that the per-side ``except Exception`` lets it through."""
+
+
+def _alarm(signum, frame):
+    raise ConfigTimeout()
+
+
+def run_config(cfg, ctx: Context, card: dict, args, row: dict) -> dict:
+    """Fill ``row`` (the caller's, so that a timeout keeps what was measured) for one configuration."""
     device = ctx.device
     timer_kw = {"target_s": args.target_s, "max_iters": args.max_iters}
     profile = bool(args.profile and re.search(args.profile, cfg.name))
@@ -240,6 +269,9 @@ def tables(doc: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        print(tables(json.loads(Path(args.from_json).read_text())))
+        return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     configs = select(args)
     if not configs:
@@ -261,7 +293,26 @@ def main(argv=None) -> int:
             print(f"skip {cfg.name}: time budget spent", flush=True)
             continue
         t0 = time.perf_counter()
-        row = run_config(cfg, ctx, card, args)
+        row: dict = {"config": cfg.name, "family": cfg.family, "latents": cfg.latents, "batch": cfg.batch}
+        if args.config_timeout_s:
+            signal.signal(signal.SIGALRM, _alarm)
+            signal.alarm(max(1, int(args.config_timeout_s)))
+        try:
+            run_config(cfg, ctx, card, args, row)
+        except ConfigTimeout:
+            row["timeout"] = f"abandoned after {args.config_timeout_s:.0f} s"
+            for side in ("pcir", "pyjuice"):
+                if side in row and "fwd_ms" not in row[side]:
+                    row[side].setdefault("error", row["timeout"])
+            if "pcir" in row and "pyjuice" not in row and ctx.pyjuice is not None:
+                row["pyjuice"] = {"error": row["timeout"]}
+            elif "pcir" not in row:
+                row["pcir"] = {"error": row["timeout"]}
+            pcir_side.free(device)
+        finally:
+            if args.config_timeout_s:
+                signal.alarm(0)
+        report.add_ratios(row)
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         doc["rows"].append(row)
         doc["elapsed_s"] = round(time.perf_counter() - t_start, 1)
