@@ -50,7 +50,7 @@ def parse_args(argv=None):
     ap.add_argument("--configs", metavar="A,B,...", help="exactly these configurations, in this order")
     ap.add_argument("--skip", metavar="REGEX", help="leave out configurations whose name matches")
     ap.add_argument("--no-pyjuice", action="store_true", help="pcir only")
-    ap.add_argument("--json", metavar="OUT", help="write the results here (default bench/results/last.json)")
+    ap.add_argument("--json", metavar="OUT", help="write the results here (default out/bench/last.json)")
     ap.add_argument("--md", metavar="OUT", help="write the tables here (default: the JSON path with .md)")
     ap.add_argument(
         "--profile",
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     juice, juice_info = import_pyjuice(args)
     if juice is not None and device.type != "cuda":
         juice, juice_info = None, "needs a CUDA device"
-    json_path = Path(args.json) if args.json else HERE / "results" / "last.json"
+    json_path = Path(args.json) if args.json else HERE.parent / "out" / "bench" / "last.json"
     md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
     t_start = time.perf_counter()
     card = card_ceilings(device)
