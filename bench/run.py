@@ -68,8 +68,8 @@ def parse_args(argv=None):
     ap.add_argument(
         "--config-timeout-s",
         type=float,
-        default=None,
-        help="abandon a configuration after this many seconds (SIGALRM; its partial row is kept)",
+        default=300.0,
+        help="abandon a configuration after this many seconds (SIGALRM; its partial row is kept; 0: never)",
     )
     ap.add_argument("--label", default="", help="free text recorded in the JSON (commit, what changed)")
     ap.add_argument("--from-json", metavar="FILE", help="only print the tables of an earlier run's JSON")

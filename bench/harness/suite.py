@@ -68,7 +68,8 @@ def _suite() -> list[Config]:
 
 
 SUITE = _suite()
-QUICK = ["hclt-32", "pd-32", "rat-d5-r16-64", "hmm-64", "hclt-128-B1"]
+# (no small batch here: PyJuice 2.6.3's first step at batch 1 or 8 took over 75 s on an H200)
+QUICK = ["hclt-32", "pd-32", "rat-d5-r16-64", "hmm-64"]
 # tiny versions of every family, for a check of the harness on the CPU (TRITON_INTERPRET=1)
 SMOKE = [
     Config("smoke-hclt-4", "hclt", 4, batch=16, h=4, w=4, cats=8),
