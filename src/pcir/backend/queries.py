@@ -501,10 +501,12 @@ def _conditional_flows(st: _State, xf: torch.Tensor, tlist: list[int]) -> dict[i
         if on.numel() == 0:
             continue
         table = torch.exp(_log_prob_table(get_leaf(b.dist.kind), b.dist, st.params(bi)[on], b.k))  # [L, k]
-        f = F[b.rows[on]]  # [L, B]
-        # acc[t, a, :] += sum over leaves on t of p_l(a) * F_l
-        contrib = table[:, :, None] * f[:, None, :]
-        acc[:, : b.k].index_add_(0, tpos[on], contrib)
+        # acc[t, a, :] += sum over leaves l on t of p_l(a) * F_l, in bounded-memory leaf chunks
+        step = max(1, _MAXPLUS_BUDGET // max(b.k * B, 1))
+        for s in range(0, on.numel(), step):
+            part = on[s : s + step]
+            contrib = table[s : s + step, :, None] * F[b.rows[part]][:, None, :]
+            acc[:, : b.k].index_add_(0, tpos[part], contrib)
     out: dict[int, torch.Tensor] = {}
     root_ok = torch.isfinite(_root(model, V))
     for t, v in enumerate(tlist):
@@ -520,16 +522,15 @@ def _conditional_flows(st: _State, xf: torch.Tensor, tlist: list[int]) -> dict[i
 def _conditional_enumerate(st: _State, xf: torch.Tensor, tlist: list[int]) -> dict[int, torch.Tensor]:
     model = st.model
     B = xf.shape[0]
-    rows = []
-    for v in tlist:
-        for a in range(st.tab.var_k[v]):
-            xv = xf.clone()
-            xv[:, v] = float(a)
-            rows.append(xv)
-    big = torch.cat(rows)
+    pairs = [(v, a) for v in tlist for a in range(st.tab.var_k[v])]
+    per_pass = max(1, _ENUMERATE_ROWS // max(B, 1))  # (target, value) pairs per forward pass
     lls = []
-    for s in range(0, big.shape[0], _ENUMERATE_ROWS):
-        _eng, V, _aux = _forward(st, big[s : s + _ENUMERATE_ROWS])
+    for s in range(0, len(pairs), per_pass):
+        chunk = pairs[s : s + per_pass]
+        xv = xf.repeat(len(chunk), 1)
+        for j, (v, a) in enumerate(chunk):
+            xv[j * B : (j + 1) * B, v] = float(a)
+        _eng, V, _aux = _forward(st, xv)
         lls.append(_root(model, V))
     ll = torch.cat(lls)
     out: dict[int, torch.Tensor] = {}
