@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from passes.pcgen import circuits as pass_circuits
-from passes.pcgen import hclt, hmm, pd, rat_spn
+from passes.pcgen import hclt, hmm, pd, random_data, rat_spn
 
 from pcir.ir import Circuit, InputGroup, ProductGroup, SumGroup, log_likelihood, verify
 from pcir.ir.evaluator import _input_values, _logmatmul, _sum_weights, check_data, enumerate_assignments, forward
@@ -16,7 +16,6 @@ from pcir.passes import DEFAULT_PIPELINE, run_pipeline
 
 try:  # the shared generator of valid circuits (odd names, real variables, attributes, ties)
     from strategies import circuits as shared_circuits
-    from strategies import random_data
 except ImportError:  # pragma: no cover - until tests/strategies.py is merged
     shared_circuits = None
 
