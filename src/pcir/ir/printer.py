@@ -33,13 +33,18 @@ import zlib
 
 import numpy as np
 
-from .circuit import AttrValue, Attrs, Circuit, InputGroup, Param, ProductGroup, SumGroup
+from .circuit import Attrs, AttrValue, Circuit, InputGroup, Param, ProductGroup, SumGroup
 from .distributions import Dist
 
 INLINE_LIMIT = 64
 FORMAT_VERSION = 1
 _BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]\-]*$")
-_DTYPE_OF = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32", np.dtype(np.int64): "i64", np.dtype(np.bool_): "bool"}
+_DTYPE_OF = {
+    np.dtype(np.float64): "f64",
+    np.dtype(np.float32): "f32",
+    np.dtype(np.int64): "i64",
+    np.dtype(np.bool_): "bool",
+}
 
 
 def fmt_name(name: str) -> str:
@@ -88,7 +93,7 @@ def _nested(a: np.ndarray) -> str:
 def fmt_attrs(attrs: Attrs) -> str:
     if not attrs:
         return ""
-    return " {" + ", ".join(f"{k}={fmt_scalar(v)}" for k, v in attrs) + "}"
+    return " {" + ", ".join(f"{fmt_name(k)}={fmt_scalar(v)}" for k, v in attrs) + "}"
 
 
 def fmt_dist(d: Dist) -> str:
@@ -108,7 +113,7 @@ def print_ir(circuit: Circuit, summarize: bool = False) -> str:
     """The canonical ``.pcir`` text of ``circuit`` (ends with a newline)."""
     out = [f"pcir {FORMAT_VERSION}"]
     for k, v in circuit.attrs:
-        out.append(f"attr {k} = {fmt_scalar(v)}")
+        out.append(f"attr {fmt_name(k)} = {fmt_scalar(v)}")
     for var in circuit.variables:
         out.append(f"var {fmt_name(var.name)} : {var.domain}")
     for pname, p in circuit.params.items():

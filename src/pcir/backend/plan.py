@@ -1,0 +1,523 @@
+"""Lowering: a verified circuit -> a kernel plan (pure data: numpy index arrays, no torch).
+
+Value buffer
+------------
+Every *stored* PC node owns one row of a node-major buffer ``V[num_rows, batch]`` of float32
+log-values (node flows use the same layout). Row 0 is the constant ``log 1 = 0``: it pads the
+gathers of products of different arity, and it is a harmless sink for the flows sent to pads.
+Stored nodes are inputs (grouped by family, one input block each), sums, and the products that
+are not fused (roots, and products whose flattened arity is too large to pay; see
+``MAX_FUSED_ARITY``).
+
+Fused products
+--------------
+A product is never stored when a sum consumes it: the sum's column k is the sum of ``arity``
+stored rows ``cols[k, :]`` (nested products are flattened), computed as the tiles load in the
+forward pass and recomputed in the backward pass. The plan records ``fuse`` = ``"fused"`` or
+``"stored"`` for every product group.
+
+Layers
+------
+A layer is one launch group: sum groups (or stored product groups) whose inputs all live in
+earlier layers. By default the layer of a stored group is one more than the deepest stored row it
+reads; a valid ``layer`` annotation from the group-layers pass is followed instead.
+
+Parameters
+----------
+* Sum weights: one flat vector in *parameter layout* (each parameter name once, row-major
+  ``(units, K)`` for dense/block, ``(E,)`` for explicit); tied groups read one slice. Kernels read
+  dense ``(units, K)`` row-major weights: dense/block groups read the parameter slice directly
+  (``w_off`` < ``sum_param_size``), explicit groups read a dense expansion appended after it
+  (``explicit_gather`` maps each appended entry to a parameter-layout index, -1 for no edge).
+* Categorical and bernoulli leaves: one flat table of log-probabilities; bernoulli parameters are
+  stored as two-category tables ``[1 - p, p]``. Gaussian leaves: a table ``(rows, 2)`` of
+  ``(mean, log std)``. Indicators: their values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir import distributions as dists
+from ..ir.circuit import Circuit, InputGroup, ProductGroup, SumGroup
+from ..ir.diagnostics import BackendError
+
+PLAN_VERSION = 1
+MAX_FUSED_ARITY = 16
+INPUT_FAMILIES = ("categorical", "gaussian", "indicator")
+
+
+@dataclass
+class InputBlock:
+    """All leaves of one family: rows ``row .. row+count``."""
+
+    family: str  # categorical (also bernoulli) | gaussian | indicator
+    row: int
+    count: int
+    var: np.ndarray  # int32 [count]: the variable each leaf reads
+    index: np.ndarray  # int64 [count]: table base (categorical), table row (gaussian), value (indicator)
+    groups: list[tuple[str, int, int]] = field(default_factory=list)  # (name, row, units)
+
+
+@dataclass
+class SumGroupPlan:
+    name: str
+    row: int
+    units: int
+    k: int
+    arity: int
+    cols: np.ndarray  # int32 [K, arity]: stored rows whose log-values add up to column k
+    w_off: int  # offset of the dense (units, K) weights in the kernel weight buffer
+    params: str
+    pattern: str
+    layer: int
+    block_m: int  # node tile
+    block_k: int  # column tile
+    tiles: np.ndarray  # int32 [T, 2]: the (node tile, column tile) pairs that carry edges
+    products: tuple[str, ...] = ()  # the fused product groups read through cols
+    index: int = 0  # position among all sum groups (row of the per-group max buffer)
+
+
+@dataclass
+class ProductGroupPlan:
+    name: str
+    row: int
+    units: int
+    arity: int
+    idx: np.ndarray  # int32 [units, arity]: stored rows multiplied
+    layer: int
+
+
+@dataclass
+class Layer:
+    index: int
+    kind: str  # "sum" | "product"
+    groups: list
+    block_m: int = 0
+    block_k: int = 0
+    arity: int = 1
+
+
+@dataclass
+class ParamSlot:
+    name: str
+    kind: str  # sum | categorical | bernoulli | gaussian | indicator
+    offset: int  # into the family's flat store (rows for gaussian/indicator)
+    shape: tuple[int, ...]  # IR shape
+    k: int = 0  # categories per row (categorical/bernoulli tables)
+
+
+@dataclass
+class KernelPlan:
+    num_vars: int
+    num_rows: int
+    inputs: list[InputBlock]
+    layers: list[Layer]
+    root: str
+    root_row: int
+    root_units: int
+    params: dict[str, ParamSlot]
+    group_param: dict[str, str]
+    fuse: dict[str, str]  # product group -> fused | stored
+    sum_param_size: int
+    sum_row_id: np.ndarray  # int64 [sum_param_size]: normalisation row of each entry
+    sum_edge: np.ndarray  # bool [sum_param_size]: entry carries an edge
+    sum_num_rows: int
+    explicit_gather: np.ndarray  # int64 [w_size - sum_param_size]
+    w_size: int
+    cat_size: int
+    cat_num_rows: int
+    cat_row_id: np.ndarray  # int64 [cat_size]
+    gauss_rows: int
+    gauss_min_std: np.ndarray  # float64 [gauss_rows]
+    var_k: np.ndarray  # int64 [num_vars]: categories (0 for real variables)
+    var_names: list[str]
+    source_hash: str = ""
+
+    # ---- derived views -------------------------------------------------------------------
+    @property
+    def sum_groups(self) -> list[SumGroupPlan]:
+        return [g for layer in self.layers if layer.kind == "sum" for g in layer.groups]
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "rows": self.num_rows,
+            "layers": len(self.layers),
+            "launches_forward": len([b for b in self.inputs if b.count]) + len(self.layers),
+            "sum_groups": len(self.sum_groups),
+            "fused_products": sum(v == "fused" for v in self.fuse.values()),
+            "stored_products": sum(v == "stored" for v in self.fuse.values()),
+            "weights": self.w_size,
+        }
+
+    def to_text(self) -> str:
+        """Deterministic human-readable dump (``pcir compile --emit=plan``)."""
+        out = [f"plan v{PLAN_VERSION} hash={self.source_hash[:16]}"]
+        out.append(
+            f"rows={self.num_rows} vars={self.num_vars} root={self.root} (row {self.root_row}, {self.root_units} units)"
+        )
+        out.append("stats " + " ".join(f"{k}={v}" for k, v in self.stats().items()))
+        for b in self.inputs:
+            out.append(f"input {b.family} rows=[{b.row},{b.row + b.count}) groups={len(b.groups)}")
+            for name, row, units in b.groups:
+                out.append(f"  {name} row={row} units={units}")
+        for layer in self.layers:
+            sizes = f" tile=({layer.block_m},{layer.block_k})" if layer.kind == "sum" else ""
+            out.append(f"layer {layer.index} {layer.kind} groups={len(layer.groups)} arity={layer.arity}{sizes}")
+            for g in layer.groups:
+                if isinstance(g, SumGroupPlan):
+                    fused = f" fused=[{', '.join(g.products)}]" if g.products else ""
+                    out.append(
+                        f"  sum {g.name} row={g.row} units={g.units} K={g.k} arity={g.arity} {g.pattern} "
+                        f"params={g.params} w_off={g.w_off} tiles={len(g.tiles)}{fused}"
+                    )
+                else:
+                    out.append(f"  product {g.name} row={g.row} units={g.units} arity={g.arity} stored")
+        for name, slot in self.params.items():
+            out.append(f"param {name} {slot.kind} offset={slot.offset} shape={list(slot.shape)}")
+        return "\n".join(out) + "\n"
+
+
+def _tile(n: int, hint: int | None, lo: int, cap: int) -> int:
+    """A power-of-two tile size (Triton needs powers of two; tl.dot needs >= 16)."""
+    if hint and hint > 0:
+        b = 1
+        while b < hint:
+            b *= 2
+        return max(lo, min(b, cap))
+    b = 1
+    while b < n:
+        b *= 2
+    return max(lo, min(b, cap))
+
+
+def circuit_hash(circuit: Circuit) -> str:
+    """A structural hash (parameter *values* excluded: they live in the module, not the kernels)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([v.name for v in circuit.variables]).encode())
+    h.update(json.dumps([str(v.domain) for v in circuit.variables]).encode())
+    for g in circuit:
+        h.update(repr((type(g).__name__, g.name, g.units, g.children, g.attrs)).encode())
+        for arr in (getattr(g, "edges", None), getattr(g, "mask", None)):
+            if arr is not None:
+                h.update(np.ascontiguousarray(arr).tobytes())
+        if isinstance(g, InputGroup):
+            h.update(repr((g.var, str(g.dist), g.params)).encode())
+        if isinstance(g, SumGroup):
+            h.update(repr((g.pattern, g.params, g.block)).encode())
+    h.update(repr(circuit.roots).encode())
+    return h.hexdigest()
+
+
+def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
+    """Lower a verified circuit to a :class:`KernelPlan` (pure data)."""
+    root = root or circuit.roots[0]
+    if root not in circuit:
+        raise BackendError(f"unknown root '{root}'")
+    live: set[str] = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if n not in live:
+            live.add(n)
+            stack.extend(circuit.children(n))
+    order = [n for n in circuit.topo_order() if n in live]
+
+    # ---- which products are fused ---------------------------------------------------------
+    # decided in topological order: a product's flattened arity counts a stored child as 1 and
+    # a fused product child as that child's flattened arity
+    fuse: dict[str, str] = {}
+    flat_arity: dict[str, int] = {}
+    for n in order:
+        g = circuit.group(n)
+        if not isinstance(g, ProductGroup):
+            continue
+        flat_arity[n] = sum(flat_arity[c] if fuse.get(c) == "fused" else 1 for c in g.children)
+        stored = n == root or g.attr("fuse") == "scratch" or flat_arity[n] > MAX_FUSED_ARITY
+        fuse[n] = "stored" if stored else "fused"
+
+    # ---- rows: inputs by family, then stored groups in topological order ------------------
+    var_k = np.array([v.domain.k if v.domain.is_discrete else 0 for v in circuit.variables], dtype=np.int64)
+    params: dict[str, ParamSlot] = {}
+    group_param: dict[str, str] = {}
+    cat_size = 0
+    cat_rows = 0
+    gauss_rows = 0
+    gauss_min_std: list[float] = []
+    cat_row_chunks: list[np.ndarray] = []
+    rows: dict[str, int] = {}
+    next_row = 1
+    inputs: list[InputBlock] = []
+    input_groups = [circuit.group(n) for n in order if isinstance(circuit.group(n), InputGroup)]
+    for family in INPUT_FAMILIES:
+        members = [g for g in input_groups if _family(g) == family]
+        block = InputBlock(family, next_row, 0, np.zeros(0, np.int32), np.zeros(0, np.int64))
+        var_parts: list[np.ndarray] = []
+        idx_parts: list[np.ndarray] = []
+        for g in members:
+            assert isinstance(g, InputGroup)
+            group_param[g.name] = g.params
+            if g.params not in params:
+                shape = circuit.params[g.params].shape
+                if family == "categorical":
+                    k = int(g.dist.arg("k")) if g.dist.kind == "categorical" else 2
+                    params[g.params] = ParamSlot(g.params, g.dist.kind, cat_size, shape, k)
+                    cat_row_chunks.append(np.repeat(np.arange(cat_rows, cat_rows + g.units), k))
+                    cat_size += g.units * k
+                    cat_rows += g.units
+                elif family == "gaussian":
+                    params[g.params] = ParamSlot(g.params, "gaussian", gauss_rows, shape)
+                    gauss_min_std.extend([float(g.dist.arg("min_std", 1e-3))] * g.units)
+                    gauss_rows += g.units
+                else:
+                    params[g.params] = ParamSlot(g.params, "indicator", 0, shape)
+            slot = params[g.params]
+            u = np.arange(g.units, dtype=np.int64)
+            if family == "categorical":
+                idx = slot.offset + u * slot.k
+            elif family == "gaussian":
+                idx = slot.offset + u
+            else:
+                idx = np.asarray(circuit.param_value(g.params), dtype=np.int64).reshape(-1)
+            rows[g.name] = next_row + block.count
+            block.groups.append((g.name, rows[g.name], g.units))
+            block.count += g.units
+            var_parts.append(np.full(g.units, g.var, dtype=np.int32))
+            idx_parts.append(idx)
+        if members:
+            block.var = np.concatenate(var_parts).astype(np.int32)
+            block.index = np.concatenate(idx_parts).astype(np.int64)
+        next_row += block.count
+        inputs.append(block)
+
+    # ---- flattened gathers ----------------------------------------------------------------
+    flat_cache: dict[str, np.ndarray] = {}
+
+    def flat(name: str) -> np.ndarray:
+        """[units, arity] stored rows whose log-values add up to each unit of ``name``."""
+        if name in flat_cache:
+            return flat_cache[name]
+        g = circuit.group(name)
+        if isinstance(g, ProductGroup) and fuse[name] == "fused":
+            idx = g.child_index(circuit.child_units(name))
+            parts = [flat(c)[idx[:, j]] for j, c in enumerate(g.children)]
+            res = np.concatenate(parts, axis=1)
+        else:
+            res = (rows[name] + np.arange(g.units, dtype=np.int64))[:, None]
+        flat_cache[name] = res
+        return res
+
+    # ---- layers ---------------------------------------------------------------------------
+    layer_of: dict[str, int] = {}
+    for b in inputs:
+        for name, _, _ in b.groups:
+            layer_of[name] = 0
+    stored_groups = [
+        n for n in order if not isinstance(circuit.group(n), InputGroup) and fuse.get(n, "stored") == "stored"
+    ]
+    deps: dict[str, set[str]] = {}
+
+    def stored_deps(name: str) -> set[str]:
+        g = circuit.group(name)
+        out: set[str] = set()
+        for c in g.children:
+            cg = circuit.group(c)
+            if isinstance(cg, ProductGroup) and fuse[c] == "fused":
+                out |= stored_deps(c)
+            else:
+                out.add(c)
+        return out
+
+    for n in stored_groups:
+        deps[n] = stored_deps(n)
+    # default: depth over stored groups
+    for n in stored_groups:
+        layer_of[n] = 1 + max(layer_of[d] for d in deps[n])
+    # follow the pass annotation when it is a valid schedule (children strictly earlier)
+    ann = {n: circuit.group(n).attr("layer") for n in stored_groups}
+    if stored_groups and all(isinstance(v, int) for v in ann.values()):
+        in_ann = {n: 0 for b in inputs for n, _, _ in b.groups}
+        in_ann.update({n: int(v) for n, v in ann.items()})  # type: ignore[arg-type]
+        if all(in_ann[d] < in_ann[n] for n in stored_groups for d in deps[n]):
+            ranks = sorted(set(in_ann[n] for n in stored_groups))
+            remap = {r: i + 1 for i, r in enumerate(ranks)}
+            for n in stored_groups:
+                layer_of[n] = remap[in_ann[n]]
+
+    layer_ids = sorted(set(layer_of[n] for n in stored_groups))
+    # sums and stored products of one depth go to separate launch groups (sum first is wrong:
+    # they are independent, so any order works); keep topological order inside a layer
+    layers: list[Layer] = []
+    for lid in layer_ids:
+        members = [n for n in stored_groups if layer_of[n] == lid]
+        for kind in ("product", "sum"):
+            ms = [n for n in members if (circuit.group(n).kind == kind)]
+            if ms:
+                layers.append(Layer(len(layers), kind, ms))
+
+    # assign rows to stored groups in layer order (contiguous per layer)
+    for layer in layers:
+        for n in layer.groups:
+            rows[n] = next_row
+            next_row += circuit.group(n).units
+
+    # ---- sum parameters ------------------------------------------------------------------
+    sum_param_size = 0
+    sum_rows = 0
+    row_chunks: list[np.ndarray] = []
+    edge_chunks: list[np.ndarray] = []
+    explicit_parts: list[np.ndarray] = []
+    w_size_extra = 0
+    sum_groups = [n for n in stored_groups if isinstance(circuit.group(n), SumGroup)]
+    for n in sum_groups:
+        g = circuit.group(n)
+        assert isinstance(g, SumGroup)
+        group_param[n] = g.params
+        if g.params in params:
+            continue
+        k = circuit.num_columns(n)
+        shape = circuit.params[g.params].shape
+        params[g.params] = ParamSlot(g.params, "sum", sum_param_size, shape)
+        if g.pattern == "explicit":
+            assert g.edges is not None
+            row_chunks.append(sum_rows + g.edges[:, 0])
+            edge_chunks.append(np.ones(len(g.edges), dtype=bool))
+            sum_param_size += len(g.edges)
+        else:
+            row_chunks.append(np.repeat(np.arange(sum_rows, sum_rows + g.units), k))
+            edge_chunks.append(g.edge_mask(k).reshape(-1))
+            sum_param_size += g.units * k
+        sum_rows += g.units
+
+    final_layers: list[Layer] = []
+    explicit_off = sum_param_size
+    emasks: dict[str, np.ndarray] = {}
+    sum_index = 0
+    for layer in layers:
+        plans: list = []
+        for n in layer.groups:
+            g = circuit.group(n)
+            if isinstance(g, ProductGroup):
+                idx = g.child_index(circuit.child_units(n))
+                cols = np.concatenate([flat(c)[idx[:, j]] for j, c in enumerate(g.children)], axis=1)
+                plans.append(ProductGroupPlan(n, rows[n], g.units, cols.shape[1], cols.astype(np.int32), layer.index))
+                continue
+            assert isinstance(g, SumGroup)
+            k = circuit.num_columns(n)
+            parts = [flat(c) for c in g.children]
+            arity = max(p.shape[1] for p in parts)
+            cols = np.zeros((k, arity), dtype=np.int64)
+            off = 0
+            for p in parts:
+                cols[off : off + p.shape[0], : p.shape[1]] = p
+                off += p.shape[0]
+            slot = params[g.params]
+            if g.pattern == "explicit":
+                assert g.edges is not None
+                gather = np.full(g.units * k, -1, dtype=np.int64)
+                gather[g.edges[:, 0] * k + g.edges[:, 1]] = slot.offset + np.arange(len(g.edges))
+                explicit_parts.append(gather)
+                w_off = explicit_off
+                explicit_off += g.units * k
+                w_size_extra += g.units * k
+            else:
+                w_off = slot.offset
+            bs = g.attr("bs")
+            block_m = _tile(g.units, int(bs) if isinstance(bs, int) else None, 16, 64)
+            block_k = _tile(k, None, 16, 64)
+            fused = tuple(sorted(_fused_under(circuit, n, fuse)))
+            emasks[n] = g.edge_mask(k)
+            plans.append(
+                SumGroupPlan(
+                    n,
+                    rows[n],
+                    g.units,
+                    k,
+                    arity,
+                    cols.astype(np.int32),
+                    w_off,
+                    g.params,
+                    g.pattern,
+                    layer.index,
+                    block_m,
+                    block_k,
+                    np.zeros((0, 2), np.int32),
+                    fused,
+                    sum_index,
+                )
+            )
+            sum_index += 1
+        lay = Layer(layer.index, layer.kind, plans)
+        if layer.kind == "sum":
+            # one launch per layer: the layer's tile sizes are the largest its groups want
+            lay.block_m = max(g.block_m for g in plans)
+            lay.block_k = max(g.block_k for g in plans)
+            lay.arity = max(g.arity for g in plans)
+            for g in plans:
+                g.block_m, g.block_k = lay.block_m, lay.block_k
+                g.tiles = _occupied_tiles(emasks[g.name], lay.block_m, lay.block_k)
+        else:
+            lay.arity = max(g.arity for g in plans)
+        final_layers.append(lay)
+
+    rg = circuit.group(root)
+    return KernelPlan(
+        num_vars=circuit.num_vars,
+        num_rows=next_row,
+        inputs=inputs,
+        layers=final_layers,
+        root=root,
+        root_row=rows[root],
+        root_units=rg.units,
+        params=params,
+        group_param=group_param,
+        fuse={n: fuse[n] for n in order if n in fuse},
+        sum_param_size=sum_param_size,
+        sum_row_id=np.concatenate(row_chunks).astype(np.int64) if row_chunks else np.zeros(0, np.int64),
+        sum_edge=np.concatenate(edge_chunks) if edge_chunks else np.zeros(0, bool),
+        sum_num_rows=sum_rows,
+        explicit_gather=np.concatenate(explicit_parts) if explicit_parts else np.zeros(0, np.int64),
+        w_size=sum_param_size + w_size_extra,
+        cat_size=cat_size,
+        cat_num_rows=cat_rows,
+        cat_row_id=np.concatenate(cat_row_chunks).astype(np.int64) if cat_row_chunks else np.zeros(0, np.int64),
+        gauss_rows=gauss_rows,
+        gauss_min_std=np.asarray(gauss_min_std, dtype=np.float64),
+        var_k=var_k,
+        var_names=[v.name for v in circuit.variables],
+        source_hash=circuit_hash(circuit),
+    )
+
+
+def _occupied_tiles(emask: np.ndarray, block_m: int, block_k: int) -> np.ndarray:
+    """(node tile, column tile) pairs of a (units, K) edge mask that carry at least one edge."""
+    units, k = emask.shape
+    nt_m = -(-units // block_m)
+    nt_k = -(-k // block_k)
+    pad = np.zeros((nt_m * block_m, nt_k * block_k), dtype=bool)
+    pad[:units, :k] = emask
+    occupied = pad.reshape(nt_m, block_m, nt_k, block_k).any(axis=(1, 3))
+    return np.argwhere(occupied).astype(np.int32)
+
+
+def _family(g: InputGroup) -> str:
+    kind = g.dist.kind
+    if kind in ("categorical", "bernoulli"):
+        return "categorical"
+    if kind in ("gaussian", "indicator"):
+        return kind
+    dists.get(kind)  # raises for unknown families
+    raise BackendError(f"group '{g.name}': distribution '{kind}' has no backend kernel", g.span)
+
+
+def _fused_under(circuit: Circuit, name: str, fuse: dict[str, str]) -> set[str]:
+    out: set[str] = set()
+    for c in circuit.children(name):
+        if fuse.get(c) == "fused":
+            out.add(c)
+            out |= _fused_under(circuit, c, fuse)
+    return out

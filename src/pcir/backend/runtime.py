@@ -1,0 +1,499 @@
+"""The runtime: a compiled circuit as a ``torch.nn.Module``.
+
+Parameters (``nn.Parameter``, what optimisers see)
+--------------------------------------------------
+* ``sum_logits``: unnormalised log-weights of every sum parameter, flat in the plan's parameter
+  layout (each parameter name once; tied groups share it). The forward pass normalises them per
+  sum node (a log-softmax over the node's edges), so the circuit stays normalised whatever an
+  optimiser does; entries without an edge hold ``-inf``.
+* ``cat_logits``: the same for categorical leaves; bernoulli leaves are two-category tables.
+* ``gauss``: ``(rows, 2)`` of (mean, log std) for gaussian leaves.
+
+Flows and gradients: two views of one backward pass
+---------------------------------------------------
+The backward pass computes PC flows top-down from a root flow. ``forward_backward`` starts it with
+flow 1 per sample and accumulates the parameter flows for EM. The autograd path starts it with the
+incoming gradient ``dL/d ll_b`` as the root flow: the flow of edge ij is then exactly
+``dL/d log W_ij`` (normalised log-weight), and torch's autograd takes it from there through the
+log-softmax to ``sum_logits``. With ``L = sum_b ll_b`` the two coincide.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ir.circuit import Circuit
+from ..ir.diagnostics import BackendError, DataError
+from .plan import KernelPlan
+
+
+def _segment_log_softmax(logits: torch.Tensor, row_id: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Log-softmax of ``logits`` within each segment ``row_id`` (autograd-friendly)."""
+    if logits.numel() == 0:
+        return logits
+    with torch.no_grad():
+        mx = torch.full((num_rows,), -math.inf, dtype=logits.dtype, device=logits.device)
+        mx = mx.scatter_reduce(0, row_id, logits, reduce="amax", include_self=True)
+        mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    shifted = logits - mx[row_id]
+    s = torch.zeros(num_rows, dtype=logits.dtype, device=logits.device).index_add(0, row_id, torch.exp(shifted))
+    return shifted - torch.log(s)[row_id]
+
+
+class _Tables:
+    """Per-device index tensors derived from the plan (built once per device)."""
+
+    def __init__(self, plan: KernelPlan, device: torch.device):
+        lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
+        self.sum_row_id = lt(plan.sum_row_id)
+        self.sum_edge = torch.as_tensor(plan.sum_edge, dtype=torch.bool, device=device)
+        deg = np.bincount(plan.sum_row_id, weights=plan.sum_edge.astype(np.float64), minlength=plan.sum_num_rows)
+        self.sum_deg = torch.as_tensor(deg, dtype=torch.float32, device=device)
+        gather = plan.explicit_gather.copy()
+        gather[gather < 0] = plan.sum_param_size  # the appended -inf entry
+        self.explicit_gather = lt(gather)
+        self.explicit_valid = torch.as_tensor(plan.explicit_gather >= 0, device=device)
+        self.cat_row_id = lt(plan.cat_row_id)
+        cat_k = np.bincount(plan.cat_row_id, minlength=plan.cat_num_rows).astype(np.float64)
+        self.cat_k = torch.as_tensor(cat_k, dtype=torch.float32, device=device)
+        self.gauss_min_std = torch.as_tensor(plan.gauss_min_std, dtype=torch.float32, device=device)
+        self.var_k = torch.as_tensor(plan.var_k, dtype=torch.float32, device=device)
+        self.discrete = self.var_k > 0
+        self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
+
+
+class _CircuitFunction(torch.autograd.Function):
+    """ll = circuit(x; log W, categorical log-probs, gaussian params) with a flows backward."""
+
+    @staticmethod
+    def forward(ctx, model: CompiledCircuit, xf, logw, cat_logp, gauss):  # type: ignore[override]
+        W = model._kernel_weights(logw)
+        eng = model._engine()
+        V, aux = eng.forward(W, cat_logp, gauss, xf)
+        ctx.model = model
+        ctx.W = W
+        ctx.aux = aux
+        ctx.save_for_backward(xf, cat_logp, gauss, V)
+        return model._root_values(V)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        model: CompiledCircuit = ctx.model
+        xf, cat_logp, gauss, V = ctx.saved_tensors
+        root_flow = grad_out.reshape(grad_out.shape[0], -1).t().to(torch.float32)
+        eng = model._engine()
+        F, PF = eng.backward(ctx.W, V, ctx.aux, xf, root_flow)
+        grad_logw = model._fold_flows(PF)
+        cat_grad, g5 = eng.input_stats(F, xf, gauss)
+        x_grad = model._x_grad(F, xf, gauss) if ctx.needs_input_grad[1] else None
+        return None, x_grad, grad_logw, cat_grad, g5[:, 3:5].contiguous()
+
+
+class CompiledCircuit(nn.Module):
+    """A circuit compiled to kernels. See :func:`pcir.backend.compile` and the module docstring.
+
+    ``model(x, missing=None)`` returns per-sample log-likelihoods ``[B]`` (``[B, units]`` for a
+    root of several units) and supports autograd; ``forward_backward`` + ``em_step`` train by EM.
+    """
+
+    def __init__(
+        self,
+        circuit: Circuit,
+        plan: KernelPlan,
+        *,
+        precision: str = "tf32",
+        engine: str = "auto",
+        source: str | None = None,
+        kernels: Any = None,
+    ):
+        super().__init__()
+        self.circuit = circuit
+        self.plan = plan
+        self.precision = precision
+        self.engine_name = engine
+        self.source = source  # generated Triton source (None for the torch engine)
+        self._kernels = kernels  # the imported generated module
+        self._tables: dict[str, _Tables] = {}
+        self._engines: dict[str, Any] = {}
+        self._cache: tuple | None = None
+        logits = np.full(plan.sum_param_size, -np.inf, dtype=np.float32)
+        cat = np.zeros(plan.cat_size, dtype=np.float32)
+        gauss = np.zeros((plan.gauss_rows, 2), dtype=np.float32)
+        self.sum_logits = nn.Parameter(torch.as_tensor(logits))
+        self.cat_logits = nn.Parameter(torch.as_tensor(cat))
+        self.gauss = nn.Parameter(torch.as_tensor(gauss))
+        self.register_buffer("sum_flows", torch.zeros(plan.sum_param_size), persistent=False)
+        self.register_buffer("cat_flows", torch.zeros(plan.cat_size), persistent=False)
+        self.register_buffer("gauss_stats", torch.zeros(plan.gauss_rows, 3), persistent=False)
+        with torch.no_grad():
+            for name, slot in plan.params.items():
+                if slot.kind != "indicator":
+                    self._set_slot(name, np.asarray(circuit.param_value(name), dtype=np.float64))
+
+    # ---- basics ----------------------------------------------------------------------------
+    @property
+    def num_vars(self) -> int:
+        return self.plan.num_vars
+
+    @property
+    def device(self) -> torch.device:
+        return self.sum_logits.device
+
+    def extra_repr(self) -> str:
+        s = self.plan.stats()
+        return f"engine={self._engine().name}, precision={self.precision}, rows={s['rows']}, layers={s['layers']}, weights={s['weights']}"
+
+    def _key(self) -> str:
+        return str(self.device)
+
+    def _tab(self) -> _Tables:
+        k = self._key()
+        if k not in self._tables:
+            self._tables[k] = _Tables(self.plan, self.device)
+        return self._tables[k]
+
+    def _engine(self):
+        k = self._key()
+        if k not in self._engines:
+            use_triton = self.engine_name == "triton" or (
+                self.engine_name == "auto" and self._kernels is not None and _triton_can_run(self.device)
+            )
+            if use_triton:
+                from .triton_engine import TritonEngine
+
+                self._engines[k] = TritonEngine(self.plan, self.device, self._kernels, self.precision)
+            else:
+                from .torch_engine import TorchEngine
+
+                self._engines[k] = TorchEngine(self.plan, self.device)
+        return self._engines[k]
+
+    # ---- parameters ------------------------------------------------------------------------
+    def _normalised(self):
+        """(log W in parameter layout, categorical log-probs) from the logits."""
+        t = self._tab()
+        logw = _segment_log_softmax(self.sum_logits, t.sum_row_id, self.plan.sum_num_rows)
+        logp = _segment_log_softmax(self.cat_logits, t.cat_row_id, self.plan.cat_num_rows)
+        return logw, logp
+
+    def _normalised_cached(self):
+        key = (
+            self.sum_logits._version,
+            self.cat_logits._version,
+            self._key(),
+            id(self.sum_logits),
+            id(self.cat_logits),
+        )
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                logw, logp = self._normalised()
+                W = self._kernel_weights(logw)
+            self._cache = (key, logw, logp, W)
+        return self._cache[1], self._cache[2], self._cache[3]
+
+    def _kernel_weights(self, logw: torch.Tensor) -> torch.Tensor:
+        """Linear weights in the kernel layout (parameter layout + dense expansions of explicit sums)."""
+        t = self._tab()
+        with torch.no_grad():
+            w = torch.exp(logw.detach())
+            if self.plan.w_size == self.plan.sum_param_size:
+                return w.contiguous()
+            ext = torch.cat([w, w.new_zeros(1)])
+            return torch.cat([w, ext[t.explicit_gather]])
+
+    def _fold_flows(self, PF: torch.Tensor) -> torch.Tensor:
+        """Kernel-layout parameter flows -> parameter layout (explicit sums folded back)."""
+        n = self.plan.sum_param_size
+        out = PF[:n].clone()
+        if self.plan.w_size > n:
+            t = self._tab()
+            extra = PF[n:]
+            valid = t.explicit_valid
+            out.index_add_(0, t.explicit_gather[valid], extra[valid])
+        return out
+
+    def _slot(self, name: str):
+        plan = self.plan
+        if name in plan.params:
+            return plan.params[name]
+        if name in plan.group_param:
+            return plan.params[plan.group_param[name]]
+        from ..ir.diagnostics import suggest
+
+        cands = list(plan.params) + list(plan.group_param)
+        hint = suggest(name, cands)
+        raise BackendError(f"unknown parameter or group '{name}'", hint=f"did you mean '{hint}'?" if hint else None)
+
+    def get_param(self, name: str) -> torch.Tensor:
+        """The current value of a parameter (or of a group's parameter) in the IR's format."""
+        slot = self._slot(name)
+        with torch.no_grad():
+            logw, logp = self._normalised()
+            n = int(np.prod(slot.shape))
+            if slot.kind == "sum":
+                return torch.exp(logw[slot.offset : slot.offset + n]).reshape(slot.shape).clone()
+            if slot.kind == "categorical":
+                return torch.exp(logp[slot.offset : slot.offset + n]).reshape(slot.shape).clone()
+            if slot.kind == "bernoulli":
+                return torch.exp(logp[slot.offset : slot.offset + 2 * n]).reshape(n, 2)[:, 1].clone()
+            if slot.kind == "gaussian":
+                g = self.gauss[slot.offset : slot.offset + slot.shape[0]]
+                return torch.stack([g[:, 0], torch.exp(g[:, 1])], dim=1).clone()
+            for b in self.plan.inputs:  # indicator values are compiled into the plan
+                for gname, _row, _units in b.groups:
+                    if self.plan.group_param.get(gname) == slot.name:
+                        return torch.as_tensor(np.array(self.circuit.param_value(slot.name)), device=self.device)
+        raise BackendError(f"parameter '{name}' has no value")  # pragma: no cover
+
+    def set_param(self, name: str, value) -> None:
+        """Set a parameter (IR format: sum weights, probabilities, [mean, std]); it is normalised."""
+        slot = self._slot(name)
+        arr = np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+        if arr.shape != tuple(slot.shape):
+            raise BackendError(f"parameter '{slot.name}' has shape {list(slot.shape)}, got {list(arr.shape)}")
+        if slot.kind == "indicator":
+            raise BackendError(f"parameter '{slot.name}' holds indicator values, which are compiled into the kernels")
+        with torch.no_grad():
+            self._set_slot(slot.name, arr)
+
+    def _set_slot(self, name: str, arr: np.ndarray) -> None:
+        slot = self.plan.params[name]
+        n = int(np.prod(slot.shape))
+        dev = self.sum_logits.device
+        with np.errstate(divide="ignore"):
+            if slot.kind == "sum":
+                lv = np.log(np.maximum(arr.reshape(-1), 0.0))
+                edge = self.plan.sum_edge[slot.offset : slot.offset + n]
+                lv = np.where(edge, lv, -np.inf)
+                self.sum_logits.data[slot.offset : slot.offset + n] = torch.as_tensor(
+                    lv, dtype=torch.float32, device=dev
+                )
+            elif slot.kind == "categorical":
+                self.cat_logits.data[slot.offset : slot.offset + n] = torch.as_tensor(
+                    np.log(np.maximum(arr.reshape(-1), 0.0)), dtype=torch.float32, device=dev
+                )
+            elif slot.kind == "bernoulli":
+                p = np.clip(arr.reshape(-1), 0.0, 1.0)
+                tab = np.log(np.stack([1.0 - p, p], axis=1)).reshape(-1)
+                self.cat_logits.data[slot.offset : slot.offset + 2 * n] = torch.as_tensor(
+                    tab, dtype=torch.float32, device=dev
+                )
+            elif slot.kind == "gaussian":
+                g = np.stack([arr[:, 0], np.log(arr[:, 1])], axis=1)
+                self.gauss.data[slot.offset : slot.offset + arr.shape[0]] = torch.as_tensor(
+                    g, dtype=torch.float32, device=dev
+                )
+        self._cache = None
+
+    def param_flows(self, name: str) -> torch.Tensor:
+        """The flows accumulated for a parameter since the last ``em_step``/``zero_flows``.
+
+        Sums: edge flows in the parameter's shape; categorical: expected counts ``(units, k)``;
+        bernoulli: ``(units, 2)`` counts of 0 and 1; gaussian: ``(units, 3)`` of
+        (sum of flows, flow-weighted sum of x, of x^2).
+        """
+        slot = self._slot(name)
+        n = int(np.prod(slot.shape))
+        if slot.kind == "sum":
+            return self.sum_flows[slot.offset : slot.offset + n].reshape(slot.shape).clone()
+        if slot.kind == "categorical":
+            return self.cat_flows[slot.offset : slot.offset + n].reshape(slot.shape).clone()
+        if slot.kind == "bernoulli":
+            return self.cat_flows[slot.offset : slot.offset + 2 * n].reshape(n, 2).clone()
+        if slot.kind == "gaussian":
+            return self.gauss_stats[slot.offset : slot.offset + slot.shape[0]].clone()
+        raise BackendError(f"parameter '{slot.name}' (indicator values) has no flows")
+
+    def to_circuit(self) -> Circuit:
+        """The circuit with the current parameter values (concrete, float64)."""
+        values = {
+            name: self.get_param(name).detach().double().cpu().numpy()
+            for name, slot in self.plan.params.items()
+            if slot.kind != "indicator"
+        }
+        return self.circuit.with_params(**values)
+
+    # ---- data ------------------------------------------------------------------------------
+    def _prepare(self, x, missing=None) -> torch.Tensor:
+        """Validate and convert data to float32 ``[B, V]`` on the model's device, NaN = missing."""
+        plan = self.plan
+        if isinstance(x, np.ndarray) or not isinstance(x, torch.Tensor):
+            try:
+                arr = np.asarray(x)
+            except Exception as e:  # noqa: BLE001
+                raise DataError(f"cannot read data as an array: {e}") from None
+            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+                raise DataError(f"data has dtype {arr.dtype}; expected integers or floats")
+            x = torch.as_tensor(arr)
+        if x.is_complex() or not (
+            x.is_floating_point()
+            or x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+        ):
+            raise DataError(f"data has dtype {x.dtype}; expected integers or floats")
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != plan.num_vars:
+            raise DataError(f"data has shape {tuple(x.shape)}, expected (N, {plan.num_vars})")
+        xf = x.to(device=self.device, dtype=torch.float32)
+        t = self._tab()
+        if missing is not None:
+            m = torch.as_tensor(np.asarray(missing) if not isinstance(missing, torch.Tensor) else missing)
+            if tuple(m.shape) != tuple(xf.shape):
+                if m.ndim == 1 and xf.shape[0] == 1 and m.shape[0] == plan.num_vars:
+                    m = m[None, :]
+                else:
+                    raise DataError(f"missing mask has shape {tuple(m.shape)}, expected {tuple(xf.shape)}")
+            m = m.to(device=self.device, dtype=torch.bool)
+        else:
+            m = None
+        obs = ~m if m is not None else torch.ones_like(xf, dtype=torch.bool)
+        nonfinite = ~torch.isfinite(xf) & obs
+        outside = obs & t.discrete[None, :] & ((xf < 0) | (xf >= t.var_k[None, :]) | (xf != torch.floor(xf)))
+        bad = nonfinite | outside
+        if bool(bad.any()):
+            r, c = (int(v) for v in torch.nonzero(bad)[0])
+            name = plan.var_names[c]
+            val = float(xf[r, c])
+            if not math.isfinite(val):
+                raise DataError(
+                    f"{'NaN' if math.isnan(val) else val} in data at row {r}, column {c} ({name})",
+                    hint="mark missing values with the missing mask",
+                )
+            dom = "binary" if plan.var_k[c] == 2 else f"categorical({plan.var_k[c]})"
+            raise DataError(f"value {val:g} at row {r}, column {c} ({name}) is outside the domain {dom}")
+        if m is not None:
+            xf = torch.where(m, torch.full_like(xf, math.nan), xf)
+        return xf
+
+    def _root_values(self, V: torch.Tensor) -> torch.Tensor:
+        p = self.plan
+        r = V[p.root_row : p.root_row + p.root_units]
+        return r[0].clone() if p.root_units == 1 else r.t().contiguous()
+
+    # ---- forward (autograd) ----------------------------------------------------------------
+    def forward(self, x, missing=None) -> torch.Tensor:
+        """Per-sample log-likelihoods (float32). Autograd works through it (see module docs)."""
+        xf = self._prepare(x, missing)
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            xg = x.to(torch.float32)
+            xf = xg + (xf - xg).detach() if missing is None else torch.where(torch.isnan(xf), xf, xg)
+        needs_grad = torch.is_grad_enabled() and (
+            self.sum_logits.requires_grad
+            or self.cat_logits.requires_grad
+            or self.gauss.requires_grad
+            or xf.requires_grad
+        )
+        if not needs_grad:
+            with torch.no_grad():
+                logw, logp, W = self._normalised_cached()
+                V, _aux = self._engine().forward(W, logp, self.gauss, xf)
+                return self._root_values(V)
+        logw, logp = self._normalised()
+        return _CircuitFunction.apply(self, xf, logw, logp, self.gauss)
+
+    def log_likelihood(self, x, missing=None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.forward(x, missing)
+
+    # ---- EM --------------------------------------------------------------------------------
+    def zero_flows(self) -> None:
+        self.sum_flows.zero_()
+        self.cat_flows.zero_()
+        self.gauss_stats.zero_()
+
+    @torch.no_grad()
+    def forward_backward(self, x, missing=None) -> torch.Tensor:
+        """Forward, then PC flows (root flow 1 per sample) accumulated into the flow buffers."""
+        xf = self._prepare(x, missing)
+        logw, logp, W = self._normalised_cached()
+        eng = self._engine()
+        V, aux = eng.forward(W, logp, self.gauss, xf)
+        ones = torch.ones((self.plan.root_units, xf.shape[0]), dtype=torch.float32, device=self.device)
+        F, PF = eng.backward(W, V, aux, xf, ones)
+        self.sum_flows += self._fold_flows(PF)
+        cat, g5 = eng.input_stats(F, xf, self.gauss)
+        self.cat_flows += cat
+        self.gauss_stats += g5[:, :3]
+        return self._root_values(V)
+
+    def _x_grad(self, F, xf, gauss):
+        """d L / d x for gaussian variables (0 for discrete ones and missing entries)."""
+        xgrad = torch.zeros_like(xf)
+        for b, var, index in self._tab().inputs:
+            if b.family != "gaussian":
+                continue
+            f = F[b.row : b.row + b.count]
+            x = xf[:, var].t()
+            obs = ~torch.isnan(x)
+            g = gauss.detach()
+            mu = g[index, 0][:, None]
+            isd = torch.exp(-g[index, 1])[:, None]
+            z = (torch.where(obs, x, mu) - mu) * isd
+            fo = torch.where(obs, f, torch.zeros_like(f))
+            xgrad.index_add_(1, var, (-fo * z * isd).t())
+        return xgrad
+
+    @torch.no_grad()
+    def em_step(self, step_size: float = 1.0, pseudocount: float = 0.0) -> None:
+        """Apply the accumulated flows (one EM / mini-batch EM step), then zero them.
+
+        Equals :func:`pcir.ir.evaluator.em_step` on the data the flows were accumulated over;
+        where a node (or leaf row) received no flow and the pseudocount is 0, it keeps its old
+        parameters (the reference does the same for sums).
+        """
+        t = self._tab()
+        plan = self.plan
+        s = float(step_size)
+        pc = float(pseudocount)
+        logw, logp = self._normalised()
+        if plan.sum_param_size:
+            old = torch.exp(logw)
+            pf = self.sum_flows
+            tot = torch.zeros(plan.sum_num_rows, device=pf.device).index_add_(0, t.sum_row_id, pf)[t.sum_row_id]
+            deg = t.sum_deg.clamp(min=1.0)[t.sum_row_id]
+            upd = torch.where(t.sum_edge, (pf + pc / deg) / (tot + pc), torch.zeros_like(pf))
+            upd = torch.where(tot + pc > 0, upd, old)
+            new = (1.0 - s) * old + s * upd
+            self.sum_logits.copy_(torch.where(t.sum_edge, torch.log(new), torch.full_like(new, -math.inf)))
+        if plan.cat_size:
+            old = torch.exp(logp)
+            cnt = self.cat_flows
+            tot = torch.zeros(plan.cat_num_rows, device=cnt.device).index_add_(0, t.cat_row_id, cnt)[t.cat_row_id]
+            k = t.cat_k[t.cat_row_id]
+            upd = (cnt + pc / k) / (tot + pc)
+            upd = torch.where(tot + pc > 0, upd, old)
+            self.cat_logits.copy_(torch.log((1.0 - s) * old + s * upd))
+        if plan.gauss_rows:
+            g = self.gauss
+            mu0, sd0 = g[:, 0], torch.exp(g[:, 1])
+            st = self.gauss_stats
+            w = st[:, 0] + pc
+            safe = torch.where(w > 0, w, torch.ones_like(w))
+            mu = (st[:, 1] + pc * mu0) / safe
+            var = (st[:, 2] + pc * (sd0 * sd0 + mu0 * mu0)) / safe - mu * mu
+            sd = torch.sqrt(torch.maximum(var, t.gauss_min_std**2))
+            mu = torch.where(w > 0, mu, mu0)
+            sd = torch.where(w > 0, sd, sd0)
+            new_mu = (1.0 - s) * mu0 + s * mu
+            new_sd = (1.0 - s) * sd0 + s * sd
+            g.copy_(torch.stack([new_mu, torch.log(new_sd)], dim=1))
+        self._cache = None
+        self.zero_flows()
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._cache = None
+        return out
+
+
+def _triton_can_run(device: torch.device) -> bool:
+    from .. import knobs
+
+    if device.type == "cuda":
+        return True
+    return knobs.get().triton_interpret

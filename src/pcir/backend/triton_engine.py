@@ -1,0 +1,165 @@
+"""Runs the generated Triton module over a kernel plan: builds the per-device tile tables once,
+then launches one kernel per input family and per layer (forward), two per sum layer (backward).
+
+Buffers: ``V``/``F`` node-major ``[num_rows, B]`` float32 (row 0 is log 1), ``M`` ``[sum groups, B]``
+the per-sample max over each sum group's columns (written by the forward, read by the backward so
+both passes exponentiate against the same shift), ``W`` and ``PF`` in the kernel weight layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .plan import KernelPlan, SumGroupPlan
+
+BU = 32  # leaf rows per input program
+
+
+def _batch_tile(B: int) -> int:
+    b = 16
+    while b < min(B, 64):
+        b *= 2
+    return b
+
+
+class _SumLayer:
+    def __init__(self, layer, variant: int, device):
+        lt = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64).reshape(-1), device=device)
+        A = layer.arity
+        cols, fwd, fwd_list, col_tab, col_list, pf_tab = [], [], [], [], [], []
+        off = 0
+        for g in layer.groups:
+            assert isinstance(g, SumGroupPlan)
+            padded = np.zeros((g.k, A), dtype=np.int64)
+            padded[:, : g.arity] = g.cols
+            cols.append(padded.reshape(-1))
+            head = (g.row, g.units, g.w_off, g.k, off)
+            tiles = g.tiles
+            for mt in np.unique(tiles[:, 0]):
+                ks = tiles[tiles[:, 0] == mt, 1]
+                fwd.append((*head, mt, len(fwd_list), len(ks), g.index))
+                fwd_list.extend(ks.tolist())
+            for kt in np.unique(tiles[:, 1]):
+                ms = tiles[tiles[:, 1] == kt, 0]
+                col_tab.append((*head, kt, len(col_list), len(ms), g.index))
+                col_list.extend(ms.tolist())
+            for mt, kt in tiles:
+                pf_tab.append((*head, mt, kt, 0, g.index))
+            off += g.k * A
+        self.variant = variant
+        self.cols = lt(np.concatenate(cols)).to(torch.int32)
+        self.fwd, self.fwd_list = lt(fwd), lt(fwd_list or [0])
+        self.col, self.col_list = lt(col_tab), lt(col_list or [0])
+        self.pf = lt(pf_tab)
+        self.n_fwd, self.n_col, self.n_pf = len(fwd), len(col_tab), len(pf_tab)
+
+
+class _ProductLayer:
+    def __init__(self, layer, device):
+        A = layer.arity
+        idx, tab = [], []
+        off = 0
+        for g in layer.groups:
+            padded = np.zeros((g.units, A), dtype=np.int64)
+            padded[:, : g.arity] = g.idx
+            idx.append(padded.reshape(-1))
+            tab.append((g.row, g.units, off))
+            off += g.units * A
+        self.arity = A
+        self.idx = torch.as_tensor(np.concatenate(idx), dtype=torch.int32, device=device)
+        self.tab = torch.as_tensor(np.asarray(tab, dtype=np.int64).reshape(-1), device=device)
+        self.n = len(tab)
+
+
+class TritonEngine:
+    name = "triton"
+
+    def __init__(self, plan: KernelPlan, device: torch.device, kernels, precision: str):
+        self.plan = plan
+        self.device = device
+        self.k = kernels
+        self.precision = precision
+        lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
+        self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
+        self.layers = []
+        for layer in plan.layers:
+            if layer.kind == "sum":
+                self.layers.append(_SumLayer(layer, kernels.LAYER_VARIANT[layer.index], device))
+            else:
+                self.layers.append(_ProductLayer(layer, device))
+        self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, W, cat_logp, gauss, xf):
+        plan, k = self.plan, self.k
+        B = xf.shape[0]
+        BB = _batch_tile(B)
+        nb = triton_cdiv(B, BB)
+        xT = xf.t().contiguous()
+        V = torch.empty((plan.num_rows, B), dtype=torch.float32, device=xf.device)
+        V[0] = 0.0
+        M = torch.full((max(self.num_sum_groups, 1), B), -math.inf, dtype=torch.float32, device=xf.device)
+        for b, var, index in self.inputs:
+            grid = (triton_cdiv(b.count, BU), nb)
+            if b.family == "categorical":
+                k.input_categorical[grid](V, xT, var, index, cat_logp.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
+            elif b.family == "gaussian":
+                k.input_gaussian[grid](V, xT, var, index, gauss.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
+            else:
+                k.input_indicator[grid](V, xT, var, index, b.row, b.count, B, BU=BU, BB=BB)
+        for L in self.layers:
+            if isinstance(L, _SumLayer):
+                fn = getattr(k, f"sum_fwd_v{L.variant}")
+                fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, BB=BB)
+            else:
+                k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
+        return V, M
+
+    # ---- backward ----------------------------------------------------------------------------
+    def backward(self, W, V, M, xf, root_flow):
+        plan, k = self.plan, self.k
+        B = V.shape[1]
+        BB = _batch_tile(B)
+        nb = triton_cdiv(B, BB)
+        F = torch.zeros_like(V)
+        F[plan.root_row : plan.root_row + plan.root_units] = root_flow
+        PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
+        for L in reversed(self.layers):
+            if isinstance(L, _SumLayer):
+                cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}")
+                pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}")
+                pf_fn[(L.n_pf,)](V, F, W, L.cols, L.pf, PF, M, B, BB=BB)
+                cols_fn[(L.n_col, nb)](V, F, W, L.cols, L.col, L.col_list, M, B, BB=BB)
+            else:
+                k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
+        F[0] = 0.0
+        return F, PF
+
+    def input_stats(self, F, xf, gauss):
+        """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows."""
+        plan, k = self.plan, self.k
+        B = xf.shape[0]
+        BB = _batch_tile(B)
+        nb = triton_cdiv(B, BB)
+        xT = xf.t().contiguous()
+        cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
+        g5 = torch.zeros((plan.gauss_rows, 5), dtype=torch.float32, device=F.device)
+        for b, var, index in self.inputs:
+            if b.family == "categorical":
+                k.input_categorical_bwd[(triton_cdiv(b.count, BU), nb)](
+                    F, xT, var, index, cat, b.row, b.count, B, BU=BU, BB=BB
+                )
+            elif b.family == "gaussian":
+                out = torch.empty((b.count, 5), dtype=torch.float32, device=F.device)
+                k.input_gaussian_bwd[(triton_cdiv(b.count, BU),)](
+                    F, xT, var, index, gauss.detach().contiguous(), out, b.row, b.count, B, BU=BU, BB=BB
+                )
+                g5.index_add_(0, index, out)
+        return cat, g5
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)

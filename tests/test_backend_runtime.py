@@ -1,0 +1,242 @@
+"""The compiled module against the reference evaluator: forward, marginals, flows, EM, autograd,
+bad data, numerics. Every test runs with both engines: the generated Triton kernels (under
+TRITON_INTERPRET=1 on CPU, compiled with ``--device cuda``) and the plain-torch executor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_backend_helpers import CASES, data_for, hmm, torch_reference_ll
+
+import pcir
+from pcir import knobs
+from pcir.backend import compile as pc_compile
+from pcir.ir import DataError
+from pcir.ir import evaluator as ev
+from pcir.ir.evaluator import enumerate_assignments
+
+ENGINES = ["triton", "torch"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request, device):
+    if request.param == "triton" and device == "cpu" and not knobs.get().triton_interpret:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
+    return request.param
+
+
+def build(case, engine, device, precision="fp32"):
+    c = CASES[case]() if isinstance(case, str) else case
+    return c, pc_compile(c, engine=engine, device=device, precision=precision)
+
+
+TOL = {"fp32": 2e-4}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_forward_and_marginals_match_reference(case, engine, device):
+    c, m = build(case, engine, device)
+    x, miss = data_for(c, 7, seed=1, p_missing=0.3)
+    for mm in (None, miss):
+        ll = m(x, mm).detach().cpu().double().numpy()
+        ref = ev.log_likelihood(c, x, mm)
+        assert ll.shape == ref.shape
+        fin = np.isfinite(ref)
+        assert np.array_equal(fin, np.isfinite(ll)), (ll, ref)
+        np.testing.assert_allclose(ll[fin], ref[fin], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["mixed", "tied_bernoulli", "product_root"])
+def test_partition_function_is_one(case, engine, device):
+    c, m = build(case, engine, device)
+    if any(not v.domain.is_discrete for v in c.variables):
+        real = [i for i, v in enumerate(c.variables) if not v.domain.is_discrete]
+        c2 = c  # marginalise the real variables
+        disc = [i for i in range(c.num_vars) if i not in real]
+        ks = [c.variables[i].domain.k for i in disc]
+        grid = np.stack([g.reshape(-1) for g in np.meshgrid(*[np.arange(k) for k in ks], indexing="ij")], 1)
+        x = np.zeros((len(grid), c.num_vars))
+        x[:, disc] = grid
+        miss = np.zeros_like(x, dtype=bool)
+        miss[:, real] = True
+        ll = m(x, miss)
+        del c2
+    else:
+        ll = m(enumerate_assignments(c))
+    total = torch.logsumexp(ll.double().reshape(ll.shape[0], -1)[:, 0], 0).exp().item()
+    assert abs(total - 1.0) < 1e-4
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_flows_match_reference(case, engine, device):
+    c, m = build(case, engine, device)
+    x, miss = data_for(c, 6, seed=2, p_missing=0.25)
+    m.zero_flows()
+    m.forward_backward(x[:3], miss[:3])
+    m.forward_backward(x[3:], miss[3:])  # flows accumulate over calls
+    ref = ev.flows(c, x, miss)
+    for pname, pf in ref.param.items():
+        got = m.param_flows(pname).cpu().double().numpy()
+        np.testing.assert_allclose(got, pf, rtol=2e-4, atol=2e-5, err_msg=pname)
+    # leaf flows: categorical counts from the reference node flows of observed samples
+    for g in c:
+        if isinstance(g, pcir.InputGroup) and g.dist.kind == "categorical":
+            users = [c.group(u) for u in c.users_of_param(g.params)]
+            k = int(g.dist.arg("k"))
+            counts = np.zeros((g.units, k))
+            for u in users:
+                obs = ~miss[:, u.var]
+                for cat in range(k):
+                    sel = obs & (x[:, u.var] == cat)
+                    counts[:, cat] += ref.node[u.name][sel].sum(0)
+            got = m.param_flows(g.params).cpu().double().numpy()
+            np.testing.assert_allclose(got, counts, rtol=2e-4, atol=2e-5, err_msg=g.params)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("step,pc", [(1.0, 0.0), (0.3, 0.5)])
+def test_em_step_matches_reference(case, step, pc, engine, device):
+    c, m = build(case, engine, device)
+    x, miss = data_for(c, 8, seed=3, p_missing=0.2)
+    m.forward_backward(x, miss)
+    m.em_step(step_size=step, pseudocount=pc)
+    ref = ev.em_step(c, x, miss, step_size=step, pseudocount=pc)
+    for pname, p in c.params.items():
+        if p.dtype == "i64":
+            continue
+        want = ref.param_value(pname)
+        got = m.get_param(pname).cpu().double().numpy()
+        ok = np.isfinite(want)  # the reference divides 0/0 for leaves without flow and pc=0
+        np.testing.assert_allclose(got[ok], want[ok], rtol=5e-4, atol=5e-5, err_msg=pname)
+    # the module's circuit is a valid, normalised circuit again
+    c2 = m.to_circuit()
+    pcir.verify(c2)
+    np.testing.assert_allclose(
+        m(x, miss).detach().cpu().double().numpy(), ev.log_likelihood(c2, x, miss), rtol=1e-4, atol=1e-4
+    )
+    assert float(m.sum_flows.abs().sum()) == 0.0  # em_step zeroes the flows
+
+
+@pytest.mark.parametrize("case", ["mixed", "tied_bernoulli", "product_root"])
+def test_autograd_matches_float64_torch(case, engine, device):
+    c, m = build(case, engine, device)
+    x, miss = data_for(c, 5, seed=4, p_missing=0.2)
+    weights = torch.linspace(0.5, 1.5, 5, dtype=torch.float64)
+    ll = m(x, miss)
+    (ll.double().reshape(5, -1).sum(1) * weights.to(ll.device)).sum().backward()
+    ref_ll, leaves = torch_reference_ll(m, x, miss)
+    (ref_ll.reshape(5, -1).sum(1) * weights).sum().backward()
+    for name in ("sum_logits", "cat_logits", "gauss"):
+        got = getattr(m, name).grad
+        want = leaves[name].grad
+        if want is None:
+            continue
+        got = got.cpu().double()
+        fin = torch.isfinite(leaves[name].detach())
+        np.testing.assert_allclose(got[fin].numpy(), want[fin].numpy(), rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_flows_are_gradients_wrt_log_weights(engine, device):
+    """param flow of edge ij == d(sum ll)/d(log W_ij): the two views of one backward pass."""
+    c, m = build("mixed", engine, device)
+    x, miss = data_for(c, 6, seed=5)
+    m.forward_backward(x, miss)
+    flows = m.sum_flows.clone()
+    logw, _ = m._normalised()
+    logw = logw.detach().requires_grad_(True)
+    from pcir.backend.runtime import _CircuitFunction
+
+    xf = m._prepare(x, miss)
+    _, logp = m._normalised()
+    _CircuitFunction.apply(m, xf, logw, logp.detach(), m.gauss.detach()).sum().backward()
+    np.testing.assert_allclose(logw.grad.cpu().numpy(), flows.cpu().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_sgd_keeps_the_circuit_normalised(engine, device):
+    c, m = build("tied_bernoulli", engine, device)
+    x, _ = data_for(c, 16, seed=6)
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    before = float(m(x).mean().detach())
+    for _ in range(5):
+        opt.zero_grad()
+        (-m(x).mean()).backward()
+        opt.step()
+    after = float(m(x).mean().detach())
+    assert after > before
+    total = torch.logsumexp(m(enumerate_assignments(c)).double(), 0).exp().item()
+    assert abs(total - 1.0) < 1e-4
+
+
+def test_deep_hmm_has_no_underflow(engine, device):
+    length = 1024 if (device == "cuda" or engine == "torch") else 128
+    c = hmm(length, hidden=3, vocab=4, seed=1)
+    m = pc_compile(c, engine=engine, device=device, precision="fp32")
+    x, miss = data_for(c, 3, seed=7, p_missing=0.1)
+    ll = m(x, miss).detach().cpu().double().numpy()
+    ref = ev.log_likelihood(c, x, miss)
+    assert np.all(np.isfinite(ll)) and ll.max() < -100
+    np.testing.assert_allclose(ll, ref, rtol=1e-4)
+    m.forward_backward(x, miss)
+    assert torch.isfinite(m.sum_flows).all() and torch.isfinite(m.cat_flows).all()
+    m.em_step(0.5, 0.1)
+    assert torch.isfinite(m(x, miss)).all()
+
+
+def test_zero_probability_inputs(engine, device):
+    c, m = build("zero_probs", engine, device)
+    x = np.array([[0.0, 1.0], [0.0, 0.0], [1.0, 2.0]])  # first row: probability 0
+    ll = m(x).detach().cpu().double().numpy()
+    ref = ev.log_likelihood(c, x)
+    assert ll[0] == -np.inf and np.isfinite(ll[1:]).all()
+    np.testing.assert_allclose(ll[1:], ref[1:], rtol=1e-5)
+    m.forward_backward(x)
+    assert torch.isfinite(m.sum_flows).all() and torch.isfinite(m.cat_flows).all()
+    (m(x[1:]).sum()).backward()
+    assert torch.isfinite(m.sum_logits.grad).all()
+
+
+@pytest.mark.parametrize(
+    "x, missing, message",
+    [
+        (np.zeros((2, 3)), None, r"data has shape \(2, 3\), expected \(N, 4\)"),
+        (np.array([[0, 1, 5, 0.0]]), None, r"value 5 at row 0, column 2 \(x2\) is outside the domain categorical\(3\)"),
+        (np.array([[0, 1.5, 1, 0.0]]), None, r"value 1.5 at row 0, column 1 \(x1\)"),
+        (np.array([[0, -1, 1, 0.0]]), None, r"value -1 at row 0, column 1 \(x1\)"),
+        (np.array([[0, 1, 1, np.nan]]), None, r"NaN in data at row 0, column 3 \(x3\)"),
+        (np.array([["a", "b", "c", "d"]]), None, r"dtype"),
+        (np.zeros((2, 4)), np.zeros((2, 3), dtype=bool), r"missing mask has shape"),
+    ],
+)
+def test_bad_data_names_the_column(x, missing, message, engine, device):
+    _, m = build("mixed", engine, device)
+    with pytest.raises(DataError, match=message):
+        m(x, missing)
+    with pytest.raises(DataError, match=message):
+        m.forward_backward(x, missing)
+
+
+def test_nan_is_fine_where_missing(engine, device):
+    c, m = build("mixed", engine, device)
+    x = np.array([[0, 1, 2, np.nan]])
+    miss = np.array([[False, False, False, True]])
+    np.testing.assert_allclose(
+        m(x, miss).detach().cpu().numpy(), ev.log_likelihood(c, np.nan_to_num(x), miss), rtol=1e-5
+    )
+
+
+def test_params_by_name_and_state_dict(engine, device):
+    c, m = build("mixed", engine, device)
+    w = m.get_param("s1")  # a group name resolves to its parameter
+    assert tuple(w.shape) == (4, 8)
+    new = np.full((4, 8), 1 / 8)
+    m.set_param("s1.w", new)
+    np.testing.assert_allclose(m.get_param("s1.w").cpu().numpy(), new, rtol=1e-6)
+    x, _ = data_for(c, 4, seed=8)
+    ref = ev.log_likelihood(m.to_circuit(), x)
+    np.testing.assert_allclose(m(x).detach().cpu().numpy(), ref, rtol=1e-4)
+    m2 = pc_compile(c, engine=engine, device=device)
+    m2.load_state_dict(m.state_dict())
+    np.testing.assert_allclose(m2(x).detach().cpu().numpy(), ref, rtol=1e-4)
+    with pytest.raises(pcir.BackendError, match="unknown parameter or group 's9'"):
+        m.get_param("s9")
