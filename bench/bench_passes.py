@@ -13,29 +13,19 @@ import time
 
 import numpy as np
 
-from pcir.ir import Circuit, CircuitBuilder, Dist, Domain
+from pcir.ir import Circuit
 from pcir.passes import DEFAULT_PIPELINE, run_pipeline
+from pcir.structures.hclt import hclt
 
 
-def hclt(num_vars: int, units: int, k: int = 256, seed: int = 0, reach: int = 30) -> Circuit:
-    """An HCLT-shaped circuit on a random tree (each variable's parent among the `reach` before it)."""
+def random_tree(num_vars: int, seed: int = 0, reach: int = 30) -> list[tuple[int, int]]:
+    """A random tree (each variable's parent among the ``reach`` before it): Chow-Liu-like depth."""
     rng = np.random.default_rng(seed)
-    parent = [-1] + [int(rng.integers(max(0, v - reach), v)) for v in range(1, num_vars)]
-    children: dict[int, list[int]] = {v: [] for v in range(num_vars)}
-    for v in range(1, num_vars):
-        children[parent[v]].append(v)
-    b = CircuitBuilder(seed=seed)
-    xs = b.variables(num_vars, Domain.categorical(k))
-    inputs = [b.input(x, units, Dist.make("categorical", k=k), name=f"in{x}") for x in xs]
-    out: dict[int, str] = {}
-    for v in reversed(range(num_vars)):
-        if not children[v]:
-            out[v] = inputs[v]
-            continue
-        p = b.product([inputs[v]] + [out[c] for c in children[v]], name=f"p{v}")
-        out[v] = b.sum([p], 1 if v == 0 else units, name=f"s{v}")
-    b.root(out[0])
-    return b.build()
+    return [(int(rng.integers(max(0, v - reach), v)), v) for v in range(1, num_vars)]
+
+
+def build(num_vars: int, units: int) -> Circuit:
+    return hclt(num_latents=units, tree=random_tree(num_vars), num_vars=num_vars, input_dist="categorical(k=256)")
 
 
 def main() -> None:
@@ -46,7 +36,7 @@ def main() -> None:
     ap.add_argument("--no-verify", action="store_true", help="skip verification between passes")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    c = hclt(args.vars, args.units)
+    c = build(args.vars, args.units)
     t_build = time.perf_counter() - t0
     t0 = time.perf_counter()
     out, report = run_pipeline(c, args.spec, verify_each=not args.no_verify)
