@@ -13,6 +13,10 @@ inside the blocks) stays within ``tolerance``:
    of all groups are packed together in signature order;
 3. the largest block ``bm x bk`` (squarer first) whose padding is within ``tolerance`` wins.
 
+When a column block belongs to a product that only this sum reads, its node order is free as
+well: :func:`cocluster_columns` alternately sorts nodes by the columns they read and columns by
+the nodes that read them, and the better of the two packings is kept.
+
 PyJuice merges *neighbouring* nodes only, so a sum whose block structure is hidden by the node
 order stays sparse there; this pass finds it (``padding.naive`` in the statistics is the padding
 the same block shape has in the original order).
@@ -40,7 +44,7 @@ import numpy as np
 from ..ir.circuit import Circuit, Group, InputGroup, Param, ProductGroup, SumGroup
 from ..ir.diagnostics import PassError
 from .base import Pass, PassStats, register_pass
-from .rewrite import make_product, param_users
+from .rewrite import make_product, param_users, parent_map
 from .stats import node_fanin
 
 # A block rewrite stores the weights densely (units x K); don't when that is far bigger than the
@@ -164,6 +168,43 @@ def plan_blocks(
     return None
 
 
+def _keys(owner: np.ndarray, value: np.ndarray, n: int) -> list[tuple[int, ...]]:
+    """For each of ``n`` owners, the sorted tuple of its values."""
+    order = np.lexsort((value, owner))
+    bounds = np.searchsorted(owner[order], np.arange(n + 1))
+    v = value[order].tolist()
+    return [tuple(v[bounds[i] : bounds[i + 1]]) for i in range(n)]
+
+
+def cocluster_columns(
+    rows: np.ndarray, cols: np.ndarray, units: int, k: int, segments: list[tuple[int, int]], iterations: int = 3
+) -> np.ndarray:
+    """New position of every column: columns inside ``segments`` ((offset, length) ranges whose
+    order is free) are reordered so that columns read by similar nodes sit together.
+
+    Alternates two sorts: nodes by the positions of the columns they read, then each free
+    segment's columns by the positions of the nodes that read them (a lexicographic bi-clustering).
+    """
+    colpos = np.arange(k)
+    for _ in range(iterations):
+        rkeys = _keys(rows, colpos[cols], units)
+        rowpos = _inverse(np.asarray(sorted(range(units), key=rkeys.__getitem__), dtype=np.int64))
+        ckeys = _keys(cols, rowpos[rows], k)
+        for off, n in segments:
+            order = sorted(range(off, off + n), key=ckeys.__getitem__)
+            colpos[np.asarray(order, dtype=np.int64)] = np.arange(off, off + n)
+    return colpos
+
+
+def _better(a: BlockPlan | None, b: BlockPlan | None) -> bool:
+    """Whether plan ``a`` beats plan ``b`` (bigger blocks, then less padding)."""
+    if a is None:
+        return False
+    if b is None:
+        return True
+    return (a.bm * a.bk, -a.computed) > (b.bm * b.bk, -b.computed)
+
+
 # ---- fan-in partitions -----------------------------------------------------------------------
 
 
@@ -235,6 +276,7 @@ class PartitionBlocks(Pass):
             if isinstance(g, SumGroup) and g.pattern != "explicit" and len(users.get(g.params, ())) > 1:
                 fixed.update(g.children)
         roots = fixed
+        parents = parent_map(circuit)
         o2n: dict[str, np.ndarray] = {}  # old node -> new node, for reordered groups
         new_groups: dict[str, Group] = {}
         params = dict(circuit.params)
@@ -281,16 +323,29 @@ class PartitionBlocks(Pass):
             free = g.name not in roots and self.reorder
             plan = None
             if not tied:
-                plan = plan_blocks(
-                    rows,
-                    cols,
-                    g.units,
-                    k,
-                    max_block=self.max_block,
-                    tolerance=self.tolerance,
-                    pow2=self.pow2,
-                    reorder=free,
-                )
+                opts = dict(max_block=self.max_block, tolerance=self.tolerance, pow2=self.pow2, reorder=free)
+                plan = plan_blocks(rows, cols, g.units, k, **opts)
+                # children only this sum reads (products, not roots) may be reordered for it too
+                segments = [
+                    (int(offs[j]), units[c])
+                    for j, c in enumerate(g.children)
+                    if self.reorder
+                    and isinstance(new_groups[c], ProductGroup)
+                    and parents[c] == [g.name]
+                    and c not in roots
+                    and g.children.count(c) == 1
+                    and units[c] > 1
+                ]
+                if segments:
+                    colpos = cocluster_columns(rows, cols, g.units, k, segments)
+                    plan2 = plan_blocks(rows, colpos[cols], g.units, k, **opts)
+                    if _better(plan2, plan):
+                        plan = plan2
+                        cols = colpos[cols]
+                        for off, n in segments:
+                            c = g.children[int(np.searchsorted(offs, off, side="right")) - 1]
+                            new_pos = colpos[off : off + n] - off
+                            self._reorder_product(c, new_pos, new_groups, units, o2n)
             if plan is not None:
                 pos = _inverse(plan.order)
                 if weights is None:
@@ -352,6 +407,15 @@ class PartitionBlocks(Pass):
             if not np.array_equal(order, np.arange(len(order))):
                 o2n[g.name] = _inverse(order)
         return make_product(g.name, g.children, cu, idx, g.attrs, g.span)
+
+    @staticmethod
+    def _reorder_product(name: str, new_pos: np.ndarray, new_groups: dict, units: dict, o2n: dict) -> None:
+        """Move node i of product ``name`` (as emitted so far) to position ``new_pos[i]``."""
+        p = new_groups[name]
+        cu = [units[c] for c in p.children]
+        idx = p.child_index(cu)[_inverse(new_pos)]
+        new_groups[name] = make_product(p.name, p.children, cu, idx, p.attrs, p.span)
+        o2n[name] = new_pos[o2n[name]] if name in o2n else new_pos
 
     def _annotate(self, circuit: Circuit) -> tuple[Circuit, PassStats]:
         sums = [g for g in circuit if isinstance(g, SumGroup)]
