@@ -45,7 +45,6 @@ def run_case(path: Path) -> str:
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_case(path, tmp_path, capsys):
-    pytest.importorskip("pcir.ir.parser")
     output = tmp_path / "output.txt"
     output.write_text(run_case(path))
     rc = Matcher.from_opts(Options(match_filename=str(path), input_file=str(output))).run()

@@ -9,15 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from passes.pcgen import circuits as pass_circuits
 from passes.pcgen import hclt, hmm, pd, random_data, rat_spn
+from strategies import circuits as shared_circuits  # odd names, real variables, attributes, ties
 
 from pcir.ir import Circuit, InputGroup, ProductGroup, SumGroup, log_likelihood, verify
 from pcir.ir.evaluator import _input_values, _logmatmul, _sum_weights, check_data, enumerate_assignments, forward
 from pcir.passes import DEFAULT_PIPELINE, run_pipeline
-
-try:  # the shared generator of valid circuits (odd names, real variables, attributes, ties)
-    from strategies import circuits as shared_circuits
-except ImportError:  # pragma: no cover - until tests/strategies.py is merged
-    shared_circuits = None
 
 SPECS = [
     "collapse-nodes",
@@ -64,14 +60,13 @@ def test_pass_preserves_function(spec, c):
     assert_same_function(c, out)
 
 
-if shared_circuits is not None:
-
-    @pytest.mark.parametrize("spec", ["collapse-nodes", "partition-blocks{max-block=3}", DEFAULT_PIPELINE])
-    @given(c=shared_circuits(max_vars=3), seed=st.integers(0, 2**16))
-    def test_pass_preserves_function_on_shared_circuits(spec, c, seed):
-        out, _ = run_pipeline(c, spec)
-        assert_same_function(c, out, seed)
-        check_schedule(out) if "group-layers" in spec else None
+@pytest.mark.parametrize("spec", ["collapse-nodes", "partition-blocks{max-block=3}", DEFAULT_PIPELINE])
+@given(c=shared_circuits(max_vars=3), seed=st.integers(0, 2**16))
+def test_pass_preserves_function_on_shared_circuits(spec, c, seed):
+    out, _ = run_pipeline(c, spec)
+    assert_same_function(c, out, seed)
+    if "group-layers" in spec:
+        check_schedule(out)
 
 
 def test_collapse_nodes_shrinks_what_it_should():
