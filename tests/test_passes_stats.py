@@ -63,21 +63,27 @@ def test_hclt_numbers():
     assert report.records[1].pass_stats["fanin_partitions"] == 1
 
 
-def test_merge_kernels_reduces_kernels_when_sums_have_slack():
-    # two fan-in classes at different depths; the shallow sums can wait for the deep ones' layer
+def test_merge_kernels_moves_a_sum_with_slack_into_an_existing_kernel():
+    # fan-in 4 chain s1 -> s2 -> s3 (layers 1-3); x (fan-in 16) could run in layer 1..3 and y
+    # (fan-in 16) must run in layer 3: merging puts x into y's kernel
     b = CircuitBuilder()
     xs = b.variables(4, Domain.binary())
-    ins = [b.input(x, 4, Dist.make("bernoulli")) for x in xs]
-    deep = b.sum([b.product([ins[0], ins[1]])], 4)
-    deep = b.sum([b.product([deep, b.sum([ins[2]], 4)])], 4)  # a second layer of wide sums
-    shallow = b.sum([ins[3]], 4)
-    b.root(b.sum([b.product([deep, shallow])], 1))
+    bern = Dist.make("bernoulli")
+    in0, in1, in2, in3 = (b.input(x, 4, bern) for x in xs)
+    s1 = b.sum([in0], 4)
+    s2 = b.sum([b.product([s1, in1])], 4)
+    s3 = b.sum([b.product([s2, in2])], 4)
+    y = b.sum([b.product([s2, b.input(xs[2], 4, bern)], "outer")], 4)
+    x = b.sum([b.input(xs[3], 16, bern)], 4)
+    b.root(b.sum([b.product([s3, x]), b.product([y, in3])], 1))
     c = verify(b.build())
-    _, merged = run_pipeline(c, "partition-blocks,group-layers")
-    _, unmerged = run_pipeline(c, "partition-blocks,group-layers{merge-kernels=false}")
-    m, u = merged.records[-1].pass_stats, unmerged.records[-1].pass_stats
-    assert m["layers"] == u["layers"]
-    assert m["kernels"] <= u["kernels"]
+    merged, rm = run_pipeline(c, "partition-blocks,group-layers")
+    unmerged, ru = run_pipeline(c, "partition-blocks,group-layers{merge-kernels=false}")
+    m, u = rm.records[-1].pass_stats, ru.records[-1].pass_stats
+    assert merged.group(x).attr("part") == merged.group(y).attr("part") != merged.group(s1).attr("part")
+    assert unmerged.group(x).attr("layer") == 1 and merged.group(x).attr("layer") == merged.group(y).attr("layer") == 3
+    assert m["layers"] == u["layers"] == 5
+    assert m["kernels"] == u["kernels"] - 1
 
 
 def test_no_pass_through_sums_and_shared_products():

@@ -88,15 +88,14 @@ def schedule(circuit: Circuit, fuse_mode: str = "auto", merge_kernels: bool = Tr
     layer: dict[str, int] = {n: 0 for n in order if isinstance(groups[n], InputGroup)}
     fuse: dict[str, str] = {}
     placed: dict[tuple, set[int]] = {}
+    if merge_kernels:
+        # sums without slack cannot move: their kernels exist whatever happens, so the sums that
+        # can move may join them even when they come first in topological order
+        for n in sums:
+            if asap[n] == alap[n]:
+                placed.setdefault(kernel_key(groups[n]), set()).add(asap[n])  # type: ignore[arg-type]
 
-    def sum_lb(g: SumGroup) -> int:
-        return 1 + max(_avail_now(c) for c in g.children)
-
-    avail_now: dict[str, int] = {}
-
-    def _avail_now(c: str) -> int:
-        return avail_now[c]
-
+    avail_now: dict[str, int] = {}  # like avail, with the layers chosen so far
     for n in order:
         g = groups[n]
         if isinstance(g, InputGroup):
@@ -104,7 +103,7 @@ def schedule(circuit: Circuit, fuse_mode: str = "auto", merge_kernels: bool = Tr
         elif isinstance(g, ProductGroup):
             avail_now[n] = max(avail_now[c] for c in g.children)
         else:
-            lb = sum_lb(g)
+            lb = 1 + max(avail_now[c] for c in g.children)
             choice = lb
             if merge_kernels:
                 key = kernel_key(g)
