@@ -24,6 +24,7 @@ SPECS = [
     "group-layers",
     "group-layers{fuse=none,merge-kernels=false}",
     "group-layers{fuse=all}",
+    "group-layers{max-fused-arity=1}",
     DEFAULT_PIPELINE,
     DEFAULT_PIPELINE + ",collapse-nodes,partition-blocks{max-block=2},group-layers",
 ]

@@ -199,3 +199,14 @@ def test_coclustering_reorders_a_private_product_too():
 
     x = enumerate_assignments(c)
     np.testing.assert_allclose(log_likelihood(out, x), log_likelihood(c, x), rtol=1e-12)
+
+
+def test_wide_products_are_stored():
+    b = CircuitBuilder()
+    xs = b.variables(20, Domain.binary())
+    p = b.product([b.input(x, 2, Dist.make("bernoulli")) for x in xs])
+    b.root(b.sum([p], 1))
+    c = verify(b.build())
+    assert run_pipeline(c, "group-layers")[0].group(p).attr("fuse") == "scratch"
+    assert run_pipeline(c, "group-layers{max-fused-arity=0}")[0].group(p).attr("fuse") == "fused"
+    assert run_pipeline(c, "group-layers{max-fused-arity=20}")[0].group(p).attr("fuse") == "fused"
