@@ -9,10 +9,11 @@
 * products over a random split of a scope, ``aligned``, ``outer`` or ``explicit``;
 * sums ``dense``, ``block`` (random block shape and mask) or ``explicit`` (random edge list),
   sometimes tied to an earlier sum of the same structure (same parameter name);
-* parameters concrete (f64, sometimes f32) or lazily initialised (``init(random|uniform, seed)``);
+* parameters concrete (f64; sometimes f32 with ``f32=True``) or lazily initialised
+  (``init(random|uniform, seed)``);
 * sometimes attributes (bs/layer/slot/fuse and odd values), quoted names and several roots.
 
-Every sum node's weights sum to 1 and every leaf is a normalised distribution over its domain, so
+Every sum node's weights sum to 1 (to float64 precision; to ~1e-7 with ``f32=True``) and every leaf is a normalised distribution over its domain, so
 the probability of all assignments is 1 for each root (marginalise real variables with the missing
 mask to check circuits that have some).
 
@@ -34,8 +35,11 @@ import numpy as np
 from hypothesis import strategies as st
 
 from pcir.ir import Circuit, Dist, Domain, InputGroup, Param, ProductGroup, SumGroup, Variable, make_attrs
+from pcir.ir import distributions as dists_registry
 
 ALL_DISTS = ("categorical", "bernoulli", "gaussian", "indicator")
+# Families registered later; opt in with e.g. ``circuits(dists=ALL_DISTS + EXTRA_DISTS)``.
+EXTRA_DISTS = ("binomial", "discrete_logistic", "literal")
 
 # Names that need quoting in .pcir text: exercises the printer's and parser's string handling.
 ODD_NAMES = ("my group", 'a"b', "back\\slash", "tab\tname", "ünï", "%pct", "1digit", "x-y z", "")
@@ -132,6 +136,13 @@ class _Gen:
                 out.append(Dist.make("bernoulli"))
             if "indicator" in self.dists:
                 out.append(Dist.make("indicator"))
+            # normalised over the domain only when the family's support is exactly 0..k-1
+            if "binomial" in self.dists:
+                out.append(Dist.make("binomial", n=dom.k - 1))
+            if "discrete_logistic" in self.dists:
+                out.append(Dist.make("discrete_logistic", n=dom.k))
+            if "literal" in self.dists:
+                out.append(Dist.make("literal", value=self.d(st.integers(0, dom.k - 1))))
         elif "gaussian" in self.dists:
             out.append(Dist.make("gaussian") if self.d(st.booleans()) else Dist.make("gaussian", min_std=0.01))
         return out
@@ -161,6 +172,13 @@ class _Gen:
             if units <= dom.k and self.want_lazy():
                 return self.add_param(pname, (units,), "i64", None)
             return self.add_param(pname, (units,), "i64", r.integers(0, dom.k, size=units))
+        if dist.kind not in ALL_DISTS:  # a later family: its own shape and initialisation
+            dt = dists_registry.get(dist.kind)
+            shape, dtype = dt.param_shape(dist, units), dt.param_dtype(dist)
+            if self.want_lazy():
+                return self.add_param(pname, shape, dtype, None)
+            value = np.asarray(dt.init_params(dist, units, r, "random")).reshape(shape)
+            return self.add_param(pname, shape, dtype, value)
         if self.want_lazy():
             shape = (
                 (units, dom.k) if dist.kind == "categorical" else (units, 2) if dist.kind == "gaussian" else (units,)
@@ -324,9 +342,9 @@ def _cast(v: np.ndarray, dtype: str) -> np.ndarray:
 
 def _domain_strategy(allow_real: bool, dists: tuple[str, ...]):
     options = []
-    if any(d in dists for d in ("categorical", "bernoulli", "indicator")):
+    if any(d in dists for d in ("categorical", "bernoulli", "indicator") + EXTRA_DISTS):
         options += [Domain.binary(), Domain.categorical(3)]
-        if "categorical" in dists or "indicator" in dists:
+        if any(d in dists for d in ("categorical", "indicator") + EXTRA_DISTS):
             options.append(Domain.categorical(4))
     if allow_real and "gaussian" in dists:
         options.append(Domain.real())
@@ -345,7 +363,7 @@ def circuits(
     *,
     min_vars: int = 1,
     lazy: bool = True,
-    f32: bool = True,
+    f32: bool = False,
     attrs: bool = True,
     odd_names: bool = True,
     multi_root: bool = True,
@@ -459,3 +477,10 @@ def discrete_total(circuit: Circuit, root: str | None = None) -> float:
         else:
             miss[:, v] = True
     return float(np.exp(log_likelihood(circuit, x, miss, root=root)).sum())
+
+
+def at_least(n: int):
+    """``@settings`` with at least ``n`` examples (more when the loaded profile asks for more)."""
+    from hypothesis import settings
+
+    return settings(max_examples=max(n, settings.default.max_examples))

@@ -14,9 +14,9 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from strategies import circuits, data_for, discrete_total, random_data
+from strategies import at_least, circuits, data_for, discrete_total, random_data
 
 from pcir.ir import (
     CircuitBuilder,
@@ -32,13 +32,14 @@ from pcir.ir import (
 )
 from pcir.ir.evaluator import enumerate_assignments
 
-SMALL = dict(max_vars=3, max_units=3, f32=False)
+SMALL = dict(max_vars=3, max_units=3)
 
 
+@at_least(100)
 @given(circuits())
 def test_all_assignments_sum_to_one(c):
     for r in c.roots:
-        assert discrete_total(c, r) == pytest.approx(1.0, abs=1e-5)
+        assert discrete_total(c, r) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_enumerate_assignments_matches_product_of_domains():
@@ -51,7 +52,7 @@ def test_enumerate_assignments_matches_product_of_domains():
     assert {tuple(r) for r in xs.tolist()} == set(itertools.product(range(2), range(3)))
 
 
-@settings(max_examples=25)
+@at_least(60)
 @given(circuits(**SMALL), st.data())
 def test_marginal_equals_explicit_summation(c, data):
     x, missing = data.draw(data_for(c, 3))
@@ -76,7 +77,7 @@ def _row_sums(c, g: SumGroup, pf: np.ndarray) -> np.ndarray:
     return pf.sum(axis=1)
 
 
-@settings(max_examples=25)
+@at_least(60)
 @given(circuits(**SMALL), st.data())
 def test_param_flows_of_a_row_sum_to_the_node_flow(c, data):
     x, missing = data.draw(data_for(c, 4))
@@ -91,8 +92,8 @@ def test_param_flows_of_a_row_sum_to_the_node_flow(c, data):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
 
 
-@settings(max_examples=15)
-@given(circuits(max_vars=3, max_units=2, f32=False, allow_real=False), st.data())
+@at_least(30)
+@given(circuits(max_vars=3, max_units=2, allow_real=False), st.data())
 def test_param_flows_are_gradients_wrt_log_weights(c, data):
     x, missing = data.draw(data_for(c, 3))
     root = c.roots[0]
@@ -120,8 +121,8 @@ def test_param_flows_are_gradients_wrt_log_weights(c, data):
         np.testing.assert_allclose(fl.param[pname], fd, rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=15)
-@given(circuits(max_vars=3, max_units=2, f32=False, dists=("categorical", "indicator")), st.data())
+@at_least(30)
+@given(circuits(max_vars=3, max_units=2, dists=("categorical", "indicator")), st.data())
 def test_input_node_flows_are_gradients_wrt_log_leaf_params(c, data):
     """d(sum ll)/d(log theta[u, c]) = sum of flows of leaf u over observed samples with x == c."""
     x, missing = data.draw(data_for(c, 3))
@@ -190,8 +191,8 @@ def test_em_step_closed_form_on_a_two_component_mixture(pseudocount):
     np.testing.assert_allclose(half.param_value("S.w"), 0.5 * w[None, :] + 0.5 * new_w[None, :], rtol=1e-12)
 
 
-@settings(max_examples=30)
-@given(circuits(max_vars=3, max_units=3, f32=False), st.integers(0, 2**32 - 1))
+@at_least(100)
+@given(circuits(max_vars=3, max_units=3), st.integers(0, 2**32 - 1))
 def test_full_batch_em_never_decreases_the_log_likelihood(c, seed):
     x, missing = random_data(c, 12, np.random.default_rng(seed), missing_rate=0.25)
     before = log_likelihood(c, x, missing)

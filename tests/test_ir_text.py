@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from strategies import circuits
+from strategies import at_least, circuits
 
 from pcir.ir import (
     Circuit,
@@ -148,7 +148,8 @@ def test_extreme_values_round_trip_exactly():
         assert back.params[k].value.dtype == params[k].value.dtype
 
 
-@given(circuits())
+@at_least(200)
+@given(circuits(f32=True))
 def test_round_trip_generated(c):
     text = print_ir(c)
     back = parse_ir(text)
@@ -157,8 +158,8 @@ def test_round_trip_generated(c):
     assert print_ir(c) == text  # deterministic
 
 
-@settings(max_examples=10)
-@given(circuits(max_units=8, max_vars=4))
+@at_least(20)
+@given(circuits(max_units=8, max_vars=4, f32=True))
 def test_round_trip_generated_after_materialising(c):
     m = c.materialized()
     assert parse_ir(print_ir(m)) == m
@@ -181,6 +182,7 @@ def test_lenient_whitespace_and_comments():
     for ln in lines[1:]:
         noisy.append("  " + ln.replace("=", " = ").replace(",", " , ").replace("(", " ( ") + "   ")
     assert parse_ir("\r\n".join(noisy)) == mixture()
+    assert parse_ir("\ufeff" + text) == mixture()
 
 
 def test_load_pcir_file(tmp_path):
@@ -295,19 +297,21 @@ def _parse_and_verify(text: str) -> None:
         e.render()
 
 
+@at_least(200)
 @given(st.text(max_size=200))
 def test_random_text_raises_only_pcir_errors(text):
     _parse_and_verify(text)
     _parse_and_verify("pcir 1\n" + text)
 
 
+@at_least(200)
 @given(st.lists(PCIR_ALPHABET, max_size=80).map("".join))
 def test_pcir_like_garbage_raises_only_pcir_errors(text):
     _parse_and_verify("pcir 1\n" + text)
 
 
-@settings(max_examples=60)
-@given(circuits(max_vars=3), st.data())
+@at_least(150)
+@given(circuits(max_vars=3, f32=True), st.data())
 def test_mutated_dumps_raise_only_pcir_errors(c, data):
     text = print_ir(c)
     for _ in range(5):

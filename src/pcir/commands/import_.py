@@ -35,12 +35,13 @@ def run(args) -> int:
     elif out.endswith(".pc"):
         try:
             from ..frontend import emit_pc  # type: ignore[attr-defined]
-        except ImportError:
+
+            text = emit_pc(c)
+        except ImportError:  # the .pc emitter (pcir.frontend.emit) is not in this build yet
             raise FormatError(
                 "writing .pc needs pcir.frontend.emit_pc, which this build does not have yet",
                 hint="write .pcir instead (-o model.pcir); every command reads it",
             ) from None
-        text = emit_pc(c)
     else:
         raise FormatError(f"{out}: the output must end in .pcir or .pc")
     write_atomic(out, text)

@@ -317,6 +317,7 @@ class Circuit:
                 self._groups[cycle[0][0]].span,
             ) from None
         self._topo = tuple(order)
+        self._pos = {n: i for i, n in enumerate(order)}
         self._param_cache: dict[str, np.ndarray] = {}
 
     @staticmethod
@@ -372,7 +373,7 @@ class Circuit:
         return self._groups[name].children
 
     def parents(self, name: str) -> tuple[str, ...]:
-        return tuple(sorted(self._graph.successors(name), key=self._topo.index))
+        return tuple(sorted(self._graph.successors(name), key=self._pos.__getitem__))
 
     def units(self, name: str) -> int:
         return self._groups[name].units

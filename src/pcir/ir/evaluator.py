@@ -26,12 +26,17 @@ from .diagnostics import DataError
 
 def check_data(circuit: Circuit, x, missing=None) -> tuple[np.ndarray, np.ndarray]:
     """Validate data against the circuit's variables; returns float64 x and bool missing."""
-    x = np.asarray(x, dtype=np.float64)
+    try:
+        x = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"data must be a numeric array [N, {circuit.num_vars}] ({e})") from None
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != circuit.num_vars:
         raise DataError(f"data has shape {tuple(x.shape)}, expected (N, {circuit.num_vars})")
     miss = np.zeros(x.shape, dtype=bool) if missing is None else np.asarray(missing, dtype=bool)
+    if miss.ndim == 1 and x.shape[0] == 1:
+        miss = miss[None, :]  # a single row given as 1-D, like x
     if miss.shape != x.shape:
         raise DataError(f"missing mask has shape {miss.shape}, expected {x.shape}")
     bad = np.isnan(x) & ~miss
@@ -221,5 +226,7 @@ def enumerate_assignments(circuit: Circuit) -> np.ndarray:
         if not v.domain.is_discrete:
             raise DataError(f"variable {v.name} is not discrete; cannot enumerate")
         ks.append(v.domain.k)
+    if not ks:
+        return np.zeros((1, 0))
     grids = np.meshgrid(*[np.arange(k) for k in ks], indexing="ij")
     return np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.float64)

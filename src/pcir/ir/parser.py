@@ -66,6 +66,8 @@ def parse_ir(text: str, filename: str = "<string>") -> Circuit:
     """
     if not isinstance(text, str):
         raise IRParseError(f"expected .pcir text (str), got {type(text).__name__}")
+    if text.startswith("\ufeff"):  # a byte-order mark left by some editors
+        text = text[1:]
     return _Parser(text, filename).parse()
 
 
@@ -686,11 +688,12 @@ class _Parser:
         ln.field("dist")
         kind, kstart = ln.word("a distribution name")
         if kind not in dists.names():
+            # the known families go in the hint: the list grows as families are registered
             raise ln.error(
-                f"unknown distribution '{kind}' (known: {', '.join(dists.names())})",
+                f"unknown distribution '{kind}'",
                 kstart,
                 ln.pos,
-                hint=suggest(kind, dists.names()),
+                hint=suggest(kind, dists.names()) or f"known distributions: {', '.join(dists.names())}",
             )
         args: list[tuple[str, object]] = []
         if ln.accept("("):

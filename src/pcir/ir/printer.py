@@ -13,14 +13,15 @@ Layout (one item a line, deterministic: groups in topological order, attributes 
     %p0 = product(%in0, %in1) aligned units=2
     %p1 = product(%in0, %in1) explicit units=2 edges=[[0, 1], [1, 0]]
     %s0 = sum(%p0, %p1) units=1 dense params=s0.w {layer=3}
-    %s1 = sum(%p0) units=2 block=(1, 1) mask=[[true, false], [false, true]] params=s1.w
+    %s1 = sum(%p0) units=2 block block=(1, 1) mask=[[true, false], [false, true]] params=s1.w
     %s2 = sum(%p0) units=2 explicit edges=[[0, 0], [1, 1]] params=s2.w
     root %s0
 
 Arrays of at most ``INLINE_LIMIT`` elements are written as nested lists (floats with ``repr``,
 exact); larger ones as ``b64z"..."``: base64 of the zlib-compressed little-endian bytes, also exact.
 ``summarize=True`` prints large arrays as ``<f64[512,512] sha1=...>`` for reading only (such a dump
-does not parse back).
+does not parse back). Names (of variables, parameters, groups and attribute keys) that are not bare
+identifiers are written as JSON strings. The full grammar is in docs/ir.md.
 """
 
 from __future__ import annotations

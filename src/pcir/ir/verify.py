@@ -17,15 +17,15 @@ import numpy as np
 
 from . import distributions as dists
 from .circuit import NP_DTYPES, Circuit, InputGroup, ProductGroup, SumGroup
-from .diagnostics import VerifyError
+from .diagnostics import VerifyError, suggest
 
 
 def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True) -> list[VerifyError]:
     """Every rule violation found, in topological order of the groups."""
     errs: list[VerifyError] = []
 
-    def err(g, msg: str) -> None:
-        errs.append(VerifyError(f"group '{g.name}': {msg}", getattr(g, "span", None)))
+    def err(g, msg: str, hint: str | None = None) -> None:
+        errs.append(VerifyError(f"group '{g.name}': {msg}", getattr(g, "span", None), hint))
 
     names = [v.name for v in circuit.variables]
     if len(set(names)) != len(names):
@@ -89,11 +89,15 @@ def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True
             if not 0 <= g.var < circuit.num_vars:
                 err(g, f"variable index {g.var} out of range (circuit has {circuit.num_vars} variables)")
                 continue
-            try:
-                dt = dists.get(g.dist.kind)
-            except VerifyError as e:
-                err(g, e.message)
+            if g.dist.kind not in dists.names():
+                known = dists.names()
+                err(
+                    g,
+                    f"unknown distribution '{g.dist.kind}'",
+                    suggest(g.dist.kind, known) or f"known distributions: {', '.join(known)}",
+                )
                 continue
+            dt = dists.get(g.dist.kind)
             unknown = [k for k, _ in g.dist.args if k not in dt.arg_names]
             if unknown:
                 known = ", ".join(dt.arg_names) or "none"

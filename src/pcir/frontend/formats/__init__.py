@@ -3,8 +3,8 @@
 =========  ============================================  ===================================
 format     file                                          leaves
 =========  ============================================  ===================================
-``jpc``    Juice.jl ``.jpc`` (also ``.jpc.gz``)          indicator, categorical, Bernoulli
-                                                         (binomial), gaussian
+``jpc``    Juice.jl ``.jpc`` (also ``.jpc.gz``)          indicator, categorical, Bernoulli,
+                                                         binomial, gaussian
 ``psdd``   ``.psdd`` (+ optional ``.vtree``)             literals, Bernoulli ("T" nodes)
 ``spn``    Juice.jl ``.spn``                             indicators
 ``spflow`` SPFlow text (``spn_to_str_equation``)        categorical, Bernoulli, gaussian
@@ -40,6 +40,7 @@ __all__ = [
     "detect_format",
     "export_circuit",
     "export_file",
+    "export_files",
     "import_file",
     "import_text",
 ]

@@ -164,10 +164,12 @@ def _gunzip(filename: str, raw: bytes, strict=True) -> bytes:
     except (_Truncated, zlib.error) as e:
         text = b"".join(out)
         line = text.count(b"\n") + 1
+        last = text[text.rfind(b"\n") + 1 :].decode("utf-8", errors="replace")
         what = "ends early (truncated gzip stream)" if isinstance(e, _Truncated) else f"is corrupt gzip data ({e})"
+        col = len(last) + 1
         raise FormatError(
-            f"compressed file {what}; the readable text stops in line {line}",
-            SourceSpan(filename, line, 1),
+            f"compressed file {what}: the text stops here, in line {line}",
+            span_at(filename, line, last, col, col + 1),
         ) from None
     return b"".join(out)
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ...ir.circuit import Circuit
 from ._common import FormatError, Lines
 from .nodes import INPUT, PRODUCT, FlatCircuit, NodeGraph, fmt_float, log_text, to_circuit
@@ -45,7 +43,7 @@ _KINDS = "LICBGPS"
 
 def read(text: str, filename: str) -> Circuit:
     src = Lines(filename, text)
-    g = NodeGraph(filename)
+    g = NodeGraph(filename, src.lines)
     ids: dict[int, int] = {}
     header_line = 0
     declared = -1
@@ -83,29 +81,33 @@ def read(text: str, filename: str) -> Circuit:
             per = 1 if head == "P" else 2
             have = len(toks) - 4
             if have != per * n:
-                what = "children" if head == "P" else "(child, log-weight) pairs"
-                got = have if head == "P" else have / 2
-                raise src.error(
-                    lineno,
-                    f"{head} line says {n} children but lists {got:g} {what}",
-                    3,
+                if head == "P":
+                    msg = f"P line says {n} children but lists {have}"
+                else:
+                    msg = f"S line says {n} children but has {have} numbers after the count (expected {2 * n}: a child and its log-weight each)"
+                raise src.error(lineno, msg, 3)
+            fast = _fast_children(toks, ids, per) if "_" not in line else None
+            if fast is None:  # the slow path names the faulty token
+                children = []
+                for j in range(n):
+                    t = 4 + per * j
+                    cid = src.int_at(lineno, toks, t, "a child id", 0)
+                    if cid not in ids:
+                        raise src.error(
+                            lineno,
+                            f"child {cid} of node {nid} is not defined before it",
+                            t,
+                            "jpc nodes must come bottom-up: children before parents",
+                        )
+                    children.append(ids[cid])
+                ws = (
+                    [src.prob_from_log(lineno, toks, 5 + 2 * j, "the log-weight") for j in range(n)] if per == 2 else []
                 )
-            children = []
-            for j in range(n):
-                t = 4 + per * j
-                cid = src.int_at(lineno, toks, t, "a child id", 0)
-                if cid not in ids:
-                    raise src.error(
-                        lineno,
-                        f"child {cid} of node {nid} is not defined before it",
-                        t,
-                        "jpc nodes must come bottom-up: children before parents",
-                    )
-                children.append(ids[cid])
+            else:
+                children, ws = fast
             if head == "P":
                 last = g.product(children, lineno)
             else:
-                ws = [src.prob_from_log(lineno, toks, 5 + 2 * j, "the log-weight") for j in range(n)]
                 last = g.sum(children, ws, lineno)
         ids[nid] = last
     if not header_line:
@@ -116,6 +118,18 @@ def read(text: str, filename: str) -> Circuit:
         raise src.error(header_line, "the file has no nodes", 0)
     variables = g.infer_variables()
     return to_circuit(g, last, variables)
+
+
+def _fast_children(toks: list[str], ids: dict[int, int], per: int) -> tuple[list[int], list[float]] | None:
+    """Children (and weights) of a well-formed P/S line, or None to take the checking path."""
+    try:
+        children = [ids[int(t)] for t in toks[4::per]]
+        lws = [float(t) for t in toks[5::2]] if per == 2 else []
+    except (ValueError, KeyError):
+        return None
+    if not all(lw <= 700.0 for lw in lws):  # also false for nan
+        return None
+    return children, [math.exp(lw) for lw in lws]
 
 
 def _leaf(src: Lines, g: NodeGraph, lineno: int, toks: list[str], head: str) -> int:
@@ -147,14 +161,7 @@ def _leaf(src: Lines, g: NodeGraph, lineno: int, toks: list[str], head: str) -> 
         p = min(p, 1.0)
         if n == 1:
             return g.bernoulli(var, p, lineno)
-        # Binomial(N, p) over 0..N is a categorical leaf of N + 1 values
-        ks = np.arange(n + 1)
-        logc = np.array([math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) for k in ks])
-        with np.errstate(divide="ignore"):
-            pmf = (
-                np.exp(logc + ks * np.log(p) + (n - ks) * np.log1p(-p)) if 0 < p < 1 else (ks == (n if p else 0)) * 1.0
-            )
-        return g.categorical(var, pmf, lineno)
+        return g.binomial(var, n, p, lineno)
     mean = src.float_at(lineno, toks, 4, "the gaussian mean")
     std = src.float_at(lineno, toks, 5, "the gaussian standard deviation")
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
@@ -184,6 +191,8 @@ def write(flat: FlatCircuit) -> str:
                 out.append(f"C {i} 0 {v} " + " ".join(log_text(p) for p in val))
             elif fam == "bernoulli":
                 out.append(f"B {i} 0 {v} 1 {log_text(val)}")
+            elif fam == "binomial":
+                out.append(f"B {i} 0 {v} {val[0]} {log_text(val[1])}")
             else:
                 out.append(f"G {i} 0 {v} {fmt_float(val[0])} {fmt_float(val[1])}")
         elif nd.kind == PRODUCT:

@@ -29,13 +29,44 @@ from ...ir.circuit import Circuit, InputGroup, Param, ProductGroup, SumGroup, Va
 from ...ir.diagnostics import SourceSpan
 from ...ir.distributions import Dist, Domain
 from ...ir.evaluator import _sum_weights
-from ._common import FormatError
+from ._common import FormatError, span_at
 
 INPUT, PRODUCT, SUM = 0, 1, 2
 
 # Leaf families as the formats have them. value: indicator -> int value; bernoulli -> p;
-# categorical -> tuple of probabilities; gaussian -> (mean, std).
-LEAF_FAMILIES = ("indicator", "bernoulli", "categorical", "gaussian")
+# categorical -> tuple of probabilities; gaussian -> (mean, std); binomial -> (n, p).
+LEAF_FAMILIES = ("indicator", "bernoulli", "categorical", "gaussian", "binomial")
+
+
+def binomial_pmf(n: int, p: float, k: int | None = None) -> tuple[float, ...]:
+    """P(x = 0..k-1) of Binomial(n, p) (k defaults to n + 1; values above n have probability 0)."""
+    k = n + 1 if k is None else k
+    out = [0.0] * k
+    for x in range(min(k, n + 1)):
+        if p in (0.0, 1.0):
+            out[x] = 1.0 if x == (n if p == 1.0 else 0) else 0.0
+        else:
+            out[x] = math.exp(
+                math.lgamma(n + 1)
+                - math.lgamma(x + 1)
+                - math.lgamma(n - x + 1)
+                + x * math.log(p)
+                + (n - x) * math.log1p(-p)
+            )
+    return tuple(out)
+
+
+def categorical_row(leaf: tuple, k: int) -> tuple[float, ...]:
+    """A discrete leaf (bernoulli, binomial or categorical) as k categorical probabilities."""
+    fam, _, v = leaf
+    row = [0.0] * k
+    if fam == "bernoulli":
+        row[0], row[1] = 1.0 - v, v
+        return tuple(row)
+    if fam == "binomial":
+        return binomial_pmf(v[0], v[1], k)
+    row[: len(v)] = v
+    return tuple(row)
 
 
 @dataclass
@@ -58,6 +89,7 @@ class NodeGraph:
     """
 
     filename: str = "<input>"
+    source: list[str] | None = None  # the file's lines, to show in diagnostics
     kind: list[int] = field(default_factory=list)
     leaf: list[tuple | None] = field(default_factory=list)  # (family, var, value)
     children: list[tuple[int, ...]] = field(default_factory=list)
@@ -109,6 +141,10 @@ class NodeGraph:
         self._use(var, line, k=max(2, len(probs)))
         return self._add(INPUT, ("categorical", var, probs), (), None, line, vtree)
 
+    def binomial(self, var: int, n: int, p: float, line: int = 0, vtree: int = -1) -> int:
+        self._use(var, line, k=n + 1)
+        return self._add(INPUT, ("binomial", var, (int(n), float(p))), (), None, line, vtree)
+
     def gaussian(self, var: int, mean: float, std: float, line: int = 0, vtree: int = -1) -> int:
         self._use(var, line, real=True)
         return self._add(INPUT, ("gaussian", var, (float(mean), float(std))), (), None, line, vtree)
@@ -116,9 +152,11 @@ class NodeGraph:
     def product(self, children, line: int = 0, vtree: int = -1, *, dedupe: bool = False) -> int:
         """A product node. ``dedupe`` merges it with an earlier product of the same children
         (PSDD elements, which are implicit in the file, are shared this way)."""
-        ch = tuple(int(c) for c in children)
+        ch = tuple(children)
         if dedupe:
-            key = tuple(sorted(ch))
+            key = ch if len(ch) != 2 or ch[0] <= ch[1] else (ch[1], ch[0])
+            if len(key) > 2:
+                key = tuple(sorted(ch))
             nid = self._products.get(key)
             if nid is None:
                 nid = self._products[key] = self._add(PRODUCT, None, ch, None, line, vtree)
@@ -157,7 +195,13 @@ class NodeGraph:
         return out
 
     def span(self, line: int) -> SourceSpan | None:
-        return SourceSpan(self.filename, line, 1) if line > 0 else None
+        if line <= 0:
+            return None
+        if self.source is not None and line <= len(self.source):
+            text = self.source[line - 1]
+            lead = len(text) - len(text.lstrip())
+            return span_at(self.filename, line, text, lead + 1, len(text.rstrip()) + 1)
+        return SourceSpan(self.filename, line, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,16 +269,20 @@ def to_circuit(
     for i in order:
         kind = g.kind[i]
         if kind == INPUT:
-            fam, var, _ = g.leaf[i]  # type: ignore[misc]
+            fam, var, val = g.leaf[i]  # type: ignore[misc]
             sid[i] = intern(frozenset((var,)))
-            fam = _family_for_domain(fam, domains[var])
+            fam = _family_for_domain(fam, val, domains[var])
             assign(i, ("in", var, fam, i == root))
             continue
         ch = g.children[i]
         if not ch:
             raise FormatError("a node without children", g.span(g.line[i]))
         cs = [sid[c] for c in ch]
-        distinct = tuple(sorted(set(cs)))
+        if len(cs) == 2:  # the common case (PSDD elements), without set/sort overhead
+            a, b = cs
+            distinct = (a,) if a == b else ((a, b) if a < b else (b, a))
+        else:
+            distinct = tuple(sorted(set(cs)))
         memo = union_memo.get(distinct)
         if memo is None:
             u: frozenset[int] = frozenset().union(*(scope_sets[s] for s in distinct))
@@ -249,7 +297,11 @@ def to_circuit(
         sd[i] = depth
         solo = i == root  # the root gets a group of its own (one unit: the output)
         if kind == PRODUCT:
-            cg = sorted(gid[c] for c in ch)
+            if len(ch) == 2:
+                a, b = gid[ch[0]], gid[ch[1]]
+                cg = (a, b) if a < b else (b, a)
+            else:
+                cg = tuple(sorted(gid[c] for c in ch))
             if len(set(cg)) != len(cg):
                 raise FormatError(
                     "product node is not decomposable: two of its children are on the same variables",
@@ -257,7 +309,7 @@ def to_circuit(
                     "pcir imports products whose children have pairwise different scopes",
                 )
             decomposable = disjoint and len(distinct) == len(cs)
-            assign(i, ("p", s, depth, tuple(cg), decomposable, solo))
+            assign(i, ("p", s, depth, cg, decomposable, solo))
         else:
             smooth = len(distinct) == 1
             vt = g.vtree[i] if sum_attrs_from_vtree else -1
@@ -423,37 +475,48 @@ def _canonical_units(g, order, members, gkind, gid, crank, unit, domains) -> Non
         for i in members[k]:
             skid[i] = distinct[keys[i]]
     parents: dict[int, list[tuple[int, float]]] = {}
-    for i in order:
-        ws = g.weights[i]
-        for j, c in enumerate(g.children[i]):
-            parents.setdefault(c, []).append((i, ws[j] if ws is not None else 0.0))
+
+    def parents_of(i: int) -> list[tuple[int, float]]:
+        if not parents:  # built on the first tie only: most files have none
+            for q in order:
+                ws = g.weights[q]
+                for j, c in enumerate(g.children[q]):
+                    parents.setdefault(c, []).append((q, ws[j] if ws is not None else 0.0))
+        return parents.get(i, [])
+
     for k in reversed(by_rank):
-
-        def sort_key(i: int) -> tuple:
-            sig = sorted((crank[gid[p]], unit[p], w) for p, w in parents.get(i, ()))
-            return (skid[i], tuple(sig))
-
-        members[k].sort(key=sort_key)
-        for u_, i in enumerate(members[k]):
+        mem = members[k]
+        mem.sort(key=skid.__getitem__)
+        # only units with equal structure need their parents to tell them apart
+        j = 0
+        while j < len(mem):
+            e = j + 1
+            while e < len(mem) and skid[mem[e]] == skid[mem[j]]:
+                e += 1
+            if e - j > 1:
+                mem[j:e] = sorted(mem[j:e], key=lambda i: sorted((crank[gid[p]], unit[p], w) for p, w in parents_of(i)))
+            j = e
+        for u_, i in enumerate(mem):
             unit[i] = u_
 
 
 def _leaf_key(leaf: tuple, fam: str, domain: Domain) -> tuple:
-    lf, _, v = leaf
     if fam == "categorical":
-        row = [0.0] * domain.k
-        if lf == "bernoulli":
-            row[0], row[1] = 1.0 - v, v
-        else:
-            row[: len(v)] = v
-        return tuple(row)
+        return categorical_row(leaf, domain.k)
+    v = leaf[2]
+    if fam.startswith("binomial"):
+        return (v[1],)
     return tuple(v) if isinstance(v, tuple) else (v,)
 
 
-def _family_for_domain(fam: str, domain: Domain) -> str:
-    # a Bernoulli leaf on a variable with more than two values is a categorical one
-    if fam == "bernoulli" and domain.is_discrete and domain.k > 2:
+def _family_for_domain(fam: str, value, domain: Domain) -> str:
+    """The group family of a leaf: its own, or categorical when the variable has more values
+    than the leaf's family covers (a Bernoulli on a 3-valued variable, say)."""
+    if fam == "bernoulli" and domain.k > 2:
         return "categorical"
+    if fam == "binomial":
+        n = value[0]
+        return "categorical" if domain.k > n + 1 else f"binomial:{n}"
     return fam
 
 
@@ -465,15 +528,10 @@ def _input_params(g: NodeGraph, nodes: list[int], fam: str, domain: Domain) -> t
         return Dist("bernoulli"), np.asarray(vals, dtype=np.float64)
     if fam == "gaussian":
         return Dist("gaussian"), np.asarray(vals, dtype=np.float64).reshape(len(nodes), 2)
-    k = domain.k
-    out = np.zeros((len(nodes), k))
-    for r, i in enumerate(nodes):
-        leaf_fam, _, v = g.leaf[i]  # type: ignore[misc]
-        if leaf_fam == "bernoulli":
-            out[r, 0], out[r, 1] = 1.0 - v, v
-        else:
-            out[r, : len(v)] = v
-    return Dist.make("categorical", k=k), out
+    if fam.startswith("binomial:"):
+        return Dist.make("binomial", n=int(fam.split(":")[1])), np.asarray([v[1] for v in vals], dtype=np.float64)
+    out = np.array([categorical_row(g.leaf[i], domain.k) for i in nodes], dtype=np.float64)  # type: ignore[arg-type]
+    return Dist.make("categorical", k=domain.k), out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -581,20 +639,30 @@ def flatten(circuit: Circuit, fmt: str) -> FlatCircuit:
 
 def _leaves_of(circuit: Circuit, grp: InputGroup, fmt: str) -> list[tuple]:
     kind = grp.dist.kind
-    if kind not in LEAF_FAMILIES:
-        raise FormatError(
-            f"{fmt} cannot express group '{grp.name}': {kind} leaves are not supported by any exporter",
-            grp.span,
-        )
     val = np.asarray(circuit.param_value(grp.params))
     v = grp.var
     if kind == "indicator":
         return [("indicator", v, int(x)) for x in val]
+    if kind == "literal":
+        return [("indicator", v, int(grp.dist.arg("value")))] * grp.units
     if kind == "bernoulli":
         return [("bernoulli", v, float(x)) for x in val]
     if kind == "gaussian":
         return [("gaussian", v, (float(r[0]), float(r[1]))) for r in val]
-    return [("categorical", v, tuple(float(x) for x in r)) for r in val]
+    if kind == "binomial":
+        n = int(grp.dist.arg("n"))
+        return [("binomial", v, (n, float(x))) for x in val]
+    if kind == "categorical":
+        return [("categorical", v, tuple(float(x) for x in r)) for r in val]
+    domain = circuit.variables[v].domain
+    if not domain.is_discrete:
+        raise FormatError(f"{fmt} cannot express group '{grp.name}': {kind} leaves", grp.span)
+    # any other discrete family is exactly the categorical of its probabilities over the domain
+    from ...ir import distributions as dists
+
+    lp = dists.get(kind).log_prob(grp.dist, val, np.arange(domain.k, dtype=np.float64))
+    probs = np.exp(np.asarray(lp, dtype=np.float64)).T  # (units, k)
+    return [("categorical", v, tuple(float(x) for x in r)) for r in probs]
 
 
 def fmt_float(x: float) -> str:

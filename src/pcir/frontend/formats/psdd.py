@@ -142,7 +142,7 @@ def read_vtree(text: str, filename: str) -> Vtree:
 
 def read(text: str, filename: str, vtree: Vtree | None = None) -> Circuit:
     src = Lines(filename, text)
-    g = NodeGraph(filename)
+    g = NodeGraph(filename, src.lines)
     ids: dict[int, int] = {}
     leaf_of = vtree.leaf_of() if vtree is not None else {}
     header = 0
@@ -206,24 +206,31 @@ def read(text: str, filename: str, vtree: Vtree | None = None) -> Circuit:
             have = len(toks) - 4
             if have != 3 * n:
                 raise src.error(
-                    lineno, f"D line says {n} elements but lists {have / 3:g} (prime, sub, log-weight) triples", 3
+                    lineno,
+                    f"D line says {n} elements but has {have} numbers after the count"
+                    f" (expected {3 * n}: prime, sub and log-weight each)",
+                    3,
                 )
-            elems = []
-            ws = []
-            for j in range(n):
-                pair = []
-                for t in (4 + 3 * j, 5 + 3 * j):
-                    cid = src.int_at(lineno, toks, t, "a prime/sub id", 0)
-                    if cid not in ids:
-                        raise src.error(
-                            lineno,
-                            f"element node {cid} of node {nid} is not defined before it",
-                            t,
-                            "psdd nodes must come bottom-up: children before parents",
-                        )
-                    pair.append(ids[cid])
-                ws.append(src.prob_from_log(lineno, toks, 6 + 3 * j, "the element log-weight"))
-                elems.append(g.product(pair, lineno, dedupe=True))
+            fast = _fast_elements(toks, ids) if "_" not in line else None
+            if fast is not None:
+                pairs, ws = fast
+            else:  # the slow path names the faulty token
+                pairs, ws = [], []
+                for j in range(n):
+                    pair = []
+                    for t in (4 + 3 * j, 5 + 3 * j):
+                        cid = src.int_at(lineno, toks, t, "a prime/sub id", 0)
+                        if cid not in ids:
+                            raise src.error(
+                                lineno,
+                                f"element node {cid} of node {nid} is not defined before it",
+                                t,
+                                "psdd nodes must come bottom-up: children before parents",
+                            )
+                        pair.append(ids[cid])
+                    pairs.append(pair)
+                    ws.append(src.prob_from_log(lineno, toks, 6 + 3 * j, "the element log-weight"))
+            elems = [g.product(pair, lineno, dedupe=True) for pair in pairs]
             last = g.sum(elems, ws, lineno, vt)
         ids[nid] = last
     if not header:
@@ -239,6 +246,20 @@ def read(text: str, filename: str, vtree: Vtree | None = None) -> Circuit:
             raise FormatError(f"psdd variables are binary; {v.name} is {v.domain}")
     attrs = {VTREE_ATTR: vtree.attr()} if vtree is not None else {}
     return to_circuit(g, last, variables, attrs=attrs, sum_attrs_from_vtree=True)
+
+
+def _fast_elements(toks: list[str], ids: dict[int, int]) -> tuple[list, list[float]] | None:
+    """The (prime, sub) node pairs and weights of a well-formed D line, or None (then the
+    token-by-token path finds and reports the fault)."""
+    try:
+        primes = [ids[int(t)] for t in toks[4::3]]
+        subs = [ids[int(t)] for t in toks[5::3]]
+        lws = [float(t) for t in toks[6::3]]
+    except (ValueError, KeyError):
+        return None
+    if not all(lw <= 700.0 for lw in lws):  # also false for nan
+        return None
+    return list(zip(primes, subs, strict=True)), [math.exp(lw) for lw in lws]
 
 
 # ------------------------------------------------------------------------------------------------

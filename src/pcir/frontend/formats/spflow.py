@@ -26,16 +26,16 @@ import re
 
 from ...ir.circuit import Circuit
 from ._common import FormatError, span_at
-from .nodes import INPUT, PRODUCT, FlatCircuit, NodeGraph, fmt_float, to_circuit
+from .nodes import INPUT, PRODUCT, FlatCircuit, NodeGraph, categorical_row, fmt_float, to_circuit
 
 MAX_EXPORT_NODES = 1_000_000
 
 _TOKEN = re.compile(
     r"""(?P<ws>\s+)
-      |(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z_]))
+      |(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z0-9_.]))
       |(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
       |(?P<punct>[()*+|;=\[\],])
-      |(?P<bad>.)""",
+      |(?P<bad>[^\s()*+|;=\[\],]+|.)""",
     re.VERBOSE | re.DOTALL,
 )
 _VNAME = re.compile(r"V(\d+)$")
@@ -99,6 +99,8 @@ class _Tokens:
             self.expect(")")
             return x
         if k != "num":
+            if k == "bad" and v[0] in "0123456789+-.":
+                raise self.error(self.i - 1, f"{what} '{v}' is not a number")
             got = "the end of the text" if k == "eof" else f"'{v}'"
             raise self.error(self.i - 1, f"expected {what} (a number), got {got}")
         return float(v)
@@ -115,7 +117,7 @@ class _Frame:
 
 def read(text: str, filename: str) -> Circuit:
     tk = _Tokens(text, filename)
-    g = NodeGraph(filename)
+    g = NodeGraph(filename, text.splitlines())
     features: dict[str, int] = {}
     if not tk.kinds:
         raise FormatError("empty file: expected an SPFlow expression", span_at(filename, 1, "", 1))
@@ -128,7 +130,11 @@ def read(text: str, filename: str) -> Circuit:
             if v == "(" and k == "punct":
                 tk.take()
                 k2, v2 = tk.peek()
-                if k2 == "num" or (k2 == "name" and v2 in ("np.float64", "numpy.float64")):
+                if (
+                    k2 == "num"
+                    or (k2 == "name" and v2 in ("np.float64", "numpy.float64"))
+                    or (k2 == "bad" and v2[0] in "0123456789+-.")
+                ):
                     f = _Frame("sum")
                     f.weights.append(tk.number("a sum weight"))
                     tk.expect("*", "between a weight and its child")
@@ -142,6 +148,8 @@ def read(text: str, filename: str) -> Circuit:
                 value = _leaf(tk, g, features)
                 expect_node = False
                 continue
+            if k == "bad" and v[0] in "0123456789+-.":
+                raise tk.error(tk.i, f"'{v}' is not a number")
             got = "the end of the text" if k == "eof" else f"'{v}'"
             raise tk.error(tk.i, f"expected a node (a leaf or '('), got {got}")
         if not stack:
@@ -298,6 +306,9 @@ def _leaf_text(flat: FlatCircuit, nd) -> str:
         return f"Bernoulli({feat}|p={fmt_float(val)})"
     if fam == "gaussian":
         return f"Gaussian({feat}|mean={fmt_float(val[0])};stdev={fmt_float(val[1])})"
+    if fam == "binomial":  # exactly a categorical over the variable's values
+        row = categorical_row(nd.leaf, flat.variables[var].domain.k)
+        return f"Categorical({feat}|p=[{', '.join(fmt_float(p) for p in row)}])"
     dom = flat.variables[var].domain
     # an indicator is a one-hot categorical (the same for observed and for missing values)
     p = ["0.0"] * dom.k

@@ -22,7 +22,7 @@ from .nodes import INPUT, PRODUCT, FlatCircuit, NodeGraph, log_text, to_circuit
 
 def read(text: str, filename: str) -> Circuit:
     src = Lines(filename, text)
-    g = NodeGraph(filename)
+    g = NodeGraph(filename, src.lines)
     pos: list[int] = []  # node position -> graph id
     domains: list[int] | None = None
     domain_line = 0
