@@ -27,8 +27,9 @@ when aligned/outer, are themselves reordered to stay aligned/outer; sums permute
 Roots are never reordered: their node order is the circuit's output.
 
 Finally all sums are *partitioned by fan-in* (attribute ``part``): a sum kernel processes every
-node with the largest fan-in of its partition, so partitions are cut where that padding would
-exceed ``tolerance``. ``group-layers`` launches one kernel per (layer, part).
+node with the largest fan-in of its partition, so partitions are cut where the padding added by
+sharing a kernel would exceed ``tolerance`` (see :func:`fanin_partitions`). ``group-layers``
+launches one kernel per (layer, part).
 
 Padded positions of a rewritten block sum hold weight 0, which EM keeps at 0 unless a
 pseudocount is used (the pseudocount then spreads over the padded positions too); use
@@ -209,27 +210,29 @@ def _better(a: BlockPlan | None, b: BlockPlan | None) -> bool:
 
 
 def fanin_partitions(fanins: list[np.ndarray], tolerance: float) -> list[int]:
-    """Partition id per sum (by its per-node fan-ins) so that padding to each partition's largest
-    fan-in stays within ``tolerance``; ids increase with fan-in."""
+    """Partition id per sum (from its per-node fan-ins); ids increase with fan-in.
+
+    A kernel pads every node to the largest fan-in of its partition. The padding a group brings
+    by itself (its own nodes' fan-ins differ; groups are not split) is unavoidable; what
+    partitioning decides is the padding *added* by sharing a kernel with groups of larger
+    fan-in, ``sum_g (max_P - max_g) * nodes_g``, which is kept within ``tolerance`` of the
+    partition's computed edges. Greedy over groups sorted by largest fan-in (fewest partitions).
+    """
     if not fanins:
         return []
-    order = sorted(range(len(fanins)), key=lambda i: int(fanins[i].max()))
+    mx = [int(f.max()) for f in fanins]
+    order = sorted(range(len(fanins)), key=lambda i: mx[i])
     part = [0] * len(fanins)
-    cur = 0
-    real = 0
-    nodes = 0
-    members: list[int] = []
+    cur = -1
+    own = nodes = 0  # sum of max_g * nodes_g, sum of nodes_g in the current partition
     for i in order:
-        f = fanins[i]
-        mx = int(f.max())
-        new_real, new_nodes = real + int(f.sum()), nodes + len(f)
-        computed = mx * new_nodes
-        if members and computed - new_real > tolerance * computed:
+        n = len(fanins[i])
+        new_own, new_nodes = own + mx[i] * n, nodes + n
+        computed = mx[i] * new_nodes
+        if cur < 0 or computed - new_own > tolerance * computed:
             cur += 1
-            new_real, new_nodes = int(f.sum()), len(f)
-            members = []
-        members.append(i)
-        real, nodes = new_real, new_nodes
+            new_own, new_nodes = mx[i] * n, n
+        own, nodes = new_own, new_nodes
         part[i] = cur
     return part
 
