@@ -98,28 +98,48 @@ class BlockPlan:
     naive_computed: int  # the same blocks in the original node order
 
 
-def _signature_groups(rows: np.ndarray, cols: np.ndarray, units: int, bk: int) -> list[tuple[tuple, np.ndarray]]:
-    """(signature, nodes) for every distinct set of column blocks, in lexicographic order."""
-    cb = cols // bk
-    pairs = np.unique(rows.astype(np.int64) * (int(cb.max()) + 1 if len(cb) else 1) + cb)
+@dataclass
+class _SigGroups:
+    """Nodes sorted by signature (lexicographically), with the extent of each equal-signature run."""
+
+    nodes: np.ndarray  # all nodes, in signature order
+    group: np.ndarray  # run id of each entry of ``nodes``
+    start: np.ndarray  # first position of each run
+
+
+def _signature_groups(rows: np.ndarray, cols: np.ndarray, units: int, bk: int) -> _SigGroups:
+    """Group nodes by their signature, the set of column blocks they read (sorted lexicographically)."""
+    cb = cols.astype(np.int64) // bk
     width = int(cb.max()) + 1 if len(cb) else 1
+    pairs = np.unique(rows.astype(np.int64) * width + cb)
     pr, pc = pairs // width, pairs % width
-    bounds = np.searchsorted(pr, np.arange(units + 1))
-    sig_of: dict[tuple, list[int]] = {}
-    for r in range(units):
-        sig = tuple(pc[bounds[r] : bounds[r + 1]].tolist())
-        sig_of.setdefault(sig, []).append(r)
-    return [(sig, np.asarray(sig_of[sig], dtype=np.int64)) for sig in sorted(sig_of)]
+    counts = np.bincount(pr, minlength=units)
+    longest = int(counts.max()) if units else 0
+    if units * longest <= 1 << 24:
+        # pad every signature to the longest with -1 (a prefix sorts first), then lexsort columns
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        table = np.full((units, max(longest, 1)), -1, dtype=np.int64)
+        table[pr, np.arange(len(pr)) - first[pr]] = pc
+        order = np.lexsort(table.T[::-1])
+        srt = table[order]
+        new_run = np.ones(units, dtype=bool)
+        new_run[1:] = np.any(srt[1:] != srt[:-1], axis=1)
+    else:  # very long signatures: sort tuples in Python rather than build a huge table
+        bounds = np.searchsorted(pr, np.arange(units + 1))
+        sigs = [tuple(pc[bounds[r] : bounds[r + 1]].tolist()) for r in range(units)]
+        order = np.asarray(sorted(range(units), key=sigs.__getitem__), dtype=np.int64)
+        new_run = np.ones(units, dtype=bool)
+        new_run[1:] = [sigs[order[i]] != sigs[order[i - 1]] for i in range(1, units)]
+    group = np.cumsum(new_run) - 1
+    return _SigGroups(order, group, np.nonzero(new_run)[0])
 
 
-def _pack(groups: list[tuple[tuple, np.ndarray]], bm: int) -> np.ndarray:
+def _pack(groups: _SigGroups, bm: int) -> np.ndarray:
     """Row order: whole blocks of equal signatures first, then the rest in signature order."""
-    full, rest = [], []
-    for _, nodes in groups:
-        n = len(nodes) // bm * bm
-        full.append(nodes[:n])
-        rest.append(nodes[n:])
-    return np.concatenate(full + rest)
+    pos = np.arange(len(groups.nodes)) - groups.start[groups.group]
+    size = np.diff(np.append(groups.start, len(groups.nodes)))[groups.group]
+    full = pos < size // bm * bm
+    return np.concatenate([groups.nodes[full], groups.nodes[~full]])
 
 
 def _mask_for(rows: np.ndarray, cols: np.ndarray, units: int, k: int, bm: int, bk: int) -> np.ndarray:
@@ -147,7 +167,7 @@ def plan_blocks(
     cands = [(bm, bk) for bm in _divisors(units, max_block, pow2) for bk in _divisors(k, max_block, pow2)]
     cands = [c for c in cands if c[0] * c[1] > 1]
     cands.sort(key=lambda c: (-c[0] * c[1], -min(c), -c[0]))
-    sig_cache: dict[int, list] = {}
+    sig_cache: dict[int, _SigGroups] = {}
     identity = np.arange(units)
     for bm, bk in cands:
         if reorder:
