@@ -50,6 +50,7 @@ class _SumLayer:
                 pf_tab.append((*head, mt, kt, 0, g.index))
             off += g.k * A
         self.variant = variant
+        self.arity = A
         self.cols = lt(np.concatenate(cols)).to(torch.int32)
         self.fwd, self.fwd_list = lt(fwd), lt(fwd_list or [0])
         self.col, self.col_list = lt(col_tab), lt(col_list or [0])
@@ -90,6 +91,8 @@ class TritonEngine:
                 self.layers.append(_SumLayer(layer, kernels.LAYER_VARIANT[layer.index], device))
             else:
                 self.layers.append(_ProductLayer(layer, device))
+        # parameter-flow programs split the batch until about this many run at once
+        self.target_programs = 4 * (torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1)
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
 
     # ---- forward -----------------------------------------------------------------------------
@@ -113,7 +116,7 @@ class TritonEngine:
         for L in self.layers:
             if isinstance(L, _SumLayer):
                 fn = getattr(k, f"sum_fwd_v{L.variant}")
-                fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, BB=BB)
+                fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB)
             else:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         return V, M
@@ -131,8 +134,10 @@ class TritonEngine:
             if isinstance(L, _SumLayer):
                 cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}")
                 pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}")
-                pf_fn[(L.n_pf,)](V, F, W, L.cols, L.pf, PF, M, B, BB=BB)
-                cols_fn[(L.n_col, nb)](V, F, W, L.cols, L.col, L.col_list, M, B, BB=BB)
+                chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
+                ch = triton_cdiv(nb, chunks) * BB
+                pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB)
+                cols_fn[(L.n_col, nb)](V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB)
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         F[0] = 0.0
