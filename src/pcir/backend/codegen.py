@@ -37,6 +37,7 @@ LAYER_VARIANT = {layer_variant}
 # dot(a, b) in the chosen precision: tf32 and ieee are tl.dot's input precisions; bf16 casts.
 DOT = {
     "tf32": "tl.dot({a}, {b}, input_precision='tf32')",
+    "tf32x3": "tl.dot({a}, {b}, input_precision='tf32x3')",
     "fp32": "tl.dot({a}, {b}, input_precision='ieee')",
     "bf16": "tl.dot({a}.to(tl.bfloat16), {b}.to(tl.bfloat16))",
 }

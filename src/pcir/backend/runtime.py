@@ -57,7 +57,9 @@ class _Tables:
         gather = plan.explicit_gather.copy()
         gather[gather < 0] = plan.sum_param_size  # the appended -inf entry
         self.explicit_gather = lt(gather)
-        self.explicit_valid = torch.as_tensor(plan.explicit_gather >= 0, device=device)
+        valid = plan.explicit_gather >= 0
+        self.explicit_pos = lt(np.nonzero(valid)[0])
+        self.explicit_dst = lt(plan.explicit_gather[valid])
         self.cat_row_id = lt(plan.cat_row_id)
         cat_k = np.bincount(plan.cat_row_id, minlength=plan.cat_num_rows).astype(np.float64)
         self.cat_k = torch.as_tensor(cat_k, dtype=torch.float32, device=device)
@@ -121,6 +123,9 @@ class CompiledCircuit(nn.Module):
         self._tables: dict[str, _Tables] = {}
         self._engines: dict[str, Any] = {}
         self._cache: tuple | None = None
+        self._graphs: dict = {}
+        self._em_args: torch.Tensor | None = None
+        self.cuda_graphs = True  # capture forward / forward_backward / em_step per batch shape on CUDA
         logits = np.full(plan.sum_param_size, -np.inf, dtype=np.float32)
         cat = np.zeros(plan.cat_size, dtype=np.float32)
         gauss = np.zeros((plan.gauss_rows, 2), dtype=np.float32)
@@ -181,20 +186,34 @@ class CompiledCircuit(nn.Module):
         logp = _segment_log_softmax(self.cat_logits, t.cat_row_id, self.plan.cat_num_rows)
         return logw, logp
 
+    def _versions(self):
+        return (self.sum_logits._version, self.cat_logits._version, self._key(), id(self.sum_logits), id(self.cat_logits))
+
     def _normalised_cached(self):
-        key = (
-            self.sum_logits._version,
-            self.cat_logits._version,
-            self._key(),
-            id(self.sum_logits),
-            id(self.cat_logits),
-        )
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                logw, logp = self._normalised()
-                W = self._kernel_weights(logw)
-            self._cache = (key, logw, logp, W)
+        """(log W, categorical log-probs, kernel weights W) in persistent buffers, refreshed in place
+        when the parameters changed (stable storage: captured CUDA graphs read them)."""
+        key = self._versions()
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2], self._cache[3]
+        with torch.no_grad():
+            self._refresh_into_buffers()
+        self._cache = (key, *self._cache[1:])  # type: ignore[index]
         return self._cache[1], self._cache[2], self._cache[3]
+
+    def _refresh_into_buffers(self) -> None:
+        logw, logp = self._normalised()
+        W = self._kernel_weights(logw)
+        if self._cache is not None and self._cache[3].device == W.device:
+            _, lw0, lp0, W0 = self._cache
+            lw0.copy_(logw)
+            lp0.copy_(logp)
+            W0.copy_(W)
+        else:
+            self._cache = (None, logw, logp, W)
+
+    def _invalidate(self) -> None:
+        if self._cache is not None:
+            self._cache = (None, *self._cache[1:])
 
     def _kernel_weights(self, logw: torch.Tensor) -> torch.Tensor:
         """Linear weights in the kernel layout (parameter layout + dense expansions of explicit sums)."""
@@ -212,9 +231,7 @@ class CompiledCircuit(nn.Module):
         out = PF[:n].clone()
         if self.plan.w_size > n:
             t = self._tab()
-            extra = PF[n:]
-            valid = t.explicit_valid
-            out.index_add_(0, t.explicit_gather[valid], extra[valid])
+            out.index_add_(0, t.explicit_dst, PF[n:][t.explicit_pos])
         return out
 
     def _slot(self, name: str):
@@ -288,7 +305,7 @@ class CompiledCircuit(nn.Module):
                 self.gauss.data[slot.offset : slot.offset + arr.shape[0]] = torch.as_tensor(
                     g, dtype=torch.float32, device=dev
                 )
-        self._cache = None
+        self._invalidate()
 
     def param_flows(self, name: str) -> torch.Tensor:
         """The flows accumulated for a parameter since the last ``em_step``/``zero_flows``.
@@ -390,9 +407,8 @@ class CompiledCircuit(nn.Module):
         )
         if not needs_grad:
             with torch.no_grad():
-                logw, logp, W = self._normalised_cached()
-                V, _aux = self._engine().forward(W, logp, self.gauss, xf)
-                return self._root_values(V)
+                self._normalised_cached()
+                return self._maybe_graphed(("forward", tuple(xf.shape)), self._forward_core, xf)
         logw, logp = self._normalised()
         return _CircuitFunction.apply(self, xf, logw, logp, self.gauss)
 
@@ -410,16 +426,58 @@ class CompiledCircuit(nn.Module):
     def forward_backward(self, x, missing=None) -> torch.Tensor:
         """Forward, then PC flows (root flow 1 per sample) accumulated into the flow buffers."""
         xf = self._prepare(x, missing)
-        logw, logp, W = self._normalised_cached()
+        self._normalised_cached()
+        return self._maybe_graphed(("fb", tuple(xf.shape)), self._forward_backward_core, xf)
+
+    def _forward_core(self, xf):
+        _, logp, W = self._cache[1:]  # type: ignore[index]
+        V, _aux = self._engine().forward(W, logp, self.gauss, xf)
+        return self._root_values(V)
+
+    def _forward_backward_core(self, xf):
+        _, logp, W = self._cache[1:]  # type: ignore[index]
         eng = self._engine()
         V, aux = eng.forward(W, logp, self.gauss, xf)
-        ones = torch.ones((self.plan.root_units, xf.shape[0]), dtype=torch.float32, device=self.device)
+        ones = torch.ones((self.plan.root_units, xf.shape[0]), dtype=torch.float32, device=xf.device)
         F, PF = eng.backward(W, V, aux, xf, ones)
         self.sum_flows += self._fold_flows(PF)
         cat, g5 = eng.input_stats(F, xf, self.gauss)
         self.cat_flows += cat
         self.gauss_stats += g5[:, :3]
         return self._root_values(V)
+
+    # ---- CUDA graphs of our own --------------------------------------------------------------
+    def _graphs_on(self) -> bool:
+        return self.cuda_graphs and self.device.type == "cuda" and self._engine().name == "triton"
+
+    def _maybe_graphed(self, key, fn, *inputs):
+        """Run ``fn(*inputs)``; on CUDA the second call with the same key captures a CUDA graph
+        (the first one JIT-compiles the kernels eagerly) and later calls replay it: one launch
+        instead of one per layer. Inputs are copied into static buffers; outputs are cloned."""
+        if not self._graphs_on():
+            return fn(*inputs)
+        ent = self._graphs.get(key)
+        if ent is None or ent == "off":
+            if ent is None:
+                self._graphs[key] = "warm"
+            return fn(*inputs)
+        if ent == "warm":
+            statics = [t.clone() for t in inputs]
+            graph = torch.cuda.CUDAGraph()
+            try:
+                torch.cuda.synchronize(self.device)
+                with torch.cuda.graph(graph):
+                    out = fn(*statics)
+            except Exception:  # noqa: BLE001  (capture is an optimisation: fall back to eager)
+                self._graphs[key] = "off"
+                torch.cuda.synchronize(self.device)
+                return fn(*inputs)
+            ent = self._graphs[key] = (graph, statics, out)
+        graph, statics, out = ent
+        for st_, in_ in zip(statics, inputs, strict=True):
+            st_.copy_(in_)
+        graph.replay()
+        return out.clone() if isinstance(out, torch.Tensor) else out
 
     def _x_grad(self, F, xf, gauss):
         """d L / d x for gaussian variables (0 for discrete ones and missing entries)."""
@@ -446,11 +504,21 @@ class CompiledCircuit(nn.Module):
         where a node (or leaf row) received no flow and the pseudocount is 0, it keeps its old
         parameters (the reference does the same for sums).
         """
+        self._normalised_cached()
+        if self._em_args is None or self._em_args.device != self.device:
+            self._em_args = torch.zeros(2, dtype=torch.float32, device=self.device)
+        self._em_args[0] = float(step_size)
+        self._em_args[1] = float(pseudocount)
+        self._maybe_graphed(("em",), self._em_core, self._em_args)
+        # the normalised buffers were refreshed inside: mark them fresh for the new versions
+        self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
+
+    def _em_core(self, args):
         t = self._tab()
         plan = self.plan
-        s = float(step_size)
-        pc = float(pseudocount)
-        logw, logp = self._normalised()
+        s = args[0]
+        pc = args[1]
+        logw, logp, _W = self._cache[1:]  # type: ignore[index]
         if plan.sum_param_size:
             old = torch.exp(logw)
             pf = self.sum_flows
@@ -482,12 +550,14 @@ class CompiledCircuit(nn.Module):
             new_mu = (1.0 - s) * mu0 + s * mu
             new_sd = (1.0 - s) * sd0 + s * sd
             g.copy_(torch.stack([new_mu, torch.log(new_sd)], dim=1))
-        self._cache = None
         self.zero_flows()
+        self._refresh_into_buffers()
+        return None
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
         self._cache = None
+        self._graphs = {}
         return out
 
 
