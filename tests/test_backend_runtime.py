@@ -237,7 +237,7 @@ def test_params_by_name_and_state_dict(engine, device):
     x, _ = data_for(c, 4, seed=8)
     ref = ev.log_likelihood(m.to_circuit(), x)
     np.testing.assert_allclose(m(x).detach().cpu().numpy(), ref, rtol=1e-4)
-    m2 = pc_compile(c, engine=engine, device=device)
+    m2 = pc_compile(c, engine=engine, device=device, precision="fp32")
     m2.load_state_dict(m.state_dict())
     np.testing.assert_allclose(m2(x).detach().cpu().numpy(), ref, rtol=1e-4)
     with pytest.raises(pcir.BackendError, match="unknown parameter or group 's9'"):

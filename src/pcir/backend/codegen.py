@@ -59,23 +59,32 @@ def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl
     xi = tl.where(miss, 0.0, x).to(tl.int64)
     lp = tl.load(TAB + idx[:, None] + xi, mask=m2 & ~miss, other=0.0)
     tl.store(V + (row0 + u).to(tl.int64)[:, None] * B + b[None, :], lp, mask=m2)
-
-
+''',
+    "categorical_counts": '''
 @triton.jit
-def input_categorical_bwd(F, XT, VAR, IDX, CNT, row0, U, B, BU: tl.constexpr, BB: tl.constexpr):
-    """CNT[idx_u + x[b]] += F[row0 + u, b] over observed samples (expected counts)."""
-    u = tl.program_id(0) * BU + tl.arange(0, BU)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
-    um = u < U
-    bm = b < B
-    m2 = um[:, None] & bm[None, :]
-    var = tl.load(VAR + u, mask=um, other=0).to(tl.int64)
-    idx = tl.load(IDX + u, mask=um, other=0)
-    x = tl.load(XT + var[:, None] * B + b[None, :], mask=m2, other=0.0)
-    miss = x != x
-    xi = tl.where(miss, 0.0, x).to(tl.int64)
-    f = tl.load(F + (row0 + u).to(tl.int64)[:, None] * B + b[None, :], mask=m2, other=0.0)
-    tl.atomic_add(CNT + idx[:, None] + xi, f, mask=m2 & ~miss & (f != 0.0))
+def input_categorical_counts(F, XT, TAB, CNT, B, BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
+    """Expected counts as a matrix product: CNT[u, c] += sum_b F[u, b] [x[var, b] == c], for one
+    (leaf group, node tile, category tile); TAB[t] = (row, units, var, table offset, k, u tile)."""
+    t = tl.program_id(0)
+    row = tl.load(TAB + t * 6 + 0)
+    units = tl.load(TAB + t * 6 + 1)
+    var = tl.load(TAB + t * 6 + 2)
+    off = tl.load(TAB + t * 6 + 3)
+    k = tl.load(TAB + t * 6 + 4)
+    ut = tl.load(TAB + t * 6 + 5)
+    u = ut * BU + tl.arange(0, BU)
+    um = u < units
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = c < k
+    acc = tl.zeros([BU, BC], dtype=tl.float32)
+    for b0 in range(0, B, BB):
+        b = b0 + tl.arange(0, BB)
+        bm = b < B
+        f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=um[:, None] & bm[None, :], other=0.0)
+        x = tl.load(XT + var * B + b, mask=bm, other=-1.0)
+        onehot = tl.where(x[:, None] == c[None, :].to(tl.float32), 1.0, 0.0)
+        acc += {dot_fo}
+    tl.atomic_add(CNT + off + u[:, None] * k + c[None, :], acc, mask=um[:, None] & cm[None, :] & (acc != 0.0))
 ''',
     "gaussian": '''
 @triton.jit
@@ -345,14 +354,16 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     """The Triton module for ``plan`` (deterministic text)."""
     vs = variants(plan)
     layer_variant = {
-        layer.index: vs.index((layer.block_m, layer.block_k))
-        for layer in plan.layers
-        if layer.kind == "sum"
+        layer.index: vs.index((layer.block_m, layer.block_k)) for layer in plan.layers if layer.kind == "sum"
     }
     parts = [HEADER.format(hash=plan.source_hash[:16], version=1, precision=precision, layer_variant=layer_variant)]
     for fam in ("categorical", "gaussian", "indicator"):
         if any(b.family == fam and b.count for b in plan.inputs):
             parts.append(INPUT_KERNELS[fam])
+            if fam == "categorical":
+                parts.append(
+                    INPUT_KERNELS["categorical_counts"].format(dot_fo=DOT[precision].format(a="f", b="onehot"))
+                )
     if any(layer.kind == "product" for layer in plan.layers):
         parts.append(PRODUCT_KERNELS)
     dot = DOT[precision]

@@ -45,6 +45,44 @@ def _segment_log_softmax(logits: torch.Tensor, row_id: torch.Tensor, num_rows: i
     return shifted - torch.log(s)[row_id]
 
 
+class _Segments:
+    """Row-wise (segment) operations on a flat store, as ``(rows, row_len)`` views where the rows
+    of a run have one length (one fused kernel each), else through scatter/index_add."""
+
+    def __init__(self, runs, row_id: torch.Tensor, num_rows: int):
+        self.runs = runs
+        self.row_id = row_id
+        self.num_rows = num_rows
+
+    def log_softmax(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for off, n, row_len in self.runs:
+            seg = x[off : off + n]
+            if row_len:
+                parts.append(torch.log_softmax(seg.view(-1, row_len), dim=1).reshape(-1))
+            else:
+                parts.append(_segment_log_softmax(seg, self.row_id[off : off + n], self.num_rows))
+        if not parts:
+            return x
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def totals(self, x: torch.Tensor) -> torch.Tensor:
+        """Each entry's row total."""
+        parts = []
+        for off, n, row_len in self.runs:
+            seg = x[off : off + n]
+            if row_len:
+                v = seg.view(-1, row_len)
+                parts.append(v.sum(dim=1, keepdim=True).expand_as(v).reshape(-1))
+            else:
+                rid = self.row_id[off : off + n]
+                tot = torch.zeros(self.num_rows, dtype=x.dtype, device=x.device).index_add_(0, rid, seg)
+                parts.append(tot[rid])
+        if not parts:
+            return x
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class _Tables:
     """Per-device index tensors derived from the plan (built once per device)."""
 
@@ -53,7 +91,8 @@ class _Tables:
         self.sum_row_id = lt(plan.sum_row_id)
         self.sum_edge = torch.as_tensor(plan.sum_edge, dtype=torch.bool, device=device)
         deg = np.bincount(plan.sum_row_id, weights=plan.sum_edge.astype(np.float64), minlength=plan.sum_num_rows)
-        self.sum_deg = torch.as_tensor(deg, dtype=torch.float32, device=device)
+        self.sum_deg = torch.as_tensor(np.maximum(deg, 1.0)[plan.sum_row_id], dtype=torch.float32, device=device)
+        self.sum_seg = _Segments(plan.runs("sum"), self.sum_row_id, plan.sum_num_rows)
         gather = plan.explicit_gather.copy()
         gather[gather < 0] = plan.sum_param_size  # the appended -inf entry
         self.explicit_gather = lt(gather)
@@ -61,8 +100,9 @@ class _Tables:
         self.explicit_pos = lt(np.nonzero(valid)[0])
         self.explicit_dst = lt(plan.explicit_gather[valid])
         self.cat_row_id = lt(plan.cat_row_id)
+        self.cat_seg = _Segments(plan.runs("cat"), self.cat_row_id, plan.cat_num_rows)
         cat_k = np.bincount(plan.cat_row_id, minlength=plan.cat_num_rows).astype(np.float64)
-        self.cat_k = torch.as_tensor(cat_k, dtype=torch.float32, device=device)
+        self.cat_k = torch.as_tensor(cat_k[plan.cat_row_id], dtype=torch.float32, device=device)
         self.gauss_min_std = torch.as_tensor(plan.gauss_min_std, dtype=torch.float32, device=device)
         self.var_k = torch.as_tensor(plan.var_k, dtype=torch.float32, device=device)
         self.discrete = self.var_k > 0
@@ -182,12 +222,18 @@ class CompiledCircuit(nn.Module):
     def _normalised(self):
         """(log W in parameter layout, categorical log-probs) from the logits."""
         t = self._tab()
-        logw = _segment_log_softmax(self.sum_logits, t.sum_row_id, self.plan.sum_num_rows)
-        logp = _segment_log_softmax(self.cat_logits, t.cat_row_id, self.plan.cat_num_rows)
+        logw = t.sum_seg.log_softmax(self.sum_logits)
+        logp = t.cat_seg.log_softmax(self.cat_logits)
         return logw, logp
 
     def _versions(self):
-        return (self.sum_logits._version, self.cat_logits._version, self._key(), id(self.sum_logits), id(self.cat_logits))
+        return (
+            self.sum_logits._version,
+            self.cat_logits._version,
+            self._key(),
+            id(self.sum_logits),
+            id(self.cat_logits),
+        )
 
     def _normalised_cached(self):
         """(log W, categorical log-probs, kernel weights W) in persistent buffers, refreshed in place
@@ -522,8 +568,8 @@ class CompiledCircuit(nn.Module):
         if plan.sum_param_size:
             old = torch.exp(logw)
             pf = self.sum_flows
-            tot = torch.zeros(plan.sum_num_rows, device=pf.device).index_add_(0, t.sum_row_id, pf)[t.sum_row_id]
-            deg = t.sum_deg.clamp(min=1.0)[t.sum_row_id]
+            tot = t.sum_seg.totals(pf)
+            deg = t.sum_deg
             upd = torch.where(t.sum_edge, (pf + pc / deg) / (tot + pc), torch.zeros_like(pf))
             upd = torch.where(tot + pc > 0, upd, old)
             new = (1.0 - s) * old + s * upd
@@ -531,8 +577,8 @@ class CompiledCircuit(nn.Module):
         if plan.cat_size:
             old = torch.exp(logp)
             cnt = self.cat_flows
-            tot = torch.zeros(plan.cat_num_rows, device=cnt.device).index_add_(0, t.cat_row_id, cnt)[t.cat_row_id]
-            k = t.cat_k[t.cat_row_id]
+            tot = t.cat_seg.totals(cnt)
+            k = t.cat_k
             upd = (cnt + pc / k) / (tot + pc)
             upd = torch.where(tot + pc > 0, upd, old)
             self.cat_logits.copy_(torch.log((1.0 - s) * old + s * upd))

@@ -16,6 +16,7 @@ import torch
 from .plan import KernelPlan, SumGroupPlan
 
 BU = 32  # leaf rows per input program
+COUNT_BU = 32  # leaf rows per categorical-count program
 
 
 def _batch_tile(B: int) -> int:
@@ -85,6 +86,25 @@ class TritonEngine:
         self.precision = precision
         lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
+        # categorical counts as matrix products: one entry per (leaf group, node tile)
+        rows = []
+        self.count_bc = 16
+        self.count_cmax = 1
+        for b in plan.inputs:
+            if b.family != "categorical":
+                continue
+            for name, row, units in b.groups:
+                i = row - b.row
+                var = int(b.var[i])
+                off = int(b.index[i])
+                k = plan.params[plan.group_param[name]].k
+                for ut in range(-(-units // COUNT_BU)):
+                    rows.append((row, units, var, off, k, ut))
+                while self.count_bc < min(k, 128):
+                    self.count_bc *= 2
+                self.count_cmax = max(self.count_cmax, k)
+        self.count_tab = torch.as_tensor(np.asarray(rows, dtype=np.int64).reshape(-1), device=device)
+        self.count_n = len(rows)
         self.layers = []
         for layer in plan.layers:
             if layer.kind == "sum":
@@ -92,7 +112,9 @@ class TritonEngine:
             else:
                 self.layers.append(_ProductLayer(layer, device))
         # parameter-flow programs split the batch until about this many run at once
-        self.target_programs = 4 * (torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1)
+        self.target_programs = 4 * (
+            torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        )
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
 
     # ---- forward -----------------------------------------------------------------------------
@@ -148,15 +170,13 @@ class TritonEngine:
         plan, k = self.plan, self.k
         B = xf.shape[0]
         BB = _batch_tile(B)
-        nb = triton_cdiv(B, BB)
         xT = xf.t().contiguous()
         cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
         g5 = torch.zeros((plan.gauss_rows, 5), dtype=torch.float32, device=F.device)
         for b, var, index in self.inputs:
             if b.family == "categorical":
-                k.input_categorical_bwd[(triton_cdiv(b.count, BU), nb)](
-                    F, xT, var, index, cat, b.row, b.count, B, BU=BU, BB=BB
-                )
+                grid = (self.count_n, triton_cdiv(self.count_cmax, self.count_bc))
+                k.input_categorical_counts[grid](F, xT, self.count_tab, cat, B, BU=COUNT_BU, BC=self.count_bc, BB=BB)
             elif b.family == "gaussian":
                 out = torch.empty((b.count, 5), dtype=torch.float32, device=F.device)
                 k.input_gaussian_bwd[(triton_cdiv(b.count, BU),)](
