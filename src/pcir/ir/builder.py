@@ -167,7 +167,9 @@ class CircuitBuilder:
             pname = self._tied_param(tie, span)
         else:
             pname = self._new_param(gname, shape, "f64", weights, init)
-        self._groups[gname] = SumGroup(gname, units, tuple(children), pattern, pname, mask, block, edges, make_attrs(attrs), span)
+        self._groups[gname] = SumGroup(
+            gname, units, tuple(children), pattern, pname, mask, block, edges, make_attrs(attrs), span
+        )
         return gname
 
     def _tied_param(self, other: str, span: SourceSpan | None) -> str:

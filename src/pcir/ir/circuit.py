@@ -234,6 +234,8 @@ class Param:
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.dtype not in NP_DTYPES:
+            raise VerifyError(f"unknown parameter dtype '{self.dtype}' (expected f32, f64 or i64)")
         if self.value is not None:
             np_dtype = NP_DTYPES[self.dtype]
             object.__setattr__(self, "value", _freeze(self.value, np_dtype))
@@ -241,7 +243,12 @@ class Param:
                 raise VerifyError(f"parameter value has shape {self.value.shape}, expected {self.shape}")
 
     def _key(self):
-        return (self.shape, self.dtype, _arr_key(self.value), None if self.value is not None else (self.init, self.seed))
+        return (
+            self.shape,
+            self.dtype,
+            _arr_key(self.value),
+            None if self.value is not None else (self.init, self.seed),
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Param) and self._key() == other._key()
@@ -310,6 +317,7 @@ class Circuit:
                 self._groups[cycle[0][0]].span,
             ) from None
         self._topo = tuple(order)
+        self._pos = {n: i for i, n in enumerate(order)}
         self._param_cache: dict[str, np.ndarray] = {}
 
     @staticmethod
@@ -365,7 +373,7 @@ class Circuit:
         return self._groups[name].children
 
     def parents(self, name: str) -> tuple[str, ...]:
-        return tuple(sorted(self._graph.successors(name), key=self._topo.index))
+        return tuple(sorted(self._graph.successors(name), key=self._pos.__getitem__))
 
     def units(self, name: str) -> int:
         return self._groups[name].units
@@ -450,7 +458,10 @@ class Circuit:
 
     def materialized(self) -> Circuit:
         """A copy whose parameters all hold concrete values."""
-        params = {k: (p if p.value is not None else Param(p.shape, p.dtype, self.param_value(k))) for k, p in self._params.items()}
+        params = {
+            k: (p if p.value is not None else Param(p.shape, p.dtype, self.param_value(k)))
+            for k, p in self._params.items()
+        }
         return self.replace(params=params)
 
     # ---- transformation ------------------------------------------------------------------

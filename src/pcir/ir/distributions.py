@@ -7,14 +7,29 @@ parallel registry keyed by the same name for its kernels.
 
 Parameter layouts (``units`` nodes in the group):
 
-=============  =====================  ==========================================
-family         parameter shape        meaning
-=============  =====================  ==========================================
-categorical    (units, k)             probs[u, c] = P(x = c), rows sum to 1
-bernoulli      (units,)               p[u] = P(x = 1)
-gaussian       (units, 2)             [mean, std]
-indicator      (units,)               value[u]: node u is 1 iff x == value[u]
-=============  =====================  ==========================================
+=================  =================  =====================================================
+family             parameter shape    meaning
+=================  =================  =====================================================
+categorical(k)     (units, k)         probs[u, c] = P(x = c), rows sum to 1
+bernoulli          (units,)           p[u] = P(x = 1)
+gaussian           (units, 2)         [mean, std]
+indicator          (units,) i64       value[u]: node u is 1 iff x == value[u]
+binomial(n)        (units,)           p[u]: x ~ Binomial(n, p[u]) on 0..n
+discrete_logistic  (units, 2)         [mean, log_scale] of a logistic discretised into n
+(n)                                   unit-width bins 0..n-1 (8-bit pixels: n=256)
+literal(value)     (0,)               no parameters: every node is 1 iff x == value
+=================  =================  =====================================================
+
+``literal`` vs ``indicator``: both are deterministic 0/1 leaves. An indicator group carries one
+value *per node* in its (not learnable) parameter array, the way a one-hot encoding of a
+categorical variable needs ``k`` nodes on one variable; a literal group has its value in the
+family arguments (``literal(value=1)`` is the logical literal x, ``literal(value=0)`` is not-x) and
+stores nothing, which is what the logic-circuit formats (PSDD, ``.jpc``) import to.
+
+Protocol beyond log-probability, EM and sampling: ``mode(dist, params, domain)`` gives the most
+likely value of each node (MAP queries); discrete families get it by enumerating the domain.
+Marginalising a variable is the evaluator's job (a missing value makes every leaf on it 1), so a
+family only has to be normalised over its domain.
 """
 
 from __future__ import annotations
@@ -124,6 +139,10 @@ class DistType(Protocol):
         """One value for each entry of ``units`` (int [M]) -> float64 [M]."""
         ...
 
+    def mode(self, dist: Dist, params: np.ndarray, domain: Domain) -> np.ndarray:
+        """The most likely value of every node within ``domain`` -> float64 [units] (MAP queries)."""
+        ...
+
 
 _REGISTRY: dict[str, DistType] = {}
 
@@ -143,6 +162,14 @@ def get(kind: str) -> DistType:
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def _mode_by_enumeration(dt: DistType, dist: Dist, params: np.ndarray, domain: Domain) -> np.ndarray:
+    """argmax over the domain's values of each node's log-probability (ties: smallest value)."""
+    if not domain.is_discrete:
+        raise VerifyError(f"{dt.name} has no mode on a {domain} variable")
+    lp = np.asarray(dt.log_prob(dist, params, np.arange(domain.k, dtype=np.float64)))
+    return np.argmax(lp, axis=0).astype(np.float64)
 
 
 def _normalize_rows(a: np.ndarray) -> np.ndarray:
@@ -201,6 +228,9 @@ class Categorical:
         u = rng.random(len(units))[:, None]
         return (np.cumsum(p, axis=1) < u).sum(axis=1).clip(0, p.shape[1] - 1).astype(np.float64)
 
+    def mode(self, dist, params, domain):
+        return np.argmax(params[:, : domain.k], axis=1).astype(np.float64)
+
 
 class Bernoulli:
     name = "bernoulli"
@@ -240,6 +270,10 @@ class Bernoulli:
 
     def sample(self, dist, params, units, rng):
         return (rng.random(len(units)) < params[units]).astype(np.float64)
+
+    def mode(self, dist, params, domain):
+        # a tie (p = 0.5) goes to 0, like argmax over [1 - p, p]
+        return (params > 0.5).astype(np.float64)
 
 
 class Gaussian:
@@ -294,6 +328,9 @@ class Gaussian:
     def sample(self, dist, params, units, rng):
         return rng.normal(params[units, 0], params[units, 1])
 
+    def mode(self, dist, params, domain):
+        return np.asarray(params[:, 0], dtype=np.float64).copy()
+
 
 class Indicator:
     """Literals: node u is 1 when the variable equals ``value[u]``, else 0. Not learnable."""
@@ -332,6 +369,226 @@ class Indicator:
     def sample(self, dist, params, units, rng):
         return params[units].astype(np.float64)
 
+    def mode(self, dist, params, domain):
+        return np.asarray(params, dtype=np.float64).copy()
 
-for _t in (Categorical(), Bernoulli(), Gaussian(), Indicator()):
+
+class Binomial:
+    """x ~ Binomial(n, p) on 0..n (counts, or pixel intensities with n = 255).
+
+    EM is closed form: ``p = (sum_b f_b x_b + pc * n / 2) / (n * (sum_b f_b + pc))``, i.e. the
+    pseudocount adds ``pc`` virtual samples at ``x = n / 2``.
+    """
+
+    name = "binomial"
+    arg_names = ("n",)
+    learnable = True
+
+    def param_shape(self, dist, units):
+        return (units,)
+
+    def param_dtype(self, dist):
+        return "f64"
+
+    def check_dist(self, dist):
+        n = dist.arg("n")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return "binomial needs an integer argument n >= 1"
+        return None
+
+    def accepts(self, dist, domain):
+        return domain.is_discrete and domain.k <= int(dist.arg("n")) + 1
+
+    def init_params(self, dist, units, rng, init):
+        if init == "uniform":
+            return np.full((units,), 0.5)
+        return rng.uniform(0.1, 0.9, size=(units,))
+
+    def check_params(self, dist, value):
+        if np.any(value < 0) or np.any(value > 1) or not np.all(np.isfinite(value)):
+            return "binomial probabilities must lie in [0, 1]"
+        return None
+
+    def log_prob(self, dist, params, x):
+        n = int(dist.arg("n"))
+        k = x[:, None]
+        log_choose = _log_choose(n, x)[:, None]
+        p = params[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # x log p and (n - x) log(1 - p) with 0 * log 0 = 0 at the ends
+            a = np.where(k > 0, k * np.log(p), 0.0)
+            b = np.where(k < n, (n - k) * np.log1p(-p), 0.0)
+        out = log_choose + a + b
+        return np.where((k < 0) | (k > n), -np.inf, out)
+
+    def em_update(self, dist, params, x, flows, pseudocount):
+        n = int(dist.arg("n"))
+        total = flows.sum(axis=0)
+        s1 = (flows * x[:, None]).sum(axis=0)
+        denom = n * (total + pseudocount)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            upd = (s1 + pseudocount * n / 2.0) / denom
+        return np.where(denom > 0, upd, params)
+
+    def sample(self, dist, params, units, rng):
+        return rng.binomial(int(dist.arg("n")), params[units]).astype(np.float64)
+
+    def mode(self, dist, params, domain):
+        return _mode_by_enumeration(self, dist, params, domain)
+
+
+def _log_choose(n: int, x: np.ndarray) -> np.ndarray:
+    xs = np.clip(x, 0, n)
+    lg = np.vectorize(math.lgamma, otypes=[np.float64])
+    return lg(n + 1.0) - lg(xs + 1.0) - lg(n - xs + 1.0)
+
+
+def _log_sigmoid(z: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -z)
+
+
+_PI_OVER_SQRT3 = math.pi / math.sqrt(3.0)
+
+
+class DiscreteLogistic:
+    """A logistic(mean, scale) on the real line discretised into ``n`` unit-width bins.
+
+    Value ``c`` in 0..n-1 owns the interval [c - 0.5, c + 0.5], the first and last bins extend to
+    -inf and +inf (as in PixelCNN++), so the ``n`` probabilities sum to 1 exactly. Parameters are
+    ``[mean, log_scale]`` in units of bins (8-bit pixels: n = 256, mean in [0, 255]).
+
+    EM has no closed form; the update is moment matching (documented approximation): mean and
+    variance of the flow-weighted bin values, ``scale = std * sqrt(3) / pi`` (a logistic's std is
+    ``scale * pi / sqrt(3)``), std floored at ``min_std`` (default 0.01 bins); the pseudocount adds
+    ``pc`` virtual samples drawn from the old parameters. It ignores the discretisation, which is
+    exact in the limit of a scale much wider than one bin.
+    """
+
+    name = "discrete_logistic"
+    arg_names = ("n", "min_std")
+    learnable = True
+
+    def param_shape(self, dist, units):
+        return (units, 2)
+
+    def param_dtype(self, dist):
+        return "f64"
+
+    def check_dist(self, dist):
+        n = dist.arg("n")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+            return "discrete_logistic needs an integer argument n >= 2"
+        ms = dist.arg("min_std", 0.01)
+        if not isinstance(ms, (int, float)) or isinstance(ms, bool) or not ms > 0:
+            return "discrete_logistic's min_std must be a number > 0"
+        return None
+
+    def accepts(self, dist, domain):
+        return domain.is_discrete and domain.k <= int(dist.arg("n"))
+
+    def init_params(self, dist, units, rng, init):
+        n = int(dist.arg("n"))
+        p = np.empty((units, 2))
+        # centred, spread over the range: std n/4 (two standard deviations cover the bins)
+        p[:, 0] = (n - 1) / 2.0 if init == "uniform" else rng.normal((n - 1) / 2.0, n / 4.0, size=units)
+        jitter = 0.0 if init == "uniform" else rng.uniform(-0.1, 0.0, size=units)
+        p[:, 1] = math.log(n / 4.0 / _PI_OVER_SQRT3) + jitter
+        return p
+
+    def check_params(self, dist, value):
+        if not np.all(np.isfinite(value)):
+            return "discrete_logistic parameters must be finite"
+        return None
+
+    def log_prob(self, dist, params, x):
+        n = int(dist.arg("n"))
+        mu, s = params[:, 0][None, :], np.exp(params[:, 1])[None, :]
+        c = x[:, None]
+        lo = np.where(c <= 0, -np.inf, (c - 0.5 - mu) / s)
+        hi = np.where(c >= n - 1, np.inf, (c + 0.5 - mu) / s)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            # log(sigmoid(hi) - sigmoid(lo)), reflected to the lower tail when the bin lies above
+            # the mean so that the difference of two numbers close to 1 never cancels
+            flip = (lo + hi) > 0
+            a = np.where(flip, -hi, lo)
+            b = np.where(flip, -lo, hi)
+            lb = _log_sigmoid(b)
+            out = lb + np.log1p(-np.exp(_log_sigmoid(a) - lb))
+        out = np.where(np.isnan(out), -np.inf, out)
+        return np.where((c < 0) | (c > n - 1), -np.inf, out)
+
+    def em_update(self, dist, params, x, flows, pseudocount):
+        mu0 = params[:, 0]
+        sd0 = np.exp(params[:, 1]) * _PI_OVER_SQRT3
+        w = flows.sum(axis=0) + pseudocount
+        s1 = (flows * x[:, None]).sum(axis=0) + pseudocount * mu0
+        s2 = (flows * x[:, None] ** 2).sum(axis=0) + pseudocount * (sd0**2 + mu0**2)
+        safe = np.where(w > 0, w, 1.0)
+        mu = s1 / safe
+        var = s2 / safe - mu**2
+        min_std = float(dist.arg("min_std", 0.01))
+        sd = np.sqrt(np.maximum(var, min_std**2))
+        log_scale = np.log(sd / _PI_OVER_SQRT3)
+        return np.stack([np.where(w > 0, mu, mu0), np.where(w > 0, log_scale, params[:, 1])], axis=1)
+
+    def sample(self, dist, params, units, rng):
+        n = int(dist.arg("n"))
+        u = rng.random(len(units)).clip(1e-300, 1.0 - 1e-16)
+        z = params[units, 0] + np.exp(params[units, 1]) * (np.log(u) - np.log1p(-u))
+        return np.clip(np.floor(z + 0.5), 0, n - 1).astype(np.float64)
+
+    def mode(self, dist, params, domain):
+        return _mode_by_enumeration(self, dist, params, domain)
+
+
+class Literal:
+    """A fixed literal: every node of the group is 1 iff the variable equals ``value``.
+
+    The value lives in the family arguments (``literal(value=0)`` is the negative literal of a
+    binary variable), so the group stores no numbers: its parameter has shape (units, 0), which
+    only records how many nodes there are. Not learnable.
+    """
+
+    name = "literal"
+    arg_names = ("value",)
+    learnable = False
+
+    def param_shape(self, dist, units):
+        return (units, 0)
+
+    def param_dtype(self, dist):
+        return "i64"
+
+    def check_dist(self, dist):
+        v = dist.arg("value")
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return "literal needs an integer argument value >= 0"
+        return None
+
+    def accepts(self, dist, domain):
+        return domain.is_discrete and int(dist.arg("value")) < domain.k
+
+    def init_params(self, dist, units, rng, init):
+        return np.zeros((units, 0), dtype=np.int64)
+
+    def check_params(self, dist, value):
+        if value.ndim != 2 or value.shape[1] != 0:
+            return "literal parameters must have shape (units, 0)"
+        return None
+
+    def log_prob(self, dist, params, x):
+        hit = x.astype(np.int64) == int(dist.arg("value"))
+        return np.repeat(np.where(hit, 0.0, -np.inf)[:, None], params.shape[0], axis=1)
+
+    def em_update(self, dist, params, x, flows, pseudocount):
+        return params
+
+    def sample(self, dist, params, units, rng):
+        return np.full(len(units), float(dist.arg("value")))
+
+    def mode(self, dist, params, domain):
+        return np.full(params.shape[0], float(dist.arg("value")))
+
+
+for _t in (Categorical(), Bernoulli(), Gaussian(), Indicator(), Binomial(), DiscreteLogistic(), Literal()):
     register(_t)

@@ -9,7 +9,8 @@
 * :func:`em_step` applies one EM update from those flows:
   ``W <- (1 - step) W + step * (flow_ij + pc/deg_i) / (sum_j flow_ij + pc)``, tied parameters
   accumulating the flows of all their users; inputs use their family's closed form
-  (:mod:`pcir.ir.distributions`), fed with the observed samples only.
+  (:mod:`pcir.ir.distributions`), fed with the observed samples only. A sum node or a leaf whose
+  total flow plus pseudocount is 0 (no sample reaches it) keeps its parameters.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ from .diagnostics import DataError
 
 def check_data(circuit: Circuit, x, missing=None) -> tuple[np.ndarray, np.ndarray]:
     """Validate data against the circuit's variables; returns float64 x and bool missing."""
-    x = np.asarray(x, dtype=np.float64)
+    try:
+        x = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"data must be a numeric array [N, {circuit.num_vars}] ({e})") from None
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != circuit.num_vars:
         raise DataError(f"data has shape {tuple(x.shape)}, expected (N, {circuit.num_vars})")
     miss = np.zeros(x.shape, dtype=bool) if missing is None else np.asarray(missing, dtype=bool)
+    if miss.ndim == 1 and x.shape[0] == 1:
+        miss = miss[None, :]  # a single row given as 1-D, like x
     if miss.shape != x.shape:
         raise DataError(f"missing mask has shape {miss.shape}, expected {x.shape}")
     bad = np.isnan(x) & ~miss
@@ -184,7 +190,9 @@ def em_step(
                 rows = g.edges[:, 0]
                 deg = np.bincount(rows, minlength=g.units)[rows]
                 tot = np.bincount(rows, weights=pf, minlength=g.units)[rows]
-                upd = (pf + pseudocount / deg) / (tot + pseudocount)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    upd = (pf + pseudocount / deg) / (tot + pseudocount)
+                upd = np.where(tot + pseudocount > 0, upd, old)
             else:
                 m = g.edge_mask(circuit.num_columns(g.name))
                 deg = m.sum(axis=1, keepdims=True)
@@ -199,7 +207,12 @@ def em_step(
                 continue
             xs = np.concatenate([x[~miss[:, u.var], u.var] for u in users])  # type: ignore[union-attr]
             fs = np.concatenate([fl.node[u.name][~miss[:, u.var]] for u in users])  # type: ignore[union-attr]
-            upd = dt.em_update(g.dist, old, xs, fs, pseudocount)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                upd = dt.em_update(g.dist, old, xs, fs, pseudocount)
+            # A unit that no observed sample reaches has no statistics: keep its parameters
+            # (the families' closed forms would divide 0 by 0 without a pseudocount).
+            reached = fs.sum(axis=0) + pseudocount > 0
+            upd = np.where(reached.reshape((-1,) + (1,) * (old.ndim - 1)), upd, old)
         val = (1.0 - step_size) * old + step_size * upd
         p = circuit.params[pname]
         new[pname] = Param(p.shape, p.dtype, val)
@@ -213,5 +226,7 @@ def enumerate_assignments(circuit: Circuit) -> np.ndarray:
         if not v.domain.is_discrete:
             raise DataError(f"variable {v.name} is not discrete; cannot enumerate")
         ks.append(v.domain.k)
+    if not ks:
+        return np.zeros((1, 0))
     grids = np.meshgrid(*[np.arange(k) for k in ks], indexing="ij")
     return np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.float64)

@@ -13,14 +13,15 @@ Layout (one item a line, deterministic: groups in topological order, attributes 
     %p0 = product(%in0, %in1) aligned units=2
     %p1 = product(%in0, %in1) explicit units=2 edges=[[0, 1], [1, 0]]
     %s0 = sum(%p0, %p1) units=1 dense params=s0.w {layer=3}
-    %s1 = sum(%p0) units=2 block=(1, 1) mask=[[true, false], [false, true]] params=s1.w
+    %s1 = sum(%p0) units=2 block block=(1, 1) mask=[[true, false], [false, true]] params=s1.w
     %s2 = sum(%p0) units=2 explicit edges=[[0, 0], [1, 1]] params=s2.w
     root %s0
 
 Arrays of at most ``INLINE_LIMIT`` elements are written as nested lists (floats with ``repr``,
 exact); larger ones as ``b64z"..."``: base64 of the zlib-compressed little-endian bytes, also exact.
 ``summarize=True`` prints large arrays as ``<f64[512,512] sha1=...>`` for reading only (such a dump
-does not parse back).
+does not parse back). Names (of variables, parameters, groups and attribute keys) that are not bare
+identifiers are written as JSON strings. The full grammar is in docs/ir.md.
 """
 
 from __future__ import annotations
@@ -33,13 +34,18 @@ import zlib
 
 import numpy as np
 
-from .circuit import AttrValue, Attrs, Circuit, InputGroup, Param, ProductGroup, SumGroup
+from .circuit import Attrs, AttrValue, Circuit, InputGroup, Param, ProductGroup, SumGroup
 from .distributions import Dist
 
 INLINE_LIMIT = 64
 FORMAT_VERSION = 1
 _BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]\-]*$")
-_DTYPE_OF = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32", np.dtype(np.int64): "i64", np.dtype(np.bool_): "bool"}
+_DTYPE_OF = {
+    np.dtype(np.float64): "f64",
+    np.dtype(np.float32): "f32",
+    np.dtype(np.int64): "i64",
+    np.dtype(np.bool_): "bool",
+}
 
 
 def fmt_name(name: str) -> str:
@@ -88,7 +94,7 @@ def _nested(a: np.ndarray) -> str:
 def fmt_attrs(attrs: Attrs) -> str:
     if not attrs:
         return ""
-    return " {" + ", ".join(f"{k}={fmt_scalar(v)}" for k, v in attrs) + "}"
+    return " {" + ", ".join(f"{fmt_name(k)}={fmt_scalar(v)}" for k, v in attrs) + "}"
 
 
 def fmt_dist(d: Dist) -> str:
@@ -108,7 +114,7 @@ def print_ir(circuit: Circuit, summarize: bool = False) -> str:
     """The canonical ``.pcir`` text of ``circuit`` (ends with a newline)."""
     out = [f"pcir {FORMAT_VERSION}"]
     for k, v in circuit.attrs:
-        out.append(f"attr {k} = {fmt_scalar(v)}")
+        out.append(f"attr {fmt_name(k)} = {fmt_scalar(v)}")
     for var in circuit.variables:
         out.append(f"var {fmt_name(var.name)} : {var.domain}")
     for pname, p in circuit.params.items():

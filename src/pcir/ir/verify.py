@@ -1,8 +1,10 @@
 """Structural verifier. Each problem names the group (and its source span when known).
 
 Rules: roots exist; no dangling groups (every group reaches a root); variables and distributions
-exist and fit; edge patterns have consistent shapes and in-range indices; every sum node has an
-edge; parameters exist with the shape their users need (tied users agree) and valid values;
+exist and fit (known distribution arguments); edge patterns have consistent shapes and in-range
+indices; every sum node has an edge; parameters exist with the shape their users need and valid
+values; tied users (groups naming one parameter) are of one kind and read it alike (same leaf
+distribution, or the same sum pattern, block mask or edge list);
 **smoothness** (all children of a sum share one scope) and **decomposability** (children of a
 product have pairwise disjoint scopes). Smoothness and decomposability can be waived for the whole
 check (``verify(c, smooth=False)``) or per group with the attribute ``waive="smooth"`` /
@@ -15,15 +17,15 @@ import numpy as np
 
 from . import distributions as dists
 from .circuit import NP_DTYPES, Circuit, InputGroup, ProductGroup, SumGroup
-from .diagnostics import VerifyError
+from .diagnostics import VerifyError, suggest
 
 
 def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True) -> list[VerifyError]:
     """Every rule violation found, in topological order of the groups."""
     errs: list[VerifyError] = []
 
-    def err(g, msg: str) -> None:
-        errs.append(VerifyError(f"group '{g.name}': {msg}", getattr(g, "span", None)))
+    def err(g, msg: str, hint: str | None = None) -> None:
+        errs.append(VerifyError(f"group '{g.name}': {msg}", getattr(g, "span", None), hint))
 
     names = [v.name for v in circuit.variables]
     if len(set(names)) != len(names):
@@ -50,20 +52,29 @@ def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True
         if g.name not in live:
             err(g, "dangling group: not reachable from any root")
 
-    param_shape: dict[str, tuple[tuple[int, ...], str]] = {}
+    first_user: dict[str, tuple[str, tuple[int, ...], object]] = {}
 
     def check_param(g, pname: str, shape: tuple[int, ...], dtype: str) -> bool:
         if pname not in circuit.params:
             err(g, f"unknown parameter '{pname}'")
             return False
         p = circuit.params[pname]
+        other = first_user.get(pname)
+        if other is not None and other[1] != tuple(shape):
+            err(g, f"tied parameter '{pname}' needs shape {list(shape)} here but {list(other[1])} in '{other[0]}'")
+            return False
         if p.shape != tuple(shape):
             err(g, f"parameter '{pname}' has shape {list(p.shape)}, expected {list(shape)}")
             return False
-        if pname in param_shape and param_shape[pname][0] != tuple(shape):
-            err(g, f"tied parameter '{pname}' is used with another shape by '{param_shape[pname][1]}'")
+        # Tied groups must read the parameter the same way: same leaf family, or the same edges.
+        key = _tie_key(g)
+        if other is not None and other[2] != key:
+            what = "distribution" if isinstance(g, InputGroup) else "edge structure"
+            if type(g) is not type(circuit.group(other[0])):
+                what = "group kind"
+            err(g, f"tied parameter '{pname}' is used with another {what} by '{other[0]}'")
             return False
-        param_shape.setdefault(pname, (tuple(shape), g.name))
+        first_user.setdefault(pname, (g.name, tuple(shape), key))
         if p.dtype not in NP_DTYPES or (dtype == "i64") != (p.dtype == "i64"):
             err(g, f"parameter '{pname}' has dtype {p.dtype}, expected {dtype}")
             return False
@@ -78,10 +89,19 @@ def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True
             if not 0 <= g.var < circuit.num_vars:
                 err(g, f"variable index {g.var} out of range (circuit has {circuit.num_vars} variables)")
                 continue
-            try:
-                dt = dists.get(g.dist.kind)
-            except VerifyError as e:
-                err(g, e.message)
+            if g.dist.kind not in dists.names():
+                known = dists.names()
+                err(
+                    g,
+                    f"unknown distribution '{g.dist.kind}'",
+                    suggest(g.dist.kind, known) or f"known distributions: {', '.join(known)}",
+                )
+                continue
+            dt = dists.get(g.dist.kind)
+            unknown = [k for k, _ in g.dist.args if k not in dt.arg_names]
+            if unknown:
+                known = ", ".join(dt.arg_names) or "none"
+                err(g, f"distribution {g.dist.kind} has no argument '{unknown[0]}' (known: {known})")
                 continue
             msg = dt.check_dist(g.dist)
             if msg:
@@ -116,15 +136,21 @@ def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True
                     err(g, f"explicit product edges must have shape [{g.units}, {len(g.children)}], got {got}")
                 else:
                     for j, n in enumerate(cu):
-                        if e.size and (e[:, j].min() < 0 or e[:, j].max() >= n):
-                            err(g, f"edge index out of range for child '{g.children[j]}' ({n} units)")
+                        bad = (e[:, j] < 0) | (e[:, j] >= n)
+                        if bad.any():
+                            v = int(e[:, j][bad][0])
+                            err(g, f"edge index {v} out of range for child '{g.children[j]}' ({n} units)")
+                            break
             else:
                 err(g, f"unknown product pattern '{g.pattern}'")
             if decomposable and g.attr("waive") != "decomposable":
                 seen: set[int] = set()
                 for c in g.children:
                     if seen & scope[c]:
-                        err(g, f"product is not decomposable: child '{c}' shares variables {sorted(seen & scope[c])[:5]} with an earlier child")
+                        err(
+                            g,
+                            f"product is not decomposable: child '{c}' shares variables {sorted(seen & scope[c])[:5]} with an earlier child",
+                        )
                         break
                     seen |= scope[c]
             continue
@@ -151,14 +177,19 @@ def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True
             if e is None or e.ndim != 2 or e.shape[1] != 2 or e.shape[0] == 0:
                 err(g, "explicit sum edges must have shape [E, 2] with E >= 1")
                 continue
-            if e[:, 0].min() < 0 or e[:, 0].max() >= g.units:
-                err(g, f"edge node index out of range ({g.units} units)")
+            bad = (e[:, 0] < 0) | (e[:, 0] >= g.units)
+            if bad.any():
+                err(g, f"edge node index {int(e[bad][0, 0])} out of range ({g.units} units)")
                 continue
-            if e[:, 1].min() < 0 or e[:, 1].max() >= k:
-                err(g, f"edge child index out of range ({k} child units)")
+            bad = (e[:, 1] < 0) | (e[:, 1] >= k)
+            if bad.any():
+                err(g, f"edge column index {int(e[bad][0, 1])} out of range ({k} child units in all)")
                 continue
-            if len(np.unique(e[:, 0] * k + e[:, 1])) != len(e):
-                err(g, "duplicate edge")
+            flat = e[:, 0] * k + e[:, 1]
+            uniq, counts = np.unique(flat, return_counts=True)
+            if len(uniq) != len(e):
+                dup = int(uniq[counts > 1][0])
+                err(g, f"duplicate edge ({dup // k}, {dup % k})")
             if len(np.unique(e[:, 0])) != g.units:
                 missing = sorted(set(range(g.units)) - set(np.unique(e[:, 0]).tolist()))
                 err(g, f"sum node {missing[0]} has no edge")
@@ -176,9 +207,21 @@ def problems(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True
             for c in g.children[1:]:
                 if scope[c] != s0:
                     diff = sorted(s0 ^ scope[c])[:5]
-                    err(g, f"sum is not smooth: children '{g.children[0]}' and '{c}' have different scopes (differ on {diff})")
+                    err(
+                        g,
+                        f"sum is not smooth: children '{g.children[0]}' and '{c}' have different scopes (differ on {diff})",
+                    )
                     break
     return errs
+
+
+def _tie_key(g) -> object:
+    if isinstance(g, InputGroup):
+        return ("input", g.dist)
+    if isinstance(g, SumGroup):
+        arr = lambda a: None if a is None else (a.shape, a.tobytes())
+        return ("sum", g.pattern, g.block, arr(g.mask), arr(g.edges))
+    return (g.kind,)
 
 
 def verify(circuit: Circuit, *, smooth: bool = True, decomposable: bool = True) -> Circuit:

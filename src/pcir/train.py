@@ -1,0 +1,533 @@
+"""Training loop: EM on a compiled circuit, validation, early stopping, checkpoints, report.
+
+The loop drives the runtime contract of :func:`pcir.compile` (``forward_backward``, ``em_step``,
+``get_param``/``set_param``, ``to_circuit``):
+
+* **mini-batch EM** (``em="mini"``): every batch runs forward + PC flows and one EM step with the
+  epoch's step size (linearly annealed from ``step_size`` to ``step_size_final`` over the run);
+* **full-batch EM** (``em="full"``): the flows of all batches are accumulated and one EM step with
+  ``step_size`` (default 1: classic EM) ends the epoch.
+
+Every epoch: the mean validation log-likelihood, a checkpoint (``OUT/last``, and ``OUT/best`` when
+validation improved), early stopping after ``patience`` epochs without improvement. Shuffling uses
+``numpy.random.default_rng([seed, epoch])``, so a resumed run replays the same batches as an
+uninterrupted one. At the end the best parameters are loaded back and the train/valid/test mean
+log-likelihoods (and bits per dimension for image data) are written to ``OUT/report.json``, the
+learning curves to ``OUT/curves.png`` (when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from . import knobs
+from .data.dataset import Dataset, check_table
+from .ir.circuit import Circuit
+from .ir.diagnostics import BackendError, CheckpointError, DataError, PcirError
+
+EM_MODES = ("mini", "full")
+
+
+# ---- runtime plumbing ---------------------------------------------------------------------------
+def default_device() -> str:
+    """``$PCIR_DEVICE``, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    dev = knobs.get().device
+    if dev:
+        return dev
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PcirError(f"device '{device}' requested but no CUDA device is available", hint="use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise PcirError(f"unknown device '{device}' (use cpu or cuda[:N])")
+    return device
+
+
+def device_name(device: str) -> str:
+    """A human name for the device: the GPU's name, or the CPU's."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def compile_model(circuit: Circuit, device: str, **kw: Any):
+    """``pcir.compile(circuit, device=...)``; a clear error while the backend is not installed."""
+    try:
+        from .backend import compile as backend_compile  # type: ignore[attr-defined]
+    except ImportError:
+        try:
+            from . import compile as backend_compile  # type: ignore[attr-defined,no-redef]
+        except ImportError:
+            raise BackendError(
+                "training needs the compiled runtime (pcir.compile), which this install does not have"
+            ) from None
+    return backend_compile(circuit, device=device, **kw)
+
+
+# ---- configuration and records ------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Settings of a training run (all recorded in checkpoints and the report)."""
+
+    epochs: int = 20
+    full_epochs: int = 0  # mini-batch EM: then this many epochs of full-batch EM (step size 1)
+    batch_size: int = 512
+    em: str = "mini"
+    step_size: float | None = None  # default: 0.1 for mini-batch EM, 1.0 for full-batch EM
+    step_size_final: float | None = None  # mini-batch EM: anneal linearly to this (default: constant)
+    pseudocount: float = 0.1
+    patience: int = 5  # epochs without validation improvement before stopping; 0: never stop early
+    seed: int = 0
+    eval_batch_size: int = 4096
+    allow_missing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.em not in EM_MODES:
+            raise PcirError(f"unknown EM mode '{self.em}' (use one of: {', '.join(EM_MODES)})")
+        if self.epochs < 0 or self.full_epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise PcirError("epochs must be >= 0 and batch sizes >= 1")
+        if self.full_epochs and self.em != "mini":
+            raise PcirError("full_epochs (--full-epochs) follows mini-batch EM; with --em full use --epochs")
+        if self.step_size is not None and not 0 < self.step_size <= 1:
+            raise PcirError(f"step size {self.step_size} is not in (0, 1]")
+        if self.pseudocount < 0:
+            raise PcirError(f"pseudocount {self.pseudocount} is negative")
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.full_epochs
+
+    def mode_for_epoch(self, epoch: int) -> str:
+        """``mini`` or ``full``: the EM variant of ``epoch`` (1-based)."""
+        return "full" if self.em == "full" or epoch > self.epochs else "mini"
+
+    def step_for_epoch(self, epoch: int) -> float:
+        """The EM step size of ``epoch`` (1-based)."""
+        if self.em == "mini" and epoch > self.epochs:
+            return 1.0  # the full-batch phase after mini-batch EM: classic EM
+        start = self.step_size if self.step_size is not None else (0.1 if self.em == "mini" else 1.0)
+        if self.em == "full" or self.step_size_final is None or self.epochs <= 1:
+            return start
+        t = min(max(epoch - 1, 0) / (self.epochs - 1), 1.0)
+        return start + (self.step_size_final - start) * t
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_ll: float  # mean over the epoch's batches (mini: before each update; full: the old parameters)
+    valid_ll: float | None
+    step_size: float
+    train_time_s: float
+    eval_time_s: float
+    samples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    report: dict[str, Any]
+    history: list[EpochRecord]
+    best_epoch: int | None
+    model: Any
+    out: Path | None = None
+    stopped_early: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- data on the device -------------------------------------------------------------------------
+class DeviceSplit:
+    """One split as tensors on the model's device; ``batch`` gives model-ready slices."""
+
+    def __init__(self, x: np.ndarray, missing: np.ndarray | None, discrete: bool, device):
+        self.n = int(x.shape[0])
+        if discrete and x.dtype.kind == "f":
+            x = np.where(np.isnan(x), 0, x).astype(np.int64)
+        self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        self.missing = None if missing is None else torch.from_numpy(missing).to(device)
+        self.dtype = torch.int64 if discrete else torch.float32
+
+    def batch(self, idx: torch.Tensor | slice):
+        xb = self.x[idx].to(self.dtype)
+        mb = None if self.missing is None else self.missing[idx]
+        return xb, mb
+
+
+def _splits_on_device(circuit: Circuit, dataset: Dataset, device, allow_missing: bool) -> dict[str, DeviceSplit]:
+    discrete = all(v.domain.is_discrete for v in circuit.variables)
+    out = {}
+    for name, table in dataset.splits.items():
+        x, miss = check_table(table, circuit, allow_missing)
+        out[name] = DeviceSplit(x, miss, discrete, device)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, split: DeviceSplit, batch_size: int = 4096) -> np.ndarray:
+    """Per-sample log-likelihoods of a split (float64 numpy)."""
+    outs = []
+    for s in range(0, split.n, batch_size):
+        xb, mb = split.batch(slice(s, s + batch_size))
+        ll = model(xb, mb) if mb is not None else model(xb)
+        outs.append(ll.detach().double().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros(0)
+
+
+def _params_of(model) -> dict[str, np.ndarray]:
+    return ckpt.param_arrays(model.to_circuit())
+
+
+def load_params(model, params: dict[str, np.ndarray]) -> None:
+    """Set a compiled model's parameters from arrays (e.g. a checkpoint's)."""
+    for k, v in params.items():
+        if v.dtype.kind == "f":  # integer parameters (indicator values) never change in training
+            model.set_param(k, torch.from_numpy(np.array(v, copy=True)))
+
+
+def bits_per_dim(mean_ll: float | None, num_vars: int) -> float | None:
+    return None if mean_ll is None else -mean_ll / (num_vars * math.log(2))
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+class Trainer:
+    """Runs EM epochs on ``model`` (a compiled circuit) over ``dataset``; see the module docstring.
+
+    ``log`` receives one line per epoch and notes; ``on_batch(epoch, batch_index)`` is called
+    after every batch (tests use it to simulate a kill mid-epoch).
+    """
+
+    def __init__(
+        self,
+        model,
+        circuit: Circuit,
+        dataset: Dataset,
+        config: TrainConfig,
+        *,
+        out: str | Path | None = None,
+        device: str = "cpu",
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        on_batch: Callable[[int, int], None] | None = None,
+        meta: dict[str, Any] | None = None,
+    ):
+        self.model = model
+        self.circuit = circuit
+        self.dataset = dataset
+        self.config = config
+        self.out = Path(out) if out is not None else None
+        self.device = device
+        self.progress = progress
+        self.log = log
+        self.on_batch = on_batch
+        self.meta = dict(meta or {})
+        dev = getattr(model, "device", None) or torch.device(device)
+        self.data = _splits_on_device(circuit, dataset, dev, config.allow_missing)
+        self.fingerprint = dataset.fingerprint()
+        self.history: list[EpochRecord] = []
+        self.best_valid: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.start_epoch = 1
+        self.elapsed = 0.0
+        self._best_params: dict[str, np.ndarray] | None = None
+        self.notes: list[str] = []
+
+    # -- state ----------------------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "best_valid": self.best_valid,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": [asdict(h) for h in self.history],
+            "settings": asdict(self.config),
+            "rng": {"seed": self.config.seed, "scheme": "numpy default_rng([seed, epoch]) permutation per epoch"},
+            "data": {"name": self.dataset.name, "fingerprint": self.fingerprint, "sizes": self.dataset.sizes()},
+            "elapsed_s": self.elapsed,
+            **self.meta,
+        }
+
+    def resume(self) -> None:
+        """Continue from ``OUT/last``: parameters, history, best score and patience counter."""
+        if self.out is None:
+            raise CheckpointError("--resume needs --out DIR (the run to continue)")
+        last = self.out / "last"
+        if not (last.exists() or last.is_symlink()):
+            raise CheckpointError(f"{last}: no checkpoint to resume from", hint="start without --resume")
+        try:
+            ck = ckpt.load_checkpoint(self.out, "last", self.model.to_circuit())
+        except CheckpointError as e:
+            best = self.out / "best"
+            if best.exists():
+                e.hint = f"{best} ({os.readlink(best) if best.is_symlink() else best.name}) may still be intact"
+            raise
+        st = ck.state
+        fp = st.get("data", {}).get("fingerprint")
+        if fp is not None and fp != self.fingerprint:
+            raise CheckpointError(
+                f"{ck.path / ckpt.STATE_FILE}: the checkpoint was trained on different data (fingerprint {fp[:12]}..., this data {self.fingerprint[:12]}...)"
+            )
+        load_params(self.model, ck.params)
+        old = st.get("settings", {})
+        diff = [
+            f"{k} {old[k]} -> {v}" for k, v in asdict(self.config).items() if k in old and old[k] != v and k != "epochs"
+        ]
+        if diff:
+            self._note("resuming with changed settings: " + ", ".join(diff))
+        self.history = [EpochRecord(**h) for h in st.get("history", [])]
+        self.best_valid = st.get("best_valid")
+        self.best_epoch = st.get("best_epoch")
+        self.bad_epochs = int(st.get("bad_epochs", 0))
+        self.elapsed = float(st.get("elapsed_s", 0.0))
+        self.start_epoch = ck.epoch + 1
+        if self.best_epoch is not None:
+            best = ckpt.load_checkpoint(self.out, "best", self.model.to_circuit())
+            self._best_params = best.params
+        self._note(f"resumed from {ck.path} (epoch {ck.epoch})")
+
+    def _note(self, msg: str) -> None:
+        self.notes.append(msg)
+        self.log(msg)
+
+    # -- epochs ---------------------------------------------------------------------------------
+    def _run_epoch(self, epoch: int) -> EpochRecord:
+        cfg, train = self.config, self.data["train"]
+        step = cfg.step_for_epoch(epoch)
+        mode = cfg.mode_for_epoch(epoch)
+        if mode == "mini":
+            perm = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(train.n)).to(train.x.device)
+        else:
+            perm = None  # full-batch EM: order does not matter
+        bar = _progress(train.n, f"epoch {epoch}/{cfg.total_epochs}", self.progress)
+        t0 = time.perf_counter()
+        total, count = 0.0, 0
+        self.model.zero_flows()
+        for b, s in enumerate(range(0, train.n, cfg.batch_size)):
+            idx = perm[s : s + cfg.batch_size] if perm is not None else slice(s, s + cfg.batch_size)
+            xb, mb = train.batch(idx)
+            ll = self.model.forward_backward(xb, mb) if mb is not None else self.model.forward_backward(xb)
+            if mode == "mini":
+                self.model.em_step(step_size=step, pseudocount=cfg.pseudocount)
+            total += float(ll.double().sum())
+            count += int(xb.shape[0])
+            if bar is not None:
+                bar.update(int(xb.shape[0]))
+                bar.set_postfix_str(f"ll={total / count:.4f}", refresh=False)
+            if self.on_batch is not None:
+                self.on_batch(epoch, b)
+        if mode == "full":
+            self.model.em_step(step_size=step, pseudocount=cfg.pseudocount)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        train_time = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        t1 = time.perf_counter()
+        valid = None
+        if "valid" in self.data:
+            valid = float(evaluate(self.model, self.data["valid"], cfg.eval_batch_size).mean())
+        eval_time = time.perf_counter() - t1
+        return EpochRecord(
+            epoch, total / max(count, 1), valid, step, train_time, eval_time, count / max(train_time, 1e-9)
+        )
+
+    def fit(self) -> TrainResult:
+        """Run the remaining epochs, then evaluate the best parameters on every split."""
+        cfg = self.config
+        stopped = False
+        epoch = self.start_epoch - 1
+        if self.start_epoch > cfg.total_epochs:
+            self._note(
+                f"nothing to do: the run already has {self.start_epoch - 1} epochs (asked for {cfg.total_epochs})"
+            )
+        if cfg.patience and self.bad_epochs >= cfg.patience:
+            stopped = True
+            self._note("the resumed run had already stopped early")
+        for epoch in range(self.start_epoch, cfg.total_epochs + 1):
+            if stopped:
+                break
+            try:
+                rec = self._run_epoch(epoch)
+            except KeyboardInterrupt:
+                if self.out is not None:
+                    self.log(
+                        f"interrupted in epoch {epoch}; {self.out / 'last'} holds epoch {epoch - 1}; continue with --resume"
+                    )
+                raise
+            self.history.append(rec)
+            self.elapsed += rec.train_time_s + rec.eval_time_s
+            improved = rec.valid_ll is not None and (self.best_valid is None or rec.valid_ll > self.best_valid)
+            if rec.valid_ll is None:
+                improved = True  # no validation split: the latest parameters are the best we know
+            if improved:
+                self.best_valid, self.best_epoch, self.bad_epochs = rec.valid_ll, epoch, 0
+            else:
+                self.bad_epochs += 1
+            if self.out is not None:
+                ckpt.save_run_checkpoint(self.out, self.model.to_circuit(), self._state(epoch), best=improved)
+            elif improved:
+                self._best_params = _params_of(self.model)
+            self.log(_epoch_line(rec, cfg.total_epochs, improved and rec.valid_ll is not None))
+            if cfg.patience and self.bad_epochs >= cfg.patience and epoch < cfg.total_epochs:
+                stopped = True
+                self._note(
+                    f"early stop: no validation improvement for {cfg.patience} epochs (best: epoch {self.best_epoch})"
+                )
+        if self.out is not None and self.best_epoch is not None:
+            self._best_params = ckpt.load_checkpoint(self.out, "best", self.model.to_circuit()).params
+        if self._best_params is not None:
+            load_params(self.model, self._best_params)
+        if self.out is not None:
+            model = self.meta.get("model", {}).get("path") if isinstance(self.meta.get("model"), dict) else None
+            title = f"{Path(model).name if model else 'model'} on {self.dataset.name}"
+            note = plot_curves(self.history, self.out / "curves.png", title)
+            if note:
+                self._note(note)
+        report = self._report(stopped)
+        if self.out is not None:
+            ckpt.write_file_atomic(self.out / "report.json", json.dumps(report, indent=1) + "\n")
+        return TrainResult(report, self.history, self.best_epoch, self.model, self.out, stopped, self.notes)
+
+    def _report(self, stopped: bool) -> dict[str, Any]:
+        final = {}
+        for name, split in self.data.items():
+            final[name] = float(evaluate(self.model, split, self.config.eval_batch_size).mean())
+        nv = self.circuit.num_vars
+        image = self.dataset.image_shape is not None
+        times = [h.train_time_s for h in self.history]
+        return {
+            **self.meta,
+            "data": {
+                "name": self.dataset.name,
+                "source": self.dataset.source,
+                "sizes": self.dataset.sizes(),
+                "fingerprint": self.fingerprint,
+            },
+            "device": self.device,
+            "device_name": device_name(self.device),
+            "settings": asdict(self.config),
+            "epochs_run": len(self.history),
+            "best_epoch": self.best_epoch,
+            "stopped_early": stopped,
+            "train_ll": final.get("train"),
+            "valid_ll": final.get("valid"),
+            "test_ll": final.get("test"),
+            "bpd": {k: bits_per_dim(v, nv) for k, v in final.items()} if image else None,
+            "time_per_epoch_s": float(np.mean(times)) if times else None,
+            "samples_per_s": float(np.mean([h.samples_per_s for h in self.history])) if self.history else None,
+            "total_time_s": self.elapsed,
+            "history": [asdict(h) for h in self.history],
+            "notes": list(self.notes),
+        }
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, nothing when stderr is a file or a pipe
+    return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, leave=False, disable=None, dynamic_ncols=True)
+
+
+def _epoch_line(rec: EpochRecord, epochs: int, best: bool) -> str:
+    valid = f"valid {rec.valid_ll:.4f}{' *' if best else '  '}" if rec.valid_ll is not None else "valid -"
+    return (
+        f"epoch {rec.epoch:>3}/{epochs}  train {rec.train_ll:.4f}  {valid}  step {rec.step_size:.3g}  "
+        f"{rec.train_time_s:.2f}s  {_si(rec.samples_per_s)} samples/s"
+    )
+
+
+def _si(v: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.1f}{unit}"
+    return f"{v:.0f}"
+
+
+def plot_curves(history: list[EpochRecord], path: Path, title: str | None = None) -> str | None:
+    """Learning curves as a PNG (matplotlib, when installed). Returns a note when skipped."""
+    if not history:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return f"no plot: matplotlib is not installed (pip install 'pcir[plot]' to get {path.name})"
+    ep = [h.epoch for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(ep, [h.train_ll for h in history], label="train (during the epoch)", marker="o", ms=3)
+    if any(h.valid_ll is not None for h in history):
+        ax.plot(ep, [h.valid_ll for h in history], label="valid", marker="o", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean log-likelihood")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return None
+
+
+def train(
+    circuit: Circuit,
+    dataset: Dataset,
+    config: TrainConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    compile_fn: Callable[..., Any] | None = None,
+    meta: dict[str, Any] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Compile ``circuit``, train it on ``dataset`` with EM and return the result (see module doc)."""
+    config = config or TrainConfig()
+    device = check_device(device or default_device())
+    if dataset.num_vars != circuit.num_vars:
+        raise DataError(
+            f"dataset '{dataset.name}' has {dataset.num_vars} variables but the circuit has {circuit.num_vars}",
+            hint="one column per variable, in the circuit's variable order",
+        )
+    model = (compile_fn or compile_model)(circuit, device=device)
+    trainer = Trainer(
+        model,
+        circuit,
+        dataset,
+        config,
+        out=out,
+        device=device,
+        progress=progress,
+        log=log,
+        on_batch=on_batch,
+        meta=meta,
+    )
+    if resume:
+        trainer.resume()
+    elif out is not None and (Path(out) / "last").is_symlink():
+        raise CheckpointError(
+            f"{Path(out) / 'last'}: the output folder already holds a run",
+            hint="continue it with --resume, or choose another --out",
+        )
+    return trainer.fit()
