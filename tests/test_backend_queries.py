@@ -334,13 +334,13 @@ def test_conditional_of_a_real_variable_is_refused(device):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(circuits(max_vars=4, dists=ALL_DISTS, attrs=False, odd_names=False), hst.data())
-def test_conditional_on_generated_circuits(c, data):
+def test_conditional_on_generated_circuits(c, data, device):
     disc = [i for i, v in enumerate(c.variables) if v.domain.is_discrete]
     if not disc:
         return
     x, miss = data.draw(data_for(c, 4))
     targets = data.draw(hst.lists(hst.sampled_from(disc), min_size=1, max_size=len(disc), unique=True))
-    m = pc_compile(c, device="cpu", engine="torch")
+    m = pc_compile(c, device=device, engine="torch")
     ref = q.conditional(c, x, miss, targets)
     for method in ("flows", "enumerate"):
         got = m.conditional(x, miss, targets, method=method)

@@ -52,6 +52,7 @@ __all__ = [
     "map_assignment",
     "marginal",
     "register_leaf",
+    "resolve_targets",
     "sample",
 ]
 
