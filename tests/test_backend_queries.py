@@ -334,7 +334,7 @@ def test_conditional_of_a_real_variable_is_refused(device):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(circuits(max_vars=4, dists=ALL_DISTS, attrs=False, odd_names=False), hst.data())
-def test_conditional_on_generated_circuits(c, data, device):
+def test_conditional_on_generated_circuits(device, c, data):
     disc = [i for i, v in enumerate(c.variables) if v.domain.is_discrete]
     if not disc:
         return
