@@ -7,7 +7,8 @@ kernel that will not launch on the card (``OutOfResources: shared memory``) is f
 
 It lowers the configuration's circuit (``bench/harness/suite.py``; HCLT on a path-shaped tree,
 which has the same kernel variants' shapes), generates the Triton module and compiles each sum
-kernel variant with the batch tile the engine uses for batch 512. Prints one line per kernel:
+kernel variant (tile sizes, and arity where it is compiled in) with the batch tile the engine uses
+for the configuration's batch. Prints one line per kernel:
 shared memory, warps and pipeline stages, and ``OVER`` where the shared memory exceeds
 ``--limit`` (227 KiB on sm_90).
 """
@@ -21,29 +22,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SIGNATURES = {
-    "sum_fwd": {"V": "*fp32", "W": "*fp32", "COLS": "*i32", "TAB": "*i64", "LIST": "*i64", "M": "*fp32", "B": "i32"},
-    "sum_bwd_cols": {
-        "V": "*fp32",
-        "F": "*fp32",
-        "W": "*fp32",
-        "COLS": "*i32",
-        "TAB": "*i64",
-        "LIST": "*i64",
-        "M": "*fp32",
-        "B": "i32",
-    },
-    "sum_bwd_params": {
-        "V": "*fp32",
-        "F": "*fp32",
-        "W": "*fp32",
-        "COLS": "*i32",
-        "TAB": "*i64",
-        "PF": "*fp32",
-        "M": "*fp32",
-        "B": "i32",
-    },
+# argument name -> Triton type; read off each kernel's own argument list, so the tool follows the
+# generated signatures as they change (constexpr arguments other than BB are not expected)
+ARG_TYPES = {
+    "V": "*fp32",
+    "W": "*fp32",
+    "F": "*fp32",
+    "M": "*fp32",
+    "PF": "*fp32",
+    "COLS": "*i32",
+    "TAB": "*i64",
+    "LIST": "*i64",
+    "B": "i32",
+    "A": "i32",
+    "CH": "i32",
 }
+KINDS = ("sum_fwd", "sum_bwd_cols", "sum_bwd_params")
 
 
 def circuit_for(name: str):
@@ -87,18 +81,19 @@ def main(argv=None) -> int:
         plan = lower(circuit)
         mod = load_source(generate(plan, args.precision), plan.source_hash, args.precision)
         bb = _batch_tile(cfg.batch)
-        for i, (bm, bk, arity) in enumerate(variants(plan)):
-            for kind, sig in SIGNATURES.items():
+        for i, variant in enumerate(variants(plan)):
+            for kind in KINDS:
                 fn = getattr(mod, f"{kind}_v{i}", None)
                 if fn is None:
                     continue
                 try:
-                    k = triton.compile(ASTSource(fn, {**sig, "BB": "constexpr"}, constexprs={"BB": bb}), target=target)
+                    sig = {a: ("constexpr" if a == "BB" else ARG_TYPES[a]) for a in fn.arg_names}
+                    k = triton.compile(ASTSource(fn, sig, constexprs={"BB": bb}), target=target)
                     md = k.metadata
                     flag = " OVER" if md.shared > args.limit else ""
                     over += bool(flag)
                     print(
-                        f"{name:>16s} v{i} tile=({bm},{bk}) arity={arity:<2d} BB={bb} {kind:<15s} "
+                        f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kind:<15s} "
                         f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
                     )
                 except Exception as e:  # noqa: BLE001  (report and go on)

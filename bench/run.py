@@ -50,6 +50,9 @@ def parse_args(argv=None):
     ap.add_argument("--configs", metavar="A,B,...", help="exactly these configurations, in this order")
     ap.add_argument("--skip", metavar="REGEX", help="leave out configurations whose name matches")
     ap.add_argument("--no-pyjuice", action="store_true", help="pcir only")
+    ap.add_argument(
+        "--pcir-eager", action="store_true", help="also time pcir with its CUDA graphs off (eager_* fields)"
+    )
     ap.add_argument("--json", metavar="OUT", help="write the results here (default out/bench/last.json)")
     ap.add_argument("--md", metavar="OUT", help="write the tables here (default: the JSON path with .md)")
     ap.add_argument(
@@ -181,6 +184,7 @@ def run_config(cfg, ctx: Context, card: dict, args, row: dict) -> dict:
             pipeline=args.pipeline,
             profile=profile,
             timer_kw=timer_kw,
+            eager_too=args.pcir_eager,
         )
     except Exception as e:  # noqa: BLE001
         row["pcir"] = {"error": error_text(e)}

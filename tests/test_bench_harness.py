@@ -99,3 +99,37 @@ def test_graph_counts_add_pyjuice_one_child_products(cfg):
     s = c.stats()
     assert nodes >= s["nodes"] and edges - s["edges"] == nodes - s["nodes"]
     assert np.isfinite(nodes)
+
+
+def test_per_layer_profile_maps_every_launch_to_the_plan(monkeypatch):
+    """The launch proxy sees every Triton launch of a train step and maps it to the plan's layers
+    (device events replaced by host clocks, so this runs on the CPU interpreter)."""
+    import time
+
+    import torch
+    from harness import profile
+    from harness.suite import Context, build_pcir
+
+    import pcir
+
+    class HostEvent:
+        def __init__(self, **_):
+            self.t = 0.0
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def elapsed_time(self, other):
+            return (other.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    cfg = next(c for c in SMOKE if c.family == "hmm")
+    ctx = Context(device=torch.device("cpu"), pyjuice=None)
+    model = pcir.compile(build_pcir(cfg, ctx), device="cpu")
+    if model._engine().name != "triton":
+        pytest.skip("the Triton engine does not run here (TRITON_INTERPRET unset)")
+    out = profile.per_layer(model, ctx.batches(cfg)[0], torch.device("cpu"), None)
+    assert "note" not in out, out.get("note")
+    assert [r["layer"] for r in out["layers"]] == [layer.index for layer in model.plan.layers]
+    assert all(r["fwd_ms"] >= 0 and r["bwd_ms"] >= 0 for r in out["layers"])

@@ -64,7 +64,18 @@ def peak_mib(device: torch.device, base: int) -> float | None:
     return round((torch.cuda.max_memory_allocated(device) - base) / 2**20, 1)
 
 
-def run(cfg, circuit, batches, device, *, precision: str, pipeline: str | None, profile: bool, timer_kw: dict) -> dict:
+def run(
+    cfg,
+    circuit,
+    batches,
+    device,
+    *,
+    precision: str,
+    pipeline: str | None,
+    profile: bool,
+    timer_kw: dict,
+    eager_too: bool = False,
+) -> dict:
     out: dict = {}
     base = free(device)
     stages: dict = {}
@@ -90,9 +101,24 @@ def run(cfg, circuit, batches, device, *, precision: str, pipeline: str | None, 
         step(x0)
     out["first_step_s"] = round(sw.s, 3)
     out["compile_s"] = round(out["compile_api_s"] + out["first_step_s"], 3)
+    # the runtime captures its own CUDA graphs on the second call of a shape (if it has them)
+    out["cuda_graphs"] = bool(getattr(model, "cuda_graphs", False))
+    with Stopwatch(device) as sw:
+        with torch.no_grad():
+            model(x0)
+        step(x0)
+    out["second_step_s"] = round(sw.s, 3)
     with torch.no_grad():
         out.update(time_calls(lambda x: model(x), batches, device, **timer_kw).as_dict("fwd"))
     out.update(time_calls(step, batches, device, **timer_kw).as_dict("train"))
+    if eager_too and out["cuda_graphs"]:
+        model.cuda_graphs = False
+        try:
+            with torch.no_grad():
+                out.update(time_calls(lambda x: model(x), batches, device, **timer_kw).as_dict("eager_fwd"))
+            out.update(time_calls(step, batches, device, **timer_kw).as_dict("eager_train"))
+        finally:
+            model.cuda_graphs = True
     out["peak_mib"] = peak_mib(device, base)
     with torch.no_grad():
         ll = model(x0)

@@ -1,7 +1,8 @@
 """Why a configuration is slow: per-layer kernel times, launch counts and the top kernels.
 
 ``profile_pcir`` wraps the Triton engine's kernel module in a proxy that puts a pair of device
-events around every launch, runs one train step, and maps the launches back to the kernel plan's
+events around every launch, runs one train step (eagerly: with the runtime's own CUDA graphs
+switched off for that step, since a replayed graph bypasses the proxy), and maps the launches back to the kernel plan's
 layers (the engine launches, in order: one input kernel per leaf family, one kernel per layer;
 then per layer in reverse, the parameter-flow and column-flow kernels of a sum layer or one kernel
 of a product layer; then one leaf-statistics kernel per family). Then it runs one step under
@@ -41,8 +42,14 @@ class _TimedKernels:
     def __getattr__(self, name):
         from triton.runtime.jit import JITFunction
 
+        try:  # under TRITON_INTERPRET=1 the kernels are interpreter objects
+            from triton.runtime.interpreter import InterpretedFunction
+
+            kernel_types: tuple = (JITFunction, InterpretedFunction)
+        except ImportError:  # pragma: no cover
+            kernel_types = (JITFunction,)
         attr = getattr(self._mod, name)
-        return _TimedLauncher(name, attr, self._log) if isinstance(attr, JITFunction) else attr
+        return _TimedLauncher(name, attr, self._log) if isinstance(attr, kernel_types) else attr
 
 
 def _layer_edges(model, layer) -> int:
@@ -63,6 +70,9 @@ def per_layer(model, x, device, step) -> dict:
     log: list = []
     orig = eng.k
     eng.k = _TimedKernels(orig, log)
+    graphs = getattr(model, "cuda_graphs", None)
+    if graphs:  # replayed graphs bypass the launch proxy: time this step eagerly
+        model.cuda_graphs = False
     try:
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
@@ -75,6 +85,8 @@ def per_layer(model, x, device, step) -> dict:
         torch.cuda.synchronize(device)
     finally:
         eng.k = orig
+        if graphs:
+            model.cuda_graphs = graphs
     times = [(name, grid, st.elapsed_time(en)) for name, grid, st, en in log]
     plan = model.plan
     n_in = len(eng.inputs)
