@@ -12,9 +12,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 if command -v nvidia-smi >/dev/null 2>&1; then
-  .venv/bin/python -m pip install -q -e .
+  .venv/bin/python -m pip install -q -e '.[plot]'
 else  # no GPU: take the CPU build of torch (the plain one is a multi-GB CUDA download)
-  .venv/bin/python -m pip install -q -c constraints-ci.txt -e .
+  .venv/bin/python -m pip install -q -c constraints-ci.txt -e '.[plot]'
 fi
 PCIR=.venv/bin/pcir
 EPOCHS=${EPOCHS:-5}
