@@ -3,7 +3,7 @@
 #   1. set up a virtual environment with pcir,
 #   2. check the example circuit examples/nltcs_hclt.pc (an HCLT over the 16 NLTCS variables),
 #   3. run the default pass pipeline, writing the IR after every pass to runs/main/ir/,
-#   4. compile it and train it with mini-batch EM on the NLTCS data shipped with pcir
+#   4. compile it and train it with mini-batch then full-batch EM on the NLTCS data shipped with pcir
 #      (on the GPU when there is one, else on the CPU), printing progress and the held-out
 #      (validation and test) log-likelihood; checkpoints and report.json land in runs/main/.
 set -euo pipefail
@@ -17,8 +17,8 @@ else  # no GPU: take the CPU build of torch (the plain one is a multi-GB CUDA do
   .venv/bin/python -m pip install -q -c constraints-ci.txt -e '.[plot]'
 fi
 PCIR=.venv/bin/pcir
-EPOCHS=${EPOCHS:-5}
+EPOCHS=${EPOCHS:-10}
 set -x
 $PCIR check examples/nltcs_hclt.pc
 $PCIR opt examples/nltcs_hclt.pc --dump-dir runs/main/ir --stats -o runs/main/nltcs_hclt.opt.pcir
-$PCIR train examples/nltcs_hclt.pc --data nltcs --epochs "$EPOCHS" --out runs/main/train --overwrite
+$PCIR train examples/nltcs_hclt.pc --data nltcs --epochs "$EPOCHS" --step-size 0.5 --step-size-final 0.05 --full-epochs 3 --out runs/main/train --overwrite
