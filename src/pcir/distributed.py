@@ -48,6 +48,7 @@ collective itself; NCCL's watchdog aborts the process after the timeout with its
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -315,7 +316,9 @@ class Comm(LocalComm):
             bits = v.view(torch.int32).to(torch.int64) if v.element_size() == 4 else v.view(torch.int64)
             w = torch.arange(v.numel(), device=v.device, dtype=torch.int64) % 65521 + 1
             hs.append((bits * w).sum())  # int64 arithmetic wraps: a deterministic checksum of the bits
-        return torch.stack(hs).to(self.comm_device) if hs else torch.zeros(1, dtype=torch.int64, device=self.comm_device)
+        return (
+            torch.stack(hs).to(self.comm_device) if hs else torch.zeros(1, dtype=torch.int64, device=self.comm_device)
+        )
 
     def params_in_sync(self, model) -> bool:
         h = self._param_hashes(model)
@@ -373,7 +376,11 @@ class Comm(LocalComm):
     def ddp(self, model, **kw):
         from torch.nn.parallel import DistributedDataParallel
 
-        kw.setdefault("broadcast_buffers", False)  # flow buffers are scratch, not model state
+        # the flow buffers are scratch, not model state: never broadcast them on forward
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+            kw.setdefault("forward_sync_buffers", False)
+        else:  # torch < 2.13
+            kw.setdefault("broadcast_buffers", False)
         kw.setdefault("bucket_cap_mb", self.bucket_bytes / 2**20)
         if self.device.type == "cuda":
             kw.setdefault("device_ids", [self.device.index])
@@ -469,9 +476,7 @@ def init(
     except (RuntimeError, ValueError, dist.DistError) as e:
         raise DistributedError(
             f"rank {rank} of {world_size}: cannot join the process group: {_first_line(e)}",
-            hint=(
-                f"every rank must start within {timeout:g} s and reach MASTER_ADDR:MASTER_PORT; " + _LAUNCH_HINT
-            ),
+            hint=(f"every rank must start within {timeout:g} s and reach MASTER_ADDR:MASTER_PORT; " + _LAUNCH_HINT),
         ) from e
     return Comm(device=dev, timeout_s=timeout, local_rank=local_rank, bucket_mb=bucket_mb, owns_group=True)
 

@@ -50,7 +50,8 @@ def _number(name: str, kind: type):
     except ValueError:
         from .ir.diagnostics import PcirError
 
-        raise PcirError(f"environment variable {name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+        what = "an integer" if kind is int else "a number"
+        raise PcirError(f"environment variable {name}={raw!r} is not {what}") from None
 
 
 def get() -> Knobs:
