@@ -94,36 +94,36 @@ def _entry(fn, rank: int, world: int, port: int, results, timeout_s: float, args
         results.put((rank, type(e).__name__, msg))
 
 
-def launch(fn, world: int, *args, timeout_s: float = 30.0, wait_s: float = 120.0) -> dict[int, tuple]:
-    """Run ``fn(comm, *args)`` on ``world`` spawned ranks; {rank: (status, value or message)}.
-
-    Ranks that report nothing within ``wait_s`` are killed (and missing from the result)."""
+def launch(
+    fn,
+    world: int,
+    *args,
+    timeout_s: float = 30.0,
+    wait_s: float = 120.0,
+    start: list[int] | None = None,
+    need: list[int] | None = None,
+) -> dict[int, tuple]:
+    """Run ``fn(comm, *args)`` on the ranks ``start`` (default all) of a group of ``world``;
+    returns {rank: (status, value or rendered error)} once the ranks in ``need`` (default: those
+    started) reported or ``wait_s`` passed. Ranks still running then are killed."""
     # forkserver: a clean server process (no torch threads started, so forking it is safe) that
     # imported torch and pcir once; every rank after the first starts in milliseconds
     ctx = torch.multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(
-        [
-            "torch",
-            "torch.distributed",
-            "torch._dynamo",
-            "torch.optim",
-            "pcir",
-            "pcir.distributed",
-            __name__,
-            fn.__module__,
-        ]
-    )
+    preload = ["torch", "torch.distributed", "torch._dynamo", "torch.optim", "pcir", "pcir.distributed", __name__]
+    ctx.set_forkserver_preload([*preload, fn.__module__])
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, results, timeout_s, args)) for r in range(world)]
+    start = list(range(world)) if start is None else start
+    need = set(start if need is None else need)
+    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, results, timeout_s, args)) for r in start]
     for p in procs:
         p.start()
     out: dict[int, tuple] = {}
     deadline = time.monotonic() + wait_s
     try:
-        while len(out) < world and time.monotonic() < deadline:
+        while not need <= out.keys() and time.monotonic() < deadline:
             try:
-                rank, status, value = results.get(timeout=0.5)
+                rank, status, value = results.get(timeout=0.2)
             except queue.Empty:
                 if all(not p.is_alive() for p in procs) and results.empty():
                     break
@@ -131,7 +131,7 @@ def launch(fn, world: int, *args, timeout_s: float = 30.0, wait_s: float = 120.0
             out[rank] = (status, value)
     finally:
         for p in procs:
-            p.join(timeout=5)
+            p.join(timeout=2 if need <= out.keys() else 0.1)
             if p.is_alive():
                 p.kill()
                 p.join()
