@@ -17,7 +17,7 @@ from pcir import cli, distributed, knobs
 from pcir.distributed import DistributedError, LocalComm, buckets, flow_bytes, ring_all_reduce_seconds
 from pcir.ir.diagnostics import CheckpointError, PcirError
 
-TIMEOUT_S = 4.0
+TIMEOUT_S = 3.0
 MARGIN_S = 8.0  # process scheduling on a busy 2-core machine
 
 
@@ -68,7 +68,7 @@ def test_a_dead_rank_gives_a_clear_error_on_the_others():
     assert status == "ok", res
     assert res["error"] is not None and res["elapsed"] < TIMEOUT_S + MARGIN_S
     assert "rank 0 of 2: all-reduce of the EM flows failed" in res["error"]
-    assert "another rank died or did not reach this point within the timeout (4 s" in res["error"]
+    assert "another rank died or did not reach this point within the timeout (3 s" in res["error"]
 
 
 def test_rank0_errors_reach_the_other_ranks():
