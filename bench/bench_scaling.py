@@ -285,7 +285,7 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
         # an error on one rank (e.g. out of memory) must not leave the others waiting: a rank
         # that failed stops before its next collective, the others learn it here
-        failed = comm.sum_floats([1.0 if any(r.samples_s_n is None for r in new) else 0.0])[0]
+        failed = comm.sum_floats([1.0 if any(r.error for r in new) else 0.0])[0]
         for r in new:
             if failed and not r.error:
                 r.error = "failed on another rank"
