@@ -58,11 +58,19 @@ def em_worker(comm):
         idx = comm.shard(torch.arange(s, s + MINI_BATCH))
         model.forward_backward(x[idx], m[idx])
         comm.em_step(model, step_size=0.5, pseudocount=0.1)
+    final, in_sync = params_of(model), comm.params_in_sync(model)
+    # drift on one rank (what an atomics-based kernel could cause): found and repaired from rank 0
+    if comm.rank == comm.world_size - 1:
+        with torch.no_grad():
+            model.cat_logits[0] += 1e-3
+    drift = [comm.params_in_sync(model), comm.sync_params(model), comm.sync_params(model)]
     return {
         "start_in_sync": start_in_sync,
         "after_full": after_full,
-        "final": params_of(model),
-        "in_sync": comm.params_in_sync(model),
+        "final": final,
+        "after_repair": params_of(model),
+        "drift": drift,
+        "in_sync": in_sync,
         "flows_zeroed": flows_zeroed,
         "part": (lo, hi),
         "calls": comm.stats["calls"],
@@ -100,6 +108,10 @@ def test_data_parallel_em_equals_one_process(world, reference):
     for r in res[1:]:  # identical parameters on every rank, to the bit
         for k in r["final"]:
             assert np.array_equal(r["final"][k], res[0]["final"][k], equal_nan=True), k
+    for r in res:  # out of sync, repaired (True), then nothing left to repair (False)
+        assert r["drift"] == [False, True, False]
+        for k in r["final"]:
+            assert np.array_equal(r["after_repair"][k], res[0]["final"][k], equal_nan=True), k
 
 
 def test_the_reference_moved(reference):

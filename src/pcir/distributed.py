@@ -50,6 +50,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -108,8 +109,13 @@ def buckets(tensors: Iterable[torch.Tensor], bucket_bytes: int) -> list[list[tor
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+    """The gist of a torch.distributed error: its first sentence, without gloo's source location."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", lines[0])
+    cut = text.find(". ")
+    return (text[: cut + 1] if cut > 0 else text)[:300]
 
 
 # ---- the communicator ---------------------------------------------------------------------------
