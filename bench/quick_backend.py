@@ -92,43 +92,41 @@ def cuda_time(fn, iters=20, warmup=3):
     return statistics.median(ts)
 
 
-def bench_ours(name, circuit, data, B, precision, rows):
+def bench_ours(name, circuit, data, B, precision, rows, extra=True):
     dev = data.device
     t0 = time.time()
     model = pcir.compile(circuit, device=dev, precision=precision)
     x = data[:B]
-    model(x)  # JIT-compiles the forward kernels
+    with torch.no_grad():
+        model(x)  # JIT-compiles the forward kernels
     model.forward_backward(x)
     model.em_step(0.1, 0.1)
     torch.cuda.synchronize()
     compile_s = time.time() - t0
     torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        fwd = cuda_time(lambda: model(x))
+    res = {}
+    for graphs in (True, False) if extra else (True,):
+        model.cuda_graphs = graphs
+        tag = "" if graphs else "_eager"
+        with torch.no_grad():
+            res["fwd_ms" + tag] = round(cuda_time(lambda: model(x)), 3)
 
-    def step():
-        model.forward_backward(x)
-        model.em_step(0.1, 0.1)
+        def step():
+            model.forward_backward(x)
+            model.em_step(0.1, 0.1)
 
-    train = cuda_time(step)
+        res["train_ms" + tag] = round(cuda_time(step), 3)
+        if extra and graphs:
+            res["fb_ms"] = round(cuda_time(lambda: model.forward_backward(x)), 3)
+            model.zero_flows()
+            res["em_ms"] = round(cuda_time(lambda: model.em_step(0.1, 0.1)), 3)
+    model.cuda_graphs = True
     peak = torch.cuda.max_memory_allocated() / 2**20
     with torch.no_grad():
         ll = model(x).mean().item()
     s = circuit.stats()
-    out = dict(
-        sys=f"pcir-{precision}",
-        model=name,
-        B=B,
-        nodes=s["nodes"],
-        edges=s["edges"],
-        params=s["params"],
-        layers=len(model.plan.layers),
-        compile_s=round(compile_s, 2),
-        fwd_ms=round(fwd, 3),
-        train_ms=round(train, 3),
-        peak_mib=round(peak, 1),
-        ll=ll,
-    )
+    out = dict(sys=f"pcir-{precision}", model=name, B=B, nodes=s["nodes"], edges=s["edges"], params=s["params"],
+               layers=len(model.plan.layers), compile_s=round(compile_s, 2), **res, peak_mib=round(peak, 1), ll=ll)
     print(json.dumps(out), flush=True)
     rows.append(out)
     return model
@@ -142,7 +140,7 @@ def check_against_torch(circuit, data, B, rows):
         llr = ref(x).double()
     xd = x.double()
     res = {}
-    for prec in ("fp32", "tf32", "bf16"):
+    for prec in ("fp32", "tf32", "tf32x3", "bf16"):
         m = pcir.compile(circuit, device=x.device, precision=prec)
         with torch.no_grad():
             ll = m(x).double()
@@ -210,6 +208,7 @@ def main():
     ap.add_argument("--latents", default="32,128")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--pyjuice", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="other precisions and batch 1/8 on the widest HCLT")
     ap.add_argument("--precision", default="tf32")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -225,6 +224,11 @@ def main():
         if L == 32:
             check_against_torch(c, data, 64, rows)
         bench_ours(f"hclt-{L}", c, data, args.batch, args.precision, rows)
+        if args.sweep and L == max(int(v) for v in args.latents.split(",")):
+            for prec in ("tf32x3", "bf16", "fp32"):
+                bench_ours(f"hclt-{L}", c, data, args.batch, prec, rows, extra=False)
+            for b1 in (1, 8):
+                bench_ours(f"hclt-{L}-B{b1}", c, data, b1, args.precision, rows, extra=False)
         if args.pyjuice:
             try:
                 bench_pyjuice(f"hclt-{L}", L, data, args.batch, rows)

@@ -118,9 +118,9 @@ def torch_reference_ll(model, x: np.ndarray, miss: np.ndarray):
     plan = model.plan
     c = model.circuit
     leaves = {
-        "sum_logits": model.sum_logits.detach().double().clone().requires_grad_(True),
-        "cat_logits": model.cat_logits.detach().double().clone().requires_grad_(True),
-        "gauss": model.gauss.detach().double().clone().requires_grad_(True),
+        "sum_logits": model.sum_logits.detach().double().cpu().clone().requires_grad_(True),
+        "cat_logits": model.cat_logits.detach().double().cpu().clone().requires_grad_(True),
+        "gauss": model.gauss.detach().double().cpu().clone().requires_grad_(True),
     }
     xt = torch.as_tensor(np.where(miss, 0.0, x), dtype=torch.float64)
     mt = torch.as_tensor(miss)

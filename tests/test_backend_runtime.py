@@ -72,6 +72,8 @@ def test_partition_function_is_one(case, engine, device):
 def test_flows_match_reference(case, engine, device):
     c, m = build(case, engine, device)
     x, miss = data_for(c, 6, seed=2, p_missing=0.25)
+    if engine == "triton":
+        m._engine().target_programs = 64  # split the batch over parameter-flow programs
     m.zero_flows()
     m.forward_backward(x[:3], miss[:3])
     m.forward_backward(x[3:], miss[3:])  # flows accumulate over calls
@@ -235,8 +237,20 @@ def test_params_by_name_and_state_dict(engine, device):
     x, _ = data_for(c, 4, seed=8)
     ref = ev.log_likelihood(m.to_circuit(), x)
     np.testing.assert_allclose(m(x).detach().cpu().numpy(), ref, rtol=1e-4)
-    m2 = pc_compile(c, engine=engine, device=device)
+    m2 = pc_compile(c, engine=engine, device=device, precision="fp32")
     m2.load_state_dict(m.state_dict())
     np.testing.assert_allclose(m2(x).detach().cpu().numpy(), ref, rtol=1e-4)
     with pytest.raises(pcir.BackendError, match="unknown parameter or group 's9'"):
         m.get_param("s9")
+
+
+def test_flows_with_batch_split_over_programs(engine, device):
+    """Batches of several tiles; the parameter-flow kernel splits them over programs."""
+    c, m = build("tied_bernoulli", engine, device)
+    if engine == "triton":
+        m._engine().target_programs = 64
+    x, miss = data_for(c, 150, seed=9, p_missing=0.1)
+    m.forward_backward(x, miss)
+    ref = ev.flows(c, x, miss)
+    for pname, pf in ref.param.items():
+        np.testing.assert_allclose(m.param_flows(pname).cpu().double().numpy(), pf, rtol=2e-4, atol=1e-4, err_msg=pname)

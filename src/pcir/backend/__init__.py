@@ -17,7 +17,7 @@ from pathlib import Path
 from ..ir.circuit import Circuit
 from ..ir.diagnostics import BackendError
 
-PRECISIONS = ("tf32", "fp32", "bf16")
+PRECISIONS = ("tf32", "tf32x3", "fp32", "bf16")
 ENGINES = ("auto", "triton", "torch")
 
 
@@ -35,8 +35,9 @@ def compile(  # noqa: A001  (the public name the contract asks for)
     * ``pipeline``: a pass pipeline spec run first (``"default"`` for the default pipeline);
       None runs no passes (the backend then uses its own layering and block sizes).
     * ``device``: where the module lives (default: ``PCIR_DEVICE``, else cuda when available).
-    * ``precision``: ``"tf32"`` (default), ``"fp32"`` (exact float32 products) or ``"bf16"``
-      for the sum-layer matrix products on the GPU.
+    * ``precision``: the sum-layer matrix products on the GPU: ``"tf32"`` (default),
+      ``"tf32x3"`` (three tf32 products, about float32 accuracy), ``"fp32"`` (exact float32 FMAs)
+      or ``"bf16"``. See docs/backend.md for the error each costs.
     * ``dump_dir``: write the IR after each pass, the plan and the generated source there.
     * ``engine``: ``"auto"`` (Triton where it can run: CUDA, or CPU under TRITON_INTERPRET=1; else
       plain torch), ``"triton"`` or ``"torch"``.

@@ -3,13 +3,17 @@
 The module holds
 
 * the input kernels (one per leaf family present), the stored-product kernels (if any);
-* for each distinct sum-layer *variant* ``(block_m, block_k, arity)`` three kernels whose tile sizes
-  and arity are module-level ``tl.constexpr`` constants (``V<i>_BM``, ``V<i>_BK``, ``V<i>_A``):
+* for each distinct sum-layer *variant* ``(block_m, block_k)`` three kernels whose tile sizes are
+  module-level ``tl.constexpr`` constants (``V<i>_BM``, ``V<i>_BK``):
   ``sum_fwd_v<i>`` (forward: gather-add of the fused products' children as each column tile loads,
   online max-subtraction, ``tl.dot``, log, add back), ``sum_bwd_cols_v<i>`` (node flows: columns'
   flows from one pass over the node tiles, recomputing the products, scattered to their children)
   and ``sum_bwd_params_v<i>`` (parameter flows, one pass over the batch per weight tile);
 * ``LAYER_VARIANT``: the variant of every sum layer, and ``PRECISION``.
+
+The arity of the gathers (how many stored rows add up to one column) is a runtime argument, so
+layers with products of different arity share one compiled kernel (compile time matters more
+than the few cycles an unrolled loop would save).
 
 Index tables (which rows, which weights) are runtime tensors built by
 :mod:`pcir.backend.triton_engine`; only sizes known at compile time are baked in, so layers of one
@@ -33,6 +37,7 @@ LAYER_VARIANT = {layer_variant}
 # dot(a, b) in the chosen precision: tf32 and ieee are tl.dot's input precisions; bf16 casts.
 DOT = {
     "tf32": "tl.dot({a}, {b}, input_precision='tf32')",
+    "tf32x3": "tl.dot({a}, {b}, input_precision='tf32x3')",
     "fp32": "tl.dot({a}, {b}, input_precision='ieee')",
     "bf16": "tl.dot({a}.to(tl.bfloat16), {b}.to(tl.bfloat16))",
 }
@@ -54,23 +59,32 @@ def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl
     xi = tl.where(miss, 0.0, x).to(tl.int64)
     lp = tl.load(TAB + idx[:, None] + xi, mask=m2 & ~miss, other=0.0)
     tl.store(V + (row0 + u).to(tl.int64)[:, None] * B + b[None, :], lp, mask=m2)
-
-
+''',
+    "categorical_counts": '''
 @triton.jit
-def input_categorical_bwd(F, XT, VAR, IDX, CNT, row0, U, B, BU: tl.constexpr, BB: tl.constexpr):
-    """CNT[idx_u + x[b]] += F[row0 + u, b] over observed samples (expected counts)."""
-    u = tl.program_id(0) * BU + tl.arange(0, BU)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
-    um = u < U
-    bm = b < B
-    m2 = um[:, None] & bm[None, :]
-    var = tl.load(VAR + u, mask=um, other=0).to(tl.int64)
-    idx = tl.load(IDX + u, mask=um, other=0)
-    x = tl.load(XT + var[:, None] * B + b[None, :], mask=m2, other=0.0)
-    miss = x != x
-    xi = tl.where(miss, 0.0, x).to(tl.int64)
-    f = tl.load(F + (row0 + u).to(tl.int64)[:, None] * B + b[None, :], mask=m2, other=0.0)
-    tl.atomic_add(CNT + idx[:, None] + xi, f, mask=m2 & ~miss & (f != 0.0))
+def input_categorical_counts(F, XT, TAB, CNT, B, BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
+    """Expected counts as a matrix product: CNT[u, c] += sum_b F[u, b] [x[var, b] == c], for one
+    (leaf group, node tile, category tile); TAB[t] = (row, units, var, table offset, k, u tile)."""
+    t = tl.program_id(0)
+    row = tl.load(TAB + t * 6 + 0)
+    units = tl.load(TAB + t * 6 + 1)
+    var = tl.load(TAB + t * 6 + 2)
+    off = tl.load(TAB + t * 6 + 3)
+    k = tl.load(TAB + t * 6 + 4)
+    ut = tl.load(TAB + t * 6 + 5)
+    u = ut * BU + tl.arange(0, BU)
+    um = u < units
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = c < k
+    acc = tl.zeros([BU, BC], dtype=tl.float32)
+    for b0 in range(0, B, BB):
+        b = b0 + tl.arange(0, BB)
+        bm = b < B
+        f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=um[:, None] & bm[None, :], other=0.0)
+        x = tl.load(XT + var * B + b, mask=bm, other=-1.0)
+        onehot = tl.where(x[:, None] == c[None, :].to(tl.float32), 1.0, 0.0)
+        acc += {dot_fo}
+    tl.atomic_add(CNT + off + u[:, None] * k + c[None, :], acc, mask=um[:, None] & cm[None, :] & (acc != 0.0))
 ''',
     "gaussian": '''
 @triton.jit
@@ -191,11 +205,10 @@ def product_bwd(F, IDX, TAB, B, NT, A: tl.constexpr, BU: tl.constexpr, BB: tl.co
 SUM_KERNELS = '''
 V{i}_BM = tl.constexpr({bm})
 V{i}_BK = tl.constexpr({bk})
-V{i}_A = tl.constexpr({arity})
 
 
 @triton.jit
-def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, BB: tl.constexpr):
+def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr):
     """Sum layer forward: out[s, b] = log sum_k W[s, k] exp(c[k, b]), c = fused product values."""
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
@@ -219,8 +232,8 @@ def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, BB: tl.constexpr):
         km = k < K
         m2 = km[:, None] & bm[None, :]
         c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
-        for a in tl.static_range(V{i}_A):
-            r = tl.load(COLS + col_off + k * V{i}_A + a, mask=km, other=0).to(tl.int64)
+        for a in range(0, A):
+            r = tl.load(COLS + col_off + k * A + a, mask=km, other=0).to(tl.int64)
             c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
         c = tl.where(m2, c, float("-inf"))
         new = tl.maximum(mx, tl.max(c, axis=0))
@@ -238,7 +251,7 @@ def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, BB: tl.constexpr):
 
 
 @triton.jit
-def sum_bwd_cols_v{i}(V, F, W, COLS, TAB, LIST, M, B, BB: tl.constexpr):
+def sum_bwd_cols_v{i}(V, F, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr):
     """Flows of one column tile: fc[k, b] = exp(c[k,b] - m[b]) sum_s W[s,k] F[s,b] exp(m[b] - V[s,b]),
     sent to every child row of the (fused) product in column k."""
     t = tl.program_id(0)
@@ -272,18 +285,18 @@ def sum_bwd_cols_v{i}(V, F, W, COLS, TAB, LIST, M, B, BB: tl.constexpr):
         acc += {dot_wg}
     m2 = km[:, None] & bm[None, :]
     c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
-    for a in tl.static_range(V{i}_A):
-        r = tl.load(COLS + col_off + k * V{i}_A + a, mask=km, other=0).to(tl.int64)
+    for a in range(0, A):
+        r = tl.load(COLS + col_off + k * A + a, mask=km, other=0).to(tl.int64)
         c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
     e = tl.where(m2 & (c != float("-inf")), tl.exp(c - m[None, :]), 0.0)
     fc = e * acc
-    for a in tl.static_range(V{i}_A):
-        r = tl.load(COLS + col_off + k * V{i}_A + a, mask=km, other=0).to(tl.int64)
+    for a in range(0, A):
+        r = tl.load(COLS + col_off + k * A + a, mask=km, other=0).to(tl.int64)
         tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0))
 
 
 @triton.jit
-def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, BB: tl.constexpr):
+def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, A, CH, BB: tl.constexpr):
     """Parameter flows of one (node tile, column tile): PF[s,k] += W[s,k] sum_b g[s,b] e[k,b]."""
     t = tl.program_id(0)
     row = tl.load(TAB + t * 9 + 0)
@@ -299,9 +312,12 @@ def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, BB: tl.constexpr):
     k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
     km = k < K
     acc = tl.zeros([V{i}_BM, V{i}_BK], dtype=tl.float32)
-    for b0 in range(0, B, BB):
+    # a chunk of CH samples per program: enough programs to fill the card, one atomic add per tile
+    b_lo = tl.program_id(1) * CH
+    b_hi = tl.minimum(b_lo + CH, B)
+    for b0 in range(b_lo, b_hi, BB):
         b = b0 + tl.arange(0, BB)
-        bm = b < B
+        bm = b < b_hi
         m = tl.load(M + grp * B + b, mask=bm, other=0.0)
         m = tl.where(m == float("-inf"), 0.0, m)
         ms = sm[:, None] & bm[None, :]
@@ -312,8 +328,8 @@ def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, BB: tl.constexpr):
         g = tl.where(ok, f * tl.exp(tl.where(ok, m[None, :] - v, 0.0)), 0.0)
         m2 = km[:, None] & bm[None, :]
         c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
-        for a in tl.static_range(V{i}_A):
-            r = tl.load(COLS + col_off + k * V{i}_A + a, mask=km, other=0).to(tl.int64)
+        for a in range(0, A):
+            r = tl.load(COLS + col_off + k * A + a, mask=km, other=0).to(tl.int64)
             c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
         e = tl.where(m2 & (c != float("-inf")), tl.exp(c - m[None, :]), 0.0)
         acc += {dot_ge}
@@ -323,12 +339,12 @@ def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, BB: tl.constexpr):
 '''
 
 
-def variants(plan: KernelPlan) -> list[tuple[int, int, int]]:
-    """Distinct (block_m, block_k, arity) of the sum layers, in first-use order."""
-    out: list[tuple[int, int, int]] = []
+def variants(plan: KernelPlan) -> list[tuple[int, int]]:
+    """Distinct (block_m, block_k) of the sum layers, in first-use order."""
+    out: list[tuple[int, int]] = []
     for layer in plan.layers:
         if layer.kind == "sum":
-            key = (layer.block_m, layer.block_k, layer.arity)
+            key = (layer.block_m, layer.block_k)
             if key not in out:
                 out.append(key)
     return out
@@ -338,24 +354,25 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     """The Triton module for ``plan`` (deterministic text)."""
     vs = variants(plan)
     layer_variant = {
-        layer.index: vs.index((layer.block_m, layer.block_k, layer.arity))
-        for layer in plan.layers
-        if layer.kind == "sum"
+        layer.index: vs.index((layer.block_m, layer.block_k)) for layer in plan.layers if layer.kind == "sum"
     }
     parts = [HEADER.format(hash=plan.source_hash[:16], version=1, precision=precision, layer_variant=layer_variant)]
     for fam in ("categorical", "gaussian", "indicator"):
         if any(b.family == fam and b.count for b in plan.inputs):
             parts.append(INPUT_KERNELS[fam])
+            if fam == "categorical":
+                parts.append(
+                    INPUT_KERNELS["categorical_counts"].format(dot_fo=DOT[precision].format(a="f", b="onehot"))
+                )
     if any(layer.kind == "product" for layer in plan.layers):
         parts.append(PRODUCT_KERNELS)
     dot = DOT[precision]
-    for i, (bm, bk, arity) in enumerate(vs):
+    for i, (bm, bk) in enumerate(vs):
         parts.append(
             SUM_KERNELS.format(
                 i=i,
                 bm=bm,
                 bk=bk,
-                arity=arity,
                 dot_we=dot.format(a="w", b="e"),
                 dot_wg=dot.format(a="tl.trans(w)", b="g"),
                 dot_ge=dot.format(a="g", b="tl.trans(e)"),

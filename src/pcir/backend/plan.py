@@ -138,6 +138,31 @@ class KernelPlan:
     var_names: list[str]
     source_hash: str = ""
 
+    def runs(self, kind: str) -> list[tuple[int, int, int]]:
+        """Contiguous runs ``(offset, length, row_len)`` of the flat sum (``"sum"``) or categorical
+        (``"cat"``) store whose rows all have ``row_len`` entries (0: rows of varying length,
+        explicit sums). Uniform runs are normalised and updated as ``(rows, row_len)`` views."""
+        slots = [
+            p
+            for p in self.params.values()
+            if (p.kind == "sum") == (kind == "sum")
+            and p.kind in (("sum",) if kind == "sum" else ("categorical", "bernoulli"))
+        ]
+        slots.sort(key=lambda p: p.offset)
+        out: list[list[int]] = []
+        for p in slots:
+            if p.kind == "sum":
+                n = int(np.prod(p.shape))
+                row_len = int(p.shape[1]) if len(p.shape) == 2 else 0
+            else:
+                n = int(np.prod(p.shape)) * (2 if p.kind == "bernoulli" else 1)
+                row_len = p.k
+            if out and out[-1][2] == row_len and out[-1][0] + out[-1][1] == p.offset:
+                out[-1][1] += n
+            else:
+                out.append([p.offset, n, row_len])
+        return [tuple(r) for r in out]  # type: ignore[misc]
+
     # ---- derived views -------------------------------------------------------------------
     @property
     def sum_groups(self) -> list[SumGroupPlan]:

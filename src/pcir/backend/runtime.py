@@ -45,6 +45,44 @@ def _segment_log_softmax(logits: torch.Tensor, row_id: torch.Tensor, num_rows: i
     return shifted - torch.log(s)[row_id]
 
 
+class _Segments:
+    """Row-wise (segment) operations on a flat store, as ``(rows, row_len)`` views where the rows
+    of a run have one length (one fused kernel each), else through scatter/index_add."""
+
+    def __init__(self, runs, row_id: torch.Tensor, num_rows: int):
+        self.runs = runs
+        self.row_id = row_id
+        self.num_rows = num_rows
+
+    def log_softmax(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for off, n, row_len in self.runs:
+            seg = x[off : off + n]
+            if row_len:
+                parts.append(torch.log_softmax(seg.view(-1, row_len), dim=1).reshape(-1))
+            else:
+                parts.append(_segment_log_softmax(seg, self.row_id[off : off + n], self.num_rows))
+        if not parts:
+            return x
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def totals(self, x: torch.Tensor) -> torch.Tensor:
+        """Each entry's row total."""
+        parts = []
+        for off, n, row_len in self.runs:
+            seg = x[off : off + n]
+            if row_len:
+                v = seg.view(-1, row_len)
+                parts.append(v.sum(dim=1, keepdim=True).expand_as(v).reshape(-1))
+            else:
+                rid = self.row_id[off : off + n]
+                tot = torch.zeros(self.num_rows, dtype=x.dtype, device=x.device).index_add_(0, rid, seg)
+                parts.append(tot[rid])
+        if not parts:
+            return x
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class _Tables:
     """Per-device index tensors derived from the plan (built once per device)."""
 
@@ -53,14 +91,18 @@ class _Tables:
         self.sum_row_id = lt(plan.sum_row_id)
         self.sum_edge = torch.as_tensor(plan.sum_edge, dtype=torch.bool, device=device)
         deg = np.bincount(plan.sum_row_id, weights=plan.sum_edge.astype(np.float64), minlength=plan.sum_num_rows)
-        self.sum_deg = torch.as_tensor(deg, dtype=torch.float32, device=device)
+        self.sum_deg = torch.as_tensor(np.maximum(deg, 1.0)[plan.sum_row_id], dtype=torch.float32, device=device)
+        self.sum_seg = _Segments(plan.runs("sum"), self.sum_row_id, plan.sum_num_rows)
         gather = plan.explicit_gather.copy()
         gather[gather < 0] = plan.sum_param_size  # the appended -inf entry
         self.explicit_gather = lt(gather)
-        self.explicit_valid = torch.as_tensor(plan.explicit_gather >= 0, device=device)
+        valid = plan.explicit_gather >= 0
+        self.explicit_pos = lt(np.nonzero(valid)[0])
+        self.explicit_dst = lt(plan.explicit_gather[valid])
         self.cat_row_id = lt(plan.cat_row_id)
+        self.cat_seg = _Segments(plan.runs("cat"), self.cat_row_id, plan.cat_num_rows)
         cat_k = np.bincount(plan.cat_row_id, minlength=plan.cat_num_rows).astype(np.float64)
-        self.cat_k = torch.as_tensor(cat_k, dtype=torch.float32, device=device)
+        self.cat_k = torch.as_tensor(cat_k[plan.cat_row_id], dtype=torch.float32, device=device)
         self.gauss_min_std = torch.as_tensor(plan.gauss_min_std, dtype=torch.float32, device=device)
         self.var_k = torch.as_tensor(plan.var_k, dtype=torch.float32, device=device)
         self.discrete = self.var_k > 0
@@ -121,6 +163,9 @@ class CompiledCircuit(nn.Module):
         self._tables: dict[str, _Tables] = {}
         self._engines: dict[str, Any] = {}
         self._cache: tuple | None = None
+        self._graphs: dict = {}
+        self._em_args: torch.Tensor | None = None
+        self.cuda_graphs = True  # capture forward / forward_backward / em_step per batch shape on CUDA
         logits = np.full(plan.sum_param_size, -np.inf, dtype=np.float32)
         cat = np.zeros(plan.cat_size, dtype=np.float32)
         gauss = np.zeros((plan.gauss_rows, 2), dtype=np.float32)
@@ -177,24 +222,44 @@ class CompiledCircuit(nn.Module):
     def _normalised(self):
         """(log W in parameter layout, categorical log-probs) from the logits."""
         t = self._tab()
-        logw = _segment_log_softmax(self.sum_logits, t.sum_row_id, self.plan.sum_num_rows)
-        logp = _segment_log_softmax(self.cat_logits, t.cat_row_id, self.plan.cat_num_rows)
+        logw = t.sum_seg.log_softmax(self.sum_logits)
+        logp = t.cat_seg.log_softmax(self.cat_logits)
         return logw, logp
 
-    def _normalised_cached(self):
-        key = (
+    def _versions(self):
+        return (
             self.sum_logits._version,
             self.cat_logits._version,
             self._key(),
             id(self.sum_logits),
             id(self.cat_logits),
         )
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                logw, logp = self._normalised()
-                W = self._kernel_weights(logw)
-            self._cache = (key, logw, logp, W)
+
+    def _normalised_cached(self):
+        """(log W, categorical log-probs, kernel weights W) in persistent buffers, refreshed in place
+        when the parameters changed (stable storage: captured CUDA graphs read them)."""
+        key = self._versions()
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2], self._cache[3]
+        with torch.no_grad():
+            self._refresh_into_buffers()
+        self._cache = (key, *self._cache[1:])  # type: ignore[index]
         return self._cache[1], self._cache[2], self._cache[3]
+
+    def _refresh_into_buffers(self) -> None:
+        logw, logp = self._normalised()
+        W = self._kernel_weights(logw)
+        if self._cache is not None and self._cache[3].device == W.device:
+            _, lw0, lp0, W0 = self._cache
+            lw0.copy_(logw)
+            lp0.copy_(logp)
+            W0.copy_(W)
+        else:
+            self._cache = (None, logw, logp, W)
+
+    def _invalidate(self) -> None:
+        if self._cache is not None:
+            self._cache = (None, *self._cache[1:])
 
     def _kernel_weights(self, logw: torch.Tensor) -> torch.Tensor:
         """Linear weights in the kernel layout (parameter layout + dense expansions of explicit sums)."""
@@ -212,9 +277,7 @@ class CompiledCircuit(nn.Module):
         out = PF[:n].clone()
         if self.plan.w_size > n:
             t = self._tab()
-            extra = PF[n:]
-            valid = t.explicit_valid
-            out.index_add_(0, t.explicit_gather[valid], extra[valid])
+            out.index_add_(0, t.explicit_dst, PF[n:][t.explicit_pos])
         return out
 
     def _slot(self, name: str):
@@ -288,7 +351,7 @@ class CompiledCircuit(nn.Module):
                 self.gauss.data[slot.offset : slot.offset + arr.shape[0]] = torch.as_tensor(
                     g, dtype=torch.float32, device=dev
                 )
-        self._cache = None
+        self._invalidate()
 
     def param_flows(self, name: str) -> torch.Tensor:
         """The flows accumulated for a parameter since the last ``em_step``/``zero_flows``.
@@ -390,15 +453,39 @@ class CompiledCircuit(nn.Module):
         )
         if not needs_grad:
             with torch.no_grad():
-                logw, logp, W = self._normalised_cached()
-                V, _aux = self._engine().forward(W, logp, self.gauss, xf)
-                return self._root_values(V)
+                self._normalised_cached()
+                return self._maybe_graphed(("forward", tuple(xf.shape)), self._forward_core, xf)
         logw, logp = self._normalised()
         return _CircuitFunction.apply(self, xf, logw, logp, self.gauss)
 
     def log_likelihood(self, x, missing=None) -> torch.Tensor:
         with torch.no_grad():
             return self.forward(x, missing)
+
+    # ---- queries (pcir.backend.queries; see docs/queries.md) --------------------------------
+    def marginal(self, x, missing=None) -> torch.Tensor:
+        """Per-sample log-probability ``[N]`` of the observed entries (default missing: NaN)."""
+        from .queries import marginal
+
+        return marginal(self, x, missing)
+
+    def conditional(self, x, missing=None, targets=None, *, method: str = "auto") -> dict[int, torch.Tensor]:
+        """``{v: [N, k_v]}``: ``P(x_v = a | evidence)`` for each target variable ``v``."""
+        from .queries import conditional
+
+        return conditional(self, x, missing, targets, method=method)
+
+    def sample(self, n: int | None = None, evidence=None, missing=None, seed: int = 0) -> torch.Tensor:
+        """Samples ``[n, V]``, unconditional or completing the unknown entries of ``evidence``."""
+        from .queries import sample
+
+        return sample(self, n, evidence, missing, seed)
+
+    def map(self, x=None, missing=None, *, return_log_prob: bool = False):
+        """The most probable completion ``[N, V]`` of the unknown entries (max-product)."""
+        from .queries import map_assignment
+
+        return map_assignment(self, x, missing, return_log_prob=return_log_prob)
 
     # ---- EM --------------------------------------------------------------------------------
     def zero_flows(self) -> None:
@@ -416,16 +503,58 @@ class CompiledCircuit(nn.Module):
     def forward_backward(self, x, missing=None) -> torch.Tensor:
         """Forward, then PC flows (root flow 1 per sample) accumulated into the flow buffers."""
         xf = self._prepare(x, missing)
-        logw, logp, W = self._normalised_cached()
+        self._normalised_cached()
+        return self._maybe_graphed(("fb", tuple(xf.shape)), self._forward_backward_core, xf)
+
+    def _forward_core(self, xf):
+        _, logp, W = self._cache[1:]  # type: ignore[index]
+        V, _aux = self._engine().forward(W, logp, self.gauss, xf)
+        return self._root_values(V)
+
+    def _forward_backward_core(self, xf):
+        _, logp, W = self._cache[1:]  # type: ignore[index]
         eng = self._engine()
         V, aux = eng.forward(W, logp, self.gauss, xf)
-        ones = torch.ones((self.plan.root_units, xf.shape[0]), dtype=torch.float32, device=self.device)
+        ones = torch.ones((self.plan.root_units, xf.shape[0]), dtype=torch.float32, device=xf.device)
         F, PF = eng.backward(W, V, aux, xf, ones)
         self.sum_flows += self._fold_flows(PF)
         cat, g5 = eng.input_stats(F, xf, self.gauss)
         self.cat_flows += cat
         self.gauss_stats += g5[:, :3]
         return self._root_values(V)
+
+    # ---- CUDA graphs of our own --------------------------------------------------------------
+    def _graphs_on(self) -> bool:
+        return self.cuda_graphs and self.device.type == "cuda" and self._engine().name == "triton"
+
+    def _maybe_graphed(self, key, fn, *inputs):
+        """Run ``fn(*inputs)``; on CUDA the second call with the same key captures a CUDA graph
+        (the first one JIT-compiles the kernels eagerly) and later calls replay it: one launch
+        instead of one per layer. Inputs are copied into static buffers; outputs are cloned."""
+        if not self._graphs_on():
+            return fn(*inputs)
+        ent = self._graphs.get(key)
+        if ent is None or ent == "off":
+            if ent is None:
+                self._graphs[key] = "warm"
+            return fn(*inputs)
+        if ent == "warm":
+            statics = [t.clone() for t in inputs]
+            graph = torch.cuda.CUDAGraph()
+            try:
+                torch.cuda.synchronize(self.device)
+                with torch.cuda.graph(graph):
+                    out = fn(*statics)
+            except Exception:  # noqa: BLE001  (capture is an optimisation: fall back to eager)
+                self._graphs[key] = "off"
+                torch.cuda.synchronize(self.device)
+                return fn(*inputs)
+            ent = self._graphs[key] = (graph, statics, out)
+        graph, statics, out = ent
+        for st_, in_ in zip(statics, inputs, strict=True):
+            st_.copy_(in_)
+        graph.replay()
+        return out.clone() if isinstance(out, torch.Tensor) else out
 
     def _x_grad(self, F, xf, gauss):
         """d L / d x for gaussian variables (0 for discrete ones and missing entries)."""
@@ -452,16 +581,26 @@ class CompiledCircuit(nn.Module):
         where a node (or leaf row) received no flow and the pseudocount is 0, it keeps its old
         parameters (the reference does the same for sums).
         """
+        self._normalised_cached()
+        if self._em_args is None or self._em_args.device != self.device:
+            self._em_args = torch.zeros(2, dtype=torch.float32, device=self.device)
+        self._em_args[0] = float(step_size)
+        self._em_args[1] = float(pseudocount)
+        self._maybe_graphed(("em",), self._em_core, self._em_args)
+        # the normalised buffers were refreshed inside: mark them fresh for the new versions
+        self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
+
+    def _em_core(self, args):
         t = self._tab()
         plan = self.plan
-        s = float(step_size)
-        pc = float(pseudocount)
-        logw, logp = self._normalised()
+        s = args[0]
+        pc = args[1]
+        logw, logp, _W = self._cache[1:]  # type: ignore[index]
         if plan.sum_param_size:
             old = torch.exp(logw)
             pf = self.sum_flows
-            tot = torch.zeros(plan.sum_num_rows, device=pf.device).index_add_(0, t.sum_row_id, pf)[t.sum_row_id]
-            deg = t.sum_deg.clamp(min=1.0)[t.sum_row_id]
+            tot = t.sum_seg.totals(pf)
+            deg = t.sum_deg
             upd = torch.where(t.sum_edge, (pf + pc / deg) / (tot + pc), torch.zeros_like(pf))
             upd = torch.where(tot + pc > 0, upd, old)
             new = (1.0 - s) * old + s * upd
@@ -469,8 +608,8 @@ class CompiledCircuit(nn.Module):
         if plan.cat_size:
             old = torch.exp(logp)
             cnt = self.cat_flows
-            tot = torch.zeros(plan.cat_num_rows, device=cnt.device).index_add_(0, t.cat_row_id, cnt)[t.cat_row_id]
-            k = t.cat_k[t.cat_row_id]
+            tot = t.cat_seg.totals(cnt)
+            k = t.cat_k
             upd = (cnt + pc / k) / (tot + pc)
             upd = torch.where(tot + pc > 0, upd, old)
             self.cat_logits.copy_(torch.log((1.0 - s) * old + s * upd))
@@ -488,12 +627,14 @@ class CompiledCircuit(nn.Module):
             new_mu = (1.0 - s) * mu0 + s * mu
             new_sd = (1.0 - s) * sd0 + s * sd
             g.copy_(torch.stack([new_mu, torch.log(new_sd)], dim=1))
-        self._cache = None
         self.zero_flows()
+        self._refresh_into_buffers()
+        return None
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
         self._cache = None
+        self._graphs = {}
         return out
 
 

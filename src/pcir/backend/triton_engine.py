@@ -16,6 +16,7 @@ import torch
 from .plan import KernelPlan, SumGroupPlan
 
 BU = 32  # leaf rows per input program
+COUNT_BU = 32  # leaf rows per categorical-count program
 
 
 def _batch_tile(B: int) -> int:
@@ -50,6 +51,7 @@ class _SumLayer:
                 pf_tab.append((*head, mt, kt, 0, g.index))
             off += g.k * A
         self.variant = variant
+        self.arity = A
         self.cols = lt(np.concatenate(cols)).to(torch.int32)
         self.fwd, self.fwd_list = lt(fwd), lt(fwd_list or [0])
         self.col, self.col_list = lt(col_tab), lt(col_list or [0])
@@ -84,12 +86,35 @@ class TritonEngine:
         self.precision = precision
         lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
+        # categorical counts as matrix products: one entry per (leaf group, node tile)
+        rows = []
+        self.count_bc = 16
+        self.count_cmax = 1
+        for b in plan.inputs:
+            if b.family != "categorical":
+                continue
+            for name, row, units in b.groups:
+                i = row - b.row
+                var = int(b.var[i])
+                off = int(b.index[i])
+                k = plan.params[plan.group_param[name]].k
+                for ut in range(-(-units // COUNT_BU)):
+                    rows.append((row, units, var, off, k, ut))
+                while self.count_bc < min(k, 128):
+                    self.count_bc *= 2
+                self.count_cmax = max(self.count_cmax, k)
+        self.count_tab = torch.as_tensor(np.asarray(rows, dtype=np.int64).reshape(-1), device=device)
+        self.count_n = len(rows)
         self.layers = []
         for layer in plan.layers:
             if layer.kind == "sum":
                 self.layers.append(_SumLayer(layer, kernels.LAYER_VARIANT[layer.index], device))
             else:
                 self.layers.append(_ProductLayer(layer, device))
+        # parameter-flow programs split the batch until about this many run at once
+        self.target_programs = 4 * (
+            torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        )
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
 
     # ---- forward -----------------------------------------------------------------------------
@@ -113,7 +138,7 @@ class TritonEngine:
         for L in self.layers:
             if isinstance(L, _SumLayer):
                 fn = getattr(k, f"sum_fwd_v{L.variant}")
-                fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, BB=BB)
+                fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB)
             else:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         return V, M
@@ -131,8 +156,10 @@ class TritonEngine:
             if isinstance(L, _SumLayer):
                 cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}")
                 pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}")
-                pf_fn[(L.n_pf,)](V, F, W, L.cols, L.pf, PF, M, B, BB=BB)
-                cols_fn[(L.n_col, nb)](V, F, W, L.cols, L.col, L.col_list, M, B, BB=BB)
+                chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
+                ch = triton_cdiv(nb, chunks) * BB
+                pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB)
+                cols_fn[(L.n_col, nb)](V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB)
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         F[0] = 0.0
@@ -143,15 +170,13 @@ class TritonEngine:
         plan, k = self.plan, self.k
         B = xf.shape[0]
         BB = _batch_tile(B)
-        nb = triton_cdiv(B, BB)
         xT = xf.t().contiguous()
         cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
         g5 = torch.zeros((plan.gauss_rows, 5), dtype=torch.float32, device=F.device)
         for b, var, index in self.inputs:
             if b.family == "categorical":
-                k.input_categorical_bwd[(triton_cdiv(b.count, BU), nb)](
-                    F, xT, var, index, cat, b.row, b.count, B, BU=BU, BB=BB
-                )
+                grid = (self.count_n, triton_cdiv(self.count_cmax, self.count_bc))
+                k.input_categorical_counts[grid](F, xT, self.count_tab, cat, B, BU=COUNT_BU, BC=self.count_bc, BB=BB)
             elif b.family == "gaussian":
                 out = torch.empty((b.count, 5), dtype=torch.float32, device=F.device)
                 k.input_gaussian_bwd[(triton_cdiv(b.count, BU),)](

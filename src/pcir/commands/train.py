@@ -63,7 +63,7 @@ def add_arguments(p):
         help="stop after this many epochs without validation improvement (0: never; default 5)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the batch shuffles (default 0)")
-    p.add_argument("--eval-batch-size", type=int, default=4096, help="samples per batch when evaluating (default 4096)")
+    p.add_argument("--eval-batch-size", type=int, help="samples per batch when evaluating (default: --batch-size)")
     add_device_arguments(p)
     p.add_argument("--out", help="run folder for checkpoints and the report (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -122,10 +122,11 @@ def _run(args, comm) -> int:
     from ..api import load
     from ..data import load_dataset
     from ..ir.verify import verify
-    from ..train import TrainConfig, check_device, default_device, device_name, train
+    from ..train import TrainConfig, check_device, default_device, device_name, log_line, train
 
     main = comm is None or comm.is_main
-    say = print if main else (lambda *a, **k: None)  # rank 0 reports for everyone
+    quiet = lambda *a, **k: None  # noqa: E731
+    say = print if main else quiet  # rank 0 reports for everyone
     circuit = verify(load(args.model))
     dataset = load_dataset(args.data)
     config = TrainConfig(
@@ -162,7 +163,7 @@ def _run(args, comm) -> int:
         f"em      {config.em}-batch, step size {steps}, pseudocount {config.pseudocount:g}, batch {config.batch_size}, "
         f"{config.epochs} epochs{full}, patience {config.patience}"
     )
-    say(f"out     {out}")
+    say(f"out     {out}", flush=True)
 
     def compile_fn(c, device):
         from ..train import compile_model
@@ -180,7 +181,7 @@ def _run(args, comm) -> int:
         progress=not args.no_progress and main,
         compile_fn=compile_fn,
         meta=meta,
-        log=say,
+        log=log_line if main else quiet,
         comm=comm,
     )
     say(format_summary(result.report))
