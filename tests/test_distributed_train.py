@@ -14,21 +14,16 @@ import pytest
 from _train_helpers import make_dataset, mixture_circuit
 
 from pcir import checkpoint as ckpt
-from pcir.cli import main
 from pcir.ir import print_ir
 
 RTOL = 1e-5
 
 
 @pytest.fixture
-def files(tmp_path, monkeypatch):
+def files(tmp_path):
     model = tmp_path / "mix.pcir"
     model.write_text(print_ir(mixture_circuit(num_vars=4, components=3)))
     make_dataset(tmp_path, n_train=120)
-    # the torch engine in every process (parent and ranks), so that all runs do the same arithmetic
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
     return tmp_path
 
 
@@ -37,13 +32,18 @@ def common(tmp: Path, out: str, *extra) -> list[str]:
     return [str(a) for a in [*args, "--out", tmp / out, "--no-progress", "--seed", 3, *extra]]
 
 
-def torchrun(nproc: int, argv: list[str]) -> str:
-    env = dict(os.environ)
+def pcir(argv: list[str], nproc: int | None = None) -> str:
+    """``python -m pcir ARGV`` in a fresh process, or under torchrun with ``nproc`` ranks.
+
+    Every run uses the torch engine (TRITON_INTERPRET=0), so that all do the same arithmetic; in
+    separate processes, because the generated kernel modules are cached per process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    env["PCIR_DIST_TIMEOUT"] = "60"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env.update(TRITON_INTERPRET="0", OMP_NUM_THREADS="1", PCIR_DIST_TIMEOUT="60")
+    cmd = [sys.executable]
+    if nproc is not None:
+        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     r = subprocess.run([*cmd, "-m", "pcir", *argv], env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
@@ -60,15 +60,14 @@ def assert_history_close(got: list[dict], want: list[dict]) -> None:
         np.testing.assert_allclose([g["train_ll"], g["valid_ll"]], [w["train_ll"], w["valid_ll"]], rtol=RTOL)
 
 
-def test_train_on_2_ranks_then_resume_on_3_equals_one_process(files, capsys):
+def test_train_on_2_ranks_then_resume_on_3_equals_one_process(files):
     tmp = files
     # one process, uninterrupted: 2 epochs of mini-batch EM (shuffled batches), 1 of full-batch EM
-    assert main(common(tmp, "one", "--epochs", 2, "--full-epochs", 1)) == 0
-    capsys.readouterr()
+    pcir(common(tmp, "one", "--epochs", 2, "--full-epochs", 1))
     ref = report(tmp, "one")
 
     # 2 ranks, the first 2 epochs
-    stdout = torchrun(2, common(tmp, "dist", "--epochs", 2))
+    stdout = pcir(common(tmp, "dist", "--epochs", 2), nproc=2)
     assert "2 ranks (gloo)" in stdout
     for e in (1, 2):  # rank 0 speaks for everyone: every line once
         assert stdout.count(f"epoch   {e}/2") == 1
@@ -78,7 +77,7 @@ def test_train_on_2_ranks_then_resume_on_3_equals_one_process(files, capsys):
     assert_history_close(two["history"], ref["history"][:2])
 
     # resumed on 3 ranks (uneven parts: 40 = 13 + 13 + 14) through the full-batch epoch
-    stdout = torchrun(3, common(tmp, "dist", "--epochs", 2, "--full-epochs", 1, "--resume"))
+    stdout = pcir(common(tmp, "dist", "--epochs", 2, "--full-epochs", 1, "--resume"), nproc=3)
     assert "resumed from" in stdout and stdout.count("epoch   3/3") == 1
     three = report(tmp, "dist")
     assert three["ranks"] == 3
