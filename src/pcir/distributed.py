@@ -64,6 +64,7 @@ from .ir.diagnostics import PcirError
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_BUCKET_MB = 256.0
 BACKENDS = ("nccl", "gloo")
+_HASH_CHUNK = 1 << 24
 
 _LAUNCH_HINT = (
     "start one process per GPU with torchrun, e.g. torchrun --nproc_per_node=2 -m pcir train ... "
@@ -319,9 +320,13 @@ class Comm(LocalComm):
             if v.numel() == 0:
                 hs.append(torch.zeros((), dtype=torch.int64, device=v.device))
                 continue
-            bits = v.view(torch.int32).to(torch.int64) if v.element_size() == 4 else v.view(torch.int64)
-            w = torch.arange(v.numel(), device=v.device, dtype=torch.int64) % 65521 + 1
-            hs.append((bits * w).sum())  # int64 arithmetic wraps: a deterministic checksum of the bits
+            bits = v.view(torch.int32) if v.element_size() == 4 else v.view(torch.int64)
+            h = torch.zeros((), dtype=torch.int64, device=v.device)
+            for a in range(0, v.numel(), _HASH_CHUNK):  # chunks: bounded temporaries on big models
+                c = bits[a : a + _HASH_CHUNK].to(torch.int64)
+                w = torch.arange(a, a + c.numel(), device=v.device, dtype=torch.int64) % 65521 + 1
+                h += (c * w).sum()  # int64 sums wrap, in any order alike: a checksum of the bits
+            hs.append(h)
         return (
             torch.stack(hs).to(self.comm_device) if hs else torch.zeros(1, dtype=torch.int64, device=self.comm_device)
         )
