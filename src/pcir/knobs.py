@@ -8,6 +8,10 @@
 | PCIR_DEVICE           | default device for compile/train ("cuda" when available)       |
 | TRITON_INTERPRET      | 1: run Triton kernels with the CPU interpreter (tests on CPU)  |
 | PCIR_DATA_DIR         | extra folder searched for datasets by name (NAME/NAME.*.data)   |
+| WORLD_SIZE, RANK      | set by torchrun: this process is rank RANK of WORLD_SIZE       |
+| LOCAL_RANK            | set by torchrun: rank on this host (picks the GPU)             |
+| PCIR_DIST_TIMEOUT     | seconds before a collective gives up on a dead rank (300)      |
+| PCIR_DIST_BACKEND     | nccl or gloo (default: nccl for CUDA, gloo for the CPU)        |
 """
 
 from __future__ import annotations
@@ -25,10 +29,29 @@ class Knobs:
     device: str | None
     triton_interpret: bool
     data_dir: Path | None = None
+    # torch.distributed (pcir.distributed): None when no launcher set them
+    world_size: int | None = None
+    rank: int | None = None
+    local_rank: int | None = None
+    dist_timeout_s: float | None = None
+    dist_backend: str | None = None
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _number(name: str, kind: type):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        from .ir.diagnostics import PcirError
+
+        what = "an integer" if kind is int else "a number"
+        raise PcirError(f"environment variable {name}={raw!r} is not {what}") from None
 
 
 def get() -> Knobs:
@@ -43,4 +66,9 @@ def get() -> Knobs:
         device=os.environ.get("PCIR_DEVICE") or None,
         triton_interpret=_flag("TRITON_INTERPRET"),
         data_dir=Path(data_dir) if data_dir else None,
+        world_size=_number("WORLD_SIZE", int),
+        rank=_number("RANK", int),
+        local_rank=_number("LOCAL_RANK", int),
+        dist_timeout_s=_number("PCIR_DIST_TIMEOUT", float),
+        dist_backend=os.environ.get("PCIR_DIST_BACKEND") or None,
     )

@@ -200,11 +200,12 @@ def _splits_on_device(circuit: Circuit, dataset: Dataset, device, allow_missing:
 
 
 @torch.no_grad()
-def evaluate(model, split: DeviceSplit, batch_size: int = 4096) -> np.ndarray:
-    """Per-sample log-likelihoods of a split (float64 numpy)."""
+def evaluate(model, split: DeviceSplit, batch_size: int = 4096, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Per-sample log-likelihoods of a split's rows ``[start, stop)`` (default all; float64 numpy)."""
     outs = []
-    for s in range(0, split.n, batch_size):
-        xb, mb = split.batch(slice(s, s + batch_size))
+    stop = split.n if stop is None else stop
+    for s in range(start, stop, batch_size):
+        xb, mb = split.batch(slice(s, min(s + batch_size, stop)))
         ll = model(xb, mb) if mb is not None else model(xb)
         outs.append(ll.detach().double().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros(0)
@@ -246,7 +247,13 @@ class Trainer:
         log: Callable[[str], None] = log_line,
         on_batch: Callable[[int, int], None] | None = None,
         meta: dict[str, Any] | None = None,
+        comm=None,
     ):
+        from .distributed import LocalComm
+
+        # every collective goes through the communicator: the identity in one process, the
+        # torch.distributed group under torchrun (see pcir.distributed)
+        self.comm = comm if comm is not None else LocalComm()
         self.model = model
         self.circuit = circuit
         self.dataset = dataset
@@ -286,7 +293,30 @@ class Trainer:
         }
 
     def resume(self) -> None:
-        """Continue from ``OUT/last``: parameters, history, best score and patience counter."""
+        """Continue from ``OUT/last``: parameters, history, best score and patience counter.
+
+        Distributed: rank 0 reads the checkpoint and sends the state and parameters to the others
+        (no shared file system needed), whatever the number of ranks that wrote it."""
+        if self.comm.world_size == 1:
+            return self._resume_from_files()
+        st = self.comm.on_main(lambda: (self._resume_from_files(), self._resume_state())[1], share=True)
+        if not self.comm.is_main:
+            self.history = [EpochRecord(**h) for h in st["history"]]
+            self.best_valid, self.best_epoch = st["best_valid"], st["best_epoch"]
+            self.bad_epochs, self.elapsed, self.start_epoch = st["bad_epochs"], st["elapsed"], st["start_epoch"]
+        self.comm.broadcast_params(self.model)
+
+    def _resume_state(self) -> dict[str, Any]:
+        return {
+            "history": [asdict(h) for h in self.history],
+            "best_valid": self.best_valid,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "elapsed": self.elapsed,
+            "start_epoch": self.start_epoch,
+        }
+
+    def _resume_from_files(self) -> None:
         if self.out is None:
             raise CheckpointError("--resume needs --out DIR (the run to continue)")
         last = self.out / "last"
@@ -341,26 +371,33 @@ class Trainer:
         # the running sum stays on the device: reading it forces a sync, done only for the bar
         total = torch.zeros((), dtype=torch.float64, device=train.x.device)
         count, shown = 0, 0.0
+        comm = self.comm
         self.model.zero_flows()
         for b, s in enumerate(range(0, train.n, cfg.batch_size)):
             idx = perm[s : s + cfg.batch_size] if perm is not None else slice(s, s + cfg.batch_size)
-            xb, mb = train.batch(idx)
-            ll = self.model.forward_backward(xb, mb) if mb is not None else self.model.forward_backward(xb)
+            # distributed: this rank's part of the global batch (the union is the 1-process batch)
+            xb, mb = train.batch(comm.shard(idx, train.n))
+            if xb.shape[0]:
+                ll = self.model.forward_backward(xb, mb) if mb is not None else self.model.forward_backward(xb)
+                total += ll.detach().double().sum()
+                count += int(xb.shape[0])
             if mode == "mini":
-                self.model.em_step(step_size=step, pseudocount=cfg.pseudocount)
-            total += ll.detach().double().sum()
-            count += int(xb.shape[0])
+                comm.em_step(self.model, step_size=step, pseudocount=cfg.pseudocount)
             if bar is not None:
-                bar.update(int(xb.shape[0]))
+                bar.update(min(cfg.batch_size, train.n - s))
                 now = time.perf_counter()
                 if now - shown > 0.5:
-                    bar.set_postfix_str(f"ll={float(total) / count:.4f}", refresh=False)
+                    bar.set_postfix_str(f"ll={float(total) / max(count, 1):.4f}", refresh=False)
                     shown = now
             if self.on_batch is not None:
                 self.on_batch(epoch, b)
         if mode == "full":
-            self.model.em_step(step_size=step, pseudocount=cfg.pseudocount)
+            comm.em_step(self.model, step_size=step, pseudocount=cfg.pseudocount)
         train_total = float(total)  # synchronises with the device: the epoch's work is done
+        if comm.world_size > 1:
+            train_total, count = comm.sum_floats([train_total, count])
+            if comm.sync_params(self.model):  # a non-deterministic kernel made ranks drift: rank 0 wins
+                self._note(f"epoch {epoch}: parameters differed between ranks; rank 0's were broadcast")
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
@@ -369,11 +406,21 @@ class Trainer:
         t1 = time.perf_counter()
         valid = None
         if "valid" in self.data:
-            valid = float(evaluate(self.model, self.data["valid"], cfg.eval_batch_size or cfg.batch_size).mean())
+            valid = self._mean_ll(self.data["valid"])
         eval_time = time.perf_counter() - t1
         return EpochRecord(
             epoch, train_total / max(count, 1), valid, step, train_time, eval_time, count / max(train_time, 1e-9)
         )
+
+    def _mean_ll(self, split: DeviceSplit) -> float:
+        """Mean log-likelihood of a split; distributed, each rank evaluates a contiguous part."""
+        bs = self.config.eval_batch_size or self.config.batch_size
+        if self.comm.world_size == 1:
+            return float(evaluate(self.model, split, bs).mean())
+        lo, hi = self.comm.part(split.n)
+        ll = evaluate(self.model, split, bs, lo, hi)
+        total, count = self.comm.sum_floats([float(ll.sum()), ll.size])
+        return total / count if count else math.nan
 
     def fit(self) -> TrainResult:
         """Run the remaining epochs, then evaluate the best parameters on every split."""
@@ -410,12 +457,15 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             if self.out is not None:
-                current = self.model.to_circuit()
-                if self._structure is None:
-                    self._structure = ckpt.Structure.of(current)
-                ckpt.save_run_checkpoint(
-                    self.out, current, self._state(epoch), best=improved, structure=self._structure
-                )
+                def _save(epoch=epoch, improved=improved):
+                    current = self.model.to_circuit()
+                    if self._structure is None:
+                        self._structure = ckpt.Structure.of(current)
+                    ckpt.save_run_checkpoint(
+                        self.out, current, self._state(epoch), best=improved, structure=self._structure
+                    )
+
+                self.comm.on_main(_save)  # rank 0 writes (atomically); the others wait for its outcome
             elif improved:
                 self._best_params = _params_of(self.model)
             self.log(_epoch_line(rec, cfg.total_epochs, improved and rec.valid_ll is not None))
@@ -425,10 +475,16 @@ class Trainer:
                     f"early stop: no validation improvement for {cfg.patience} epochs (best: epoch {self.best_epoch})"
                 )
         if self.out is not None and self.best_epoch is not None:
-            self._best_params = ckpt.load_checkpoint(self.out, "best", self.model.to_circuit()).params
+            self.comm.on_main(
+                lambda: setattr(
+                    self, "_best_params", ckpt.load_checkpoint(self.out, "best", self.model.to_circuit()).params
+                )
+            )
         if self._best_params is not None:
             load_params(self.model, self._best_params)
-        if self.out is not None:
+        if self.out is not None and self.best_epoch is not None:
+            self.comm.broadcast_params(self.model)  # the best parameters, read by rank 0
+        if self.out is not None and self.comm.is_main:
             model = self.meta.get("model", {}).get("path") if isinstance(self.meta.get("model"), dict) else None
             title = f"{Path(model).name if model else 'model'} on {self.dataset.name}"
             note = plot_curves(self.history, self.out / "curves.png", title)
@@ -436,15 +492,15 @@ class Trainer:
                 self._note(note)
         report = self._report(stopped)
         if self.out is not None:
-            ckpt.write_file_atomic(self.out / "report.json", json.dumps(report, indent=1) + "\n")
+            self.comm.on_main(
+                lambda: ckpt.write_file_atomic(self.out / "report.json", json.dumps(report, indent=1) + "\n")
+            )
         return TrainResult(report, self.history, self.best_epoch, self.model, self.out, stopped, self.notes)
 
     def _report(self, stopped: bool) -> dict[str, Any]:
         final = {}
         for name, split in self.data.items():
-            final[name] = float(
-                evaluate(self.model, split, self.config.eval_batch_size or self.config.batch_size).mean()
-            )
+            final[name] = self._mean_ll(split)
         nv = self.circuit.num_vars
         image = self.dataset.image_shape is not None
         times = [h.train_time_s for h in self.history]
@@ -458,6 +514,7 @@ class Trainer:
             },
             "device": self.device,
             "device_name": device_name(self.device),
+            "ranks": self.comm.world_size,
             "settings": asdict(self.config),
             "epochs_run": len(self.history),
             "best_epoch": self.best_epoch,
@@ -541,8 +598,12 @@ def train(
     compile_fn: Callable[..., Any] | None = None,
     meta: dict[str, Any] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    comm=None,
 ) -> TrainResult:
-    """Compile ``circuit``, train it on ``dataset`` with EM and return the result (see module doc)."""
+    """Compile ``circuit``, train it on ``dataset`` with EM and return the result (see module doc).
+
+    ``comm``: a :class:`pcir.distributed.Comm` for data-parallel training (each rank trains on its
+    part of every batch; rank 0 logs and writes checkpoints); None trains in this process."""
     config = config or TrainConfig()
     device = check_device(device or default_device())
     if dataset.num_vars != circuit.num_vars:
@@ -551,6 +612,8 @@ def train(
             hint="one column per variable, in the circuit's variable order",
         )
     model = (compile_fn or compile_model)(circuit, device=device)
+    if comm is not None:
+        comm.broadcast_params(model)  # every rank starts from rank 0's parameters
     trainer = Trainer(
         model,
         circuit,
@@ -562,12 +625,18 @@ def train(
         log=log,
         on_batch=on_batch,
         meta=meta,
+        comm=comm,
     )
     if resume:
         trainer.resume()
-    elif out is not None and (Path(out) / "last").is_symlink():
+    elif out is not None:
+        trainer.comm.on_main(lambda: _check_fresh_out(Path(out)))
+    return trainer.fit()
+
+
+def _check_fresh_out(out: Path) -> None:
+    if (out / "last").is_symlink():
         raise CheckpointError(
-            f"{Path(out) / 'last'}: the output folder already holds a run",
+            f"{out / 'last'}: the output folder already holds a run",
             hint="continue it with --resume, or choose another --out",
         )
-    return trainer.fit()

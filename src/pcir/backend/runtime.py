@@ -493,6 +493,12 @@ class CompiledCircuit(nn.Module):
         self.cat_flows.zero_()
         self.gauss_stats.zero_()
 
+    def flow_tensors(self) -> list[torch.Tensor]:
+        """The flow buffers that ``forward_backward`` accumulates into and ``em_step`` reads: the
+        tensors themselves (contiguous float32), to be modified only in place. Data-parallel EM
+        sums them over ranks between the two (:mod:`pcir.distributed`)."""
+        return [self.sum_flows, self.cat_flows, self.gauss_stats]
+
     @torch.no_grad()
     def forward_backward(self, x, missing=None) -> torch.Tensor:
         """Forward, then PC flows (root flow 1 per sample) accumulated into the flow buffers."""

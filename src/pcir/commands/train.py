@@ -69,6 +69,21 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    add_distributed_arguments(p)
+
+
+def add_distributed_arguments(p) -> None:
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training, one process per GPU started by torchrun (automatic when torchrun set WORLD_SIZE)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up on a dead or stuck rank after this long (default: $PCIR_DIST_TIMEOUT, else 300)",
+    )
 
 
 def default_out(model: str, data: str) -> Path:
@@ -88,11 +103,30 @@ def _clear_run(out: Path) -> None:
 
 
 def run(args) -> int:
+    from ..distributed import launched
+    from ..train import default_device
+
+    comm = None
+    if getattr(args, "distributed", False) or launched():
+        from ..distributed import init
+
+        # before anything slow, so that a rank that cannot join fails fast
+        comm = init(device=args.device or default_device(), timeout_s=args.dist_timeout)
+    rc = _run(args, comm)
+    if comm is not None:
+        comm.close()  # not after an error: tearing down a broken group can itself hang
+    return rc
+
+
+def _run(args, comm) -> int:
     from ..api import load
     from ..data import load_dataset
     from ..ir.verify import verify
-    from ..train import TrainConfig, check_device, default_device, device_name, train
+    from ..train import TrainConfig, check_device, default_device, device_name, log_line, train
 
+    main = comm is None or comm.is_main
+    quiet = lambda *a, **k: None  # noqa: E731
+    say = print if main else quiet  # rank 0 reports for everyone
     circuit = verify(load(args.model))
     dataset = load_dataset(args.data)
     config = TrainConfig(
@@ -108,27 +142,28 @@ def run(args) -> int:
         eval_batch_size=args.eval_batch_size,
         allow_missing=args.allow_missing,
     )
-    device = check_device(args.device or default_device())
+    device = str(comm.device) if comm is not None else check_device(args.device or default_device())
     out = Path(args.out) if args.out else default_out(args.model, args.data)
-    if args.overwrite and not args.resume:
+    if args.overwrite and not args.resume and main:
         _clear_run(out)
     s = circuit.stats()
-    print(
+    say(
         f"model   {args.model}: {circuit.num_vars} variables, {s['nodes']} nodes, {s['edges']} edges, {s['params']} parameters"
     )
-    print(f"data    {dataset.describe()}")
+    say(f"data    {dataset.describe()}")
     for note in dataset.notes:
-        print(f"        {note}")
-    print(f"device  {device} ({device_name(device)})")
+        say(f"        {note}")
+    ranks = f", {comm.world_size} ranks ({comm.backend}): global batch split between them" if comm else ""
+    say(f"device  {device} ({device_name(device)}){ranks}")
     step = config.step_for_epoch(1)
     final = config.step_for_epoch(config.epochs)
     steps = f"{step:g}" if final == step else f"{step:g} -> {final:g}"
     full = f" + {config.full_epochs} full-batch" if config.full_epochs else ""
-    print(
+    say(
         f"em      {config.em}-batch, step size {steps}, pseudocount {config.pseudocount:g}, batch {config.batch_size}, "
         f"{config.epochs} epochs{full}, patience {config.patience}"
     )
-    print(f"out     {out}", flush=True)
+    say(f"out     {out}", flush=True)
 
     def compile_fn(c, device):
         from ..train import compile_model
@@ -143,12 +178,14 @@ def run(args) -> int:
         out=out,
         device=device,
         resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress and main,
         compile_fn=compile_fn,
         meta=meta,
+        log=log_line if main else quiet,
+        comm=comm,
     )
-    print(format_summary(result.report))
-    print(f"report  {out / 'report.json'}; checkpoints {out / 'best'} (epoch {result.best_epoch}), {out / 'last'}")
+    say(format_summary(result.report))
+    say(f"report  {out / 'report.json'}; checkpoints {out / 'best'} (epoch {result.best_epoch}), {out / 'last'}")
     return 0
 
 
