@@ -243,8 +243,11 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
     root = root or circuit.roots[0]
     if root not in circuit:
         raise BackendError(f"unknown root '{root}'")
+    # every root's groups are compiled (their parameters belong to the module); the root whose
+    # values the module returns and whose flows train it is ``root`` (the first by default)
+    all_roots = {root, *(r for r in circuit.roots if r in circuit)}
     live: set[str] = set()
-    stack = [root]
+    stack = list(all_roots)
     while stack:
         n = stack.pop()
         if n not in live:
@@ -262,7 +265,7 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         if not isinstance(g, ProductGroup):
             continue
         flat_arity[n] = sum(flat_arity[c] if fuse.get(c) == "fused" else 1 for c in g.children)
-        stored = n == root or g.attr("fuse") == "scratch" or flat_arity[n] > MAX_FUSED_ARITY
+        stored = n in all_roots or g.attr("fuse") == "scratch" or flat_arity[n] > MAX_FUSED_ARITY
         fuse[n] = "stored" if stored else "fused"
 
     # ---- rows: inputs by family, then stored groups in topological order ------------------
