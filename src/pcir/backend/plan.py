@@ -187,6 +187,8 @@ class KernelPlan:
         )
         out.append("stats " + " ".join(f"{k}={v}" for k, v in self.stats().items()))
         for b in self.inputs:
+            if not b.count:
+                continue
             out.append(f"input {b.family} rows=[{b.row},{b.row + b.count}) groups={len(b.groups)}")
             for name, row, units in b.groups:
                 out.append(f"  {name} row={row} units={units}")
@@ -455,8 +457,14 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
             else:
                 w_off = slot.offset
             bs = g.attr("bs")
-            block_m = _tile(g.units, int(bs) if isinstance(bs, int) else None, 16, 64)
-            block_k = _tile(k, None, 16, 64)
+            # a block-sparse sum tiles along its own blocks, so empty blocks skip whole tiles
+            hint_m = int(bs) if isinstance(bs, int) and not isinstance(bs, bool) else None
+            hint_k = None
+            if g.pattern == "block" and g.block is not None:
+                hint_m = hint_m or g.block[0]
+                hint_k = g.block[1]
+            block_m = _tile(g.units, hint_m, 16, 64)
+            block_k = _tile(k, hint_k, 16, 64)
             fused = tuple(sorted(_fused_under(circuit, n, fuse)))
             emasks[n] = g.edge_mask(k)
             plans.append(
