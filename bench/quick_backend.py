@@ -125,8 +125,19 @@ def bench_ours(name, circuit, data, B, precision, rows, extra=True):
     with torch.no_grad():
         ll = model(x).mean().item()
     s = circuit.stats()
-    out = dict(sys=f"pcir-{precision}", model=name, B=B, nodes=s["nodes"], edges=s["edges"], params=s["params"],
-               layers=len(model.plan.layers), compile_s=round(compile_s, 2), **res, peak_mib=round(peak, 1), ll=ll)
+    out = dict(
+        sys=f"pcir-{precision}",
+        model=name,
+        B=B,
+        nodes=s["nodes"],
+        edges=s["edges"],
+        params=s["params"],
+        layers=len(model.plan.layers),
+        compile_s=round(compile_s, 2),
+        **res,
+        peak_mib=round(peak, 1),
+        ll=ll,
+    )
     print(json.dumps(out), flush=True)
     rows.append(out)
     return model

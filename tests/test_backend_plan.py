@@ -141,8 +141,17 @@ def test_compile_command_builds_on_device(device, tmp_path):
     env = _env()
     env["PCIR_CACHE_DIR"] = str(tmp_path / "cache")
     out = subprocess.run(
-        [sys.executable, "-m", "pcir", "compile", str(ROOT / "examples" / "hmm.pc"), "--device", device,
-         "--dump-dir", str(tmp_path / "dump")],
+        [
+            sys.executable,
+            "-m",
+            "pcir",
+            "compile",
+            str(ROOT / "examples" / "hmm.pc"),
+            "--device",
+            device,
+            "--dump-dir",
+            str(tmp_path / "dump"),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -157,6 +166,8 @@ def test_compile_command_builds_on_device(device, tmp_path):
 def test_compile_command_reports_errors(tmp_path):
     bad = tmp_path / "bad.pc"
     bad.write_text("var x: binary\nroot Q\n")
-    out = subprocess.run([sys.executable, "-m", "pcir", "compile", str(bad)], capture_output=True, text=True, env=_env())
+    out = subprocess.run(
+        [sys.executable, "-m", "pcir", "compile", str(bad)], capture_output=True, text=True, env=_env()
+    )
     assert out.returncode == 1
     assert "error" in out.stderr and "Traceback" not in out.stderr
