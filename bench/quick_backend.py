@@ -234,7 +234,7 @@ def main():
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--pyjuice", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="other precisions and batch 1/8 on the widest HCLT")
-    ap.add_argument("--precision", default="tf32")
+    ap.add_argument("--precision", default="tf32x3")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", action="store_true", help="kernel time table of 3 eager train steps")
     args = ap.parse_args()
@@ -251,7 +251,7 @@ def main():
             check_against_torch(c, data, 64, rows)
         bench_ours(f"hclt-{L}", c, data, args.batch, args.precision, rows)
         if args.sweep and L == max(int(v) for v in args.latents.split(",")):
-            for prec in ("tf32x3", "bf16", "fp32"):
+            for prec in ("tf32", "bf16", "fp32"):
                 bench_ours(f"hclt-{L}", c, data, args.batch, prec, rows, extra=False)
             for b1 in (1, 8):
                 bench_ours(f"hclt-{L}-B{b1}", c, data, b1, args.precision, rows, extra=False)

@@ -100,6 +100,7 @@ class Layer:
     block_m: int = 0
     block_k: int = 0
     arity: int = 1
+    exclusive: bool = False  # every row this layer's gathers read is read by no other gather
 
 
 @dataclass
@@ -194,7 +195,8 @@ class KernelPlan:
                 out.append(f"  {name} row={row} units={units}")
         for layer in self.layers:
             sizes = f" tile=({layer.block_m},{layer.block_k})" if layer.kind == "sum" else ""
-            out.append(f"layer {layer.index} {layer.kind} groups={len(layer.groups)} arity={layer.arity}{sizes}")
+            excl = " exclusive" if layer.exclusive else ""
+            out.append(f"layer {layer.index} {layer.kind} groups={len(layer.groups)} arity={layer.arity}{sizes}{excl}")
             for g in layer.groups:
                 if isinstance(g, SumGroupPlan):
                     fused = f" fused=[{', '.join(g.products)}]" if g.products else ""
@@ -499,6 +501,20 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         else:
             lay.arity = max(g.arity for g in plans)
         final_layers.append(lay)
+
+    # rows read by exactly one gather entry in the whole plan get their flow from one place: the
+    # backward may store it instead of adding atomically
+    refs = np.zeros(next_row, dtype=np.int64)
+    for lay in final_layers:
+        for g in lay.groups:
+            idx = g.cols if isinstance(g, SumGroupPlan) else g.idx
+            np.add.at(refs, idx.reshape(-1), 1)
+    refs[0] = 0
+    for lay in final_layers:
+        if lay.kind == "sum":
+            used = np.concatenate([g.cols.reshape(-1) for g in lay.groups])
+            used = used[used != 0]
+            lay.exclusive = bool(np.all(refs[used] == 1))
 
     rg = circuit.group(root)
     return KernelPlan(
