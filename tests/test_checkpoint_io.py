@@ -59,7 +59,6 @@ def test_round_trip_keeps_every_parameter_exactly(tmp_path):
 
 
 def test_checkpoint_parses_back_to_the_circuit(tmp_path):
-    pytest.importorskip("pcir.ir.parser")
     c = small_circuit().materialized()
     ck.save_checkpoint(tmp_path / "one", c, state(1))
     assert ck.load_checkpoint(tmp_path / "one").circuit() == c

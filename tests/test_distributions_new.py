@@ -245,3 +245,44 @@ def test_bad_values_are_reported():
     b.root(b.sum([b.input(v, 1, Dist.make("discrete_logistic", n=4), params=[[1.0, np.nan]])], 1))
     with pytest.raises(VerifyError, match="discrete_logistic parameters must be finite"):
         verify(b.build())
+
+
+def test_new_families_round_trip_through_pcir_text():
+    from pcir.ir import parse_ir
+
+    b = CircuitBuilder(seed=3)
+    x0, x1, x2 = b.variables(3, Domain.categorical(4))
+    a = b.input(x0, 2, Dist.make("binomial", n=3), params=[0.25, 0.75])
+    c = b.input(x1, 2, Dist.make("discrete_logistic", n=4, min_std=0.5))
+    lit = b.input(x2, 2, Dist.make("literal", value=1))
+    lazy_lit = b.input(x2, 2, Dist.make("literal", value=3), params=np.zeros((2, 0)))
+    b.root(b.sum([b.product([a, c, lit]), b.product([a, c, lazy_lit])], 1))
+    circ = verify(b.build())
+    back = parse_ir(print_ir(circ))
+    assert back == circ
+    concrete = circ.materialized()
+    assert parse_ir(print_ir(concrete)) == concrete
+
+
+@pytest.mark.parametrize(
+    "dist",
+    [
+        Dist.make("categorical", k=4),
+        Dist.make("bernoulli"),
+        Dist.make("binomial", n=3),
+        Dist.make("discrete_logistic", n=4),
+    ],
+)
+def test_em_update_depends_on_flow_weighted_statistics_only(dist):
+    # a kernel may accumulate per-value flows and call em_update once on the distinct values
+    dt = dists.get(dist.kind)
+    rng = np.random.default_rng(0)
+    hi = 2 if dist.kind == "bernoulli" else 4
+    x = rng.integers(0, hi, 40).astype(float)
+    flows = rng.uniform(0.0, 1.0, (40, 3))
+    params = dt.init_params(dist, 3, rng, "random")
+    values = np.unique(x)
+    summed = np.stack([flows[x == v].sum(axis=0) for v in values])
+    np.testing.assert_allclose(
+        dt.em_update(dist, params, x, flows, 0.3), dt.em_update(dist, params, values, summed, 0.3), rtol=1e-10
+    )

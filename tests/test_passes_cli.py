@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from passes.pcgen import hclt, random_circuit
@@ -64,7 +65,6 @@ def test_opt_list_passes(capsys):
 
 
 def test_opt_round_trips_through_pcir_text(tmp_path, capsys):
-    pytest.importorskip("pcir.ir.parser")
     from pcir.ir.parser import parse_ir
 
     src = tmp_path / "c.pcir"
@@ -110,3 +110,21 @@ def test_dot_labels_and_scope_abbreviation():
     text = to_dot(c, "t")
     assert text.count("->") == sum(len(set(g.children)) for g in c)
     assert "scope x0-x11" in text and "input in0" in text and 'label="t"' in text
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.pc"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_opt_on_pc_examples(path, tmp_path, capsys):
+    from pcir.api import load
+    from pcir.ir.parser import parse_ir
+
+    out = tmp_path / "o.pcir"
+    assert main(["opt", str(path), "--stats", "-o", str(out)]) == 0
+    assert "pass 3 group-layers" in capsys.readouterr().err
+    optimised = parse_ir(out.read_text())
+    assert optimised.attr("pipeline") == DEFAULT_PIPELINE
+    expected, _ = run_pipeline(load(path), DEFAULT_PIPELINE)
+    assert optimised == expected
+    assert main(["viz", str(path), "-p", "collapse-nodes", "-o", str(tmp_path / "g.dot")]) == 0

@@ -1,34 +1,23 @@
-"""pcir train / eval / info / sample end to end on CPU (stand-in runtime, tiny data)."""
+"""pcir train / eval / info / sample end to end on CPU: the compiled runtime, tiny data."""
 
 from __future__ import annotations
 
 import json
 
-import _fake_runtime as fake
 import numpy as np
 import pytest
 from _train_helpers import make_dataset, mixture_circuit
 
-import pcir.api
-import pcir.train
 from pcir.cli import main
 from pcir.ir import print_ir
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A model file, a dataset file, the stand-in runtime in place of pcir.compile."""
+def env(tmp_path):
+    """A model file and a dataset file."""
     circuit = mixture_circuit()
     model = tmp_path / "mix.pcir"
     model.write_text(print_ir(circuit))
-    import importlib.util
-
-    if (
-        importlib.util.find_spec("pcir.ir.parser") is None
-    ):  # until the IR parser lands: read the model file back from memory
-        real = pcir.api.load
-        monkeypatch.setattr(pcir.api, "load", lambda p, fmt=None: circuit if str(p) == str(model) else real(p, fmt))
-    monkeypatch.setattr(pcir.train, "compile_model", lambda c, device, **kw: fake.compile(c, device=device))
     make_dataset(tmp_path)
     return {
         "model": str(model),
@@ -82,6 +71,17 @@ def test_train_then_eval_info_and_resume(env, capsys):
     rc, stdout, err = cli(capsys, "info", m, "--checkpoint", out)
     assert rc == 0, err
     assert "variables   4 (4 binary)" in stdout and "epoch       3" in stdout
+
+    # the trained circuit as one .pcir file: the reference log-likelihood of the test split
+    trained = env["tmp"] / "trained.pcir"
+    rc, stdout, err = cli(capsys, "info", m, "--checkpoint", out, "--save-pcir", trained)
+    assert rc == 0, err
+    from pcir.api import load
+    from pcir.data import load_dataset
+    from pcir.ir import log_likelihood
+
+    test_ll = log_likelihood(load(trained), load_dataset(d)["test"]).mean()
+    assert test_ll == pytest.approx(report["test_ll"], abs=1e-5)
 
     # a second run into the same folder must say how to continue; --resume continues
     rc, stdout, err = cli(

@@ -18,3 +18,34 @@ def compile(*args, **kwargs):  # noqa: A001
     from .backend import compile as _compile
 
     return _compile(*args, **kwargs)
+
+
+def parse_pc(text: str, filename: str = "<string>", base_dir=None):
+    """Parse `.pc` source text into a Circuit (see docs/language.md)."""
+    from .frontend import parse_pc as _parse_pc
+
+    return _parse_pc(text, filename=filename, base_dir=base_dir)
+
+
+def load_pc(path):
+    """Load a `.pc` file into a Circuit."""
+    from .frontend import load_pc as _load_pc
+
+    return _load_pc(path)
+
+
+def emit_pc(circuit) -> str:
+    """A readable `.pc` text for a circuit (inverse of parse_pc up to names)."""
+    from .frontend import emit_pc as _emit_pc
+
+    return _emit_pc(circuit)
+
+
+def load(path, fmt=None):
+    """Load a circuit from `.pc`, `.pcir` or an imported format (jpc, psdd, spn, spflow)."""
+    from .api import load as _load
+
+    return _load(path, fmt)
+
+
+__all__ += ["parse_pc", "load_pc", "emit_pc", "load"]

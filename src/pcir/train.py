@@ -40,6 +40,11 @@ from .ir.diagnostics import BackendError, CheckpointError, DataError, PcirError
 EM_MODES = ("mini", "full")
 
 
+def log_line(msg: str) -> None:
+    """Print a line now (flushed: a run logged to a file shows each epoch as it ends)."""
+    print(msg, flush=True)
+
+
 # ---- runtime plumbing ---------------------------------------------------------------------------
 def default_device() -> str:
     """``$PCIR_DEVICE``, else ``cuda`` when a GPU is visible, else ``cpu``."""
@@ -61,6 +66,13 @@ def device_name(device: str) -> str:
     """A human name for the device: the GPU's name, or the CPU's."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
+    try:  # Linux: the CPU's model name; platform.processor() there is only "x86_64"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 
@@ -92,13 +104,13 @@ class TrainConfig:
     pseudocount: float = 0.1
     patience: int = 5  # epochs without validation improvement before stopping; 0: never stop early
     seed: int = 0
-    eval_batch_size: int = 4096
+    eval_batch_size: int | None = None  # default: batch_size (known to fit in memory)
     allow_missing: bool = False
 
     def __post_init__(self) -> None:
         if self.em not in EM_MODES:
             raise PcirError(f"unknown EM mode '{self.em}' (use one of: {', '.join(EM_MODES)})")
-        if self.epochs < 0 or self.full_epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
+        if self.epochs < 0 or self.full_epochs < 0 or self.batch_size < 1 or (self.eval_batch_size or 1) < 1:
             raise PcirError("epochs must be >= 0 and batch sizes >= 1")
         if self.full_epochs and self.em != "mini":
             raise PcirError("full_epochs (--full-epochs) follows mini-batch EM; with --em full use --epochs")
@@ -219,7 +231,7 @@ class Trainer:
         out: str | Path | None = None,
         device: str = "cpu",
         progress: bool = True,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = log_line,
         on_batch: Callable[[int, int], None] | None = None,
         meta: dict[str, Any] | None = None,
     ):
@@ -338,7 +350,7 @@ class Trainer:
         t1 = time.perf_counter()
         valid = None
         if "valid" in self.data:
-            valid = float(evaluate(self.model, self.data["valid"], cfg.eval_batch_size).mean())
+            valid = float(evaluate(self.model, self.data["valid"], cfg.eval_batch_size or cfg.batch_size).mean())
         eval_time = time.perf_counter() - t1
         return EpochRecord(
             epoch, total / max(count, 1), valid, step, train_time, eval_time, count / max(train_time, 1e-9)
@@ -362,10 +374,12 @@ class Trainer:
             try:
                 rec = self._run_epoch(epoch)
             except KeyboardInterrupt:
-                if self.out is not None:
+                if self.out is not None and epoch > 1:
                     self.log(
                         f"interrupted in epoch {epoch}; {self.out / 'last'} holds epoch {epoch - 1}; continue with --resume"
                     )
+                elif self.out is not None:
+                    self.log("interrupted in epoch 1, before the first checkpoint; start again (without --resume)")
                 raise
             self.history.append(rec)
             self.elapsed += rec.train_time_s + rec.eval_time_s
@@ -404,7 +418,9 @@ class Trainer:
     def _report(self, stopped: bool) -> dict[str, Any]:
         final = {}
         for name, split in self.data.items():
-            final[name] = float(evaluate(self.model, split, self.config.eval_batch_size).mean())
+            final[name] = float(
+                evaluate(self.model, split, self.config.eval_batch_size or self.config.batch_size).mean()
+            )
         nv = self.circuit.num_vars
         image = self.dataset.image_shape is not None
         times = [h.train_time_s for h in self.history]
@@ -497,7 +513,7 @@ def train(
     device: str | None = None,
     resume: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log_line,
     compile_fn: Callable[..., Any] | None = None,
     meta: dict[str, Any] | None = None,
     on_batch: Callable[[int, int], None] | None = None,

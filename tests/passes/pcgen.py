@@ -247,3 +247,11 @@ def hmm(length: int, hidden: int, k: int = 4, seed: int = 0) -> Circuit:
         prev = b.product([e, tr])
     b.root(b.sum([prev], 1))
     return b.build()
+
+
+def random_data(circuit: Circuit, n: int, rng: np.random.Generator):
+    """``(x, missing)`` of ``n`` random rows for a circuit of discrete or real variables."""
+    x = np.empty((n, circuit.num_vars))
+    for v, var in enumerate(circuit.variables):
+        x[:, v] = rng.integers(0, var.domain.k, size=n) if var.domain.is_discrete else rng.normal(0, 1.5, size=n)
+    return x, np.zeros(x.shape, dtype=bool)

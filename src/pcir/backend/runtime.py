@@ -462,6 +462,31 @@ class CompiledCircuit(nn.Module):
         with torch.no_grad():
             return self.forward(x, missing)
 
+    # ---- queries (pcir.backend.queries; see docs/queries.md) --------------------------------
+    def marginal(self, x, missing=None) -> torch.Tensor:
+        """Per-sample log-probability ``[N]`` of the observed entries (default missing: NaN)."""
+        from .queries import marginal
+
+        return marginal(self, x, missing)
+
+    def conditional(self, x, missing=None, targets=None, *, method: str = "auto") -> dict[int, torch.Tensor]:
+        """``{v: [N, k_v]}``: ``P(x_v = a | evidence)`` for each target variable ``v``."""
+        from .queries import conditional
+
+        return conditional(self, x, missing, targets, method=method)
+
+    def sample(self, n: int | None = None, evidence=None, missing=None, seed: int = 0) -> torch.Tensor:
+        """Samples ``[n, V]``, unconditional or completing the unknown entries of ``evidence``."""
+        from .queries import sample
+
+        return sample(self, n, evidence, missing, seed)
+
+    def map(self, x=None, missing=None, *, return_log_prob: bool = False):
+        """The most probable completion ``[N, V]`` of the unknown entries (max-product)."""
+        from .queries import map_assignment
+
+        return map_assignment(self, x, missing, return_log_prob=return_log_prob)
+
     # ---- EM --------------------------------------------------------------------------------
     def zero_flows(self) -> None:
         self.sum_flows.zero_()

@@ -24,7 +24,7 @@ def add_arguments(p):
     p.add_argument(
         "--split", choices=["all", "train", "valid", "test"], default="all", help="which split(s) (default all)"
     )
-    p.add_argument("--batch-size", type=int, default=4096, help="samples per batch (default 4096)")
+    p.add_argument("--batch-size", type=int, default=512, help="samples per batch (default 512)")
     add_device_arguments(p)
     p.add_argument(
         "--reference",

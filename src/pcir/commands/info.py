@@ -16,6 +16,11 @@ def add_arguments(p):
     p.add_argument("--plan", action="store_true", help="compile and print the backend's kernel plan (layers)")
     p.add_argument("--device", help="device to compile for with --plan (default: cpu)")
     p.add_argument("--pipeline", help="pass pipeline to run before compiling (with --plan)")
+    p.add_argument(
+        "--save-pcir",
+        metavar="FILE",
+        help="with --checkpoint: write the circuit with the checkpoint's parameters as a self-contained .pcir",
+    )
 
 
 def describe(circuit) -> list[str]:
@@ -116,7 +121,7 @@ def run(args) -> int:
         print(f"  data        {data.get('name')} (fingerprint {str(data.get('fingerprint'))[:12]})")
         if settings:
             print(
-                f"  settings    em {settings.get('em')}, batch {settings.get('batch_size')}, step {settings.get('step_size')}, pseudocount {settings.get('pseudocount')}, seed {settings.get('seed')}"
+                f"  settings    em {settings.get('em')}, batch {settings.get('batch_size')}, step {settings.get('step_size') or 'default'}, pseudocount {settings.get('pseudocount')}, seed {settings.get('seed')}"
             )
         hist = st.get("history", [])
         if hist:
@@ -124,6 +129,16 @@ def run(args) -> int:
             print(
                 f"  last epoch  train {_fmt(h.get('train_ll'))}, valid {_fmt(h.get('valid_ll'))}, {h.get('train_time_s', 0):.2f} s"
             )
+        if args.save_pcir:
+            from ..ir.printer import print_ir
+
+            with open(args.save_pcir, "w") as f:
+                f.write(print_ir(ck.apply(circuit)))
+            print(f"wrote {args.save_pcir} (the circuit with the parameters of {ck.path})")
+    elif args.save_pcir:
+        from ..ir.diagnostics import PcirError
+
+        raise PcirError("--save-pcir needs --checkpoint (the parameters to write)")
     return 0
 
 

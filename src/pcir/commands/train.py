@@ -63,7 +63,7 @@ def add_arguments(p):
         help="stop after this many epochs without validation improvement (0: never; default 5)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the batch shuffles (default 0)")
-    p.add_argument("--eval-batch-size", type=int, default=4096, help="samples per batch when evaluating (default 4096)")
+    p.add_argument("--eval-batch-size", type=int, help="samples per batch when evaluating (default: --batch-size)")
     add_device_arguments(p)
     p.add_argument("--out", help="run folder for checkpoints and the report (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -128,7 +128,7 @@ def run(args) -> int:
         f"em      {config.em}-batch, step size {steps}, pseudocount {config.pseudocount:g}, batch {config.batch_size}, "
         f"{config.epochs} epochs{full}, patience {config.patience}"
     )
-    print(f"out     {out}")
+    print(f"out     {out}", flush=True)
 
     def compile_fn(c, device):
         from ..train import compile_model

@@ -30,9 +30,17 @@ def encode_png(img: np.ndarray) -> bytes:
 
 
 def image_grid(
-    images: np.ndarray, image_shape: tuple[int, ...], max_value: float, cols: int | None = None, pad: int = 2
+    images: np.ndarray,
+    image_shape: tuple[int, ...],
+    max_value: float,
+    cols: int | None = None,
+    pad: int = 2,
+    scale: int | None = None,
 ) -> np.ndarray:
-    """Tile flat samples (N, prod(image_shape)) into one uint8 image, scaling 0..max_value to 0..255."""
+    """Tile flat samples (N, prod(image_shape)) into one uint8 image, scaling 0..max_value to 0..255.
+
+    Each image is enlarged ``scale`` times (nearest neighbour; default: to about 100 pixels a side)
+    so that small images stay visible."""
     n = images.shape[0]
     cols = cols or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
@@ -40,7 +48,9 @@ def image_grid(
         np.clip(np.asarray(images, dtype=np.float64) / max(max_value, 1e-12) * 255.0, 0, 255).round().astype(np.uint8)
     )
     imgs = imgs.reshape(n, *image_shape)
-    h, w = image_shape[0], image_shape[1]
+    scale = scale or max(1, 100 // max(image_shape[0], image_shape[1]))
+    imgs = imgs.repeat(scale, axis=1).repeat(scale, axis=2)
+    h, w = image_shape[0] * scale, image_shape[1] * scale
     chans = image_shape[2:] if len(image_shape) > 2 else ()
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, *chans), 255, dtype=np.uint8)
     for i in range(n):

@@ -37,7 +37,9 @@ def parse_pc(text: str, filename: str = "<string>", base_dir: str | Path | None 
     bd = Path(base_dir) if base_dir is not None else None
     if bd is None and not (filename.startswith("<") and filename.endswith(">")):
         bd = Path(filename).parent
-    return lower_module(module, bd, str(Path(filename).resolve()) if bd is not None and Path(filename).is_file() else None)
+    return lower_module(
+        module, bd, str(Path(filename).resolve()) if bd is not None and Path(filename).is_file() else None
+    )
 
 
 def load_pc(path: str | Path) -> Circuit:
@@ -70,4 +72,8 @@ def format_pc(text: str, filename: str = "<string>") -> str:
     """The canonical formatting of `.pc` source (comments kept); raises on a syntax error."""
     from .fmt import format_module
 
-    return format_module(parse_module(text, filename))
+    module = parse_module(text, filename)
+    try:
+        return format_module(module)
+    except RecursionError:
+        raise PcSyntaxError("the program is nested too deeply to format", None) from None

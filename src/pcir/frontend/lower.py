@@ -13,9 +13,10 @@ groups made inside an expression without a name of their own get ``X.s0``, ``X.p
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..ir import distributions as dists
 from ..ir.builder import CircuitBuilder
-from ..ir.circuit import Circuit, InputGroup, Param, SumGroup
+from ..ir.circuit import Circuit, Param
 from ..ir.diagnostics import PcirError, PcSyntaxError, SourceSpan, suggest
 from ..ir.distributions import Dist, Domain
 from . import syntax as S
@@ -41,6 +42,7 @@ from .values import (
 )
 
 MAX_INT = 2**62
+MAX_LIST = 10_000_000
 MAX_TEMPLATE_DEPTH = 48
 DEFAULT_MAX_STEPS = 50_000_000
 DOMAINS = ("binary", "categorical", "real")
@@ -145,6 +147,7 @@ class Lowerer:
         self.file_cache: dict[str, dict[str, np.ndarray]] = {}
         self.template_depth = 0
         self.frame: Frame | None = None
+        self.source_dirs: dict[str, Path] = {}
         self.builtins: dict[str, Callable[..., Any]] = {
             "sum": self._b_sum,
             "prod": self._b_prod,
@@ -171,7 +174,8 @@ class Lowerer:
     def error(self, msg: str, pos: S.Pos | None, hint: str | None = None) -> PcSyntaxError:
         f = self.frame
         if f is not None and f.loops:
-            msg += " (when " + ", ".join(f"{k} = {_show(v)}" for k, v in f.loops) + ")"
+            note = "in the loop iteration where " + ", ".join(f"{k} = {_show(v)}" for k, v in f.loops)
+            hint = f"{hint}; {note}" if hint else note
         if f is not None and f.calls:
             name, cpos = f.calls[-1]
             where = f" called at {cpos.source.name}:{cpos.line}" if cpos is not None else ""
@@ -196,16 +200,21 @@ class Lowerer:
     def finish(self, module: S.Module) -> Circuit:
         self.frame = None
         if not self.group_names:
-            raise PcSyntaxError("the file defines no groups, so there is no circuit", SourceSpan(module.source.name, 1, 1, None, module.source.line(1)))
+            raise PcSyntaxError(
+                "the file defines no groups, so there is no circuit",
+                SourceSpan(module.source.name, 1, 1, None, module.source.line(1)),
+            )
         roots = self.roots
         if not roots:
             free = [n for n in self.b._groups if n not in self.has_parent]
             if len(free) != 1:
                 last = free[-1]
                 raise PcSyntaxError(
-                    f"no 'root' statement, and {len(free)} groups have no parent: " + ", ".join(f"'{n}'" for n in free[:4]) + (", ..." if len(free) > 4 else ""),
+                    f"no 'root' statement, and {len(free)} groups have no parent: "
+                    + ", ".join(f"'{n}'" for n in free[:4])
+                    + (", ..." if len(free) > 4 else ""),
                     self.span(self.group_pos.get(last)),
-                    f"add 'root {_short(last)}' (or whichever is the circuit's output)",
+                    f"add 'root {last}' (or whichever is the circuit's output)",
                 )
             roots = free
         self.b.root(*roots)
@@ -225,8 +234,6 @@ class Lowerer:
         for g in c:
             pn = getattr(g, "params", None)
             if pn in renames:
-                from dataclasses import replace
-
                 g = replace(g, params=renames[pn])
             groups.append(g)
         return c.replace(groups=groups, params=params)
@@ -281,10 +288,16 @@ class Lowerer:
         found = f.scope.lookup_local(name)
         if found is not None:
             _, p, _ = found
-            where = f" (first defined at line {p.line})" if p is not None and p.source is (pos.source if pos else None) else (f" (first defined at {p.source.name}:{p.line})" if p is not None else "")
-            raise self.error(f"'{name}' is already defined{where}", pos, "names are single-assignment; pick a new name or index it, e.g. X[i]")
-        if f.scope.function and f.scope.parent is None and name in self.builtins:
-            pass  # shadowing a builtin at file level is allowed but unusual
+            where = (
+                f" (first defined at line {p.line})"
+                if p is not None and p.source is (pos.source if pos else None)
+                else (f" (first defined at {p.source.name}:{p.line})" if p is not None else "")
+            )
+            raise self.error(
+                f"'{name}' is already defined{where}",
+                pos,
+                "names are single-assignment; pick a new name or index it, e.g. X[i]",
+            )
         f.scope.names[name] = (value, pos)
 
     def exec_assign(self, st: S.Assign) -> None:
@@ -317,15 +330,31 @@ class Lowerer:
         else:
             arr, p, _ = found
             if not isinstance(arr, GroupArray):
-                raise self.error(f"'{st.name}' is {type_name(arr)}, not an array, so it cannot be indexed", st.target_pos)
+                raise self.error(
+                    f"'{st.name}' is {type_name(arr)}, not an array, so it cannot be indexed", st.target_pos
+                )
         if key in arr.items:
             p = arr.positions.get(key)
+            shown = f"{st.name}[{', '.join(map(str, key))}]"
+            if (
+                p is not None
+                and st.target_pos is not None
+                and p.line == st.target_pos.line
+                and p.source is st.target_pos.source
+            ):
+                raise self.error(
+                    f"'{shown}' is already defined by an earlier loop iteration",
+                    st.target_pos,
+                    f"index it with the loop variable, e.g. {st.name}[{f.loops[-1][0] if f.loops else 'i'}]",
+                )
             where = f" (first defined at line {p.line})" if p is not None else ""
-            raise self.error(f"'{st.name}[{', '.join(map(str, key))}]' is already defined{where}", st.target_pos)
+            raise self.error(f"'{shown}' is already defined{where}", st.target_pos)
         if arr.items:
             n0 = len(next(iter(arr.items)))
             if n0 != len(key):
-                raise self.error(f"'{st.name}' is indexed with {n0} indices elsewhere, here with {len(key)}", st.target_pos)
+                raise self.error(
+                    f"'{st.name}' is indexed with {n0} indices elsewhere, here with {len(key)}", st.target_pos
+                )
         arr.items[key] = value
         arr.positions[key] = st.target_pos
 
@@ -339,12 +368,19 @@ class Lowerer:
 
     def _check_attrs(self, attrs: dict[str, tuple[Any, S.KwArg]]) -> None:
         for k, (v, kw) in attrs.items():
-            if k == "bs" and (not _is_int(v) or v < 1):
-                raise self.error(f"bs (block size) must be a positive integer, got {_show(v)}", kw.value.pos or kw.pos)
+            if k == "bs" and (not _is_int(v) or v < 0):
+                raise self.error(
+                    f"bs (block size) must be a non-negative integer, got {_show(v)}", kw.value.pos or kw.pos
+                )
             if k == "waive" and v not in ("smooth", "decomposable"):
                 raise self.error(f'waive must be "smooth" or "decomposable", got {_show(v)}', kw.value.pos or kw.pos)
-            if not isinstance(v, (bool, int, float, str, list, range)) or (isinstance(v, (list, range)) and not all(isinstance(x, (bool, int, float, str)) for x in v)):
-                raise self.error(f"attribute '{k}' must be a number, string, boolean or a list of them, not {type_name(v)}", kw.value.pos or kw.pos)
+            if not isinstance(v, (bool, int, float, str, list, range)) or (
+                isinstance(v, (list, range)) and not all(isinstance(x, (bool, int, float, str)) for x in v)
+            ):
+                raise self.error(
+                    f"attribute '{k}' must be a number, string, boolean or a list of them, not {type_name(v)}",
+                    kw.value.pos or kw.pos,
+                )
 
     def exec_for(self, st: S.For) -> None:
         f = self.frame
@@ -352,7 +388,9 @@ class Lowerer:
         it = self.eval(st.iter)
         items = self.iterable(it, st.iter.pos, "a 'for' loop")
         if f.scope.lookup_local(st.var) is not None:
-            raise self.error(f"loop variable '{st.var}' is already defined", st.pos, "use another name for the loop variable")
+            raise self.error(
+                f"loop variable '{st.var}' is already defined", st.pos, "use another name for the loop variable"
+            )
         outer_scope, outer_top = f.scope, f.top_level
         f.top_level = False
         try:
@@ -374,7 +412,9 @@ class Lowerer:
         if not f.top_level or f.in_template:
             raise self.error("'var' is only allowed at the top level of a file", st.pos)
         if f.library:
-            raise self.error("an imported file may not declare variables", st.pos, "use 'include' to paste a whole file")
+            raise self.error(
+                "an imported file may not declare variables", st.pos, "use 'include' to paste a whole file"
+            )
         dom = self.eval_domain(st)
         dims = tuple(self.eval_int(d, "an array size") for d in st.dims)
         for d, e in zip(dims, st.dims, strict=True):
@@ -382,8 +422,9 @@ class Lowerer:
                 raise self.error(f"array size must be at least 1, got {d}", e.pos)
         if st.dims:
             size = int(np.prod(dims))
-            if size > 10_000_000:
+            if size > MAX_LIST:
                 raise self.error(f"too many variables ({size})", st.pos)
+            self.check_len(range(size), st.pos)
             names = tuple(f"{st.name}{i}" for i in range(size))
         else:
             names = (st.name,)
@@ -416,19 +457,24 @@ class Lowerer:
             if k < 1:
                 raise self.error(f"categorical needs at least 1 value, got {k}", st.domain_arg.pos)
             return Domain.categorical(k)
-        raise self.error(f"unknown domain '{d}'", st.domain_pos, suggest(d, DOMAINS) or "domains: binary, categorical(k), real")
+        raise self.error(
+            f"unknown domain '{d}'", st.domain_pos, suggest(d, DOMAINS) or "domains: binary, categorical(k), real"
+        )
 
     def exec_root(self, st: S.Root) -> None:
         f = self.frame
         assert f is not None
         if f.in_template or f.library:
-            raise self.error("'root' is only allowed in the main file or an included one, not in a template or an imported file", st.pos)
+            raise self.error(
+                "'root' is only allowed in the main file or an included one, not in a template or an imported file",
+                st.pos,
+            )
         for e in st.values:
             namer = Namer(self._unique("root"))
             v = self.eval(e, namer, top=True)
             for g in self.flatten_groups(v, e.pos, "root"):
                 if g.name in self.root_seen:
-                    raise self.error(f"'{_short(g.name)}' is already a root", e.pos)
+                    raise self.error(f"'{g.name}' is already a root", e.pos)
                 self.root_seen.add(g.name)
                 self.roots.append(g.name)
 
@@ -462,7 +508,9 @@ class Lowerer:
             return v
         if isinstance(v, (list, range)) and all(isinstance(x, (bool, int, float, str)) for x in v):
             return tuple(v)
-        raise self.error(f"attribute '{key}' must be a number, string, boolean or a list of them, not {type_name(v)}", pos)
+        raise self.error(
+            f"attribute '{key}' must be a number, string, boolean or a list of them, not {type_name(v)}", pos
+        )
 
     def resolve_path(self, rel: str, pos: S.Pos | None) -> Path:
         """Paths are relative to the file that names them (``base_dir`` for the main text)."""
@@ -470,25 +518,44 @@ class Lowerer:
         if p.is_absolute():
             return p
         name = pos.source.name if pos is not None else self._root_name
-        if name == self._root_name and self.base_dir is not None:
-            here = self.base_dir
-        elif not (name.startswith("<") and name.endswith(">")):
-            here = Path(name).parent
-        else:
+        here = self.source_dirs.get(name)
+        if here is None:
             here = self.base_dir if self.base_dir is not None else Path.cwd()
         return here / p
+
+    def _display(self, rel: str, pos: S.Pos | None, path: Path) -> str:
+        """How diagnostics name an included file: relative to the name of the file including it."""
+        import os
+
+        name = pos.source.name if pos is not None else self._root_name
+        if Path(rel).is_absolute() or (name.startswith("<") and name.endswith(">")):
+            shown = rel
+        else:
+            shown = os.path.normpath(str(Path(name).parent / rel))
+        self.source_dirs[shown] = path.parent
+        return shown
 
     _root_name: str = "<string>"
 
     def _missing_file(self, what: str, path: Path, rel: str, pos: S.Pos | None) -> PcSyntaxError:
+        name = pos.source.name if pos is not None else self._root_name
+        if Path(rel).is_absolute():
+            where = ""
+        elif name.startswith("<") and name.endswith(">"):
+            where = f" (relative to {self.base_dir or 'the current directory'})"
+        else:
+            where = f" (relative to the directory of '{name}')"
         hint = None
         if path.parent.is_dir():
             try:
-                cands = [c.name for c in path.parent.iterdir() if c.is_file()][:2000]
+                cands = [c.name for c in path.parent.iterdir() if c.is_file() and c.suffix == path.suffix][:2000]
             except OSError:
                 cands = []
-            hint = suggest(path.name, cands)
-        return self.error(f"{what} '{rel}' not found (looked in {path.parent})", pos, hint)
+            close = difflib.get_close_matches(path.name, cands, n=1, cutoff=0.75)
+            hint = f"did you mean '{close[0]}'?" if close else None
+        elif not path.parent.exists():
+            hint = f"there is no directory '{Path(rel).parent}'"
+        return self.error(f"{what} '{rel}' not found{where}", pos, hint)
 
     def _read_source(self, st, what: str) -> tuple[Path, str]:
         path = self.resolve_path(st.path, st.pos)
@@ -509,7 +576,7 @@ class Lowerer:
         if key in self.file_stack:
             chain = " -> ".join(Path(p).name for p in self.file_stack[self.file_stack.index(key) :] + [key])
             raise self.error(f"include cycle: {chain}", st.pos)
-        module = parse_module(text, _display_path(path))
+        module = parse_module(text, self._display(st.path, st.pos, path))
         self.file_stack.append(key)
         old_source = f.source
         f.source = module.source
@@ -531,7 +598,7 @@ class Lowerer:
             raise self.error(f"import cycle: {chain}", st.pos)
         lib = self.imported.get(key)
         if lib is None:
-            module = parse_module(text, _display_path(path))
+            module = parse_module(text, self._display(st.path, st.pos, path))
             lib = Scope(None, function=True)
             saved = self.frame
             self.frame = Frame(lib, source=module.source, library=True)
@@ -576,7 +643,7 @@ class Lowerer:
             return found[0]
         if e.id in self.builtins or _is_dist(e.id):
             raise self.error(f"'{e.id}' must be called, e.g. {e.id}(...)", e.pos)
-        raise self.error(f"unknown name '{e.id}'", e.pos, suggest(e.id, f.scope.visible_names()))
+        raise self.error(f"unknown name '{e.id}'", e.pos, did_you_mean(e.id, f.scope.visible_names()))
 
     def _e_ListLit(self, e, namer, top):
         return [self.eval(x, namer) for x in e.items]
@@ -651,14 +718,23 @@ class Lowerer:
                     out = out * v
                     self._check_big(out, e.pos)
                 return out
-            bad = next(v for v in vals if not isinstance(v, GroupVal) and not _is_num(v)) if any(not isinstance(v, GroupVal) and not _is_num(v) for v in vals) else None
+            bad = (
+                next(v for v in vals if not isinstance(v, GroupVal) and not _is_num(v))
+                if any(not isinstance(v, GroupVal) and not _is_num(v) for v in vals)
+                else None
+            )
             if bad is not None:
                 raise self.error(f"'*' multiplies numbers or groups, not {type_name(bad)}", e.op_pos)
-            raise self.error("'*' cannot multiply a group by a number", e.op_pos, "a product of groups is written A * B; scale weights inside sum(...)")
+            raise self.error(
+                "'*' cannot multiply a group by a number",
+                e.op_pos,
+                "a product of groups is written A * B; scale weights inside sum(...)",
+            )
         a = self.eval(e.left, namer)
         b = self.eval(e.right, namer)
         op = e.op
         if op == "+" and isinstance(a, (list, range)) and isinstance(b, (list, range)):
+            self.check_len(range(len(a) + len(b)), e.pos)
             return list(a) + list(b)
         if isinstance(a, GroupVal) or isinstance(b, GroupVal):
             hint = "a mixture of groups is written sum(A, B, units=...)" if op == "+" else None
@@ -713,7 +789,9 @@ class Lowerer:
             seq = self.sequence(obj, e.obj.pos)
             lo = None if s.lo is None else self.eval_int(s.lo, "a slice bound", namer)
             hi = None if s.hi is None else self.eval_int(s.hi, "a slice bound", namer)
-            return list(seq[lo:hi])
+            part = seq[lo:hi]
+            self.check_len(part, e.pos)
+            return list(part)
         idx = tuple(self.eval_int(x, "an index", namer) for x in e.subs)
         return self.index(obj, idx, e)
 
@@ -744,14 +822,18 @@ class Lowerer:
             if len(idx) == 1:
                 flat = idx[0]
                 if not 0 <= flat < obj.size:
-                    raise self.error(f"index {flat} is out of range for variables '{obj.name}' ({obj.size} variables)", e.pos)
+                    raise self.error(
+                        f"index {flat} is out of range for variables '{obj.name}' ({obj.size} variables)", e.pos
+                    )
                 return obj.item(flat)
             if len(idx) != len(obj.dims):
                 raise self.error(f"'{obj.name}' has {len(obj.dims)} dimensions, got {len(idx)} indices", e.pos)
             flat = 0
             for i, d in zip(idx, obj.dims, strict=True):
                 if not 0 <= i < d:
-                    raise self.error(f"index {list(idx)} is out of range for variables '{obj.name}' (shape {list(obj.dims)})", e.pos)
+                    raise self.error(
+                        f"index {list(idx)} is out of range for variables '{obj.name}' (shape {list(obj.dims)})", e.pos
+                    )
                 flat = flat * d + i
             return obj.item(flat)
         if isinstance(obj, (GroupArray, ArrayView)):
@@ -761,7 +843,9 @@ class Lowerer:
                 return arr.items[key]
             if arr.keys_with_prefix(key):
                 return ArrayView(arr, key)
-            raise self.error(f"{arr.display or arr.name}[{', '.join(map(str, key))}] is not defined", e.pos, _index_hint(arr))
+            raise self.error(
+                f"{arr.display or arr.name}[{', '.join(map(str, key))}] is not defined", e.pos, _index_hint(arr)
+            )
         if isinstance(obj, ArrayVal):
             a = obj.value
             if len(idx) > a.ndim:
@@ -791,8 +875,12 @@ class Lowerer:
             return self.builtins[fname](e, namer, top)
         if _is_dist(fname):
             return self.make_input(fname, e, namer, top)
-        cands = set(self.builtins) | set(dists.names()) | {n for n in f.scope.visible_names() if isinstance((f.scope.lookup(n) or (None,))[0], Template)}
-        raise self.error(f"unknown template or function '{fname}'", e.func.pos, suggest(fname, cands))
+        cands = (
+            set(self.builtins)
+            | set(dists.names())
+            | {n for n in f.scope.visible_names() if isinstance((f.scope.lookup(n) or (None,))[0], Template)}
+        )
+        raise self.error(f"unknown template or function '{fname}'", e.func.pos, did_you_mean(fname, cands))
 
     # ---- helpers for values --------------------------------------------------------------
     def eval_int(self, e: S.Expr, what: str, namer: Namer | None = None) -> int:
@@ -806,7 +894,11 @@ class Lowerer:
     def eval_bool(self, e: S.Expr, namer: Namer | None = None) -> bool:
         v = self.eval(e, namer)
         if not isinstance(v, bool):
-            hint = "compare it, e.g. 'n != 0'" if _is_num(v) else ("compare it, e.g. 'len(L) > 0'" if isinstance(v, (list, range)) else None)
+            hint = (
+                "compare it, e.g. 'n != 0'"
+                if _is_num(v)
+                else ("compare it, e.g. 'len(L) > 0'" if isinstance(v, (list, range)) else None)
+            )
             raise self.error(f"a condition must be true or false, not {type_name(v)}", e.pos, hint)
         return v
 
@@ -847,6 +939,8 @@ class Lowerer:
         if isinstance(v, ArrayVal):
             a = v.value
         elif isinstance(v, (list, range)) or _is_num(v):
+            if isinstance(v, range):
+                self.check_len(v, pos)
             try:
                 a = np.array(_plain_numbers(v), dtype=np.float64)
             except (TypeError, ValueError):
@@ -868,7 +962,11 @@ class Lowerer:
         f = self.frame
         assert f is not None
         if f.library:
-            raise self.error("an imported file may only define templates and constants, not groups", pos, "use 'include' to paste a whole file")
+            raise self.error(
+                "an imported file may only define templates and constants, not groups",
+                pos,
+                "use 'include' to paste a whole file",
+            )
         if namer is None:
             namer = Namer(self._unique(f.prefix + "anon"))
         if top and not namer.used_top:
@@ -887,17 +985,21 @@ class Lowerer:
         self.group_pos[name] = pos
         return name, {k: self.attr_value(v, pos, k) for k, v in attrs.items()}
 
-    def group_span(self, pos: S.Pos | None) -> SourceSpan | None:
-        return self.span(pos)
-
-    def _kwargs(self, e: S.Call, allowed: tuple[str, ...], fname: str, namer: Namer | None) -> dict[str, tuple[Any, S.KwArg]]:
+    def _kwargs(
+        self, e: S.Call, allowed: tuple[str, ...], fname: str, namer: Namer | None
+    ) -> dict[str, tuple[Any, S.KwArg]]:
         out: dict[str, tuple[Any, S.KwArg]] = {}
         for kw in e.kwargs:
             if kw.name not in allowed:
                 raise self.error(
                     f"{fname}() has no argument '{kw.name}'",
                     kw.pos,
-                    suggest(kw.name, allowed) or ("it takes " + ", ".join(f"{a}=" for a in allowed) if allowed else f"{fname}() takes no keyword arguments"),
+                    suggest(kw.name, allowed)
+                    or (
+                        "it takes " + ", ".join(f"{a}=" for a in allowed)
+                        if allowed
+                        else f"{fname}() takes no keyword arguments"
+                    ),
                 )
             if kw.name in out:
                 raise self.error(f"argument '{kw.name}' is given twice", kw.pos)
@@ -926,7 +1028,7 @@ class Lowerer:
                 if k.units != u0:
                     p = operand_exprs[j].pos if operand_exprs else pos
                     raise self.error(
-                        f"elementwise product of groups with different sizes: '{_short(kids[0].name)}' has {u0} units, '{_short(k.name)}' has {k.units}",
+                        f"elementwise product of groups with different sizes: '{kids[0].name}' has {u0} units, '{k.name}' has {k.units}",
                         p,
                         "use outer(...) for all combinations, or prod(..., edges=...) to pick pairs",
                     )
@@ -960,9 +1062,14 @@ class Lowerer:
             for j, k in enumerate(kids):
                 col = edges[:, j]
                 if col.min() < 0 or col.max() >= k.units:
-                    raise self.error(f"edge index {int(col.max() if col.max() >= k.units else col.min())} is out of range for '{_short(k.name)}' ({k.units} units)", self._kpos(kw))
+                    raise self.error(
+                        f"edge index {int(col.max() if col.max() >= k.units else col.min())} is out of range for '{k.name}' ({k.units} units)",
+                        self._kpos(kw),
+                    )
             return self.make_product(kids, "explicit", edges, e.pos, namer, top)
-        return self.make_product(kids, "aligned", None, e.pos, namer, top, list(e.args) if len(e.args) == len(kids) else None)
+        return self.make_product(
+            kids, "aligned", None, e.pos, namer, top, list(e.args) if len(e.args) == len(kids) else None
+        )
 
     def _b_outer(self, e: S.Call, namer, top):
         kids = self._children(e, namer, "outer")
@@ -974,7 +1081,9 @@ class Lowerer:
             return None, v
         return self.to_array(v, self._kpos(kw), what, dtype), None
 
-    def _use_declared(self, pv: ParamVal, shape: tuple[int, ...], dtype: str, kw: S.KwArg) -> tuple[np.ndarray | None, str | None]:
+    def _use_declared(
+        self, pv: ParamVal, shape: tuple[int, ...], dtype: str, kw: S.KwArg
+    ) -> tuple[np.ndarray | None, str | None]:
         """(value for a first use, owner group to tie to for a later use)."""
         if pv.owner is None:
             if pv.value is not None and tuple(pv.value.shape) != tuple(shape):
@@ -985,7 +1094,7 @@ class Lowerer:
             return pv.value, None
         if pv.shape != tuple(shape) or pv.dtype != dtype:
             raise self.error(
-                f"parameter '{pv.name}' is used with shape {list(pv.shape or ())} by '{_short(pv.owner)}', but here it needs {list(shape)}",
+                f"parameter '{pv.name}' is used with shape {list(pv.shape or ())} by '{pv.owner}', but here it needs {list(shape)}",
                 self._kpos(kw),
             )
         return None, pv.owner
@@ -996,10 +1105,13 @@ class Lowerer:
         g = self.b.group(v.name)
         pname = getattr(g, "params", None)
         if not pname:
-            raise self.error(f"'{_short(v.name)}' is a product group and has no parameters to tie to", self._kpos(kw))
+            raise self.error(f"'{v.name}' is a product group and has no parameters to tie to", self._kpos(kw))
         p = self.b._params[pname]
         if p.shape != tuple(shape) or (p.dtype == "i64") != (dtype == "i64"):
-            raise self.error(f"cannot tie to '{_short(v.name)}': its parameters have shape {list(p.shape)}, here {list(shape)} are needed", self._kpos(kw))
+            raise self.error(
+                f"cannot tie to '{v.name}': its parameters have shape {list(p.shape)}, here {list(shape)} are needed",
+                self._kpos(kw),
+            )
         return v.name
 
     def _init_kw(self, kws, has_value: bool) -> tuple[str, int | None]:
@@ -1040,13 +1152,17 @@ class Lowerer:
                 wval = wdecl.value
         exclusive = [n for n in ("mask", "edges") if n in kws]
         if len(exclusive) > 1:
-            raise self.error("give either mask= (block-sparse) or edges= (explicit), not both", self._kpos(kws["edges"][1]))
+            raise self.error(
+                "give either mask= (block-sparse) or edges= (explicit), not both", self._kpos(kws["edges"][1])
+            )
         mask = block = edges = None
         if "edges" in kws:
             v, kw = kws["edges"]
             edges = self.to_array(v, self._kpos(kw), "edges", np.int64)
             if edges.ndim != 2 or edges.shape[1] != 2 or edges.shape[0] < 1:
-                raise self.error(f"sum edges must be a list of [node, column] pairs, got shape {list(edges.shape)}", self._kpos(kw))
+                raise self.error(
+                    f"sum edges must be a list of [node, column] pairs, got shape {list(edges.shape)}", self._kpos(kw)
+                )
             if units is None:
                 units = int(edges[:, 0].max()) + 1
             if edges[:, 0].min() < 0 or edges[:, 0].max() >= units:
@@ -1072,7 +1188,9 @@ class Lowerer:
                 if "block" in kws:
                     bv, bkw = kws["block"]
                     if not (isinstance(bv, (list, range)) and len(bv) == 2 and all(_is_int(x) and x >= 1 for x in bv)):
-                        raise self.error(f"block must be [rows, columns] of positive integers, got {_show(bv)}", self._kpos(bkw))
+                        raise self.error(
+                            f"block must be [rows, columns] of positive integers, got {_show(bv)}", self._kpos(bkw)
+                        )
                     block = (int(bv[0]), int(bv[1]))
                     if block[0] * rows != units or block[1] * cols != k:
                         raise self.error(
@@ -1088,7 +1206,9 @@ class Lowerer:
                         )
                     block = (units // rows, k // cols)
                 if not mask.any(axis=1).all():
-                    raise self.error("a row of the mask is all zero: those sum units would have no children", self._kpos(kw))
+                    raise self.error(
+                        "a row of the mask is all zero: those sum units would have no children", self._kpos(kw)
+                    )
             elif "block" in kws:
                 raise self.error("block= needs mask=", self._kpos(kws["block"][1]))
         tie = None
@@ -1097,7 +1217,10 @@ class Lowerer:
         elif wval is not None:
             if tuple(wval.shape) != shape:
                 what = "one weight per edge" if edges is not None else "units x child units"
-                raise self.error(f"weights have shape {list(wval.shape)}, expected {list(shape)} ({what})", self._kpos(kws["weights"][1]))
+                raise self.error(
+                    f"weights have shape {list(wval.shape)}, expected {list(shape)} ({what})",
+                    self._kpos(kws["weights"][1]),
+                )
         if wval is not None and (not np.all(np.isfinite(wval)) or np.any(wval < 0)):
             raise self.error("weights must be finite and non-negative", self._kpos(kws["weights"][1]))
         if "tie" in kws:
@@ -1107,7 +1230,17 @@ class Lowerer:
         init, seed = self._init_kw(kws, wval is not None or tie is not None)
         name, attrs = self._new_name(namer, top, "s", e.pos)
         self.b.sum(
-            [c.name for c in kids], units, wval, mask=mask, block=block, edges=edges, name=name, tie=tie, init=init, attrs=attrs or None, span=self.span(e.pos)
+            [c.name for c in kids],
+            units,
+            wval,
+            mask=mask,
+            block=block,
+            edges=edges,
+            name=name,
+            tie=tie,
+            init=init,
+            attrs=attrs or None,
+            span=self.span(e.pos),
         )
         self._after_param(name, wdecl, seed, shape, "f64")
         self._mark_children(kids)
@@ -1129,11 +1262,15 @@ class Lowerer:
         if not e.args:
             raise self.error(f"{kind}() needs the variable it is on, e.g. {kind}(x[0], units=4)", e.pos)
         if len(e.args) > 2:
-            raise self.error(f"{kind}() takes a variable and optionally units, got {len(e.args)} positional arguments", e.args[2].pos)
+            raise self.error(
+                f"{kind}() takes a variable and optionally units, got {len(e.args)} positional arguments", e.args[2].pos
+            )
         var = self.eval(e.args[0], namer)
         kws = self._kwargs(e, allowed, kind, namer)
         if isinstance(var, VarArray):
-            raise self.error(f"'{var.name}' is an array of {var.size} variables; pick one, e.g. {var.name}[0]", e.args[0].pos)
+            raise self.error(
+                f"'{var.name}' is an array of {var.size} variables; pick one, e.g. {var.name}[0]", e.args[0].pos
+            )
         if not isinstance(var, VarVal):
             raise self.error(f"{kind}() needs a variable as its first argument, not {type_name(var)}", e.args[0].pos)
         units = None
@@ -1154,9 +1291,15 @@ class Lowerer:
             if a in kws and a not in INPUT_KEYWORDS:
                 v, kw = kws[a]
                 if not isinstance(v, (int, float, str)) or isinstance(v, bool):
-                    raise self.error(f"{kind} argument {a} must be a number or string, not {type_name(v)}", self._kpos(kw))
+                    raise self.error(
+                        f"{kind} argument {a} must be a number or string, not {type_name(v)}", self._kpos(kw)
+                    )
                 args[a] = v
-        if "k" in dt.arg_names and "k" not in args and domain.is_discrete:
+        defaults = getattr(dt, "default_args", None)
+        if callable(defaults):  # a family may derive its arguments from the domain
+            for k, v in dict(defaults(domain)).items():
+                args.setdefault(k, v)
+        elif "k" in dt.arg_names and "k" not in args and domain.is_discrete:
             args["k"] = domain.k  # categorical-like families default to the variable's domain size
         dist = Dist.make(kind, **args)
         msg = dt.check_dist(dist)
@@ -1188,7 +1331,10 @@ class Lowerer:
                 pval = pval.astype(np.int64)
         if pval is not None and tie is None:
             if tuple(pval.shape) != shape:
-                raise self.error(f"params have shape {list(pval.shape)}, expected {list(shape)} for {units} {kind} leaves", self._kpos(kws["params"][1]))
+                raise self.error(
+                    f"params have shape {list(pval.shape)}, expected {list(shape)} for {units} {kind} leaves",
+                    self._kpos(kws["params"][1]),
+                )
             msg = dt.check_params(dist, np.asarray(pval, dtype=npdtype))
             if msg:
                 raise self.error(msg, self._kpos(kws["params"][1]))
@@ -1198,7 +1344,9 @@ class Lowerer:
             tie = self._tie_target(kws["tie"][0], kws["tie"][1], shape, dtype)
         init, seed = self._init_kw(kws, pval is not None or tie is not None)
         name, attrs = self._new_name(namer, top, "in", e.pos)
-        self.b.input(var.index, units, dist, pval, name=name, tie=tie, init=init, attrs=attrs or None, span=self.span(e.pos))
+        self.b.input(
+            var.index, units, dist, pval, name=name, tie=tie, init=init, attrs=attrs or None, span=self.span(e.pos)
+        )
         self._after_param(name, decl, seed, shape, dtype)
         return GroupVal(name, units, "input")
 
@@ -1209,19 +1357,31 @@ class Lowerer:
         if f.library:
             raise self.error("an imported file may only define templates and constants, not call them", e.pos)
         if len(e.args) > len(node.params):
-            raise self.error(f"template '{node.name}' takes {len(node.params)} arguments, got {len(e.args) + len(e.kwargs)}", e.pos, f"def {node.name}({', '.join(node.params)})")
+            raise self.error(
+                f"template '{node.name}' takes {len(node.params)} arguments, got {len(e.args) + len(e.kwargs)}",
+                e.pos,
+                f"def {node.name}({', '.join(node.params)})",
+            )
         bound: dict[str, Any] = {}
         for p, a in zip(node.params, e.args, strict=False):
             bound[p] = self.eval(a, namer)
         for kw in e.kwargs:
             if kw.name not in node.params:
-                raise self.error(f"template '{node.name}' has no parameter '{kw.name}'", kw.pos, suggest(kw.name, node.params) or f"def {node.name}({', '.join(node.params)})")
+                raise self.error(
+                    f"template '{node.name}' has no parameter '{kw.name}'",
+                    kw.pos,
+                    suggest(kw.name, node.params) or f"def {node.name}({', '.join(node.params)})",
+                )
             if kw.name in bound:
                 raise self.error(f"argument '{kw.name}' is given twice", kw.pos)
             bound[kw.name] = self.eval(kw.value, namer)
         missing = [p for p in node.params if p not in bound]
         if missing:
-            raise self.error(f"template '{node.name}' is missing argument '{missing[0]}'", e.pos, f"def {node.name}({', '.join(node.params)})")
+            raise self.error(
+                f"template '{node.name}' is missing argument '{missing[0]}'",
+                e.pos,
+                f"def {node.name}({', '.join(node.params)})",
+            )
         if self.template_depth >= MAX_TEMPLATE_DEPTH:
             raise self.error(f"templates nested more than {MAX_TEMPLATE_DEPTH} deep (runaway recursion?)", e.pos)
         # the instance's name: the statement's target when this call is the whole right-hand side
@@ -1239,7 +1399,13 @@ class Lowerer:
         for p in node.params:
             scope.names[p] = (bound[p], node.pos)
         saved = self.frame
-        self.frame = Frame(scope, prefix=inst + ".", calls=f.calls + [(node.name, e.pos)], source=node.pos.source if node.pos else f.source, in_template=True)
+        self.frame = Frame(
+            scope,
+            prefix=inst + ".",
+            calls=f.calls + [(node.name, e.pos)],
+            source=node.pos.source if node.pos else f.source,
+            in_template=True,
+        )
         self.template_depth += 1
         try:
             self.exec_block(node.body)
@@ -1276,10 +1442,18 @@ class Lowerer:
         arrays = self._load_file(path, rel, e.args[0].pos)
         if key is None:
             if len(arrays) != 1:
-                raise self.error(f"'{rel}' holds {len(arrays)} arrays; name one: load(\"{rel}\", \"NAME\")", e.pos, "arrays: " + ", ".join(sorted(arrays)[:8]))
+                raise self.error(
+                    f'\'{rel}\' holds {len(arrays)} arrays; name one: load("{rel}", "NAME")',
+                    e.pos,
+                    "arrays: " + ", ".join(sorted(arrays)[:8]),
+                )
             key = next(iter(arrays))
         if key not in arrays:
-            raise self.error(f"'{rel}' has no array named '{key}'", e.args[1].pos, suggest(key, arrays) or ("arrays: " + ", ".join(sorted(arrays)[:8])))
+            raise self.error(
+                f"'{rel}' has no array named '{key}'",
+                e.args[1].pos,
+                suggest(key, arrays) or ("arrays: " + ", ".join(sorted(arrays)[:8])),
+            )
         a = np.asarray(arrays[key])
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise self.error(f"array '{key}' in '{rel}' does not hold numbers ({a.dtype})", e.pos)
@@ -1338,12 +1512,24 @@ class Lowerer:
 
     def _b_reversed(self, e, namer, top):
         (v,) = self._plain_args(e, "reversed", 1, 1, namer)
-        return list(reversed(self.iterable(v, e.args[0].pos, "reversed()")))
+        seq = self.iterable(v, e.args[0].pos, "reversed()")
+        self.check_len(seq, e.pos)
+        return list(reversed(seq))
+
+    def check_len(self, seq, pos: S.Pos | None) -> None:
+        n = len(seq)
+        if n > MAX_LIST:
+            raise self.error(f"list too long ({n} items)", pos)
+        self.steps += n
+        if self.steps > self.max_steps:
+            raise self.error(f"the program runs too long (more than {self.max_steps} steps); is a list too big?", pos)
 
     def _minmax(self, e, namer, name, fn):
         args = self._plain_args(e, name, 1, 1_000_000, namer)
         if len(args) == 1:
-            args = list(self.iterable(args[0], e.args[0].pos, f"{name}()"))
+            seq = self.iterable(args[0], e.args[0].pos, f"{name}()")
+            self.check_len(seq, e.pos)
+            args = list(seq)
         if not args:
             raise self.error(f"{name}() of an empty list", e.pos)
         if not all(_is_num(a) for a in args):
@@ -1384,17 +1570,41 @@ class Lowerer:
         if len(args) != 1:
             raise self.error("permutation(n, seed=0) takes the size n and a seed", e.pos)
         n = args[0]
-        if not _is_int(n) or n < 0 or n > 100_000_000:
-            raise self.error(f"permutation() needs a size between 0 and 10^8, got {_show(n)}", e.args[0].pos)
+        if not _is_int(n) or n < 0 or n > MAX_LIST:
+            raise self.error(f"permutation() needs a size between 0 and {MAX_LIST}, got {_show(n)}", e.args[0].pos)
+        self.check_len(range(n), e.pos)
         return [int(i) for i in np.random.default_rng(seed).permutation(n)]
 
     def _b_children(self, e, namer, top):
         parent, v = self._plain_args(e, "children", 2, 2, namer)
         seq = self.iterable(parent, e.args[0].pos, "children()")
+        self.check_len(seq, e.pos)
         return [i for i, p in enumerate(seq) if _same(p, v)]
 
 
 # ---- small helpers ------------------------------------------------------------------------------
+def did_you_mean(name: str, candidates) -> str | None:
+    """``suggest`` plus names one edit away (short names such as S1/S3 are below difflib's cutoff)."""
+    cands = sorted(set(candidates))
+    hint = suggest(name, cands)
+    if hint:
+        return hint
+    for c in cands:
+        if _one_edit(name, c):
+            return f"did you mean '{c}'?"
+    return None
+
+
+def _one_edit(a: str, b: str) -> bool:
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    if len(a) > len(b):
+        a, b = b, a
+    return any(b[:i] + b[i + 1 :] == a for i in range(len(b)))
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -1436,10 +1646,6 @@ def _show(v: Any) -> str:
     return type_name(v)
 
 
-def _short(name: str) -> str:
-    return name
-
-
 def _src_name(e: S.Expr) -> str:
     if isinstance(e, S.Name):
         return f"'{e.id}'"
@@ -1454,7 +1660,11 @@ def _index_hint(arr: GroupArray) -> str | None:
         vals = [k[0] for k in keys]
         if vals == list(range(vals[0], vals[-1] + 1)):
             return f"{arr.display or arr.name} has indices {vals[0]}..{vals[-1]}"
-        return f"{arr.display or arr.name} has indices " + ", ".join(map(str, vals[:8])) + (", ..." if len(vals) > 8 else "")
+        return (
+            f"{arr.display or arr.name} has indices "
+            + ", ".join(map(str, vals[:8]))
+            + (", ..." if len(vals) > 8 else "")
+        )
     return f"{arr.display or arr.name} has {len(keys)} items, e.g. [" + ", ".join(map(str, keys[0])) + "]"
 
 
@@ -1493,21 +1703,15 @@ def _array_to_list(a: np.ndarray) -> list:
     return [x.item() if np.ndim(x) == 0 else ArrayVal(np.asarray(x), "") for x in a]
 
 
-def _display_path(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def lower_module(module: S.Module, base_dir: Path | None = None, path: str | None = None, max_steps: int = DEFAULT_MAX_STEPS) -> Circuit:
+def lower_module(
+    module: S.Module, base_dir: Path | None = None, path: str | None = None, max_steps: int = DEFAULT_MAX_STEPS
+) -> Circuit:
     """Run a parsed module and return its circuit."""
     lw = Lowerer(base_dir, max_steps)
     lw._root_name = module.source.name
+    if base_dir is not None:
+        lw.source_dirs[module.source.name] = base_dir
     try:
         return lw.run_module(module, path)
     except RecursionError:
         raise PcSyntaxError("the program nests too deeply (templates or expressions)", None) from None
-
-
-_ = (InputGroup, SumGroup)

@@ -26,7 +26,7 @@ KEYWORDS = (
     "param", "return", "root", "true", "var", "with",
 )  # fmt: skip
 
-_OPEN = {"_LPAR": "(", "LSQB": "[", "_LBRACE": "{"}
+_OPEN = {"_LPAR": "(", "LSQB": "[", "LBRACE": "{"}
 _CLOSE = {"RPAR": "(", "RSQB": "[", "RBRACE": "{"}
 _CLOSE_CHAR = {"(": ")", "[": "]", "{": "}"}
 
@@ -40,7 +40,8 @@ class _PostLexer:
         self.source = source
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        stack: list[Token] = []  # open brackets, innermost last
+        self.stack: list[Token] = []  # open brackets, innermost last (read by error messages)
+        stack = self.stack
         depth = 0  # of ( and [ only: braces delimit blocks, whose newlines count
         pending: Token | None = None  # a newline held back until we see the next token
         at_line_start = True
@@ -56,7 +57,7 @@ class _PostLexer:
                 pending = None
             if kind in _OPEN:
                 stack.append(tok)
-                if kind != "_LBRACE":
+                if kind != "LBRACE":
                     depth += 1
             elif kind in _CLOSE:
                 want = _CLOSE[kind]
@@ -73,7 +74,7 @@ class _PostLexer:
                 stack.pop()
                 if have != "{":
                     depth -= 1
-            at_line_start = kind == "_LBRACE"
+            at_line_start = kind == "LBRACE"
             yield tok
         if stack:
             opener = stack[-1]
@@ -166,7 +167,7 @@ _READABLE = {
     "ADD_OP": "'+' or '-'",
     "MUL_OP": "'*', '/', '//' or '%'",
     "_LPAR": "'('",
-    "_LBRACE": "'{'",
+    "LBRACE": "'{'",
     "_ELSE": "'else'",
 }
 _EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "LSQB", "_LPAR", "ADD_OP", "NOT", "TRUE", "FALSE"}
@@ -247,7 +248,9 @@ def _syntax_error(e: UnexpectedInput, source: S.Source, p: _Parser) -> PcSyntaxE
         elif ch == "&" or ch == "|":
             hint = "use 'and' / 'or'"
         elif ch == '"':
-            return PcSyntaxError("unterminated string", SourceSpan(source.name, line, col, None, text), 'close it with "')
+            return PcSyntaxError(
+                "unterminated string", SourceSpan(source.name, line, col, None, text), 'close it with "'
+            )
         shown = ch if ch.isprintable() else repr(ch)
         return PcSyntaxError(f"unexpected character '{shown}'", SourceSpan(source.name, line, col, col + 1, text), hint)
     if isinstance(e, UnexpectedEOF):
@@ -285,13 +288,21 @@ def _syntax_error(e: UnexpectedInput, source: S.Source, p: _Parser) -> PcSyntaxE
         msg = f"unexpected {what}"
     if expected:
         msg += f"; expected {_join_or(expected)}"
-    return PcSyntaxError(msg, span, _syntax_hint(tok, exp_terms, span))
+    hint = _syntax_hint(tok, exp_terms, span)
+    post = p._post
+    opened = [t for t in getattr(post, "stack", []) if t.type != "LBRACE"]
+    if opened and tok.line is not None and opened[-1].line < tok.line:
+        o = opened[-1]
+        hint = f"'{o.value}' opened at line {o.line}, column {o.column} is still open"
+    return PcSyntaxError(msg, span, hint)
 
 
 def _syntax_hint(tok: Token, expected: set[str], span: SourceSpan) -> str | None:
+    if tok.type == "_ELSE":
+        return "'else' must follow the '}' of an 'if' block"
     if tok.value == "=" and "EQUAL" not in expected:
         return "use '==' to compare"
-    if tok.type == "_LBRACE" and "_LBRACE" not in expected:
+    if tok.type == "LBRACE" and "LBRACE" not in expected:
         return "a block '{' belongs after 'for ... in ...', 'if ...', 'else' or 'def ...(...)'"
     line = span.source_line or ""
     m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)", line)
@@ -316,6 +327,7 @@ def _unquote(tok: Token) -> str:
 
 
 class _Block(list):
+    start_line: int = 0
     end_line: int = 0
 
 
@@ -343,7 +355,8 @@ class _ToAst(Transformer):
 
     def block(self, meta, ch):
         b = _Block(c for c in ch if isinstance(c, S.Stmt))
-        b.end_line = meta.end_line if not getattr(meta, "empty", True) else 0
+        if not getattr(meta, "empty", True):
+            b.start_line, b.end_line = meta.line, meta.end_line
         return b
 
     def subs(self, meta, ch):
@@ -374,16 +387,21 @@ class _ToAst(Transformer):
 
     def for_stmt(self, meta, ch):
         var, it, body = ch
-        return S.For(str(var), it, tuple(body), self._pos(meta), body.end_line)
+        return S.For(str(var), it, tuple(body), self._pos(meta), body.end_line, body.start_line)
 
     def if_stmt(self, meta, ch):
         test, body = ch[0], ch[1]
         orelse = None
+        else_brace = 0
         if len(ch) > 2:
             o = ch[2]
-            orelse = (o,) if isinstance(o, S.If) else tuple(o)
+            if isinstance(o, S.If):
+                orelse = (o,)
+            else:
+                orelse = tuple(o)
+                else_brace = o.start_line
         end = meta.end_line if not getattr(meta, "empty", True) else 0
-        return S.If(test, tuple(body), orelse, self._pos(meta), body.end_line, end)
+        return S.If(test, tuple(body), orelse, self._pos(meta), body.end_line, end, body.start_line, else_brace)
 
     def params(self, meta, ch):
         return tuple(str(c) for c in ch)
@@ -392,7 +410,7 @@ class _ToAst(Transformer):
         name = ch[0]
         params = ch[1] if len(ch) == 3 else ()
         body = ch[-1]
-        return S.Def(str(name), params, tuple(body), self._pos(meta), body.end_line)
+        return S.Def(str(name), params, tuple(body), self._pos(meta), body.end_line, body.start_line)
 
     def return_stmt(self, meta, ch):
         return S.Return(ch[0], self._pos(meta))
@@ -404,7 +422,8 @@ class _ToAst(Transformer):
         return S.ParamDecl(str(ch[0]), ch[1] if len(ch) > 1 else None, self._pos(meta))
 
     def attr_stmt(self, meta, ch):
-        return S.AttrStmt(str(ch[0]), ch[1], self._pos(meta))
+        key = _unquote(ch[0]) if ch[0].type == "STRING" else str(ch[0])
+        return S.AttrStmt(key, ch[1], self._pos(meta))
 
     def include_stmt(self, meta, ch):
         return S.Include(_unquote(ch[0]), self._pos(meta))
@@ -466,6 +485,10 @@ class _ToAst(Transformer):
         args = tuple(a for a in items if not isinstance(a, S.KwArg))
         kwargs = tuple(a for a in items if isinstance(a, S.KwArg))
         return S.Call(func, args, kwargs, self._pos(meta))
+
+    def attr_item(self, meta, ch):
+        key = _unquote(ch[0]) if ch[0].type == "STRING" else str(ch[0])
+        return S.KwArg(key, ch[1], self._tpos(ch[0]))
 
     def kwarg(self, meta, ch):
         return S.KwArg(str(ch[0]), ch[1], self._tpos(ch[0]))

@@ -203,6 +203,7 @@ class For(Stmt):
     body: tuple[Stmt, ...]
     pos: Pos | None = _pos()
     end_line: int = field(default=0, compare=False, repr=False)
+    brace_line: int = field(default=0, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,8 @@ class If(Stmt):
     pos: Pos | None = _pos()
     body_end_line: int = field(default=0, compare=False, repr=False)
     end_line: int = field(default=0, compare=False, repr=False)
+    brace_line: int = field(default=0, compare=False, repr=False)
+    else_brace_line: int = field(default=0, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ class Def(Stmt):
     body: tuple[Stmt, ...]
     pos: Pos | None = _pos()
     end_line: int = field(default=0, compare=False, repr=False)
+    brace_line: int = field(default=0, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

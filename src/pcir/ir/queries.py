@@ -39,11 +39,12 @@ __all__ = [
 
 
 def log_likelihood(circuit: Circuit, x, missing=None) -> np.ndarray:
-    """Per-sample log-likelihood [N] (missing entries marginalised)."""
-    return _single_root(circuit, _ll(circuit, x, missing))
+    """Per-sample log-likelihood [N] (missing entries, by default the NaN ones, marginalised)."""
+    xa, miss = _prepare(circuit, x, missing)
+    return _single_root(circuit, _ll(circuit, np.where(miss, 0.0, xa), miss))
 
 
-def marginal(circuit: Circuit, x, missing) -> np.ndarray:
+def marginal(circuit: Circuit, x, missing=None) -> np.ndarray:
     """Per-sample log-probability [N] of the observed entries (``missing`` summed out)."""
     return log_likelihood(circuit, x, missing)
 

@@ -87,7 +87,7 @@ def _rewrite_sum(
     """
     k_old = ws.num_columns(s.name)
     k_new = sum(ws.units(c) for c in new_children)
-    dtype = ws.params[s.params].dtype
+    dtype = "f64"  # products and sums of weights are computed in f64; rounding them to f32 would change the function
     if s.pattern == "dense" and k_old * k_new <= _DENSE_TRANSFORM_LIMIT:
         m = np.zeros((k_old, k_new))
         np.add.at(m, (m_old, m_new), m_w)

@@ -20,7 +20,8 @@ layer within its [ASAP, ALAP] window that already launches a kernel of its key.
 
 Fusion (``fuse`` option): ``auto`` fuses a product whose consumers are all sums of one layer
 and stores the others (read by products, roots, or sums of different layers) as scratch;
-``all`` fuses every product read only by sums; ``none`` stores every product.
+``all`` fuses every product read only by sums; ``none`` stores every product. Products with
+more than ``max-fused-arity`` children are always stored (the backend's limit, 16).
 
 Buffer slots: every stored group (inputs, sums, scratch products) gets ``slot`` = its offset, in
 nodes, into one value buffer of ``buffer_nodes`` nodes per sample (circuit attribute). A group is
@@ -38,12 +39,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..ir.circuit import Circuit, InputGroup, ProductGroup, SumGroup
+from ..ir.diagnostics import PassError
 from .base import Pass, PassStats, register_pass
 from .rewrite import parent_map
 from .stats import kernel_key, naive_layering
 
 
-def schedule(circuit: Circuit, fuse_mode: str = "auto", merge_kernels: bool = True) -> tuple[dict, dict]:
+def schedule(
+    circuit: Circuit, fuse_mode: str = "auto", merge_kernels: bool = True, max_fused_arity: int = 16
+) -> tuple[dict, dict]:
     """(layer, fuse) per group; see the module docstring."""
     parents = parent_map(circuit)
     order = circuit.topo_order()
@@ -88,15 +92,14 @@ def schedule(circuit: Circuit, fuse_mode: str = "auto", merge_kernels: bool = Tr
     layer: dict[str, int] = {n: 0 for n in order if isinstance(groups[n], InputGroup)}
     fuse: dict[str, str] = {}
     placed: dict[tuple, set[int]] = {}
+    if merge_kernels:
+        # sums without slack cannot move: their kernels exist whatever happens, so the sums that
+        # can move may join them even when they come first in topological order
+        for n in sums:
+            if asap[n] == alap[n]:
+                placed.setdefault(kernel_key(groups[n]), set()).add(asap[n])  # type: ignore[arg-type]
 
-    def sum_lb(g: SumGroup) -> int:
-        return 1 + max(_avail_now(c) for c in g.children)
-
-    avail_now: dict[str, int] = {}
-
-    def _avail_now(c: str) -> int:
-        return avail_now[c]
-
+    avail_now: dict[str, int] = {}  # like avail, with the layers chosen so far
     for n in order:
         g = groups[n]
         if isinstance(g, InputGroup):
@@ -104,7 +107,7 @@ def schedule(circuit: Circuit, fuse_mode: str = "auto", merge_kernels: bool = Tr
         elif isinstance(g, ProductGroup):
             avail_now[n] = max(avail_now[c] for c in g.children)
         else:
-            lb = sum_lb(g)
+            lb = 1 + max(avail_now[c] for c in g.children)
             choice = lb
             if merge_kernels:
                 key = kernel_key(g)
@@ -123,6 +126,8 @@ def schedule(circuit: Circuit, fuse_mode: str = "auto", merge_kernels: bool = Tr
         cons = parents[n]
         cons_layers = [layer[p] for p in cons]
         only_sums = bool(cons) and all(isinstance(groups[p], SumGroup) for p in cons) and n not in roots
+        if max_fused_arity and len(g.children) > max_fused_arity:
+            only_sums = False  # recomputing a very wide product in every tile does not pay
         if not cons:
             layer[n] = avail_now[n] + 1
         else:
@@ -226,7 +231,8 @@ class GroupLayers(Pass):
     """Layers (``layer``), product fusion (``fuse``) and buffer slots (``slot``).
 
     Options: ``fuse`` (auto | all | none), ``merge-kernels`` (move sums with slack into layers
-    that already launch their kernel), ``slots`` (assign buffer slots).
+    that already launch their kernel), ``slots`` (assign buffer slots), ``max-fused-arity``
+    (products with more children are stored, never fused; 0: no limit).
     """
 
     name = "group-layers"
@@ -235,9 +241,16 @@ class GroupLayers(Pass):
     fuse: Literal["auto", "all", "none"] = "auto"
     merge_kernels: bool = True
     slots: bool = True
+    max_fused_arity: int = 16
+
+    def __post_init__(self):
+        if self.max_fused_arity < 0:
+            raise PassError(
+                f"option 'max-fused-arity' of pass '{self.name}' must be >= 0 (0: no limit), got {self.max_fused_arity}"
+            )
 
     def apply_with_stats(self, circuit: Circuit) -> tuple[Circuit, PassStats]:
-        layer, fuse = schedule(circuit, self.fuse, self.merge_kernels)
+        layer, fuse = schedule(circuit, self.fuse, self.merge_kernels, self.max_fused_arity)
         slot: dict[str, int] = {}
         peak = live_peak = 0
         if self.slots:

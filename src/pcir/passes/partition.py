@@ -13,6 +13,10 @@ inside the blocks) stays within ``tolerance``:
    of all groups are packed together in signature order;
 3. the largest block ``bm x bk`` (squarer first) whose padding is within ``tolerance`` wins.
 
+When a column block belongs to a product that only this sum reads, its node order is free as
+well: :func:`cocluster_columns` alternately sorts nodes by the columns they read and columns by
+the nodes that read them, and the better of the two packings is kept.
+
 PyJuice merges *neighbouring* nodes only, so a sum whose block structure is hidden by the node
 order stays sparse there; this pass finds it (``padding.naive`` in the statistics is the padding
 the same block shape has in the original order).
@@ -23,8 +27,9 @@ when aligned/outer, are themselves reordered to stay aligned/outer; sums permute
 Roots are never reordered: their node order is the circuit's output.
 
 Finally all sums are *partitioned by fan-in* (attribute ``part``): a sum kernel processes every
-node with the largest fan-in of its partition, so partitions are cut where that padding would
-exceed ``tolerance``. ``group-layers`` launches one kernel per (layer, part).
+node with the largest fan-in of its partition, so partitions are cut where the padding added by
+sharing a kernel would exceed ``tolerance`` (see :func:`fanin_partitions`). ``group-layers``
+launches one kernel per (layer, part).
 
 Padded positions of a rewritten block sum hold weight 0, which EM keeps at 0 unless a
 pseudocount is used (the pseudocount then spreads over the padded positions too); use
@@ -40,7 +45,7 @@ import numpy as np
 from ..ir.circuit import Circuit, Group, InputGroup, Param, ProductGroup, SumGroup
 from ..ir.diagnostics import PassError
 from .base import Pass, PassStats, register_pass
-from .rewrite import make_product, param_users
+from .rewrite import make_product, param_users, parent_map
 from .stats import node_fanin
 
 # A block rewrite stores the weights densely (units x K); don't when that is far bigger than the
@@ -93,28 +98,48 @@ class BlockPlan:
     naive_computed: int  # the same blocks in the original node order
 
 
-def _signature_groups(rows: np.ndarray, cols: np.ndarray, units: int, bk: int) -> list[tuple[tuple, np.ndarray]]:
-    """(signature, nodes) for every distinct set of column blocks, in lexicographic order."""
-    cb = cols // bk
-    pairs = np.unique(rows.astype(np.int64) * (int(cb.max()) + 1 if len(cb) else 1) + cb)
+@dataclass
+class _SigGroups:
+    """Nodes sorted by signature (lexicographically), with the extent of each equal-signature run."""
+
+    nodes: np.ndarray  # all nodes, in signature order
+    group: np.ndarray  # run id of each entry of ``nodes``
+    start: np.ndarray  # first position of each run
+
+
+def _signature_groups(rows: np.ndarray, cols: np.ndarray, units: int, bk: int) -> _SigGroups:
+    """Group nodes by their signature, the set of column blocks they read (sorted lexicographically)."""
+    cb = cols.astype(np.int64) // bk
     width = int(cb.max()) + 1 if len(cb) else 1
+    pairs = np.unique(rows.astype(np.int64) * width + cb)
     pr, pc = pairs // width, pairs % width
-    bounds = np.searchsorted(pr, np.arange(units + 1))
-    sig_of: dict[tuple, list[int]] = {}
-    for r in range(units):
-        sig = tuple(pc[bounds[r] : bounds[r + 1]].tolist())
-        sig_of.setdefault(sig, []).append(r)
-    return [(sig, np.asarray(sig_of[sig], dtype=np.int64)) for sig in sorted(sig_of)]
+    counts = np.bincount(pr, minlength=units)
+    longest = int(counts.max()) if units else 0
+    if units * longest <= 1 << 24:
+        # pad every signature to the longest with -1 (a prefix sorts first), then lexsort columns
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        table = np.full((units, max(longest, 1)), -1, dtype=np.int64)
+        table[pr, np.arange(len(pr)) - first[pr]] = pc
+        order = np.lexsort(table.T[::-1])
+        srt = table[order]
+        new_run = np.ones(units, dtype=bool)
+        new_run[1:] = np.any(srt[1:] != srt[:-1], axis=1)
+    else:  # very long signatures: sort tuples in Python rather than build a huge table
+        bounds = np.searchsorted(pr, np.arange(units + 1))
+        sigs = [tuple(pc[bounds[r] : bounds[r + 1]].tolist()) for r in range(units)]
+        order = np.asarray(sorted(range(units), key=sigs.__getitem__), dtype=np.int64)
+        new_run = np.ones(units, dtype=bool)
+        new_run[1:] = [sigs[order[i]] != sigs[order[i - 1]] for i in range(1, units)]
+    group = np.cumsum(new_run) - 1
+    return _SigGroups(order, group, np.nonzero(new_run)[0])
 
 
-def _pack(groups: list[tuple[tuple, np.ndarray]], bm: int) -> np.ndarray:
+def _pack(groups: _SigGroups, bm: int) -> np.ndarray:
     """Row order: whole blocks of equal signatures first, then the rest in signature order."""
-    full, rest = [], []
-    for _, nodes in groups:
-        n = len(nodes) // bm * bm
-        full.append(nodes[:n])
-        rest.append(nodes[n:])
-    return np.concatenate(full + rest)
+    pos = np.arange(len(groups.nodes)) - groups.start[groups.group]
+    size = np.diff(np.append(groups.start, len(groups.nodes)))[groups.group]
+    full = pos < size // bm * bm
+    return np.concatenate([groups.nodes[full], groups.nodes[~full]])
 
 
 def _mask_for(rows: np.ndarray, cols: np.ndarray, units: int, k: int, bm: int, bk: int) -> np.ndarray:
@@ -142,7 +167,7 @@ def plan_blocks(
     cands = [(bm, bk) for bm in _divisors(units, max_block, pow2) for bk in _divisors(k, max_block, pow2)]
     cands = [c for c in cands if c[0] * c[1] > 1]
     cands.sort(key=lambda c: (-c[0] * c[1], -min(c), -c[0]))
-    sig_cache: dict[int, list] = {}
+    sig_cache: dict[int, _SigGroups] = {}
     identity = np.arange(units)
     for bm, bk in cands:
         if reorder:
@@ -164,31 +189,70 @@ def plan_blocks(
     return None
 
 
+def _keys(owner: np.ndarray, value: np.ndarray, n: int) -> list[tuple[int, ...]]:
+    """For each of ``n`` owners, the sorted tuple of its values."""
+    order = np.lexsort((value, owner))
+    bounds = np.searchsorted(owner[order], np.arange(n + 1))
+    v = value[order].tolist()
+    return [tuple(v[bounds[i] : bounds[i + 1]]) for i in range(n)]
+
+
+def cocluster_columns(
+    rows: np.ndarray, cols: np.ndarray, units: int, k: int, segments: list[tuple[int, int]], iterations: int = 3
+) -> np.ndarray:
+    """New position of every column: columns inside ``segments`` ((offset, length) ranges whose
+    order is free) are reordered so that columns read by similar nodes sit together.
+
+    Alternates two sorts: nodes by the positions of the columns they read, then each free
+    segment's columns by the positions of the nodes that read them (a lexicographic bi-clustering).
+    """
+    colpos = np.arange(k)
+    for _ in range(iterations):
+        rkeys = _keys(rows, colpos[cols], units)
+        rowpos = _inverse(np.asarray(sorted(range(units), key=rkeys.__getitem__), dtype=np.int64))
+        ckeys = _keys(cols, rowpos[rows], k)
+        for off, n in segments:
+            order = sorted(range(off, off + n), key=ckeys.__getitem__)
+            colpos[np.asarray(order, dtype=np.int64)] = np.arange(off, off + n)
+    return colpos
+
+
+def _better(a: BlockPlan | None, b: BlockPlan | None) -> bool:
+    """Whether plan ``a`` beats plan ``b`` (bigger blocks, then less padding)."""
+    if a is None:
+        return False
+    if b is None:
+        return True
+    return (a.bm * a.bk, -a.computed) > (b.bm * b.bk, -b.computed)
+
+
 # ---- fan-in partitions -----------------------------------------------------------------------
 
 
 def fanin_partitions(fanins: list[np.ndarray], tolerance: float) -> list[int]:
-    """Partition id per sum (by its per-node fan-ins) so that padding to each partition's largest
-    fan-in stays within ``tolerance``; ids increase with fan-in."""
+    """Partition id per sum (from its per-node fan-ins); ids increase with fan-in.
+
+    A kernel pads every node to the largest fan-in of its partition. The padding a group brings
+    by itself (its own nodes' fan-ins differ; groups are not split) is unavoidable; what
+    partitioning decides is the padding *added* by sharing a kernel with groups of larger
+    fan-in, ``sum_g (max_P - max_g) * nodes_g``, which is kept within ``tolerance`` of the
+    partition's computed edges. Greedy over groups sorted by largest fan-in (fewest partitions).
+    """
     if not fanins:
         return []
-    order = sorted(range(len(fanins)), key=lambda i: int(fanins[i].max()))
+    mx = [int(f.max()) for f in fanins]
+    order = sorted(range(len(fanins)), key=lambda i: mx[i])
     part = [0] * len(fanins)
-    cur = 0
-    real = 0
-    nodes = 0
-    members: list[int] = []
+    cur = -1
+    own = nodes = 0  # sum of max_g * nodes_g, sum of nodes_g in the current partition
     for i in order:
-        f = fanins[i]
-        mx = int(f.max())
-        new_real, new_nodes = real + int(f.sum()), nodes + len(f)
-        computed = mx * new_nodes
-        if members and computed - new_real > tolerance * computed:
+        n = len(fanins[i])
+        new_own, new_nodes = own + mx[i] * n, nodes + n
+        computed = mx[i] * new_nodes
+        if cur < 0 or computed - new_own > tolerance * computed:
             cur += 1
-            new_real, new_nodes = int(f.sum()), len(f)
-            members = []
-        members.append(i)
-        real, nodes = new_real, new_nodes
+            new_own, new_nodes = mx[i] * n, n
+        own, nodes = new_own, new_nodes
         part[i] = cur
     return part
 
@@ -235,6 +299,7 @@ class PartitionBlocks(Pass):
             if isinstance(g, SumGroup) and g.pattern != "explicit" and len(users.get(g.params, ())) > 1:
                 fixed.update(g.children)
         roots = fixed
+        parents = parent_map(circuit)
         o2n: dict[str, np.ndarray] = {}  # old node -> new node, for reordered groups
         new_groups: dict[str, Group] = {}
         params = dict(circuit.params)
@@ -281,16 +346,29 @@ class PartitionBlocks(Pass):
             free = g.name not in roots and self.reorder
             plan = None
             if not tied:
-                plan = plan_blocks(
-                    rows,
-                    cols,
-                    g.units,
-                    k,
-                    max_block=self.max_block,
-                    tolerance=self.tolerance,
-                    pow2=self.pow2,
-                    reorder=free,
-                )
+                opts = dict(max_block=self.max_block, tolerance=self.tolerance, pow2=self.pow2, reorder=free)
+                plan = plan_blocks(rows, cols, g.units, k, **opts)
+                # children only this sum reads (products, not roots) may be reordered for it too
+                segments = [
+                    (int(offs[j]), units[c])
+                    for j, c in enumerate(g.children)
+                    if self.reorder
+                    and isinstance(new_groups[c], ProductGroup)
+                    and parents[c] == [g.name]
+                    and c not in roots
+                    and g.children.count(c) == 1
+                    and units[c] > 1
+                ]
+                if segments:
+                    colpos = cocluster_columns(rows, cols, g.units, k, segments)
+                    plan2 = plan_blocks(rows, colpos[cols], g.units, k, **opts)
+                    if _better(plan2, plan):
+                        plan = plan2
+                        cols = colpos[cols]
+                        for off, n in segments:
+                            c = g.children[int(np.searchsorted(offs, off, side="right")) - 1]
+                            new_pos = colpos[off : off + n] - off
+                            self._reorder_product(c, new_pos, new_groups, units, o2n)
             if plan is not None:
                 pos = _inverse(plan.order)
                 if weights is None:
@@ -352,6 +430,15 @@ class PartitionBlocks(Pass):
             if not np.array_equal(order, np.arange(len(order))):
                 o2n[g.name] = _inverse(order)
         return make_product(g.name, g.children, cu, idx, g.attrs, g.span)
+
+    @staticmethod
+    def _reorder_product(name: str, new_pos: np.ndarray, new_groups: dict, units: dict, o2n: dict) -> None:
+        """Move node i of product ``name`` (as emitted so far) to position ``new_pos[i]``."""
+        p = new_groups[name]
+        cu = [units[c] for c in p.children]
+        idx = p.child_index(cu)[_inverse(new_pos)]
+        new_groups[name] = make_product(p.name, p.children, cu, idx, p.attrs, p.span)
+        o2n[name] = new_pos[o2n[name]] if name in o2n else new_pos
 
     def _annotate(self, circuit: Circuit) -> tuple[Circuit, PassStats]:
         sums = [g for g in circuit if isinstance(g, SumGroup)]

@@ -15,13 +15,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO, get_args, get_origin
 
 from ..ir.circuit import Circuit
 from ..ir.diagnostics import PassError, PcirError, SourceSpan, VerifyError, suggest
 from ..ir.printer import print_ir
 from ..ir.verify import verify
-from .base import Pass, PassStats, convert_option, get_pass, registered_passes
+from .base import Pass, PassStats, convert_option, format_option_value, get_pass, registered_passes
 from .stats import circuit_stats, format_stats_table
 
 DEFAULT_PIPELINE = "collapse-nodes,partition-blocks,group-layers"
@@ -287,12 +287,18 @@ def run_pipeline(
 
 
 def describe_passes() -> str:
-    """One paragraph per registered pass: name, summary, options with defaults."""
+    """One paragraph per registered pass: name, summary, options with their types and defaults."""
     out = []
     for name, cls in registered_passes().items():
         out.append(f"{name}: {cls.summary}")
         types = cls.option_types()
         for opt, f in cls.options().items():
-            default = "" if f.default is dataclasses.MISSING else f" (default {f.default!r})"
-            out.append(f"    {opt}: {getattr(types[opt], '__name__', types[opt])}{default}")
+            typ = types[opt]
+            tname = (
+                " | ".join(map(str, get_args(typ)))
+                if get_origin(typ) is Literal
+                else getattr(typ, "__name__", str(typ))
+            )
+            default = "" if f.default is dataclasses.MISSING else f" = {format_option_value(f.default)}"
+            out.append(f"    {opt}: {tname}{default}")
     return "\n".join(out) + "\n"

@@ -17,13 +17,17 @@ Memory: the joint statistics are accumulated block by block (``chunk_size`` vari
 ``chunk_size`` variables, ``row_chunk`` samples at a time), so 784 variables x 60,000 rows need
 a few hundred MiB. With ``device="cuda"`` (default when torch and a GPU are available) the block
 products run in torch on the GPU; the numpy path is the same arithmetic on the CPU (minutes for
-MNIST-sized data; ``max_rows`` subsamples rows to trade accuracy for time).
+MNIST-sized data; ``max_rows`` subsamples rows to trade accuracy for time). ``device="torch-cpu"``
+runs the torch code path on the CPU (to test it without a GPU).
 
 torch is imported only here and only when a GPU path is requested or auto-detected: a documented
 exception to "torch only under pcir.backend", since a structure learner is a consumer of data.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import numpy as np
 
@@ -33,13 +37,8 @@ ESTIMATORS = ("auto", "exact", "soft")
 
 
 def _as_data(data) -> np.ndarray:
-    try:
-        import torch  # noqa: F401  (only to recognise tensors)
-
-        if hasattr(data, "detach"):
-            data = data.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if type(data).__module__.startswith("torch"):  # a tensor, wherever it lives
+        data = data.detach().cpu().numpy()
     x = np.asarray(data)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise DataError(f"data for a Chow-Liu tree must be a 2-D array [samples, variables], got shape {x.shape}")
@@ -60,9 +59,17 @@ def _pick_device(device: str | None) -> str:
                 raise PcirError("device 'cuda' needs torch, which is not installed") from None
             if not torch.cuda.is_available():
                 raise PcirError("device 'cuda' requested but no CUDA device is available")
+        elif device == "torch-cpu":
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise PcirError("device 'torch-cpu' needs torch, which is not installed") from None
         elif device != "cpu":
-            raise PcirError(f"unknown device '{device}' (cpu or cuda)")
+            raise PcirError(f"unknown device '{device}' (cpu, cuda, or torch-cpu)")
         return device
+    # importing torch costs seconds: only ask it when a GPU driver is present (or torch is loaded)
+    if "torch" not in sys.modules and not os.path.exists("/proc/driver/nvidia/version"):
+        return "cpu"
     try:
         import torch
 
@@ -75,8 +82,8 @@ class _Ops:
     """The few array operations of the block loop, on numpy or on torch."""
 
     def __init__(self, device: str):
-        self.device = device
         self.torch = device != "cpu"
+        self.device = "cpu" if device == "torch-cpu" else device
         if self.torch:
             import torch
 

@@ -66,7 +66,8 @@ def hclt(
     """An HCLT circuit, from ``data`` [samples, variables] (Chow-Liu tree learnt here) or ``tree``.
 
     Args:
-        data: integer (or real, for real-valued leaves) array or tensor [N, V].
+        data: integer (or real, for real-valued leaves) array or tensor [N, V]; or a networkx
+            tree (then no learning).
         num_latents: units per latent group (PyJuice's ``num_latents``).
         tree: instead of data, the tree's edges (pairs of variable indices) or a networkx graph.
         root: the tree's root variable (default: its centre, as PyJuice).
@@ -82,6 +83,8 @@ def hclt(
     """
     check_positive("num_latents", num_latents)
     check_positive("num_root_units", num_root_units)
+    if tree is None and type(data).__module__.startswith("networkx"):
+        tree, data = data, None  # hclt(tree_graph, num_latents)
     num_cats = None
     if tree is None:
         if data is None:
@@ -110,6 +113,7 @@ def hclt(
             if not (0 <= a < n and 0 <= b < n) or a == b:
                 raise PcirError(f"tree edge ({a}, {b}) is not between two of the {n} variables")
     dist, dom = resolve_input(input_dist, num_cats, domain)
+    chow_liu.root_tree(n, edges, 0)  # raises unless the edges form one tree
     r = chow_liu.tree_center(n, edges) if root is None else int(root)
     if not 0 <= r < n:
         raise PcirError(f"root variable {r} out of range (0..{n - 1})")

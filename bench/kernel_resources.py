@@ -1,0 +1,106 @@
+"""Shared memory of every generated sum kernel, compiled for a GPU target on a machine without one.
+
+Triton compiles to a target named here (default ``cuda:90``, H100/H200) without a device, so a
+kernel that will not launch on the card (``OutOfResources: shared memory``) is found on the CPU::
+
+    python bench/kernel_resources.py pd-32 hclt-128 --target cuda:90
+
+It lowers the configuration's circuit (``bench/harness/suite.py``; HCLT on a path-shaped tree,
+which has the same kernel variants' shapes), generates the Triton module and compiles each sum
+kernel variant (tile sizes, and arity where it is compiled in) with the batch tile the engine uses
+for the configuration's batch. Prints one line per kernel:
+shared memory, warps and pipeline stages, and ``OVER`` where the shared memory exceeds
+``--limit`` (227 KiB on sm_90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# argument name -> Triton type; read off each kernel's own argument list, so the tool follows the
+# generated signatures as they change (constexpr arguments other than BB are not expected)
+ARG_TYPES = {
+    "V": "*fp32",
+    "W": "*fp32",
+    "F": "*fp32",
+    "M": "*fp32",
+    "PF": "*fp32",
+    "COLS": "*i32",
+    "TAB": "*i64",
+    "LIST": "*i64",
+    "B": "i32",
+    "A": "i32",
+    "CH": "i32",
+}
+KINDS = ("sum_fwd", "sum_bwd_cols", "sum_bwd_params")
+
+
+def circuit_for(name: str):
+    from harness.suite import SUITE
+
+    from pcir import structures as st
+
+    cfg = {c.name: c for c in SUITE}.get(name)
+    if cfg is None:
+        raise SystemExit(f"unknown configuration {name}; known: {', '.join(c.name for c in SUITE)}")
+    if cfg.family == "hclt":  # no data needed: the kernel shapes depend on latents and arities only
+        tree = [(i, i - 1) for i in range(1, 40)] + [(40 + j, j % 40) for j in range(60)]
+        return cfg, st.hclt(tree=tree, num_vars=100, num_latents=cfg.latents, input_dist="categorical(k=256)")
+    from harness.suite import Context, build_pcir
+
+    return cfg, build_pcir(cfg, Context(device=None, pyjuice=None))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("configs", nargs="+")
+    ap.add_argument("--target", default="cuda:90", help="backend:arch, e.g. cuda:90 (H100/H200) or cuda:80")
+    ap.add_argument("--limit", type=int, default=232448, help="bytes of shared memory a block may use")
+    ap.add_argument("--precision", default="tf32")
+    args = ap.parse_args(argv)
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from pcir.backend.codegen import generate, variants
+    from pcir.backend.loader import load_source
+    from pcir.backend.plan import lower
+    from pcir.backend.triton_engine import _batch_tile
+
+    backend, arch = args.target.split(":")
+    target = GPUTarget(backend, int(arch), 32)
+    over = 0
+    for name in args.configs:
+        cfg, circuit = circuit_for(name)
+        plan = lower(circuit)
+        mod = load_source(generate(plan, args.precision), plan.source_hash, args.precision)
+        bb = _batch_tile(cfg.batch)
+        for i, variant in enumerate(variants(plan)):
+            for kind in KINDS:
+                fn = getattr(mod, f"{kind}_v{i}", None)
+                if fn is None:
+                    continue
+                try:
+                    sig = {a: ("constexpr" if a == "BB" else ARG_TYPES[a]) for a in fn.arg_names}
+                    k = triton.compile(ASTSource(fn, sig, constexprs={"BB": bb}), target=target)
+                    md = k.metadata
+                    flag = " OVER" if md.shared > args.limit else ""
+                    over += bool(flag)
+                    print(
+                        f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kind:<15s} "
+                        f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
+                    )
+                except Exception as e:  # noqa: BLE001  (report and go on)
+                    over += 1
+                    print(f"{name:>16s} v{i} {kind}: {type(e).__name__}: {str(e)[:200]}")
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

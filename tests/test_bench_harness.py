@@ -1,0 +1,135 @@
+"""The benchmark harness's arithmetic (bench/harness): FLOP and byte counts, floors, ratios.
+
+The harness itself runs on a GPU machine; these checks run its counting on tiny circuits whose
+counts are worked out by hand, so a table's roofline column cannot silently drift.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from harness import report  # noqa: E402
+from harness.suite import SMOKE, SUITE, pcir_graph_counts  # noqa: E402
+from harness.work import circuit_work, floor_ms  # noqa: E402
+
+from pcir import structures as st  # noqa: E402
+from pcir.ir import CircuitBuilder, Dist, Domain  # noqa: E402
+
+
+def _mixture_of_products():
+    """2 variables (k=3), inputs of 4 units each, an aligned product (4 units), a dense sum of 2
+    units over it, a root of 1 unit: E = 2*4 + 1*2 = 10, P = 4*2 = 8."""
+    b = CircuitBuilder(seed=0)
+    b.variables(2, Domain.categorical(3))
+    d = Dist.make("categorical", k=3)
+    a = b.input(0, 4, d, name="a")
+    c = b.input(1, 4, d, name="c")
+    p = b.product([a, c], pattern="aligned", name="p")
+    s = b.sum([p], 2, name="s")
+    b.root(b.sum([s], 1, name="r"))
+    return b.build()
+
+
+def test_counts_by_hand():
+    w = circuit_work(_mixture_of_products(), batch=5)
+    assert (w["sum_edges"], w["prod_edges"], w["sum_params"]) == (10, 8, 10)
+    assert (w["stored_rows"], w["input_units"], w["leaf_params"]) == (4 + 4 + 2 + 1, 8, 2 * 4 * 3)
+    assert w["mm_flops_fwd"] == 2 * 10 * 5 and w["mm_flops_train"] == 6 * 10 * 5
+    assert w["ew_flops_fwd"] == 8 * 5 and w["ew_flops_train"] == 2 * 8 * 5
+    X, leaf = 5 * 2, min(24, 8 * 5)
+    fwd = 4 * (10 + 11 * 5 + leaf + X)
+    assert w["bytes_fwd"] == fwd
+    assert w["bytes_train"] == fwd + 4 * (2 * 10 + 2 * 11 * 5 + leaf + X) + 4 * (3 * 10 + 3 * 24)
+
+
+def test_tied_parameters_count_once():
+    w = circuit_work(st.hmm(5, 3, 7), batch=2)
+    # 4 tied transition sums of 3x3 plus a root of 3: edges at every use, parameters once
+    assert w["sum_edges"] == 4 * 9 + 3
+    assert w["sum_params"] == 9 + 3
+    assert w["leaf_params"] == 3 * 7
+
+
+def test_floor_is_max_of_flop_and_byte_time():
+    w = {"mm_flops_fwd": 2e12, "ew_flops_fwd": 0, "bytes_fwd": 1e11}
+    card = {"tf32_TFLOPs": 400.0, "fp32_TFLOPs": 50.0, "bf16_TFLOPs": 800.0, "copy_TBps": 4.0}
+    f = floor_ms(w, card, "fwd", "tf32")
+    assert f == {"floor_fwd_ms": 25.0, "floor_fwd_bound": "bytes"}  # 5 ms of tf32 FLOPs < 25 ms of bytes
+    assert floor_ms(w, card, "fwd", "fp32") == {"floor_fwd_ms": 40.0, "floor_fwd_bound": "flops"}
+    assert floor_ms(w, {}, "fwd", "tf32") == {}
+
+
+def test_ratios_and_misses():
+    row = {
+        "config": "hclt-512",
+        "batch": 512,
+        "floor_train_ms": 2.0,
+        "pcir": {"fwd_ms": 2.0, "train_ms": 10.0, "peak_mib": 70.0, "compile_s": 1.0},
+        "pyjuice": {"fwd_ms": 8.0, "train_ms": 40.0, "eager_train_ms": 50.0, "peak_mib": 100.0, "compile_s": 2.0},
+    }
+    report.add_ratios(row)
+    assert row["ratio"]["fwd"] == 0.25 and row["ratio"]["train"] == 0.25
+    assert row["ratio"]["train_vs_eager"] == 0.2 and row["ratio"]["peak"] == 0.7
+    assert row["roofline"]["pcir_train"] == 0.2
+    missed = report.misses([row])
+    assert any("compile ratio 0.50" in m for m in missed)  # 0.5 > 0.25
+    assert any("20.0% of the card's floor" in m for m in missed)
+    assert not any("train ratio" in m or "peak ratio" in m for m in missed)
+
+
+def test_suite_names_are_unique_and_cover_the_issue():
+    names = [c.name for c in SUITE]
+    assert len(names) == len(set(names))
+    for want in ["hclt-512", "pd-256", "rat-d5-r16-256", "hmm-2048", "hclt-128-B1", "hclt-128-B2048"]:
+        assert want in names
+
+
+@pytest.mark.parametrize("cfg", [c for c in SMOKE if c.family in ("pd", "rat", "hmm")], ids=lambda c: c.name)
+def test_graph_counts_add_pyjuice_one_child_products(cfg):
+    from harness.suite import Context, build_pcir
+
+    c = build_pcir(cfg, Context(device=None, pyjuice=None))
+    nodes, edges = pcir_graph_counts(c)
+    s = c.stats()
+    assert nodes >= s["nodes"] and edges - s["edges"] == nodes - s["nodes"]
+    assert np.isfinite(nodes)
+
+
+def test_per_layer_profile_maps_every_launch_to_the_plan(monkeypatch):
+    """The launch proxy sees every Triton launch of a train step and maps it to the plan's layers
+    (device events replaced by host clocks, so this runs on the CPU interpreter)."""
+    import time
+
+    import torch
+    from harness import profile
+    from harness.suite import Context, build_pcir
+
+    import pcir
+
+    class HostEvent:
+        def __init__(self, **_):
+            self.t = 0.0
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def elapsed_time(self, other):
+            return (other.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    cfg = next(c for c in SMOKE if c.family == "hmm")
+    ctx = Context(device=torch.device("cpu"), pyjuice=None)
+    model = pcir.compile(build_pcir(cfg, ctx), device="cpu")
+    if model._engine().name != "triton":
+        pytest.skip("the Triton engine does not run here (TRITON_INTERPRET unset)")
+    out = profile.per_layer(model, ctx.batches(cfg)[0], torch.device("cpu"), None)
+    assert "note" not in out, out.get("note")
+    assert [r["layer"] for r in out["layers"]] == [layer.index for layer in model.plan.layers]
+    assert all(r["fwd_ms"] >= 0 and r["bwd_ms"] >= 0 for r in out["layers"])
