@@ -77,6 +77,9 @@ def build_hclt(children, root, latents, cats=256):
     return b.build()
 
 
+PROFILE = "--profile" in sys.argv
+
+
 def cuda_time(fn, iters=20, warmup=3):
     for _ in range(warmup):
         fn()
@@ -121,12 +124,34 @@ def bench_ours(name, circuit, data, B, precision, rows, extra=True):
             model.zero_flows()
             res["em_ms"] = round(cuda_time(lambda: model.em_step(0.1, 0.1)), 3)
     model.cuda_graphs = True
+    if PROFILE and extra:
+        from torch.profiler import ProfilerActivity, profile
+
+        model.cuda_graphs = False
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                model.forward_backward(x)
+                model.em_step(0.1, 0.1)
+            torch.cuda.synchronize()
+        model.cuda_graphs = True
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=40), flush=True)
     peak = torch.cuda.max_memory_allocated() / 2**20
     with torch.no_grad():
         ll = model(x).mean().item()
     s = circuit.stats()
-    out = dict(sys=f"pcir-{precision}", model=name, B=B, nodes=s["nodes"], edges=s["edges"], params=s["params"],
-               layers=len(model.plan.layers), compile_s=round(compile_s, 2), **res, peak_mib=round(peak, 1), ll=ll)
+    out = dict(
+        sys=f"pcir-{precision}",
+        model=name,
+        B=B,
+        nodes=s["nodes"],
+        edges=s["edges"],
+        params=s["params"],
+        layers=len(model.plan.layers),
+        compile_s=round(compile_s, 2),
+        **res,
+        peak_mib=round(peak, 1),
+        ll=ll,
+    )
     print(json.dumps(out), flush=True)
     rows.append(out)
     return model
@@ -209,8 +234,9 @@ def main():
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--pyjuice", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="other precisions and batch 1/8 on the widest HCLT")
-    ap.add_argument("--precision", default="tf32")
+    ap.add_argument("--precision", default="tf32x3")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true", help="kernel time table of 3 eager train steps")
     args = ap.parse_args()
     dev = torch.device("cuda")
     rows = [dict(card=torch.cuda.get_device_name(), torch=torch.__version__)]
@@ -225,7 +251,7 @@ def main():
             check_against_torch(c, data, 64, rows)
         bench_ours(f"hclt-{L}", c, data, args.batch, args.precision, rows)
         if args.sweep and L == max(int(v) for v in args.latents.split(",")):
-            for prec in ("tf32x3", "bf16", "fp32"):
+            for prec in ("tf32", "bf16", "fp32"):
                 bench_ours(f"hclt-{L}", c, data, args.batch, prec, rows, extra=False)
             for b1 in (1, 8):
                 bench_ours(f"hclt-{L}-B{b1}", c, data, b1, args.precision, rows, extra=False)

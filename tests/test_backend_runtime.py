@@ -254,3 +254,30 @@ def test_flows_with_batch_split_over_programs(engine, device):
     ref = ev.flows(c, x, miss)
     for pname, pf in ref.param.items():
         np.testing.assert_allclose(m.param_flows(pname).cpu().double().numpy(), pf, rtol=2e-4, atol=1e-4, err_msg=pname)
+
+
+STRUCTURES = {
+    "hclt": lambda S, rng: S.hclt(rng.integers(0, 4, (200, 6)), num_latents=4),
+    "pd": lambda S, rng: S.pd(data_shape=(4, 4), num_latents=4, split_intervals=(2, 2), input_dist="categorical(k=3)"),
+    "rat_spn": lambda S, rng: S.rat_spn(
+        num_vars=8, num_latents=4, depth=2, num_repetitions=2, input_dist="categorical(k=3)"
+    ),
+    "hmm": lambda S, rng: S.hmm(6, 4, 5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
+def test_structure_generators_compile_and_train(name, engine, device):
+    from pcir import structures
+
+    rng = np.random.default_rng(0)
+    c = STRUCTURES[name](structures, rng)
+    m = pc_compile(c, engine=engine, device=device, precision="fp32")
+    x, _ = data_for(c, 6, seed=10)
+    np.testing.assert_allclose(m(x).detach().cpu().double().numpy(), ev.log_likelihood(c, x), rtol=1e-5)
+    m.forward_backward(x)
+    m.em_step(0.5, 0.1)
+    new = ev.em_step(c, x, None, 0.5, 0.1)
+    for p, slot in m.plan.params.items():
+        if slot.kind != "indicator":
+            np.testing.assert_allclose(m.get_param(p).cpu().double().numpy(), new.param_value(p), rtol=1e-4, atol=1e-6)

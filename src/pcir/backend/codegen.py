@@ -251,7 +251,7 @@ def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr):
 
 
 @triton.jit
-def sum_bwd_cols_v{i}(V, F, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr):
+def sum_bwd_cols_v{i}(V, F, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, EXCL: tl.constexpr):
     """Flows of one column tile: fc[k, b] = exp(c[k,b] - m[b]) sum_s W[s,k] F[s,b] exp(m[b] - V[s,b]),
     sent to every child row of the (fused) product in column k."""
     t = tl.program_id(0)
@@ -292,7 +292,10 @@ def sum_bwd_cols_v{i}(V, F, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr):
     fc = e * acc
     for a in range(0, A):
         r = tl.load(COLS + col_off + k * A + a, mask=km, other=0).to(tl.int64)
-        tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0))
+        if EXCL:  # the plan proved no other gather reads these rows: a plain store
+            tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
+        else:
+            tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0))
 
 
 @triton.jit

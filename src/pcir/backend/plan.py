@@ -100,6 +100,7 @@ class Layer:
     block_m: int = 0
     block_k: int = 0
     arity: int = 1
+    exclusive: bool = False  # every row this layer's gathers read is read by no other gather
 
 
 @dataclass
@@ -187,12 +188,15 @@ class KernelPlan:
         )
         out.append("stats " + " ".join(f"{k}={v}" for k, v in self.stats().items()))
         for b in self.inputs:
+            if not b.count:
+                continue
             out.append(f"input {b.family} rows=[{b.row},{b.row + b.count}) groups={len(b.groups)}")
             for name, row, units in b.groups:
                 out.append(f"  {name} row={row} units={units}")
         for layer in self.layers:
             sizes = f" tile=({layer.block_m},{layer.block_k})" if layer.kind == "sum" else ""
-            out.append(f"layer {layer.index} {layer.kind} groups={len(layer.groups)} arity={layer.arity}{sizes}")
+            excl = " exclusive" if layer.exclusive else ""
+            out.append(f"layer {layer.index} {layer.kind} groups={len(layer.groups)} arity={layer.arity}{sizes}{excl}")
             for g in layer.groups:
                 if isinstance(g, SumGroupPlan):
                     fused = f" fused=[{', '.join(g.products)}]" if g.products else ""
@@ -243,8 +247,11 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
     root = root or circuit.roots[0]
     if root not in circuit:
         raise BackendError(f"unknown root '{root}'")
+    # every root's groups are compiled (their parameters belong to the module); the root whose
+    # values the module returns and whose flows train it is ``root`` (the first by default)
+    all_roots = {root, *(r for r in circuit.roots if r in circuit)}
     live: set[str] = set()
-    stack = [root]
+    stack = list(all_roots)
     while stack:
         n = stack.pop()
         if n not in live:
@@ -262,7 +269,7 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         if not isinstance(g, ProductGroup):
             continue
         flat_arity[n] = sum(flat_arity[c] if fuse.get(c) == "fused" else 1 for c in g.children)
-        stored = n == root or g.attr("fuse") == "scratch" or flat_arity[n] > MAX_FUSED_ARITY
+        stored = n in all_roots or g.attr("fuse") == "scratch" or flat_arity[n] > MAX_FUSED_ARITY
         fuse[n] = "stored" if stored else "fused"
 
     # ---- rows: inputs by family, then stored groups in topological order ------------------
@@ -452,8 +459,14 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
             else:
                 w_off = slot.offset
             bs = g.attr("bs")
-            block_m = _tile(g.units, int(bs) if isinstance(bs, int) else None, 16, 64)
-            block_k = _tile(k, None, 16, 64)
+            # a block-sparse sum tiles along its own blocks, so empty blocks skip whole tiles
+            hint_m = int(bs) if isinstance(bs, int) and not isinstance(bs, bool) else None
+            hint_k = None
+            if g.pattern == "block" and g.block is not None:
+                hint_m = hint_m or g.block[0]
+                hint_k = g.block[1]
+            block_m = _tile(g.units, hint_m, 16, 64)
+            block_k = _tile(k, hint_k, 16, 64)
             fused = tuple(sorted(_fused_under(circuit, n, fuse)))
             emasks[n] = g.edge_mask(k)
             plans.append(
@@ -488,6 +501,20 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         else:
             lay.arity = max(g.arity for g in plans)
         final_layers.append(lay)
+
+    # rows read by exactly one gather entry in the whole plan get their flow from one place: the
+    # backward may store it instead of adding atomically
+    refs = np.zeros(next_row, dtype=np.int64)
+    for lay in final_layers:
+        for g in lay.groups:
+            idx = g.cols if isinstance(g, SumGroupPlan) else g.idx
+            np.add.at(refs, idx.reshape(-1), 1)
+    refs[0] = 0
+    for lay in final_layers:
+        if lay.kind == "sum":
+            used = np.concatenate([g.cols.reshape(-1) for g in lay.groups])
+            used = used[used != 0]
+            lay.exclusive = bool(np.all(refs[used] == 1))
 
     rg = circuit.group(root)
     return KernelPlan(

@@ -148,7 +148,7 @@ class CompiledCircuit(nn.Module):
         circuit: Circuit,
         plan: KernelPlan,
         *,
-        precision: str = "tf32",
+        precision: str = "tf32x3",
         engine: str = "auto",
         source: str | None = None,
         kernels: Any = None,

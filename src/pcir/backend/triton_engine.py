@@ -52,6 +52,7 @@ class _SumLayer:
             off += g.k * A
         self.variant = variant
         self.arity = A
+        self.exclusive = layer.exclusive
         self.cols = lt(np.concatenate(cols)).to(torch.int32)
         self.fwd, self.fwd_list = lt(fwd), lt(fwd_list or [0])
         self.col, self.col_list = lt(col_tab), lt(col_list or [0])
@@ -71,6 +72,7 @@ class _ProductLayer:
             tab.append((g.row, g.units, off))
             off += g.units * A
         self.arity = A
+        self.exclusive = layer.exclusive
         self.idx = torch.as_tensor(np.concatenate(idx), dtype=torch.int32, device=device)
         self.tab = torch.as_tensor(np.asarray(tab, dtype=np.int64).reshape(-1), device=device)
         self.n = len(tab)
@@ -159,7 +161,7 @@ class TritonEngine:
                 chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
                 ch = triton_cdiv(nb, chunks) * BB
                 pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB)
-                cols_fn[(L.n_col, nb)](V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB)
+                cols_fn[(L.n_col, nb)](V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB, EXCL=L.exclusive)
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         F[0] = 0.0

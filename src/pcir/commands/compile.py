@@ -18,7 +18,9 @@ def add_arguments(p):
         "--emit", choices=["plan", "triton", "summary"], default="summary", help="what to print (default: summary)"
     )
     p.add_argument("--device", default=None, help="device to build the module on (cpu, cuda); checks that it loads")
-    p.add_argument("--precision", default="tf32", choices=["tf32", "tf32x3", "fp32", "bf16"], help="sum-layer matmul precision")
+    p.add_argument(
+        "--precision", default="tf32x3", choices=["tf32", "tf32x3", "fp32", "bf16"], help="sum-layer matmul precision"
+    )
     p.add_argument("--dump-dir", default=None, help="write the IR after each pass, the plan and the source here")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 

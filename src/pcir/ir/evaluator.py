@@ -178,7 +178,7 @@ def em_step(
     done: set[str] = set()
     for g in circuit:
         pname = getattr(g, "params", None)
-        if not pname or pname in done:
+        if pname is None or pname in done:  # "" is a valid (quoted) parameter name
             continue
         done.add(pname)
         old = np.asarray(circuit.param_value(pname), dtype=np.float64)

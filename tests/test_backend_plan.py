@@ -1,0 +1,173 @@
+"""Lowering (circuit -> kernel plan, pure data) and codegen (plan -> Triton text): unit and golden
+tests, and ``pcir compile`` end to end. No kernels run here except in the CLI test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_backend_helpers import hmm, mixed, product_root, tied_bernoulli
+
+from pcir.backend.codegen import generate, variants
+from pcir.backend.plan import MAX_FUSED_ARITY, lower
+from pcir.ir import CircuitBuilder, Dist, Domain, verify
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden" / "backend"
+
+
+def test_products_are_fused_and_take_no_rows():
+    plan = lower(mixed())
+    assert set(plan.fuse.values()) == {"fused"}
+    stored = {g.name for layer in plan.layers for g in layer.groups}
+    assert not any(n.startswith("p") for n in stored)
+    # rows: zero row + inputs + sums only
+    c = mixed()
+    n_in = sum(g.units for g in c if g.kind == "input")
+    n_sum = sum(g.units for g in c if g.kind == "sum")
+    assert plan.num_rows == 1 + n_in + n_sum
+
+
+def test_nested_products_are_flattened():
+    plan = lower(tied_bernoulli())
+    (s,) = [g for g in plan.sum_groups if g.name == "s3"]  # sum over outer(s01, a2) x a3
+    assert s.arity == 3 and s.cols.shape == (s.k, 3)
+    assert (s.cols > 0).all()  # every column reads three stored rows, no pad
+
+
+def test_root_product_is_stored():
+    plan = lower(product_root())
+    assert plan.fuse[plan.root] == "stored"
+    assert plan.layers[-1].kind == "product"
+    assert plan.root_row == plan.layers[-1].groups[0].row
+
+
+def test_wide_products_are_stored():
+    b = CircuitBuilder()
+    xs = b.variables(MAX_FUSED_ARITY + 2, Domain.binary())
+    leaves = [b.input(x, 2, Dist.make("bernoulli")) for x in xs]
+    b.root(b.sum([b.product(leaves)], 1))
+    plan = lower(verify(b.build()))
+    assert list(plan.fuse.values()) == ["stored"]
+    assert [layer.kind for layer in plan.layers] == ["product", "sum"]
+
+
+def test_depth_layering_of_a_chain():
+    plan = lower(hmm(6))
+    assert [layer.kind for layer in plan.layers] == ["sum"] * 6
+    assert all(len(layer.groups) == 1 for layer in plan.layers)
+    rows = [layer.groups[0].row for layer in plan.layers]
+    assert rows == sorted(rows)  # each layer's rows are contiguous and in order
+
+
+def test_layer_annotation_followed_when_valid_else_ignored():
+    c = hmm(4)
+    sums = [g.name for g in c if g.kind == "sum"]
+    # valid: put every sum one layer apart but with gaps (renumbered densely)
+    valid = c.replace(groups=[g.with_attrs(layer=10 * (sums.index(g.name) + 1)) if g.name in sums else g for g in c])
+    assert [layer.groups[0].name for layer in lower(valid).layers] == sums
+    # invalid (a parent before its child): the default depth layering is used
+    bad = c.replace(groups=[g.with_attrs(layer=100 - sums.index(g.name)) if g.name in sums else g for g in c])
+    assert [layer.groups[0].name for layer in lower(bad).layers] == sums
+
+
+def test_tied_sums_share_weights_and_explicit_sums_expand():
+    plan = lower(tied_bernoulli())
+    s01 = [g for g in plan.sum_groups if g.params == "s0.w"]
+    assert len(s01) == 2 and s01[0].w_off == s01[1].w_off
+    pm = lower(mixed())
+    (ex,) = [g for g in pm.sum_groups if g.pattern == "explicit" and g.k == 16]
+    assert ex.w_off >= pm.sum_param_size  # dense expansion appended after the parameters
+    gather = pm.explicit_gather[ex.w_off - pm.sum_param_size : ex.w_off - pm.sum_param_size + ex.units * ex.k]
+    assert (gather >= 0).sum() == len(mixed().group(ex.name).edges)
+
+
+def test_block_sparse_tiles_skip_empty_blocks():
+    b = CircuitBuilder()
+    xs = b.variables(2, Domain.binary())
+    a = b.input(xs[0], 32, Dist.make("bernoulli"))
+    c = b.input(xs[1], 32, Dist.make("bernoulli"))
+    mask = np.eye(2, dtype=bool)
+    s = b.sum([b.product([a, c])], 32, mask=mask, block=(16, 16), attrs={"bs": 16})
+    b.root(b.sum([s], 1))
+    plan = lower(verify(b.build()))
+    (g,) = [g for g in plan.sum_groups if g.name == s]
+    assert (g.block_m, g.block_k) == (16, 16)
+    assert g.tiles.tolist() == [[0, 0], [1, 1]]
+
+
+def test_plan_is_deterministic_and_torch_free():
+    code = "import sys; from pcir.backend.plan import lower; import pcir; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env())
+    assert out.stdout.strip() == "False"
+    assert lower(mixed()).to_text() == lower(mixed()).to_text()
+
+
+def test_codegen_one_kernel_set_per_tile_shape():
+    plan = lower(hmm(5))
+    src = generate(plan, "tf32")
+    assert len(variants(plan)) == 1
+    assert src.count("def sum_fwd_v") == 1
+    assert "input_precision='tf32'" in src
+    assert "input_precision='ieee'" in generate(plan, "fp32")
+    assert ".to(tl.bfloat16)" in generate(plan, "bf16")
+
+
+def _env():
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.mark.parametrize("emit, golden", [("plan", "mixture.plan.txt"), ("triton", "mixture.triton.py.txt")])
+def test_compile_command_golden(emit, golden):
+    out = subprocess.run(
+        [sys.executable, "-m", "pcir", "compile", str(ROOT / "examples" / "mixture.pc"), f"--emit={emit}"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (GOLDEN / golden).read_text()
+
+
+def test_compile_command_builds_on_device(device, tmp_path):
+    env = _env()
+    env["PCIR_CACHE_DIR"] = str(tmp_path / "cache")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pcir",
+            "compile",
+            str(ROOT / "examples" / "hmm.pc"),
+            "--device",
+            device,
+            "--dump-dir",
+            str(tmp_path / "dump"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "layers=" in out.stdout
+    assert (tmp_path / "dump" / "plan.txt").exists() and (tmp_path / "dump" / "kernels.py").exists()
+    assert list((tmp_path / "cache" / "kernels").glob("pcir_*.py"))
+
+
+def test_compile_command_reports_errors(tmp_path):
+    bad = tmp_path / "bad.pc"
+    bad.write_text("var x: binary\nroot Q\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "pcir", "compile", str(bad)], capture_output=True, text=True, env=_env()
+    )
+    assert out.returncode == 1
+    assert "error" in out.stderr and "Traceback" not in out.stderr
