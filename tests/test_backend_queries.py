@@ -7,10 +7,8 @@ GPU with compiled Triton kernels); the hand-built cases run on both engines (the
 under TRITON_INTERPRET=1 on CPU), the seeded and hypothesis ones on the torch engine to keep CI
 time small.
 
-The kernels have no binomial / discrete_logistic / literal leaves yet, so the seeded tiny circuits
-(which use them) are compiled after :func:`kernel_families` rewrites those groups as categorical
-tables of the same probabilities (exact for queries). The reference always answers on the
-original circuit.
+The seeded tiny circuits use every leaf family, binomial / discrete_logistic / literal included
+(the kernels serve them as log-probability tables computed from the family's parameters).
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ from pcir.ir import (
     DataError,
     Dist,
     Domain,
-    InputGroup,
     Param,
     PcirError,
     verify,
@@ -58,28 +55,8 @@ def engine(request, device):
 
 
 # ---- helpers --------------------------------------------------------------------------------
-def kernel_families(c):
-    """The circuit with binomial / discrete_logistic / literal groups as categorical tables of the
-    same probabilities over the variable's domain (the kernels have no such leaves yet)."""
-    groups, params = [], dict(c.params)
-    for g in c:
-        if isinstance(g, InputGroup) and g.dist.kind in ("binomial", "discrete_logistic", "literal"):
-            k = c.variables[g.var].domain.k
-            dt = dists.get(g.dist.kind)
-            table = np.exp(dt.log_prob(g.dist, np.asarray(c.param_value(g.params)), np.arange(k, dtype=np.float64))).T
-            assert np.allclose(table.sum(axis=1), 1.0)  # support = domain in the tiny circuits
-            pname = g.params + ".table"
-            params[pname] = Param.of(table / table.sum(axis=1, keepdims=True))
-            g = InputGroup(g.name, g.var, g.units, Dist.make("categorical", k=k), pname, g.attrs)
-        groups.append(g)
-    used = {g.params for g in groups if isinstance(g, InputGroup)} | {
-        g.params for g in groups if not isinstance(g, InputGroup) and hasattr(g, "params")
-    }
-    return verify(c.replace(groups=groups, params={k: v for k, v in params.items() if k in used}))
-
-
 def compiled(c, device, engine="torch"):
-    return pc_compile(kernel_families(c), device=device, engine=engine, precision="fp32")
+    return pc_compile(c, device=device, engine=engine, precision="fp32")
 
 
 def np_(t):

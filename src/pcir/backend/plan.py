@@ -49,6 +49,12 @@ from ..ir.diagnostics import BackendError
 PLAN_VERSION = 1
 MAX_FUSED_ARITY = 16
 INPUT_FAMILIES = ("categorical", "gaussian", "indicator")
+# discrete families served by the categorical kernels through a (units, k) log-probability table
+# computed in torch from the family's own parameters (see runtime.leaf_tables); EM from the
+# per-value flow counts of that table
+TABLE_FAMILIES = ("binomial", "discrete_logistic", "literal")
+# numbers per unit of each table family's parameter (IR format, float32 in ``leaf_params``)
+TABLE_PARAM_WIDTH = {"binomial": 1, "discrete_logistic": 2, "literal": 0}
 
 
 @dataclass
@@ -106,10 +112,12 @@ class Layer:
 @dataclass
 class ParamSlot:
     name: str
-    kind: str  # sum | categorical | bernoulli | gaussian | indicator
+    kind: str  # sum | categorical | bernoulli | gaussian | indicator | a TABLE_FAMILIES name
     offset: int  # into the family's flat store (rows for gaussian/indicator)
     shape: tuple[int, ...]  # IR shape
-    k: int = 0  # categories per row (categorical/bernoulli tables)
+    k: int = 0  # categories per row (categorical/bernoulli/table-family tables)
+    dist: dists.Dist | None = None  # table families: the distribution (arguments)
+    poff: int = 0  # table families: offset of the IR parameters in the flat ``leaf_params`` store
 
 
 @dataclass
@@ -138,6 +146,14 @@ class KernelPlan:
     var_k: np.ndarray  # int64 [num_vars]: categories (0 for real variables)
     var_names: list[str]
     source_hash: str = ""
+    # the categorical store is [normalised tables (categorical, bernoulli) | table families];
+    # only the first ``cat_norm_size`` entries are logits normalised per row
+    cat_norm_size: int = 0
+    leaf_param_size: int = 0  # float32 IR parameters of the table families
+
+    @property
+    def table_slots(self) -> list[ParamSlot]:
+        return [p for p in self.params.values() if p.kind in TABLE_FAMILIES]
 
     def runs(self, kind: str) -> list[tuple[int, int, int]]:
         """Contiguous runs ``(offset, length, row_len)`` of the flat sum (``"sum"``) or categorical
@@ -281,12 +297,24 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
     gauss_rows = 0
     gauss_min_std: list[float] = []
     cat_row_chunks: list[np.ndarray] = []
+    cat_norm_size = 0
+    cat_norm_fixed = False
+    leaf_param_size = 0
+    # a table family's table spans the largest domain of the variables its parameter is read on
+    table_k: dict[str, int] = {}
+    for n in order:
+        g = circuit.group(n)
+        if isinstance(g, InputGroup) and g.dist.kind in TABLE_FAMILIES:
+            dom = circuit.variables[g.var].domain
+            table_k[g.params] = max(table_k.get(g.params, 1), int(dom.k))
     rows: dict[str, int] = {}
     next_row = 1
     inputs: list[InputBlock] = []
     input_groups = [circuit.group(n) for n in order if isinstance(circuit.group(n), InputGroup)]
     for family in INPUT_FAMILIES:
         members = [g for g in input_groups if _family(g) == family]
+        # table families after the normalised tables (stable order otherwise)
+        members.sort(key=lambda g: g.dist.kind in TABLE_FAMILIES)
         block = InputBlock(family, next_row, 0, np.zeros(0, np.int32), np.zeros(0, np.int64))
         var_parts: list[np.ndarray] = []
         idx_parts: list[np.ndarray] = []
@@ -295,7 +323,16 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
             group_param[g.name] = g.params
             if g.params not in params:
                 shape = circuit.params[g.params].shape
-                if family == "categorical":
+                if family == "categorical" and g.dist.kind in TABLE_FAMILIES:
+                    if not cat_norm_fixed:
+                        cat_norm_size, cat_norm_fixed = cat_size, True
+                    k = table_k[g.params]
+                    params[g.params] = ParamSlot(g.params, g.dist.kind, cat_size, shape, k, g.dist, leaf_param_size)
+                    leaf_param_size += g.units * TABLE_PARAM_WIDTH[g.dist.kind]
+                    cat_row_chunks.append(np.repeat(np.arange(cat_rows, cat_rows + g.units), k))
+                    cat_size += g.units * k
+                    cat_rows += g.units
+                elif family == "categorical":
                     k = int(g.dist.arg("k")) if g.dist.kind == "categorical" else 2
                     params[g.params] = ParamSlot(g.params, g.dist.kind, cat_size, shape, k)
                     cat_row_chunks.append(np.repeat(np.arange(cat_rows, cat_rows + g.units), k))
@@ -325,6 +362,8 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
             block.index = np.concatenate(idx_parts).astype(np.int64)
         next_row += block.count
         inputs.append(block)
+    if not cat_norm_fixed:
+        cat_norm_size = cat_size
 
     # ---- flattened gathers ----------------------------------------------------------------
     flat_cache: dict[str, np.ndarray] = {}
@@ -542,6 +581,8 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         var_k=var_k,
         var_names=[v.name for v in circuit.variables],
         source_hash=circuit_hash(circuit),
+        cat_norm_size=cat_norm_size,
+        leaf_param_size=leaf_param_size,
     )
 
 
@@ -558,7 +599,7 @@ def _occupied_tiles(emask: np.ndarray, block_m: int, block_k: int) -> np.ndarray
 
 def _family(g: InputGroup) -> str:
     kind = g.dist.kind
-    if kind in ("categorical", "bernoulli"):
+    if kind in ("categorical", "bernoulli") or kind in TABLE_FAMILIES:
         return "categorical"
     if kind in ("gaussian", "indicator"):
         return kind

@@ -8,6 +8,11 @@ Parameters (``nn.Parameter``, what optimisers see)
   optimiser does; entries without an edge hold ``-inf``.
 * ``cat_logits``: the same for categorical leaves; bernoulli leaves are two-category tables.
 * ``gauss``: ``(rows, 2)`` of (mean, log std) for gaussian leaves.
+* ``leaf_params``: the IR parameters of the table families (binomial ``p``, discrete_logistic
+  ``[mean, log_scale]``; literals have none), flat. The forward computes each such group's
+  ``(units, k)`` log-probability table in torch (:func:`leaf_tables`, with the query leaves of
+  :mod:`pcir.backend.queries`), appended to the categorical tables, so the categorical kernels
+  serve them and autograd reaches ``leaf_params`` through the table.
 
 Flows and gradients: two views of one backward pass
 ---------------------------------------------------
@@ -29,7 +34,57 @@ from torch import nn
 
 from ..ir.circuit import Circuit
 from ..ir.diagnostics import BackendError, DataError
-from .plan import KernelPlan
+from .plan import TABLE_PARAM_WIDTH, KernelPlan
+
+_PI_OVER_SQRT3 = math.pi / math.sqrt(3.0)
+
+
+def leaf_tables(plan: KernelPlan, leaf_params: torch.Tensor) -> torch.Tensor:
+    """The flat log-probability tables of the table families (binomial, discrete_logistic,
+    literal), ``plan.cat_size - plan.cat_norm_size`` entries, computed in float64 from the IR
+    parameters and returned in float32 (autograd-friendly)."""
+    from .queries import _log_prob_table, get_leaf
+
+    parts = []
+    for slot in plan.table_slots:
+        units = int(slot.shape[0])
+        w = TABLE_PARAM_WIDTH[slot.kind]
+        if w == 0:
+            prm = torch.zeros((units, 0), dtype=torch.float64, device=leaf_params.device)
+        else:
+            prm = leaf_params[slot.poff : slot.poff + units * w].to(torch.float64).view(slot.shape)
+        parts.append(_log_prob_table(get_leaf(slot.kind), slot.dist, prm, slot.k).reshape(-1))
+    if not parts:
+        return leaf_params.new_zeros(0)
+    return torch.cat(parts).to(torch.float32)
+
+
+def _table_em(slot, old: torch.Tensor, counts: torch.Tensor, s, pc) -> torch.Tensor:
+    """The M-step of a table family from its per-value flow counts ``(units, k)`` (the same
+    closed forms as ``pcir.ir.distributions``, which depend only on flow-weighted per-value
+    statistics), mixed with the old IR parameters by the step size. float64."""
+    values = torch.arange(slot.k, dtype=torch.float64, device=counts.device)
+    total = counts.sum(1)
+    s1 = counts @ values
+    if slot.kind == "binomial":
+        n = float(int(slot.dist.arg("n")))
+        denom = n * (total + pc)
+        upd = (s1 + pc * n / 2.0) / torch.where(denom > 0, denom, torch.ones_like(denom))
+        upd = torch.where(denom > 0, upd, old)
+        return (1.0 - s) * old + s * upd
+    # discrete_logistic: moment matching
+    s2 = counts @ (values * values)
+    mu0, ls0 = old[:, 0], old[:, 1]
+    sd0 = torch.exp(ls0) * _PI_OVER_SQRT3
+    w = total + pc
+    safe = torch.where(w > 0, w, torch.ones_like(w))
+    mu = (s1 + pc * mu0) / safe
+    var = (s2 + pc * (sd0 * sd0 + mu0 * mu0)) / safe - mu * mu
+    min_std = float(slot.dist.arg("min_std", 0.01))
+    sd = torch.sqrt(torch.clamp(var, min=min_std**2))
+    ls = torch.log(sd / _PI_OVER_SQRT3)
+    upd = torch.stack([torch.where(w > 0, mu, mu0), torch.where(w > 0, ls, ls0)], dim=1)
+    return (1.0 - s) * old + s * upd
 
 
 def _segment_log_softmax(logits: torch.Tensor, row_id: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -167,17 +222,21 @@ class CompiledCircuit(nn.Module):
         self._em_args: torch.Tensor | None = None
         self.cuda_graphs = True  # capture forward / forward_backward / em_step per batch shape on CUDA
         logits = np.full(plan.sum_param_size, -np.inf, dtype=np.float32)
-        cat = np.zeros(plan.cat_size, dtype=np.float32)
+        cat = np.zeros(plan.cat_norm_size, dtype=np.float32)
         gauss = np.zeros((plan.gauss_rows, 2), dtype=np.float32)
         self.sum_logits = nn.Parameter(torch.as_tensor(logits))
         self.cat_logits = nn.Parameter(torch.as_tensor(cat))
         self.gauss = nn.Parameter(torch.as_tensor(gauss))
+        if plan.leaf_param_size:
+            self.leaf_params = nn.Parameter(torch.zeros(plan.leaf_param_size))
+        else:  # no table family with parameters: not a Parameter (DDP rejects unused ones)
+            self.register_buffer("leaf_params", torch.zeros(0), persistent=False)
         self.register_buffer("sum_flows", torch.zeros(plan.sum_param_size), persistent=False)
         self.register_buffer("cat_flows", torch.zeros(plan.cat_size), persistent=False)
         self.register_buffer("gauss_stats", torch.zeros(plan.gauss_rows, 3), persistent=False)
         with torch.no_grad():
             for name, slot in plan.params.items():
-                if slot.kind != "indicator":
+                if slot.kind not in ("indicator", "literal"):
                     self._set_slot(name, np.asarray(circuit.param_value(name), dtype=np.float64))
 
     # ---- basics ----------------------------------------------------------------------------
@@ -224,15 +283,19 @@ class CompiledCircuit(nn.Module):
         t = self._tab()
         logw = t.sum_seg.log_softmax(self.sum_logits)
         logp = t.cat_seg.log_softmax(self.cat_logits)
+        if self.plan.cat_size > self.plan.cat_norm_size:
+            logp = torch.cat([logp, leaf_tables(self.plan, self.leaf_params)])
         return logw, logp
 
     def _versions(self):
         return (
             self.sum_logits._version,
             self.cat_logits._version,
+            self.leaf_params._version,
             self._key(),
             id(self.sum_logits),
             id(self.cat_logits),
+            id(self.leaf_params),
         )
 
     def _normalised_cached(self):
@@ -307,6 +370,9 @@ class CompiledCircuit(nn.Module):
             if slot.kind == "gaussian":
                 g = self.gauss[slot.offset : slot.offset + slot.shape[0]]
                 return torch.stack([g[:, 0], torch.exp(g[:, 1])], dim=1).clone()
+            if slot.kind in TABLE_PARAM_WIDTH:
+                m = int(np.prod(slot.shape))
+                return self.leaf_params[slot.poff : slot.poff + m].reshape(slot.shape).clone()
             for b in self.plan.inputs:  # indicator values are compiled into the plan
                 for gname, _row, _units in b.groups:
                     if self.plan.group_param.get(gname) == slot.name:
@@ -319,8 +385,8 @@ class CompiledCircuit(nn.Module):
         arr = np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
         if arr.shape != tuple(slot.shape):
             raise BackendError(f"parameter '{slot.name}' has shape {list(slot.shape)}, got {list(arr.shape)}")
-        if slot.kind == "indicator":
-            raise BackendError(f"parameter '{slot.name}' holds indicator values, which are compiled into the kernels")
+        if slot.kind in ("indicator", "literal"):
+            raise BackendError(f"parameter '{slot.name}' holds {slot.kind} values, which are compiled into the kernels")
         with torch.no_grad():
             self._set_slot(slot.name, arr)
 
@@ -346,6 +412,10 @@ class CompiledCircuit(nn.Module):
                 self.cat_logits.data[slot.offset : slot.offset + 2 * n] = torch.as_tensor(
                     tab, dtype=torch.float32, device=dev
                 )
+            elif slot.kind in TABLE_PARAM_WIDTH:
+                self.leaf_params.data[slot.poff : slot.poff + n] = torch.as_tensor(
+                    np.array(arr, dtype=np.float32).reshape(-1), device=dev
+                )
             elif slot.kind == "gaussian":
                 g = np.stack([arr[:, 0], np.log(arr[:, 1])], axis=1)
                 self.gauss.data[slot.offset : slot.offset + arr.shape[0]] = torch.as_tensor(
@@ -370,6 +440,9 @@ class CompiledCircuit(nn.Module):
             return self.cat_flows[slot.offset : slot.offset + 2 * n].reshape(n, 2).clone()
         if slot.kind == "gaussian":
             return self.gauss_stats[slot.offset : slot.offset + slot.shape[0]].clone()
+        if slot.kind in TABLE_PARAM_WIDTH:  # per-value flow counts (units, k)
+            u = int(slot.shape[0])
+            return self.cat_flows[slot.offset : slot.offset + u * slot.k].reshape(u, slot.k).clone()
         raise BackendError(f"parameter '{slot.name}' (indicator values) has no flows")
 
     def to_circuit(self) -> Circuit:
@@ -377,7 +450,7 @@ class CompiledCircuit(nn.Module):
         values = {
             name: self.get_param(name).detach().double().cpu().numpy()
             for name, slot in self.plan.params.items()
-            if slot.kind != "indicator"
+            if slot.kind not in ("indicator", "literal")
         }
         return self.circuit.with_params(**values)
 
@@ -449,6 +522,7 @@ class CompiledCircuit(nn.Module):
             self.sum_logits.requires_grad
             or self.cat_logits.requires_grad
             or self.gauss.requires_grad
+            or self.leaf_params.requires_grad
             or xf.requires_grad
         )
         if not needs_grad:
@@ -605,14 +679,24 @@ class CompiledCircuit(nn.Module):
             upd = torch.where(tot + pc > 0, upd, old)
             new = (1.0 - s) * old + s * upd
             self.sum_logits.copy_(torch.where(t.sum_edge, torch.log(new), torch.full_like(new, -math.inf)))
-        if plan.cat_size:
-            old = torch.exp(logp)
-            cnt = self.cat_flows
+        nc = plan.cat_norm_size
+        if nc:
+            old = torch.exp(logp[:nc])
+            cnt = self.cat_flows[:nc]
             tot = t.cat_seg.totals(cnt)
-            k = t.cat_k
+            k = t.cat_k[:nc]
             upd = (cnt + pc / k) / (tot + pc)
             upd = torch.where(tot + pc > 0, upd, old)
             self.cat_logits.copy_(torch.log((1.0 - s) * old + s * upd))
+        for slot in plan.table_slots:
+            w = TABLE_PARAM_WIDTH[slot.kind]
+            if w == 0:  # literals: nothing to learn
+                continue
+            u = int(slot.shape[0])
+            lp = self.leaf_params[slot.poff : slot.poff + u * w]
+            counts = self.cat_flows[slot.offset : slot.offset + u * slot.k].view(u, slot.k).to(torch.float64)
+            new = _table_em(slot, lp.to(torch.float64).view(slot.shape), counts, s.double(), pc.double())
+            lp.copy_(new.reshape(-1))
         if plan.gauss_rows:
             g = self.gauss
             mu0, sd0 = g[:, 0], torch.exp(g[:, 1])
