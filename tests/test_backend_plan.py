@@ -74,6 +74,36 @@ def test_layer_annotation_followed_when_valid_else_ignored():
     assert [layer.groups[0].name for layer in lower(bad).layers] == sums
 
 
+@pytest.mark.parametrize(
+    "spec", ["group-layers", "group-layers{fuse=none}", "collapse-nodes,partition-blocks,group-layers"]
+)
+def test_pass_schedule_with_scratch_products_is_followed(spec):
+    # scratch products sit in the layer of their first reader and run before its sums: the plan
+    # follows the pass's layers (one schedule step per pass layer) instead of falling back
+    from pcir import structures
+    from pcir.passes import run_pipeline
+
+    for c in (
+        structures.pd(data_shape=(4, 4), num_latents=4, split_intervals=(2, 2), input_dist="categorical(k=3)"),
+        tied_bernoulli(),
+        mixed(),
+    ):
+        c2, report = run_pipeline(c, spec, timings=False)
+        plan = lower(c2)
+        assert plan.schedule == "annotated"
+        if spec.endswith("{fuse=none}"):  # products share their consumers' pass layer
+            steps = {(layer.step, layer.kind) for layer in plan.layers}
+            assert any((st, "sum") in steps for st, kind in steps if kind == "product")
+        assert len({layer.step for layer in plan.layers}) + 1 == report.records[-1].pass_stats["layers"]
+        layer_of = {g.name: layer for layer in plan.layers for g in layer.groups}
+        for n, layer in layer_of.items():
+            assert layer.step == [s for s in sorted({x.step for x in plan.layers})].index(layer.step) + 1
+            for d in c2.children(n):
+                if d in layer_of:  # a stored child runs in an earlier launch group
+                    assert layer_of[d].index < layer.index
+                    assert layer_of[d].step < layer.step or layer_of[d].kind == "product"
+
+
 def test_tied_sums_share_weights_and_explicit_sums_expand():
     plan = lower(tied_bernoulli())
     s01 = [g for g in plan.sum_groups if g.params == "s0.w"]

@@ -281,3 +281,20 @@ def test_structure_generators_compile_and_train(name, engine, device):
     for p, slot in m.plan.params.items():
         if slot.kind != "indicator":
             np.testing.assert_allclose(m.get_param(p).cpu().double().numpy(), new.param_value(p), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["group-layers{fuse=none}", "default"])
+def test_pass_scheduled_scratch_products_match_reference(spec, engine, device):
+    from pcir import structures
+
+    c = structures.pd(data_shape=(4, 4), num_latents=3, split_intervals=(2, 2), input_dist="categorical(k=3)")
+    m = pc_compile(c, pipeline=spec, engine=engine, device=device, precision="fp32")
+    assert m.plan.schedule == "annotated"
+    x, miss = data_for(c, 6, seed=4, p_missing=0.2)
+    np.testing.assert_allclose(m(x, miss).detach().cpu().double().numpy(), ev.log_likelihood(c, x, miss), rtol=1e-5)
+    m.forward_backward(x, miss)
+    m.em_step(0.5, 0.1)
+    new = ev.em_step(m.circuit, x, miss, 0.5, 0.1)
+    for p, slot in m.plan.params.items():
+        if slot.kind != "indicator":
+            np.testing.assert_allclose(m.get_param(p).cpu().double().numpy(), new.param_value(p), rtol=1e-4, atol=1e-6)

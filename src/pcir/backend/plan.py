@@ -107,6 +107,7 @@ class Layer:
     block_k: int = 0
     arity: int = 1
     exclusive: bool = False  # every row this layer's gathers read is read by no other gather
+    step: int = 0  # the schedule layer (pass ``layer``, renumbered densely) this launch group belongs to
 
 
 @dataclass
@@ -150,6 +151,7 @@ class KernelPlan:
     # only the first ``cat_norm_size`` entries are logits normalised per row
     cat_norm_size: int = 0
     leaf_param_size: int = 0  # float32 IR parameters of the table families
+    schedule: str = "depth"  # "annotated": the pass's ``layer`` annotations were followed
 
     @property
     def table_slots(self) -> list[ParamSlot]:
@@ -408,27 +410,42 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
     # default: depth over stored groups
     for n in stored_groups:
         layer_of[n] = 1 + max(layer_of[d] for d in deps[n])
-    # follow the pass annotation when it is a valid schedule (children strictly earlier)
+    # launch-group key of every stored group: (schedule layer, position inside it); products of
+    # a layer run before its sums, so the default depth schedule is (depth, 0 products / 1 sums)
+    is_product = {n: isinstance(circuit.group(n), ProductGroup) for n in stored_groups}
+    big = len(stored_groups) + 1
+    key_of = {n: (layer_of[n], big if not is_product[n] else 0) for n in stored_groups}
+    schedule = "depth"
+    # follow the pass annotation when it is a valid schedule: every child in a strictly earlier
+    # layer, or a stored (scratch) product of the same layer (the pass runs a layer's scratch
+    # products first, those reading other products of the layer after them, then its sums)
     ann = {n: circuit.group(n).attr("layer") for n in stored_groups}
-    if stored_groups and all(isinstance(v, int) for v in ann.values()):
+    if stored_groups and all(isinstance(v, int) and not isinstance(v, bool) for v in ann.values()):
         in_ann = {n: 0 for b in inputs for n, _, _ in b.groups}
         in_ann.update({n: int(v) for n, v in ann.items()})  # type: ignore[arg-type]
-        if all(in_ann[d] < in_ann[n] for n in stored_groups for d in deps[n]):
+
+        def ok(n: str, d: str) -> bool:
+            return in_ann[d] < in_ann[n] or (in_ann[d] == in_ann[n] and is_product.get(d, False))
+
+        if all(ok(n, d) for n in stored_groups for d in deps[n]):
             ranks = sorted(set(in_ann[n] for n in stored_groups))
             remap = {r: i + 1 for i, r in enumerate(ranks)}
+            sub: dict[str, int] = {}
+            for n in stored_groups:  # topological order: product chains inside one layer
+                if is_product[n]:
+                    same = [sub[d] for d in deps[n] if is_product.get(d, False) and in_ann[d] == in_ann[n]]
+                    sub[n] = 1 + max(same, default=-1)
             for n in stored_groups:
                 layer_of[n] = remap[in_ann[n]]
+                key_of[n] = (layer_of[n], sub[n] if is_product[n] else big)
+            schedule = "annotated"
 
-    layer_ids = sorted(set(layer_of[n] for n in stored_groups))
-    # sums and stored products of one depth go to separate launch groups (sum first is wrong:
-    # they are independent, so any order works); keep topological order inside a layer
+    # one launch group per key, in key order (topological order inside a group)
     layers: list[Layer] = []
-    for lid in layer_ids:
-        members = [n for n in stored_groups if layer_of[n] == lid]
-        for kind in ("product", "sum"):
-            ms = [n for n in members if (circuit.group(n).kind == kind)]
-            if ms:
-                layers.append(Layer(len(layers), kind, ms))
+    for key in sorted(set(key_of.values())):
+        ms = [n for n in stored_groups if key_of[n] == key]
+        kind = "product" if is_product[ms[0]] else "sum"
+        layers.append(Layer(len(layers), kind, ms, step=key[0]))
 
     # assign rows to stored groups in layer order (contiguous per layer)
     for layer in layers:
@@ -528,7 +545,7 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
                 )
             )
             sum_index += 1
-        lay = Layer(layer.index, layer.kind, plans)
+        lay = Layer(layer.index, layer.kind, plans, step=layer.step)
         if layer.kind == "sum":
             # one launch per layer: the layer's tile sizes are the largest its groups want
             lay.block_m = max(g.block_m for g in plans)
@@ -582,6 +599,7 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         var_names=[v.name for v in circuit.variables],
         source_hash=circuit_hash(circuit),
         cat_norm_size=cat_norm_size,
+        schedule=schedule,
         leaf_param_size=leaf_param_size,
     )
 
