@@ -218,6 +218,26 @@ def test_bad_data_names_the_column(x, missing, message, engine, device):
         m.forward_backward(x, missing)
 
 
+def test_bad_data_accumulates_no_flows(engine, device):
+    # values are checked on the device and the error raised at the end of the call: the bad batch
+    # must leave the flow buffers as they were, and a later good batch must still train
+    c, m = build("mixed", engine, device)
+    good, _ = data_for(c, 5, seed=2)
+    m.forward_backward(good)
+    before = [t.clone() for t in m.flow_tensors()]
+    bad = good.copy()
+    bad[3, 2] = 7
+    with pytest.raises(DataError, match=r"value 7 at row 3, column 2 \(x2\)"):
+        m.forward_backward(bad)
+    for a, b in zip(before, m.flow_tensors(), strict=True):
+        assert torch.equal(a, b)
+    m.em_step(1.0, 0.0)
+    new = ev.em_step(c, good, None, 1.0, 0.0)
+    for p, slot in m.plan.params.items():
+        if slot.kind != "indicator":
+            np.testing.assert_allclose(m.get_param(p).cpu().double().numpy(), new.param_value(p), rtol=1e-4, atol=1e-6)
+
+
 def test_nan_is_fine_where_missing(engine, device):
     c, m = build("mixed", engine, device)
     x = np.array([[0, 1, 2, np.nan]])

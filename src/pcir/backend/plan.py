@@ -134,14 +134,14 @@ class KernelPlan:
     group_param: dict[str, str]
     fuse: dict[str, str]  # product group -> fused | stored
     sum_param_size: int
-    sum_row_id: np.ndarray  # int64 [sum_param_size]: normalisation row of each entry
+    sum_row_id: np.ndarray  # int32 [sum_param_size]: normalisation row of each entry
     sum_edge: np.ndarray  # bool [sum_param_size]: entry carries an edge
     sum_num_rows: int
     explicit_gather: np.ndarray  # int64 [w_size - sum_param_size]
     w_size: int
     cat_size: int
     cat_num_rows: int
-    cat_row_id: np.ndarray  # int64 [cat_size]
+    cat_row_id: np.ndarray  # int32 [cat_size]
     gauss_rows: int
     gauss_min_std: np.ndarray  # float64 [gauss_rows]
     var_k: np.ndarray  # int64 [num_vars]: categories (0 for real variables)
@@ -331,13 +331,13 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
                     k = table_k[g.params]
                     params[g.params] = ParamSlot(g.params, g.dist.kind, cat_size, shape, k, g.dist, leaf_param_size)
                     leaf_param_size += g.units * TABLE_PARAM_WIDTH[g.dist.kind]
-                    cat_row_chunks.append(np.repeat(np.arange(cat_rows, cat_rows + g.units), k))
+                    cat_row_chunks.append(np.repeat(np.arange(cat_rows, cat_rows + g.units, dtype=np.int32), k))
                     cat_size += g.units * k
                     cat_rows += g.units
                 elif family == "categorical":
                     k = int(g.dist.arg("k")) if g.dist.kind == "categorical" else 2
                     params[g.params] = ParamSlot(g.params, g.dist.kind, cat_size, shape, k)
-                    cat_row_chunks.append(np.repeat(np.arange(cat_rows, cat_rows + g.units), k))
+                    cat_row_chunks.append(np.repeat(np.arange(cat_rows, cat_rows + g.units, dtype=np.int32), k))
                     cat_size += g.units * k
                     cat_rows += g.units
                 elif family == "gaussian":
@@ -476,7 +476,7 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
             edge_chunks.append(np.ones(len(g.edges), dtype=bool))
             sum_param_size += len(g.edges)
         else:
-            row_chunks.append(np.repeat(np.arange(sum_rows, sum_rows + g.units), k))
+            row_chunks.append(np.repeat(np.arange(sum_rows, sum_rows + g.units, dtype=np.int32), k))
             edge_chunks.append(g.edge_mask(k).reshape(-1))
             sum_param_size += g.units * k
         sum_rows += g.units
@@ -585,14 +585,14 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         group_param=group_param,
         fuse={n: fuse[n] for n in order if n in fuse},
         sum_param_size=sum_param_size,
-        sum_row_id=np.concatenate(row_chunks).astype(np.int64) if row_chunks else np.zeros(0, np.int64),
+        sum_row_id=np.concatenate(row_chunks).astype(np.int32) if row_chunks else np.zeros(0, np.int32),
         sum_edge=np.concatenate(edge_chunks) if edge_chunks else np.zeros(0, bool),
         sum_num_rows=sum_rows,
         explicit_gather=np.concatenate(explicit_parts) if explicit_parts else np.zeros(0, np.int64),
         w_size=sum_param_size + w_size_extra,
         cat_size=cat_size,
         cat_num_rows=cat_rows,
-        cat_row_id=np.concatenate(cat_row_chunks).astype(np.int64) if cat_row_chunks else np.zeros(0, np.int64),
+        cat_row_id=np.concatenate(cat_row_chunks).astype(np.int32) if cat_row_chunks else np.zeros(0, np.int32),
         gauss_rows=gauss_rows,
         gauss_min_std=np.asarray(gauss_min_std, dtype=np.float64),
         var_k=var_k,

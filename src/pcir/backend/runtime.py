@@ -100,68 +100,105 @@ def _segment_log_softmax(logits: torch.Tensor, row_id: torch.Tensor, num_rows: i
     return shifted - torch.log(s)[row_id]
 
 
-class _Segments:
-    """Row-wise (segment) operations on a flat store, as ``(rows, row_len)`` views where the rows
-    of a run have one length (one fused kernel each), else through scatter/index_add."""
+# elements per chunk of the row-wise passes (normalisation, EM): bounds their temporaries
+_CHUNK = 1 << 22
 
-    def __init__(self, runs, row_id: torch.Tensor, num_rows: int):
+
+def _row_ranges(off: int, n: int, row_len: int):
+    """Flat ranges ``[a, b)`` covering ``n`` entries from ``off`` in whole rows of ``row_len``, each
+    at most about ``_CHUNK`` entries (so temporaries stay small whatever the circuit's size)."""
+    rows = n // row_len
+    step = max(1, _CHUNK // row_len)
+    for r0 in range(0, rows, step):
+        yield off + r0 * row_len, off + min(rows, r0 + step) * row_len
+
+
+class _Segments:
+    """Row-wise (segment) operations on a flat store: dense ``(rows, row_len)`` views where the
+    rows of a run have one length (every dense/block sum and every table: no atomics, no
+    per-entry index tensors), scatter/index_add only for the ragged rows of explicit sums."""
+
+    def __init__(self, runs, row_id: np.ndarray, device: torch.device, edge: np.ndarray | None = None):
         self.runs = runs
-        self.row_id = row_id
-        self.num_rows = num_rows
+        # ragged runs: local row ids (int64, as scatter needs), row count, and each entry's degree
+        self.ragged: dict[int, tuple[torch.Tensor, int, torch.Tensor | None]] = {}
+        for off, n, row_len in runs:
+            if row_len or not n:
+                continue
+            rid = np.asarray(row_id[off : off + n], dtype=np.int64)
+            local = rid - rid.min()
+            rows = int(local.max()) + 1
+            deg = None
+            if edge is not None:
+                d = np.bincount(local, weights=edge[off : off + n].astype(np.float64), minlength=rows)
+                deg = torch.as_tensor(np.maximum(d, 1.0)[local], dtype=torch.float32, device=device)
+            self.ragged[off] = (torch.as_tensor(local, device=device), rows, deg)
 
     def log_softmax(self, x: torch.Tensor) -> torch.Tensor:
+        """Autograd-friendly (the gradient path); the cached no-grad path uses ``normalise_into``."""
         parts = []
         for off, n, row_len in self.runs:
             seg = x[off : off + n]
             if row_len:
                 parts.append(torch.log_softmax(seg.view(-1, row_len), dim=1).reshape(-1))
-            else:
-                parts.append(_segment_log_softmax(seg, self.row_id[off : off + n], self.num_rows))
+            elif n:
+                rid, rows, _ = self.ragged[off]
+                parts.append(_segment_log_softmax(seg, rid, rows))
         if not parts:
             return x
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def totals(self, x: torch.Tensor) -> torch.Tensor:
-        """Each entry's row total."""
-        parts = []
+    @torch.no_grad()
+    def normalise_into(self, x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
+        """``out`` = row-wise (log-)softmax of ``x``, written in place chunk by chunk."""
+        fn = torch.log_softmax if log else torch.softmax
         for off, n, row_len in self.runs:
-            seg = x[off : off + n]
             if row_len:
-                v = seg.view(-1, row_len)
-                parts.append(v.sum(dim=1, keepdim=True).expand_as(v).reshape(-1))
-            else:
-                rid = self.row_id[off : off + n]
-                tot = torch.zeros(self.num_rows, dtype=x.dtype, device=x.device).index_add_(0, rid, seg)
-                parts.append(tot[rid])
-        if not parts:
-            return x
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+                for a, b in _row_ranges(off, n, row_len):
+                    fn(x[a:b].view(-1, row_len), 1, out=out[a:b].view(-1, row_len))
+            elif n:
+                rid, rows, _ = self.ragged[off]
+                ls = _segment_log_softmax(x[off : off + n], rid, rows)
+                out[off : off + n] = ls if log else torch.exp(ls)
 
 
 class _Tables:
-    """Per-device index tensors derived from the plan (built once per device)."""
+    """Per-device index tensors derived from the plan (built once per device). Nothing here is
+    per parameter entry except ``sum_edge`` (one byte) and the ragged rows of explicit sums."""
 
     def __init__(self, plan: KernelPlan, device: torch.device):
         lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
-        self.sum_row_id = lt(plan.sum_row_id)
         self.sum_edge = torch.as_tensor(plan.sum_edge, dtype=torch.bool, device=device)
-        deg = np.bincount(plan.sum_row_id, weights=plan.sum_edge.astype(np.float64), minlength=plan.sum_num_rows)
-        self.sum_deg = torch.as_tensor(np.maximum(deg, 1.0)[plan.sum_row_id], dtype=torch.float32, device=device)
-        self.sum_seg = _Segments(plan.runs("sum"), self.sum_row_id, plan.sum_num_rows)
-        gather = plan.explicit_gather.copy()
-        gather[gather < 0] = plan.sum_param_size  # the appended -inf entry
-        self.explicit_gather = lt(gather)
+        self.sum_seg = _Segments(plan.runs("sum"), plan.sum_row_id, device, plan.sum_edge)
         valid = plan.explicit_gather >= 0
+        self.explicit_valid = torch.as_tensor(valid, device=device)
+        self.explicit_src = lt(np.where(valid, plan.explicit_gather, 0))
         self.explicit_pos = lt(np.nonzero(valid)[0])
         self.explicit_dst = lt(plan.explicit_gather[valid])
-        self.cat_row_id = lt(plan.cat_row_id)
-        self.cat_seg = _Segments(plan.runs("cat"), self.cat_row_id, plan.cat_num_rows)
-        cat_k = np.bincount(plan.cat_row_id, minlength=plan.cat_num_rows).astype(np.float64)
-        self.cat_k = torch.as_tensor(cat_k[plan.cat_row_id], dtype=torch.float32, device=device)
+        self.cat_seg = _Segments(plan.runs("cat"), plan.cat_row_id, device)
         self.gauss_min_std = torch.as_tensor(plan.gauss_min_std, dtype=torch.float32, device=device)
         self.var_k = torch.as_tensor(plan.var_k, dtype=torch.float32, device=device)
         self.discrete = self.var_k > 0
+        # allowed values per column: [0, k) for discrete variables, finite for real ones
+        big = float(np.finfo(np.float32).max)
+        self.value_lo = torch.where(self.discrete, 0.0, -big)[None, :]
+        self.value_hi = torch.where(self.discrete, self.var_k, big)[None, :]
+        self.real = ~self.discrete[None, :]
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
+
+
+class _DataCheck:
+    """The device-side verdict of one batch's value check (see ``CompiledCircuit._prepare``)."""
+
+    def __init__(self, model, xf: torch.Tensor, bad: torch.Tensor):
+        self.model = model
+        self.xf = xf  # the data before bad entries were replaced (for the message)
+        self.bad = bad
+        self.ok = (~bad.any()).to(torch.float32)
+
+    def raise_if_bad(self) -> None:
+        if not bool(self.ok):
+            raise self.model._data_error(self.xf, self.bad)
 
 
 class _CircuitFunction(torch.autograd.Function):
@@ -310,29 +347,45 @@ class CompiledCircuit(nn.Module):
         return self._cache[1], self._cache[2], self._cache[3]
 
     def _refresh_into_buffers(self) -> None:
-        logw, logp = self._normalised()
-        W = self._kernel_weights(logw)
-        if self._cache is not None and self._cache[3].device == W.device:
-            _, lw0, lp0, W0 = self._cache
-            lw0.copy_(logw)
-            lp0.copy_(logp)
-            W0.copy_(W)
-        else:
-            self._cache = (None, logw, logp, W)
+        """Normalise the logits into the persistent buffers ``W`` (kernel weights, linear) and
+        ``logp`` (categorical log-probabilities), in place and chunk by chunk: the parameters
+        exist three times (logits, the normalised buffer, the flows), not more."""
+        plan, t = self.plan, self._tab()
+        dev = self.sum_logits.device
+        if self._cache is None or self._cache[3].device != dev:
+            W = torch.empty(plan.w_size, dtype=torch.float32, device=dev)
+            logp = torch.empty(plan.cat_size, dtype=torch.float32, device=dev)
+            self._cache = (None, None, logp, W)
+        _, _, logp, W = self._cache
+        with torch.no_grad():
+            t.sum_seg.normalise_into(self.sum_logits.detach(), W, log=False)
+            t.cat_seg.normalise_into(self.cat_logits.detach(), logp, log=True)
+            self._refresh_derived()
+
+    def _refresh_derived(self) -> None:
+        """The parts of the buffers computed from others: explicit sums' dense expansions, the
+        table families' log-probability tables."""
+        plan, t = self.plan, self._tab()
+        _, _, logp, W = self._cache  # type: ignore[misc]
+        n = plan.sum_param_size
+        if plan.w_size > n:
+            W[n:] = torch.where(t.explicit_valid, W[:n][t.explicit_src], 0.0)
+        if plan.cat_size > plan.cat_norm_size:
+            logp[plan.cat_norm_size :] = leaf_tables(plan, self.leaf_params.detach())
 
     def _invalidate(self) -> None:
         if self._cache is not None:
             self._cache = (None, *self._cache[1:])
 
     def _kernel_weights(self, logw: torch.Tensor) -> torch.Tensor:
-        """Linear weights in the kernel layout (parameter layout + dense expansions of explicit sums)."""
+        """Linear weights in the kernel layout (parameter layout + dense expansions of explicit
+        sums), for the autograd path."""
         t = self._tab()
         with torch.no_grad():
             w = torch.exp(logw.detach())
             if self.plan.w_size == self.plan.sum_param_size:
                 return w.contiguous()
-            ext = torch.cat([w, w.new_zeros(1)])
-            return torch.cat([w, ext[t.explicit_gather]])
+            return torch.cat([w, torch.where(t.explicit_valid, w[t.explicit_src], 0.0)])
 
     def _fold_flows(self, PF: torch.Tensor) -> torch.Tensor:
         """Kernel-layout parameter flows -> parameter layout (explicit sums folded back)."""
@@ -455,8 +508,17 @@ class CompiledCircuit(nn.Module):
         return self.circuit.with_params(**values)
 
     # ---- data ------------------------------------------------------------------------------
-    def _prepare(self, x, missing=None) -> torch.Tensor:
-        """Validate and convert data to float32 ``[B, V]`` on the model's device, NaN = missing."""
+    def _prepare(self, x, missing=None, *, defer: bool = False):
+        """Validate and convert data to float32 ``[B, V]`` on the model's device, NaN = missing.
+
+        Shape and dtype are checked at once (host metadata). Values (NaN or inf where not
+        missing, categories out of range or not integers) are checked on the device: bad entries
+        are replaced by 0 (a valid value of every variable), so no kernel can read out of range,
+        and with ``defer=True`` the call returns ``(xf, check)`` without a device-to-host
+        synchronisation; ``check.ok`` is a 0-dim float tensor (1 good, 0 bad) for masking, and
+        ``check.raise_if_bad()`` (one sync, at the end of the call) raises the
+        :class:`DataError` naming the first bad entry.
+        """
         plan = self.plan
         if isinstance(x, np.ndarray) or not isinstance(x, torch.Tensor):
             try:
@@ -487,24 +549,31 @@ class CompiledCircuit(nn.Module):
             m = m.to(device=self.device, dtype=torch.bool)
         else:
             m = None
-        obs = ~m if m is not None else torch.ones_like(xf, dtype=torch.bool)
-        nonfinite = ~torch.isfinite(xf) & obs
-        outside = obs & t.discrete[None, :] & ((xf < 0) | (xf >= t.var_k[None, :]) | (xf != torch.floor(xf)))
-        bad = nonfinite | outside
-        if bool(bad.any()):
-            r, c = (int(v) for v in torch.nonzero(bad)[0])
-            name = plan.var_names[c]
-            val = float(xf[r, c])
-            if not math.isfinite(val):
-                raise DataError(
-                    f"{'NaN' if math.isnan(val) else val} in data at row {r}, column {c} ({name})",
-                    hint="mark missing values with the missing mask",
-                )
-            dom = "binary" if plan.var_k[c] == 2 else f"categorical({plan.var_k[c]})"
-            raise DataError(f"value {val:g} at row {r}, column {c} ({name}) is outside the domain {dom}")
+        # one comparison chain per entry: lo <= x < hi (finite bounds for real variables, so that
+        # NaN and +-inf fail) and integral for discrete ones
+        ok = (xf >= t.value_lo) & (xf < t.value_hi) & ((xf == torch.floor(xf)) | t.real)
+        bad = ~ok if m is None else ~(ok | m)
+        check = _DataCheck(self, xf, bad)
+        xf = torch.where(bad, torch.zeros((), dtype=xf.dtype, device=xf.device), xf)
         if m is not None:
             xf = torch.where(m, torch.full_like(xf, math.nan), xf)
-        return xf
+        if not defer:
+            check.raise_if_bad()
+            return xf
+        return xf, check
+
+    def _data_error(self, xf: torch.Tensor, bad: torch.Tensor) -> DataError:
+        plan = self.plan
+        r, c = (int(v) for v in torch.nonzero(bad)[0])
+        name = plan.var_names[c]
+        val = float(xf[r, c])
+        if not math.isfinite(val):
+            return DataError(
+                f"{'NaN' if math.isnan(val) else val} in data at row {r}, column {c} ({name})",
+                hint="mark missing values with the missing mask",
+            )
+        dom = "binary" if plan.var_k[c] == 2 else f"categorical({plan.var_k[c]})"
+        return DataError(f"value {val:g} at row {r}, column {c} ({name}) is outside the domain {dom}")
 
     def _root_values(self, V: torch.Tensor) -> torch.Tensor:
         p = self.plan
@@ -514,7 +583,7 @@ class CompiledCircuit(nn.Module):
     # ---- forward (autograd) ----------------------------------------------------------------
     def forward(self, x, missing=None) -> torch.Tensor:
         """Per-sample log-likelihoods (float32). Autograd works through it (see module docs)."""
-        xf = self._prepare(x, missing)
+        xf, check = self._prepare(x, missing, defer=True)
         if isinstance(x, torch.Tensor) and x.requires_grad:
             xg = x.to(torch.float32)
             xf = xg + (xf - xg).detach() if missing is None else torch.where(torch.isnan(xf), xf, xg)
@@ -528,9 +597,12 @@ class CompiledCircuit(nn.Module):
         if not needs_grad:
             with torch.no_grad():
                 self._normalised_cached()
-                return self._maybe_graphed(("forward", tuple(xf.shape)), self._forward_core, xf)
-        logw, logp = self._normalised()
-        return _CircuitFunction.apply(self, xf, logw, logp, self.gauss)
+                out = self._maybe_graphed(("forward", tuple(xf.shape)), self._forward_core, xf)
+        else:
+            logw, logp = self._normalised()
+            out = _CircuitFunction.apply(self, xf, logw, logp, self.gauss)
+        check.raise_if_bad()  # the only synchronisation, after every kernel was queued
+        return out
 
     def log_likelihood(self, x, missing=None) -> torch.Tensor:
         with torch.no_grad():
@@ -576,22 +648,31 @@ class CompiledCircuit(nn.Module):
     @torch.no_grad()
     def forward_backward(self, x, missing=None) -> torch.Tensor:
         """Forward, then PC flows (root flow 1 per sample) accumulated into the flow buffers."""
-        xf = self._prepare(x, missing)
+        xf, check = self._prepare(x, missing, defer=True)
         self._normalised_cached()
-        return self._maybe_graphed(("fb", tuple(xf.shape)), self._forward_backward_core, xf)
+        # bad data gives a zero root flow: nothing is accumulated before the error is raised
+        out = self._maybe_graphed(("fb", tuple(xf.shape)), self._forward_backward_core, xf, check.ok)
+        check.raise_if_bad()
+        return out
 
     def _forward_core(self, xf):
-        _, logp, W = self._cache[1:]  # type: ignore[index]
+        _, _, logp, W = self._cache  # type: ignore[misc]
         V, _aux = self._engine().forward(W, logp, self.gauss, xf)
         return self._root_values(V)
 
-    def _forward_backward_core(self, xf):
-        _, logp, W = self._cache[1:]  # type: ignore[index]
+    def _forward_backward_core(self, xf, ok):
+        _, _, logp, W = self._cache  # type: ignore[misc]
         eng = self._engine()
         V, aux = eng.forward(W, logp, self.gauss, xf)
-        ones = torch.ones((self.plan.root_units, xf.shape[0]), dtype=torch.float32, device=xf.device)
-        F, PF = eng.backward(W, V, aux, xf, ones)
-        self.sum_flows += self._fold_flows(PF)
+        ones = ok.expand(self.plan.root_units, xf.shape[0]).contiguous()
+        n = self.plan.sum_param_size
+        if self.plan.w_size == n:  # the kernels accumulate straight into the flow buffer
+            F, _ = eng.backward(W, V, aux, xf, ones, PF=self.sum_flows)
+        else:
+            F, PF = eng.backward(W, V, aux, xf, ones)
+            t = self._tab()
+            self.sum_flows += PF[:n]
+            self.sum_flows.index_add_(0, t.explicit_dst, PF[n:][t.explicit_pos])
         cat, g5 = eng.input_stats(F, xf, self.gauss)
         self.cat_flows += cat
         self.gauss_stats += g5[:, :3]
@@ -665,29 +746,46 @@ class CompiledCircuit(nn.Module):
         self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
 
     def _em_core(self, args):
+        """One fused pass per row chunk: read flows and the current (normalised) weights, write
+        the new logits and the new normalised buffers (the EM result is normalised already, so
+        no second normalisation pass)."""
         t = self._tab()
         plan = self.plan
         s = args[0]
         pc = args[1]
-        logw, logp, _W = self._cache[1:]  # type: ignore[index]
-        if plan.sum_param_size:
-            old = torch.exp(logw)
-            pf = self.sum_flows
-            tot = t.sum_seg.totals(pf)
-            deg = t.sum_deg
-            upd = torch.where(t.sum_edge, (pf + pc / deg) / (tot + pc), torch.zeros_like(pf))
-            upd = torch.where(tot + pc > 0, upd, old)
-            new = (1.0 - s) * old + s * upd
-            self.sum_logits.copy_(torch.where(t.sum_edge, torch.log(new), torch.full_like(new, -math.inf)))
-        nc = plan.cat_norm_size
-        if nc:
-            old = torch.exp(logp[:nc])
-            cnt = self.cat_flows[:nc]
-            tot = t.cat_seg.totals(cnt)
-            k = t.cat_k[:nc]
-            upd = (cnt + pc / k) / (tot + pc)
-            upd = torch.where(tot + pc > 0, upd, old)
-            self.cat_logits.copy_(torch.log((1.0 - s) * old + s * upd))
+        _, _, logp, W = self._cache  # type: ignore[misc]
+        for off, n, row_len in t.sum_seg.runs:
+            if row_len:
+                for a, b in _row_ranges(off, n, row_len):
+                    old = W[a:b].view(-1, row_len)
+                    pf = self.sum_flows[a:b].view(-1, row_len)
+                    edge = t.sum_edge[a:b].view(-1, row_len)
+                    deg = edge.sum(1, keepdim=True).clamp(min=1).to(torch.float32)
+                    tot = pf.sum(1, keepdim=True)
+                    upd = torch.where(edge, (pf + pc / deg) / (tot + pc), 0.0)
+                    new = torch.where(tot + pc > 0, (1.0 - s) * old + s * upd, old)
+                    self.sum_logits[a:b].view(-1, row_len).copy_(torch.where(edge, torch.log(new), -math.inf))
+                    old.copy_(new)
+            elif n:
+                rid, rows, deg = t.sum_seg.ragged[off]
+                old = W[off : off + n]
+                pf = self.sum_flows[off : off + n]
+                edge = t.sum_edge[off : off + n]
+                tot = torch.zeros(rows, dtype=pf.dtype, device=pf.device).index_add_(0, rid, pf)[rid]
+                upd = torch.where(edge, (pf + pc / deg) / (tot + pc), 0.0)
+                new = torch.where(tot + pc > 0, (1.0 - s) * old + s * upd, old)
+                self.sum_logits[off : off + n] = torch.where(edge, torch.log(new), -math.inf)
+                old.copy_(new)
+        for off, n, row_len in t.cat_seg.runs:  # categorical and bernoulli tables: uniform rows
+            for a, b in _row_ranges(off, n, row_len):
+                lp = logp[a:b].view(-1, row_len)
+                old = torch.exp(lp)
+                cnt = self.cat_flows[a:b].view(-1, row_len)
+                tot = cnt.sum(1, keepdim=True)
+                upd = (cnt + pc / row_len) / (tot + pc)
+                new = torch.where(tot + pc > 0, torch.log((1.0 - s) * old + s * upd), lp)
+                self.cat_logits[a:b].view(-1, row_len).copy_(new)
+                lp.copy_(new)
         for slot in plan.table_slots:
             w = TABLE_PARAM_WIDTH[slot.kind]
             if w == 0:  # literals: nothing to learn
@@ -712,7 +810,7 @@ class CompiledCircuit(nn.Module):
             new_sd = (1.0 - s) * sd0 + s * sd
             g.copy_(torch.stack([new_mu, torch.log(new_sd)], dim=1))
         self.zero_flows()
-        self._refresh_into_buffers()
+        self._refresh_derived()
         return None
 
     def _apply(self, fn, *args, **kwargs):

@@ -80,11 +80,12 @@ class TorchEngine:
         return V, None
 
     # ---- backward (PC flows) ----------------------------------------------------------------
-    def backward(self, W, V, aux, xf, root_flow):
+    def backward(self, W, V, aux, xf, root_flow, PF=None):
         plan = self.plan
         F = torch.zeros_like(V)
         F[plan.root_row : plan.root_row + plan.root_units] = root_flow
-        PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
+        if PF is None:  # else accumulate into the given buffer (the model's flows)
+            PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
         for _layer, gs in reversed(self.layers):
             for g, idx in reversed(gs):
                 f = F[g.row : g.row + g.units]

@@ -146,14 +146,15 @@ class TritonEngine:
         return V, M
 
     # ---- backward ----------------------------------------------------------------------------
-    def backward(self, W, V, M, xf, root_flow):
+    def backward(self, W, V, M, xf, root_flow, PF=None):
         plan, k = self.plan, self.k
         B = V.shape[1]
         BB = _batch_tile(B)
         nb = triton_cdiv(B, BB)
         F = torch.zeros_like(V)
         F[plan.root_row : plan.root_row + plan.root_units] = root_flow
-        PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
+        if PF is None:  # else accumulate into the given buffer (the model's flows)
+            PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
         for L in reversed(self.layers):
             if isinstance(L, _SumLayer):
                 cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}")
