@@ -16,6 +16,11 @@ import torch
 from .plan import KernelPlan, SumGroupPlan
 
 BU = 32  # leaf rows per input program
+# warps of the sum kernels of 64x64 tiles: a [64, 64] fp32 accumulator (and the tf32x3 split
+# operands) over 4 warps is 32+ registers per thread per tile, which limits occupancy; 8 warps
+# halve that. Smaller tiles keep Triton's default 4. Shared memory (bench/kernel_resources.py,
+# sm_90, BB=64, tf32x3) is 32 KiB (forward, parameter flows) and 80 KiB (column flows) either way.
+WARPS_LARGE_TILE = 8
 COUNT_BU = 32  # leaf rows per categorical-count program
 
 
@@ -52,6 +57,7 @@ class _SumLayer:
             off += g.k * A
         self.variant = variant
         self.arity = A
+        self.num_warps = WARPS_LARGE_TILE if layer.block_m * layer.block_k >= 64 * 64 else 4
         self.exclusive = layer.exclusive
         self.cols = lt(np.concatenate(cols)).to(torch.int32)
         self.fwd, self.fwd_list = lt(fwd), lt(fwd_list or [0])
@@ -140,7 +146,7 @@ class TritonEngine:
         for L in self.layers:
             if isinstance(L, _SumLayer):
                 fn = getattr(k, f"sum_fwd_v{L.variant}")
-                fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB)
+                fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB, num_warps=L.num_warps)
             else:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         return V, M
@@ -161,8 +167,12 @@ class TritonEngine:
                 pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}")
                 chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
                 ch = triton_cdiv(nb, chunks) * BB
-                pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB)
-                cols_fn[(L.n_col, nb)](V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB, EXCL=L.exclusive)
+                pf_fn[(L.n_pf, triton_cdiv(B, ch))](
+                    V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, num_warps=L.num_warps
+                )
+                cols_fn[(L.n_col, nb)](
+                    V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB, EXCL=L.exclusive, num_warps=L.num_warps
+                )
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         F[0] = 0.0
