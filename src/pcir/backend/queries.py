@@ -127,8 +127,11 @@ def _log_prob_table(leaf: TorchLeaf, dist, params: torch.Tensor, k: int) -> torc
     """[L, k] log-probabilities of the values 0..k-1 for every leaf."""
     n = params.shape[0]
     dev = params.device
-    li = torch.arange(n, device=dev).repeat_interleave(k)
-    xs = torch.arange(k, device=dev, dtype=torch.float32).repeat(n)
+    # expand + reshape, not repeat_interleave: no host sync, so CUDA graphs can capture it (the
+    # table families' tables are rebuilt inside the captured EM step)
+    li = torch.arange(n, device=dev)[:, None].expand(n, k).reshape(-1)
+    dt = params.dtype if params.is_floating_point() else torch.float32
+    xs = torch.arange(k, device=dev, dtype=dt).repeat(n)
     return leaf.log_prob(dist, params, li, xs).reshape(n, k)
 
 
