@@ -169,7 +169,11 @@ def build_pyjuice(cfg: SparseConfig, ctx=None, circuit=None):
                 )
             elif g.dist.kind == "bernoulli":
                 ns[g.name] = inputs(
-                    g.var, num_nodes=g.units, dist=Bernoulli(), params=torch.tensor(val, dtype=torch.float32), block_size=1
+                    g.var,
+                    num_nodes=g.units,
+                    dist=Bernoulli(),
+                    params=torch.tensor(val, dtype=torch.float32),
+                    block_size=1,
                 )
             else:
                 raise ValueError(f"group '{g.name}': no PyJuice mapping for {g.dist.kind} leaves")
@@ -243,9 +247,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="the tiny configuration")
     ap.add_argument("--check-pyjuice", action="store_true", help="PyJuice's log-likelihoods against the reference")
+    ap.add_argument(
+        "--pyjuice-counts", action="store_true", help="print one JSON line: node graph counts of both sides (CPU)"
+    )
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args(argv)
-    from harness.suite import pcir_graph_counts
+    from harness.suite import pcir_graph_counts, pyjuice_graph_counts
+
+    if args.pyjuice_counts:
+        import json
+
+        _stub_numba_matplotlib()
+        for cfg in SPARSE_SMOKE if args.smoke else SPARSE_SUITE:
+            c = build_pcir(cfg)
+            root = build_pyjuice(cfg, circuit=c)
+            print(json.dumps({"config": cfg.name, "pcir": pcir_graph_counts(c), "pyjuice": pyjuice_graph_counts(root)}))
+        return 0
 
     for cfg in SPARSE_SMOKE if args.smoke else SPARSE_SUITE:
         t0 = time.perf_counter()
