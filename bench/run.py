@@ -34,10 +34,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import sparse_configs as sparse  # noqa: E402  (imported PSDD configurations: family "psdd")
 from harness import pcir_side, pyjuice_side, report  # noqa: E402
 from harness.suite import QUICK, SMOKE, SUITE, Context, build_pcir, build_pyjuice, pcir_graph_counts  # noqa: E402
 from harness.work import card_ceilings, circuit_work, floor_ms  # noqa: E402
-import sparse_configs as sparse  # noqa: E402  (imported PSDD configurations: family "psdd")
 
 import pcir  # noqa: E402
 from pcir import structures as st  # noqa: E402
