@@ -34,6 +34,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import sparse_configs as sparse  # noqa: E402  (imported PSDD configurations: family "psdd")
 from harness import pcir_side, pyjuice_side, report  # noqa: E402
 from harness.suite import QUICK, SMOKE, SUITE, Context, build_pcir, build_pyjuice, pcir_graph_counts  # noqa: E402
 from harness.work import card_ceilings, circuit_work, floor_ms  # noqa: E402
@@ -80,7 +81,7 @@ def parse_args(argv=None):
 
 
 def select(args) -> list:
-    configs = SMOKE if args.smoke else SUITE
+    configs = SMOKE + sparse.SPARSE_SMOKE if args.smoke else SUITE + sparse.SPARSE_SUITE
     if args.configs:
         by_name = {c.name: c for c in configs}
         names = [n.strip() for n in args.configs.split(",") if n.strip()]
@@ -150,8 +151,10 @@ def run_config(cfg, ctx: Context, card: dict, args, row: dict) -> dict:
     profile = bool(args.profile and re.search(args.profile, cfg.name))
     try:
         t0 = time.perf_counter()
-        circuit = build_pcir(cfg, ctx)
+        circuit = sparse.build_pcir(cfg, ctx) if sparse.is_sparse(cfg) else build_pcir(cfg, ctx)
         row["struct_s"] = round(time.perf_counter() - t0, 3)
+        if sparse.is_sparse(cfg):
+            row.update(sparse.describe(cfg, circuit))
         if cfg.family == "hclt":
             tree = ctx.tree(cfg)
             row["tree"] = {"source": tree.source, "seconds": round(tree.seconds, 2), "root": tree.root}
@@ -181,7 +184,8 @@ def run_config(cfg, ctx: Context, card: dict, args, row: dict) -> dict:
             batches,
             device,
             precision=args.precision,
-            pipeline=args.pipeline,
+            # an imported circuit is compiled through the passes (their node reordering is the point)
+            pipeline=args.pipeline or ("default" if sparse.is_sparse(cfg) else None),
             profile=profile,
             timer_kw=timer_kw,
             eager_too=args.pcir_eager,
@@ -192,7 +196,7 @@ def run_config(cfg, ctx: Context, card: dict, args, row: dict) -> dict:
     if ctx.pyjuice is not None:
         try:
             t0 = time.perf_counter()
-            ns = build_pyjuice(cfg, ctx)
+            ns = sparse.build_pyjuice(cfg, ctx, circuit) if sparse.is_sparse(cfg) else build_pyjuice(cfg, ctx)
             row["pyjuice_struct_s"] = round(time.perf_counter() - t0, 3)
             row["pyjuice"] = pyjuice_side.run(
                 cfg, ns, batches, device, juice=ctx.pyjuice, timer_kw=timer_kw, profile=profile
@@ -212,6 +216,8 @@ def run_config(cfg, ctx: Context, card: dict, args, row: dict) -> dict:
             notes.append("compiled counts differ (see docs/benchmarks.md)")
     if row.get("graph_counts_match") is False:
         notes.append("node graphs differ in size")
+    if sparse.is_sparse(cfg) and sparse.note(row):
+        notes.append(sparse.note(row))
     row["note"] = "; ".join(notes)
     report.add_ratios(row)
     return row
