@@ -30,7 +30,9 @@ Parameters
   (``w_off`` < ``sum_param_size``), explicit groups read a dense expansion appended after it
   (``explicit_gather`` maps each appended entry to a parameter-layout index, -1 for no edge).
 * Categorical and bernoulli leaves: one flat table of log-probabilities; bernoulli parameters are
-  stored as two-category tables ``[1 - p, p]``. Gaussian leaves: a table ``(rows, 2)`` of
+  stored as two-category tables ``[1 - p, p]``. The table families (``TABLE_FAMILIES``: binomial,
+  discrete_logistic, literal) follow in the same store (from ``cat_norm_size``), their tables
+  computed by the runtime from ``leaf_params`` and read by the same categorical kernels. Gaussian leaves: a table ``(rows, 2)`` of
   ``(mean, log std)``. Indicators: their values.
 """
 
