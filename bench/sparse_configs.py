@@ -7,7 +7,7 @@ once on its own to read the partition pass's statistics: ``padding.naive`` (the 
 chosen blocks in the imported node order) and ``padding.reordered`` (after its node reordering).
 
 PyJuice side: the *same* circuit, node for node, through PyJuice 2.6.3's Python API with block
-size 1: one ``inputs`` group per pcir input group (``Indicator`` or ``Bernoulli`` leaves), one
+size 1: one ``inputs`` group per pcir input group (one-hot ``Categorical`` for literals, ``Bernoulli``), one
 ``multiply`` per product group with its explicit ``edge_ids`` (``sparse_edges=True``), one
 ``summate`` per sum group with its explicit ``edge_ids`` and ``block_size=1``, carrying pcir's
 weights. PyJuice sums need product children, so an input group read by a sum gets a one-child
@@ -140,7 +140,7 @@ def build_pyjuice(cfg: SparseConfig, ctx=None, circuit=None):
     """PyJuice 2.6.3 node graph of the same circuit, block size 1, with pcir's parameters."""
     import torch
     from pyjuice.nodes import inputs, multiply, summate
-    from pyjuice.nodes.distributions import Bernoulli, Indicator
+    from pyjuice.nodes.distributions import Bernoulli, Categorical
 
     from pcir.ir import InputGroup, ProductGroup, SumGroup
 
@@ -160,11 +160,17 @@ def build_pyjuice(cfg: SparseConfig, ctx=None, circuit=None):
         if isinstance(g, InputGroup):
             val = np.asarray(c.param_value(g.params))
             if g.dist.kind == "indicator":
+                # PyJuice 2.6.3's Indicator leaf is unfinished (its init asserts on a missing
+                # keyword and its kernel reads an undefined name), so literals become one-hot
+                # categorical leaves: the same function (PyJuice's EM also updates them, a little
+                # extra work on its side).
+                onehot = np.zeros((g.units, 2), dtype=np.float32)
+                onehot[np.arange(g.units), val.astype(np.int64)] = 1.0
                 ns[g.name] = inputs(
                     g.var,
                     num_nodes=g.units,
-                    dist=Indicator(num_states=2),
-                    params=torch.tensor(val, dtype=torch.float32),
+                    dist=Categorical(num_cats=2),
+                    params=torch.tensor(onehot.reshape(-1)),
                     block_size=1,
                 )
             elif g.dist.kind == "bernoulli":
