@@ -56,7 +56,9 @@ def _number(name: str, kind: type):
 
 def get() -> Knobs:
     """Read the knobs now (cheap; tests may change the environment between calls)."""
-    cache = os.environ.get("PCIR_CACHE_DIR") or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pcir")
+    cache = os.environ.get("PCIR_CACHE_DIR") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pcir"
+    )
     dump = os.environ.get("PCIR_DUMP_DIR")
     data_dir = os.environ.get("PCIR_DATA_DIR")
     return Knobs(

@@ -20,5 +20,7 @@ def run(args) -> int:
     c = load(args.file)
     verify(c, smooth=not args.no_smooth, decomposable=not args.no_decomposable)
     s = c.stats()
-    print(f"{args.file}: ok ({c.num_vars} variables, {s['groups']} groups, {s['nodes']} nodes, {s['edges']} edges, {s['params']} parameters)")
+    print(
+        f"{args.file}: ok ({c.num_vars} variables, {s['groups']} groups, {s['nodes']} nodes, {s['edges']} edges, {s['params']} parameters)"
+    )
     return 0

@@ -56,8 +56,8 @@ def check_data(circuit: Circuit, x, missing=None) -> tuple[np.ndarray, np.ndarra
     return x, miss
 
 
-def _sum_weights(circuit: Circuit, g: SumGroup) -> np.ndarray:
-    """Dense (units, K) weights of a sum group (zeros where there is no edge)."""
+def dense_sum_weights(circuit: Circuit, g: SumGroup) -> np.ndarray:
+    """Dense (units, K) float64 weights of a sum group (zeros where there is no edge)."""
     k = circuit.num_columns(g.name)
     w = np.asarray(circuit.param_value(g.params), dtype=np.float64)
     if g.pattern == "explicit":
@@ -70,6 +70,9 @@ def _sum_weights(circuit: Circuit, g: SumGroup) -> np.ndarray:
     return w
 
 
+_sum_weights = dense_sum_weights  # old private name, kept for callers
+
+
 def _input_values(circuit: Circuit, g: InputGroup, x: np.ndarray, miss: np.ndarray) -> np.ndarray:
     dt = dists.get(g.dist.kind)
     col = x[:, g.var].copy()
@@ -79,6 +82,15 @@ def _input_values(circuit: Circuit, g: InputGroup, x: np.ndarray, miss: np.ndarr
     lp = np.asarray(lp, dtype=np.float64)
     lp[m] = 0.0
     return lp
+
+
+def product_values(circuit: Circuit, g: ProductGroup, vals: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Log-values (n, units) of a product group: the sum of the children's log-values it reads."""
+    idx = g.child_index(circuit.child_units(g.name))
+    acc = np.zeros((n, g.units))
+    for j, c in enumerate(g.children):
+        acc = acc + vals[c][:, idx[:, j]]
+    return acc
 
 
 def _logmatmul(c: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,15 +112,11 @@ def forward(circuit: Circuit, x, missing=None) -> dict[str, np.ndarray]:
         if isinstance(g, InputGroup):
             vals[g.name] = _input_values(circuit, g, x, miss)
         elif isinstance(g, ProductGroup):
-            idx = g.child_index(circuit.child_units(g.name))
-            acc = np.zeros((x.shape[0], g.units))
-            for j, c in enumerate(g.children):
-                acc = acc + vals[c][:, idx[:, j]]
-            vals[g.name] = acc
+            vals[g.name] = product_values(circuit, g, vals, x.shape[0])
         else:
             assert isinstance(g, SumGroup)
             cat = np.concatenate([vals[c] for c in g.children], axis=1)
-            vals[g.name] = _logmatmul(cat, _sum_weights(circuit, g))[0]
+            vals[g.name] = _logmatmul(cat, dense_sum_weights(circuit, g))[0]
     return vals
 
 
@@ -144,7 +152,7 @@ def flows(circuit: Circuit, x, missing=None, root: str | None = None) -> Flows:
                 np.add.at(node[c], (slice(None), idx[:, j]), f)
         elif isinstance(g, SumGroup):
             cat = np.concatenate([vals[c] for c in g.children], axis=1)
-            w = _sum_weights(circuit, g)
+            w = dense_sum_weights(circuit, g)
             v, e, cmax = _logmatmul(cat, w)
             with np.errstate(over="ignore", invalid="ignore"):
                 gmat = np.where(f > 0, f * np.exp(cmax - v), 0.0)

@@ -24,7 +24,8 @@ import numpy as np
 from . import distributions as dists
 from .circuit import Circuit, InputGroup, ProductGroup, SumGroup
 from .diagnostics import DataError, PcirError
-from .evaluator import _sum_weights, check_data, flows, forward
+from .evaluator import check_data, flows, forward, product_values
+from .evaluator import dense_sum_weights as _sum_weights
 from .evaluator import log_likelihood as _ll
 
 __all__ = [
@@ -347,11 +348,7 @@ def map_assignment(circuit: Circuit, x=None, missing=None, *, return_log_prob: b
         if isinstance(g, InputGroup):
             vals[g.name], modes[g.name] = _max_input_values(circuit, g, xe, miss)
         elif isinstance(g, ProductGroup):
-            idx = g.child_index(circuit.child_units(g.name))
-            acc = np.zeros((xa.shape[0], g.units))
-            for j, c in enumerate(g.children):
-                acc = acc + vals[c][:, idx[:, j]]
-            vals[g.name] = acc
+            vals[g.name] = product_values(circuit, g, vals, xa.shape[0])
         else:
             assert isinstance(g, SumGroup)
             cat = np.concatenate([vals[c] for c in g.children], axis=1)

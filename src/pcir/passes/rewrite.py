@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..ir.circuit import Circuit, Group, Param, ProductGroup, SumGroup
+from ..ir.evaluator import dense_sum_weights
 
 
 def parent_map(circuit: Circuit) -> dict[str, list[str]]:
@@ -53,16 +54,7 @@ def fresh_name(base: str, taken: set[str] | dict) -> str:
 
 def sum_weights_dense(circuit: Circuit, g: SumGroup) -> np.ndarray:
     """Dense (units, K) float64 weights of a sum (zeros off the edge pattern)."""
-    k = circuit.num_columns(g.name)
-    w = np.asarray(circuit.param_value(g.params), dtype=np.float64)
-    if g.pattern == "explicit":
-        assert g.edges is not None
-        dense = np.zeros((g.units, k))
-        np.add.at(dense, (g.edges[:, 0], g.edges[:, 1]), w)
-        return dense
-    if g.pattern == "block":
-        return w * g.edge_mask(k)
-    return w
+    return dense_sum_weights(circuit, g)
 
 
 def sum_edges(circuit: Circuit, g: SumGroup) -> tuple[np.ndarray, np.ndarray]:

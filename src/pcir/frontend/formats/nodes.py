@@ -28,7 +28,7 @@ import numpy as np
 from ...ir.circuit import Circuit, InputGroup, Param, ProductGroup, SumGroup, Variable, make_attrs
 from ...ir.diagnostics import SourceSpan
 from ...ir.distributions import Dist, Domain
-from ...ir.evaluator import _sum_weights
+from ...ir.evaluator import dense_sum_weights as _sum_weights
 from ._common import FormatError, span_at
 
 INPUT, PRODUCT, SUM = 0, 1, 2
