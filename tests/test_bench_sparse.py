@@ -32,7 +32,11 @@ SMOKE = sc.SPARSE_SMOKE[0]
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     # keep the caller's PYTHONPATH (e.g. wheels installed with --target on a GPU machine)
-    parts = [str(ROOT / "src"), *extra.pop("prepend", "").split(os.pathsep), *env.get("PYTHONPATH", "").split(os.pathsep)]
+    parts = [
+        str(ROOT / "src"),
+        *extra.pop("prepend", "").split(os.pathsep),
+        *env.get("PYTHONPATH", "").split(os.pathsep),
+    ]
     env["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
     env["TRITON_INTERPRET"] = "1"
     env.update(extra)

@@ -457,6 +457,7 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             if self.out is not None:
+
                 def _save(epoch=epoch, improved=improved):
                     current = self.model.to_circuit()
                     if self._structure is None:
