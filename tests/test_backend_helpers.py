@@ -150,7 +150,7 @@ def torch_reference_ll(model, x: np.ndarray, miss: np.ndarray):
                 v = torch.where(col.long()[:, None] == val[None], 0.0, -math.inf).double()
             vals[g.name] = torch.where(mt[:, g.var][:, None], torch.zeros_like(v), v)
         elif isinstance(g, ProductGroup):
-            idx = torch.as_tensor(g.child_index(c.child_units(g.name)))
+            idx = torch.as_tensor(np.array(g.child_index(c.child_units(g.name))))
             acc = 0
             for j, ch in enumerate(g.children):
                 acc = acc + vals[ch][:, idx[:, j]]
