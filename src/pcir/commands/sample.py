@@ -26,6 +26,10 @@ def add_arguments(p):
     p.add_argument("--data", help="the dataset, to take the image shape from (for -o FILE.png)")
     p.add_argument("--image-shape", help="image shape as HxW or HxWx3 (for -o FILE.png)")
     p.add_argument("--pipeline", help="the pass pipeline the checkpoint was trained with (pcir train --pipeline)")
+    p.add_argument(
+        "--device",
+        help="sample with the compiled model on this device (cpu, cuda[:N]); default: the numpy reference sampler",
+    )
 
 
 def find_sampler():
@@ -83,7 +87,13 @@ def run(args) -> int:
     circuit = apply_pipeline(verify(load(args.model)), args.pipeline)
     if args.checkpoint:
         circuit = load_checkpoint(args.checkpoint, args.which, circuit).apply(circuit)
-    xs = draw(circuit, args.num_samples, args.seed)
+    if args.device:
+        from ..backend import compile as compile_circuit
+
+        model = compile_circuit(circuit, device=args.device)
+        xs = model.sample(args.num_samples, seed=args.seed).detach().cpu().numpy()
+    else:
+        xs = draw(circuit, args.num_samples, args.seed)
     discrete = all(v.domain.is_discrete for v in circuit.variables)
     if discrete:
         xs = xs.round().astype(np.int64)
