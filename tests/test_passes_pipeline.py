@@ -164,3 +164,10 @@ def test_stats_of_an_unannotated_circuit_are_naive():
     assert s["layered"] is False and s["layers"] == max(depth.values()) + 1
     assert s["buffer_nodes"] == s["nodes"] and s["padded_edges"] == 0
     assert s["groups"] == len(c) and s["params"] == sum(int(np.prod(p.shape)) for p in c.params.values())
+
+
+def test_default_is_an_alias_of_the_default_pipeline():
+    from pcir.passes import DEFAULT_PIPELINE, parse_pipeline
+
+    assert [p.name for p in parse_pipeline("default")] == [p.name for p in parse_pipeline(DEFAULT_PIPELINE)]
+    assert [p.name for p in parse_pipeline(" default ")] == DEFAULT_PIPELINE.split(",")

@@ -66,6 +66,7 @@ class _Scanner:
 def parse_pipeline(spec: str | Sequence[Pass]) -> list[Pass]:
     """Pass objects for a spec string (or a list of passes, returned as a list).
 
+    The whole spec ``"default"`` stands for :data:`DEFAULT_PIPELINE`.
     Raises :class:`PassError` with the column of the fault: unknown pass or option (with a
     'did you mean' hint), a value of the wrong type, a missing brace.
     """
@@ -75,6 +76,8 @@ def parse_pipeline(spec: str | Sequence[Pass]) -> list[Pass]:
             if not isinstance(p, Pass):
                 raise PassError(f"not a pass: {p!r}")
         return passes
+    if spec.strip() == "default":
+        spec = DEFAULT_PIPELINE
     sc = _Scanner(spec)
     passes: list[Pass] = []
     if not spec.strip():
