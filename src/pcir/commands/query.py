@@ -83,6 +83,11 @@ def add_arguments(p):
     p.add_argument("--evidence", help="sample: rows of evidence; missing entries are sampled")
     p.add_argument("--seed", type=int, default=0, help="sample: random seed")
     p.add_argument("-o", "--output", help="write the result here (.npy or text)")
+    p.add_argument(
+        "--checkpoint", help="answer with the parameters of this checkpoint (a run folder or checkpoint folder)"
+    )
+    p.add_argument("--which", choices=["best", "last"], default="best", help="with --checkpoint on a run folder")
+    p.add_argument("--pipeline", help="the pass pipeline the checkpoint was trained with (pcir train --pipeline)")
     p.add_argument("--compiled", action="store_true", help="answer with the compiled model (kernels, float32)")
     p.add_argument("--device", help="with the compiled model on this device (cpu, cuda, cuda:1; implies --compiled)")
 
@@ -115,6 +120,14 @@ def run(args) -> int:
     from ..ir.diagnostics import PcirError
 
     c = load(args.model)
+    if args.checkpoint or args.pipeline:
+        from ..checkpoint import load_checkpoint
+        from ..ir.verify import verify
+        from ..train import apply_pipeline
+
+        c = apply_pipeline(verify(c), args.pipeline)
+        if args.checkpoint:
+            c = load_checkpoint(args.checkpoint, args.which, c).apply(c)
     if args.compiled or args.device:
         queries = _CompiledQueries(c, args.device)  # type: ignore[assignment]
     if args.kind == "sample":
