@@ -172,6 +172,14 @@ def _mode_by_enumeration(dt: DistType, dist: Dist, params: np.ndarray, domain: D
     return np.argmax(lp, axis=0).astype(np.float64)
 
 
+def _int_arg_problem(dist: Dist, key: str, minimum: int) -> str | None:
+    """The message for an argument ``key`` that is not an integer >= ``minimum``, else None."""
+    v = dist.arg(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        return f"{dist.kind} needs an integer argument {key} >= {minimum}"
+    return None
+
+
 def _normalize_rows(a: np.ndarray) -> np.ndarray:
     s = a.sum(axis=-1, keepdims=True)
     return a / np.where(s > 0, s, 1.0)
@@ -391,10 +399,7 @@ class Binomial:
         return "f64"
 
     def check_dist(self, dist):
-        n = dist.arg("n")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            return "binomial needs an integer argument n >= 1"
-        return None
+        return _int_arg_problem(dist, "n", 1)
 
     def accepts(self, dist, domain):
         return domain.is_discrete and domain.k <= int(dist.arg("n")) + 1
@@ -475,9 +480,9 @@ class DiscreteLogistic:
         return "f64"
 
     def check_dist(self, dist):
-        n = dist.arg("n")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-            return "discrete_logistic needs an integer argument n >= 2"
+        problem = _int_arg_problem(dist, "n", 2)
+        if problem:
+            return problem
         ms = dist.arg("min_std", 0.01)
         if not isinstance(ms, (int, float)) or isinstance(ms, bool) or not ms > 0:
             return "discrete_logistic's min_std must be a number > 0"
@@ -560,10 +565,7 @@ class Literal:
         return "i64"
 
     def check_dist(self, dist):
-        v = dist.arg("value")
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            return "literal needs an integer argument value >= 0"
-        return None
+        return _int_arg_problem(dist, "value", 0)
 
     def accepts(self, dist, domain):
         return domain.is_discrete and int(dist.arg("value")) < domain.k
