@@ -65,6 +65,23 @@ def product_root() -> Circuit:
     return verify(b.build())
 
 
+def scratch_chain() -> Circuit:
+    """Products computed into the shared scratch region (``fuse="scratch"``): one read by a sum and
+    by another scratch product, launches whose rows are reused by a later launch."""
+    b = CircuitBuilder(seed=3)
+    xs = b.variables(4, Domain.categorical(3))
+    a, c, d, e = (b.input(x, 3, Dist.make("categorical", k=3)) for x in xs)
+    scratch = {"fuse": "scratch"}
+    p = b.product([a, c], attrs=scratch)
+    s1 = b.sum([p], 3)
+    q = b.product([p, d], attrs=scratch)  # reads the scratch product p
+    q2 = b.product([s1, d], pattern="outer", attrs=scratch)
+    s2 = b.sum([q, q2], 3)
+    r = b.product([s2, e], pattern="outer", attrs=scratch)  # may reuse p's rows
+    b.root(b.sum([r], 1))
+    return verify(b.build())
+
+
 def zero_probs() -> Circuit:
     """Categorical leaves with zero-probability categories (-inf log-values)."""
     b = CircuitBuilder(seed=1)
@@ -93,7 +110,13 @@ def hmm(length: int, hidden: int = 3, vocab: int = 4, seed: int = 0) -> Circuit:
     return verify(b.build())
 
 
-CASES = {"mixed": mixed, "tied_bernoulli": tied_bernoulli, "product_root": product_root, "zero_probs": zero_probs}
+CASES = {
+    "mixed": mixed,
+    "tied_bernoulli": tied_bernoulli,
+    "product_root": product_root,
+    "zero_probs": zero_probs,
+    "scratch_chain": scratch_chain,
+}
 
 
 def data_for(c: Circuit, n: int, seed: int = 0, p_missing: float = 0.0):

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import circuits
 from test_backend_helpers import hmm, mixed, product_root, tied_bernoulli
 
 from pcir.backend.codegen import generate, variants
@@ -51,8 +54,10 @@ def test_wide_products_are_stored():
     leaves = [b.input(x, 2, Dist.make("bernoulli")) for x in xs]
     b.root(b.sum([b.product(leaves)], 1))
     plan = lower(verify(b.build()))
-    assert list(plan.fuse.values()) == ["stored"]
+    assert list(plan.fuse.values()) == ["scratch"]
     assert [layer.kind for layer in plan.layers] == ["product", "sum"]
+    assert plan.layers[0].scratch and plan.layers[0].live_end == 1
+    assert plan.recompute == {1: [0]}  # recomputed before the sum's backward
 
 
 def test_depth_layering_of_a_chain():
@@ -154,10 +159,18 @@ def _env():
     return env
 
 
-@pytest.mark.parametrize("emit, golden", [("plan", "mixture.plan.txt"), ("triton", "mixture.triton.py.txt")])
-def test_compile_command_golden(emit, golden):
+@pytest.mark.parametrize(
+    "example, emit, golden, extra",
+    [
+        ("mixture.pc", "plan", "mixture.plan.txt", []),
+        ("mixture.pc", "triton", "mixture.triton.py.txt", []),
+        # every product in its own launch: the scratch region, reused by all product launches
+        ("pd.pc", "plan", "pd-scratch.plan.txt", ["-p", "group-layers{fuse=none}"]),
+    ],
+)
+def test_compile_command_golden(example, emit, golden, extra):
     out = subprocess.run(
-        [sys.executable, "-m", "pcir", "compile", str(ROOT / "examples" / "mixture.pc"), f"--emit={emit}"],
+        [sys.executable, "-m", "pcir", "compile", str(ROOT / "examples" / example), f"--emit={emit}", *extra],
         capture_output=True,
         text=True,
         env=_env(),
@@ -201,3 +214,82 @@ def test_compile_command_reports_errors(tmp_path):
     )
     assert out.returncode == 1
     assert "error" in out.stderr and "Traceback" not in out.stderr
+
+
+def _check_scratch_invariants(plan):
+    """Rows of launches whose live ranges overlap are disjoint; other rows are owned once; every
+    reader of a scratch launch runs no later than its recompute point."""
+    owner = np.full(plan.num_rows, -1)
+    for lay in plan.layers:
+        for g in lay.groups:
+            span = slice(g.row, g.row + g.units)
+            if lay.scratch:
+                assert plan.scratch_row <= g.row and g.row + g.units <= plan.scratch_row + plan.scratch_rows
+                continue
+            assert g.row + g.units <= plan.scratch_row or not plan.scratch_rows
+            assert (owner[span] == -1).all(), f"row of {g.name} owned twice"
+            owner[span] = lay.index
+    scratch = [lay for lay in plan.layers if lay.scratch]
+    rows = {lay.index: {r for g in lay.groups for r in range(g.row, g.row + g.units)} for lay in scratch}
+    for a in scratch:
+        for b in scratch:
+            if a.index < b.index <= a.live_end:  # both live at b's launch
+                assert not rows[a.index] & rows[b.index], (a.index, b.index)
+    for lay in plan.layers:  # a scratch row read by a launch belongs to exactly one live launch
+        for g in lay.groups:
+            used = set((g.cols if hasattr(g, "cols") else g.idx).reshape(-1).tolist())
+            for r in used:
+                if r < plan.scratch_row:
+                    continue
+                owners = [s for s in scratch if r in rows[s.index] and s.index < lay.index <= s.live_end]
+                assert len(owners) == 1, (g.name, r)
+    assert plan.scratch_rows <= plan.scratch_units
+    assert sorted(j for js in plan.recompute.values() for j in js) == [s.index for s in scratch]
+    for t, js in plan.recompute.items():
+        assert all(plan.layers[j].live_end == t for j in js)
+
+
+def test_scratch_region_is_reused_across_layers():
+    from pcir.passes import run_pipeline
+
+    c, _ = run_pipeline(
+        __import__("pcir").structures.pd(
+            data_shape=(4, 4), num_latents=4, split_intervals=(2, 2), input_dist="categorical(k=3)"
+        ),
+        "group-layers{fuse=none}",
+        timings=False,
+    )
+    plan = lower(c)
+    assert plan.scratch_units > 0 and plan.scratch_rows < plan.scratch_units / 2
+    assert set(plan.fuse.values()) == {"scratch"}
+    _check_scratch_invariants(plan)
+    # the same circuit without reuse would need every product row
+    assert plan.num_rows == plan.scratch_row + plan.scratch_rows
+
+
+def test_chained_scratch_products_stay_live_for_their_readers():
+    # q reads the scratch product p (both wider than MAX_FUSED_ARITY); the sum reads q: p's rows
+    # must stay live until q's recompute point, the sum's launch
+    b = CircuitBuilder()
+    xs = b.variables(2 * MAX_FUSED_ARITY + 2, Domain.binary())
+    leaves = [b.input(x, 2, Dist.make("bernoulli")) for x in xs]
+    p = b.product(leaves[: MAX_FUSED_ARITY + 1])
+    q = b.product([p, *leaves[MAX_FUSED_ARITY + 1 :]])
+    s1 = b.sum([p], 2)
+    q2 = b.product([s1, *leaves[MAX_FUSED_ARITY + 1 :]])
+    b.root(b.sum([q, q2], 1))
+    plan = lower(verify(b.build()))
+    _check_scratch_invariants(plan)
+    lay = {g.name: lay for lay in plan.layers for g in lay.groups}
+    assert plan.fuse[p] == plan.fuse[q] == plan.fuse[q2] == "scratch"
+    assert lay[p].live_end == lay[q].live_end == lay[plan.root].index
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(circuits(max_vars=4, max_units=3), st.sampled_from(["group-layers{fuse=none}", "group-layers", "none"]))
+def test_scratch_invariants_on_generated_circuits(c, spec):
+    from pcir.passes import run_pipeline
+
+    if spec != "none":
+        c, _ = run_pipeline(c, spec, timings=False)
+    _check_scratch_invariants(lower(c))

@@ -368,7 +368,7 @@ def test_conditional_samples_chi_square(seed, device):
     assert stat < chi2_critical(df), (stat, df)
 
 
-@pytest.mark.parametrize("case", ["tied_bernoulli", "zero_probs", "product_root"])
+@pytest.mark.parametrize("case", ["tied_bernoulli", "zero_probs", "product_root", "scratch_chain"])
 def test_samples_of_hand_built_cases(case, engine, device):
     # both engines give the upward pass the sampler conditions on; same chi-square test, with
     # fewer samples under the (slow) Triton interpreter: the pooling rule keeps it valid

@@ -9,12 +9,21 @@ Stored nodes are inputs (grouped by family, one input block each), sums, and the
 are not fused (roots, and products whose flattened arity is too large to pay; see
 ``MAX_FUSED_ARITY``).
 
-Fused products
---------------
-A product is never stored when a sum consumes it: the sum's column k is the sum of ``arity``
-stored rows ``cols[k, :]`` (nested products are flattened), computed as the tiles load in the
-forward pass and recomputed in the backward pass. The plan records ``fuse`` = ``"fused"`` or
-``"stored"`` for every product group.
+Products: fused, scratch, stored
+--------------------------------
+A product consumed by sums is never stored: the sum's column k is the sum of ``arity`` stored
+rows ``cols[k, :]`` (nested products are flattened), computed as the tiles load in the forward
+pass and recomputed in the backward pass (``"fused"``). Where fusing does not pay (the pass asks
+for ``fuse="scratch"``, or the flattened arity exceeds ``MAX_FUSED_ARITY``) the product layer is
+computed by its own kernel into the *scratch region*: rows ``[scratch_row, scratch_row +
+scratch_rows)`` of the buffer, shared by all such layers. A product layer's rows are live from the
+launch that writes them to the last launch that reads them (``Layer.live_end``; extended to the
+end of the scratch products that read it, so that those can be recomputed); layers whose live
+ranges do not overlap get the same rows (first fit). The backward pass recomputes a scratch layer
+(values, and its flows zeroed) just before the backward of its ``live_end`` launch
+(``KernelPlan.recompute``), so product values are never kept from the forward pass. Roots (and a
+product launch holding a root) are ``"stored"``: rows of their own. The plan records the path of
+every product group in ``fuse``.
 
 Layers
 ------
@@ -110,6 +119,8 @@ class Layer:
     arity: int = 1
     exclusive: bool = False  # every row this layer's gathers read is read by no other gather
     step: int = 0  # the schedule layer (pass ``layer``, renumbered densely) this launch group belongs to
+    scratch: bool = False  # a product launch whose rows are in the shared scratch region
+    live_end: int = -1  # scratch launches: the last launch that needs its rows (the recompute point)
 
 
 @dataclass
@@ -154,6 +165,11 @@ class KernelPlan:
     cat_norm_size: int = 0
     leaf_param_size: int = 0  # float32 IR parameters of the table families
     schedule: str = "depth"  # "annotated": the pass's ``layer`` annotations were followed
+    scratch_row: int = 0  # first row of the shared scratch region (scratch product launches)
+    scratch_rows: int = 0  # its size in rows (the peak of the live scratch layers)
+    scratch_units: int = 0  # rows the scratch products would take without reuse
+    # launch index t -> scratch product launches recomputed (in this order) before t's backward
+    recompute: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def table_slots(self) -> list[ParamSlot]:
@@ -196,7 +212,9 @@ class KernelPlan:
             "launches_forward": len([b for b in self.inputs if b.count]) + len(self.layers),
             "sum_groups": len(self.sum_groups),
             "fused_products": sum(v == "fused" for v in self.fuse.values()),
+            "scratch_products": sum(v == "scratch" for v in self.fuse.values()),
             "stored_products": sum(v == "stored" for v in self.fuse.values()),
+            "scratch_rows": self.scratch_rows,
             "weights": self.w_size,
         }
 
@@ -216,6 +234,8 @@ class KernelPlan:
         for layer in self.layers:
             sizes = f" tile=({layer.block_m},{layer.block_k})" if layer.kind == "sum" else ""
             excl = " exclusive" if layer.exclusive else ""
+            if layer.scratch:
+                excl += f" scratch live_end={layer.live_end}"
             out.append(f"layer {layer.index} {layer.kind} groups={len(layer.groups)} arity={layer.arity}{sizes}{excl}")
             for g in layer.groups:
                 if isinstance(g, SumGroupPlan):
@@ -225,7 +245,13 @@ class KernelPlan:
                         f"params={g.params} w_off={g.w_off} tiles={len(g.tiles)}{fused}"
                     )
                 else:
-                    out.append(f"  product {g.name} row={g.row} units={g.units} arity={g.arity} stored")
+                    out.append(f"  product {g.name} row={g.row} units={g.units} arity={g.arity} {self.fuse[g.name]}")
+        if self.scratch_units:
+            out.append(
+                f"scratch rows=[{self.scratch_row},{self.scratch_row + self.scratch_rows}) "
+                f"holds {self.scratch_units} product rows; recompute "
+                + " ".join(f"{t}:{','.join(map(str, ls))}" for t, ls in sorted(self.recompute.items()))
+            )
         for name, slot in self.params.items():
             out.append(f"param {name} {slot.kind} offset={slot.offset} shape={list(slot.shape)}")
         return "\n".join(out) + "\n"
@@ -449,7 +475,30 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         kind = "product" if is_product[ms[0]] else "sum"
         layers.append(Layer(len(layers), kind, ms, step=key[0]))
 
-    # assign rows to stored groups in layer order (contiguous per layer)
+    # ---- scratch product launches and their live ranges (in launches) ---------------------
+    launch_of = {n: i for i, layer in enumerate(layers) for n in layer.groups}
+    last_use: dict[str, int] = {}
+    for n in stored_groups:
+        for d in deps[n]:
+            if d in launch_of:
+                last_use[d] = max(last_use.get(d, -1), launch_of[n])
+    for layer in layers:
+        if layer.kind == "product" and not any(n in all_roots for n in layer.groups):
+            layer.scratch = True
+            for n in layer.groups:
+                fuse[n] = "scratch"
+    end = {n: last_use.get(n, launch_of[n]) for layer in layers if layer.scratch for n in layer.groups}
+    for layer in reversed(layers):  # a reader's end is final before it extends its children's
+        if not layer.scratch:
+            continue
+        layer.live_end = max(end[n] for n in layer.groups)
+        for n in layer.groups:
+            for d in deps[n]:
+                if d in end:  # recomputing n needs d's rows until n's recompute point
+                    end[d] = max(end[d], layer.live_end)
+
+    # assign rows to stored groups in layer order (contiguous per layer); scratch launches get
+    # virtual rows here, mapped into the shared scratch region at the end
     for layer in layers:
         for n in layer.groups:
             rows[n] = next_row
@@ -547,7 +596,7 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
                 )
             )
             sum_index += 1
-        lay = Layer(layer.index, layer.kind, plans, step=layer.step)
+        lay = Layer(layer.index, layer.kind, plans, step=layer.step, scratch=layer.scratch, live_end=layer.live_end)
         if layer.kind == "sum":
             # one launch per layer: the layer's tile sizes are the largest its groups want
             lay.block_m = max(g.block_m for g in plans)
@@ -574,14 +623,16 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
             used = used[used != 0]
             lay.exclusive = bool(np.all(refs[used] == 1))
 
+    num_rows, scratch_row, scratch_rows, scratch_units, recompute = _place_scratch(final_layers, next_row)
+    root_row = next((g.row for lay in final_layers for g in lay.groups if g.name == root), rows[root])
     rg = circuit.group(root)
     return KernelPlan(
         num_vars=circuit.num_vars,
-        num_rows=next_row,
+        num_rows=num_rows,
         inputs=inputs,
         layers=final_layers,
         root=root,
-        root_row=rows[root],
+        root_row=root_row,
         root_units=rg.units,
         params=params,
         group_param=group_param,
@@ -603,7 +654,56 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         cat_norm_size=cat_norm_size,
         schedule=schedule,
         leaf_param_size=leaf_param_size,
+        scratch_row=scratch_row,
+        scratch_rows=scratch_rows,
+        scratch_units=scratch_units,
+        recompute=recompute,
     )
+
+
+def _place_scratch(layers: list[Layer], num_rows: int):
+    """Map the virtual rows of scratch product launches into one shared region after the other
+    rows (first fit over live ranges ``[launch, live_end]``), and compact the other rows; rewrite
+    every row reference of the plan in place. Returns (rows, region start, region rows, scratch
+    product rows without reuse, recompute schedule)."""
+    spans = []
+    in_scratch = np.zeros(num_rows, dtype=bool)
+    for lay in layers:
+        if lay.scratch:
+            a = min(g.row for g in lay.groups)
+            u = sum(g.units for g in lay.groups)
+            assert max(g.row + g.units for g in lay.groups) == a + u, "a launch's rows are contiguous"
+            spans.append((lay, a, u))
+            in_scratch[a : a + u] = True
+    if not spans:
+        return num_rows, num_rows, 0, 0, {}
+    keep = ~in_scratch
+    phys = np.zeros(num_rows, dtype=np.int64)
+    phys[keep] = np.arange(int(keep.sum()))
+    base = int(keep.sum())
+    live: list[tuple[int, int, int]] = []  # (offset, rows, live_end) of the blocks in use
+    size = 0
+    for lay, a, u in spans:  # launch order
+        live = [blk for blk in live if blk[2] >= lay.index]
+        off = 0
+        for o, n, _ in sorted(live):
+            if off + u <= o:
+                break
+            off = max(off, o + n)
+        live.append((off, u, lay.live_end))
+        size = max(size, off + u)
+        phys[a : a + u] = base + off + np.arange(u)
+    for lay in layers:
+        for g in lay.groups:
+            g.row = int(phys[g.row])
+            if isinstance(g, SumGroupPlan):
+                g.cols = phys[g.cols].astype(np.int32)
+            else:
+                g.idx = phys[g.idx].astype(np.int32)
+    recompute: dict[int, list[int]] = {}
+    for lay, _a, _u in spans:
+        recompute.setdefault(lay.live_end, []).append(lay.index)
+    return base + size, base, size, sum(u for _l, _a, u in spans), recompute
 
 
 def _occupied_tiles(emask: np.ndarray, block_m: int, block_k: int) -> np.ndarray:

@@ -312,14 +312,17 @@ class _Tables:
             self.buckets.append(
                 _Bucket(dist, k, lt(np.concatenate(d["rows"])), lt(np.concatenate(d["var"])), d["parts"], gather)
             )
-        self.layers: list[tuple[Any, torch.Tensor]] = []
+        self.layers: list[tuple[Any, torch.Tensor]] = []  # every stored group, in launch order
+        self.launches: list[list[tuple[Any, torch.Tensor]]] = []
         for layer in plan.layers:
+            self.launches.append([])
             for g in layer.groups:
                 if isinstance(g, SumGroupPlan):
-                    self.layers.append((g, lt(g.cols)))
+                    self.launches[-1].append((g, lt(g.cols)))
                 else:
                     assert isinstance(g, ProductGroupPlan)
-                    self.layers.append((g, lt(g.idx)))
+                    self.launches[-1].append((g, lt(g.idx)))
+            self.layers.extend(self.launches[-1])
         self.var_k = [int(k) for k in plan.var_k]
 
 
@@ -554,31 +557,44 @@ def _conditional_enumerate(st: _State, xf: torch.Tensor, tlist: list[int]) -> di
 # ================================================================================================
 # Top-down passes: sampling and MAP backtracking
 # ================================================================================================
-def _topdown(st: _State, B: int, choose, visit_leaves) -> None:
+def _topdown(st: _State, B: int, V: torch.Tensor, choose, visit_leaves) -> None:
     """Walk the selected sub-circuit from the root over the plan, one selection per (row, sample).
 
     ``choose(g, units, samples, C) -> columns`` picks a column of each selected node of a sum
     group (``C`` its [K, B] column values); ``visit_leaves(bucket index, leaf, samples)`` handles
-    the selected leaves.
+    the selected leaves. ``V`` holds the upward pass's values; its scratch rows are rewritten.
     """
     plan = st.model.plan
     dev = st.model.device
     sel = torch.zeros((plan.num_rows, B), dtype=torch.bool, device=dev)
     sel[plan.root_row] = True
-    for g, idx in reversed(st.tab.layers):
-        units, samples = torch.nonzero(sel[g.row : g.row + g.units], as_tuple=True)
-        if units.numel() == 0:
-            continue
-        if isinstance(g, SumGroupPlan):
-            cols = choose(g, units, samples, idx)
-            targets = idx[cols]  # [P, arity] stored rows of the chosen columns
-        else:
-            targets = idx[units]
-        sel[targets.reshape(-1), samples.repeat_interleave(targets.shape[1])] = True
+    for t in range(len(st.tab.launches) - 1, -1, -1):
+        # scratch products read from here down share rows with others: recompute their values
+        # (a product is the sum of its children's log-values, under max-product too) and clear
+        # the selections the rows' previous holders left
+        for j in plan.recompute.get(t, ()):
+            for g, idx in st.tab.launches[j]:
+                V[g.row : g.row + g.units] = _gather_sum(V, idx)
+                sel[g.row : g.row + g.units] = False
+        for g, idx in reversed(st.tab.launches[t]):
+            _topdown_group(g, idx, sel, choose)
     for bi, b in enumerate(st.tab.buckets):
         leaf, samples = torch.nonzero(sel[b.rows], as_tuple=True)
         if leaf.numel():
             visit_leaves(bi, leaf, samples)
+
+
+def _topdown_group(g, idx, sel, choose) -> None:
+    """Select the children (stored rows) of the selected nodes of one stored group."""
+    units, samples = torch.nonzero(sel[g.row : g.row + g.units], as_tuple=True)
+    if units.numel() == 0:
+        return
+    if isinstance(g, SumGroupPlan):
+        cols = choose(g, units, samples, idx)
+        targets = idx[cols]  # [P, arity] stored rows of the chosen columns
+    else:
+        targets = idx[units]
+    sel[targets.reshape(-1), samples.repeat_interleave(targets.shape[1])] = True
 
 
 @torch.no_grad()
@@ -638,7 +654,7 @@ def sample(model, n: int | None = None, evidence=None, missing=None, seed: int =
         vals = get_leaf(b.dist.kind).sample(b.dist, st.params(bi), leaf, gen)
         out[samples, var] = vals.to(out.dtype)
 
-    _topdown(st, B, choose, visit_leaves)
+    _topdown(st, B, V, choose, visit_leaves)
     return out
 
 
@@ -719,5 +735,5 @@ def map_assignment(model, x=None, missing=None, *, return_log_prob: bool = False
         todo = unknown[samples, var]
         out[samples[todo], var[todo]] = modes[bi][leaf[todo]].to(out.dtype)
 
-    _topdown(st, B, choose, visit_leaves)
+    _topdown(st, B, V, choose, visit_leaves)
     return (out, value) if return_log_prob else out

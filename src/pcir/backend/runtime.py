@@ -212,13 +212,15 @@ class _CircuitFunction(torch.autograd.Function):
         ctx.model = model
         ctx.W = W
         ctx.aux = aux
-        ctx.save_for_backward(xf, cat_logp, gauss, V)
+        ctx.save_for_backward(xf, cat_logp, gauss)
+        ctx.V = V  # not saved_tensors: the backward rewrites its scratch rows (recomputed products)
         return model._root_values(V)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         model: CompiledCircuit = ctx.model
-        xf, cat_logp, gauss, V = ctx.saved_tensors
+        xf, cat_logp, gauss = ctx.saved_tensors
+        V = ctx.V
         root_flow = grad_out.reshape(grad_out.shape[0], -1).t().to(torch.float32)
         eng = model._engine()
         F, PF = eng.backward(ctx.W, V, ctx.aux, xf, root_flow)

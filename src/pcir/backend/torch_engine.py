@@ -86,7 +86,12 @@ class TorchEngine:
         F[plan.root_row : plan.root_row + plan.root_units] = root_flow
         if PF is None:  # else accumulate into the given buffer (the model's flows)
             PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
-        for _layer, gs in reversed(self.layers):
+        for t in range(len(self.layers) - 1, -1, -1):
+            _layer, gs = self.layers[t]
+            for j in plan.recompute.get(t, ()):  # scratch products read from here down: recompute
+                for g, idx in self.layers[j][1]:
+                    V[g.row : g.row + g.units] = _gather_sum(V, idx)
+                    F[g.row : g.row + g.units] = 0.0
             for g, idx in reversed(gs):
                 f = F[g.row : g.row + g.units]
                 if isinstance(g, ProductGroupPlan):

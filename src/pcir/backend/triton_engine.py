@@ -79,6 +79,8 @@ class _ProductLayer:
             off += g.units * A
         self.arity = A
         self.exclusive = layer.exclusive
+        self.row0 = min(g.row for g in layer.groups)  # the launch's rows are contiguous
+        self.rows = sum(g.units for g in layer.groups)
         self.idx = torch.as_tensor(np.concatenate(idx), dtype=torch.int32, device=device)
         self.tab = torch.as_tensor(np.asarray(tab, dtype=np.int64).reshape(-1), device=device)
         self.n = len(tab)
@@ -161,7 +163,12 @@ class TritonEngine:
         F[plan.root_row : plan.root_row + plan.root_units] = root_flow
         if PF is None:  # else accumulate into the given buffer (the model's flows)
             PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
-        for L in reversed(self.layers):
+        for t in range(len(self.layers) - 1, -1, -1):
+            L = self.layers[t]
+            for j in plan.recompute.get(t, ()):  # scratch products read from here down: recompute
+                P = self.layers[j]
+                k.product_fwd[(P.n, nb)](V, P.idx, P.tab, B, P.n, A=P.arity, BU=BU, BB=BB)
+                F[P.row0 : P.row0 + P.rows].zero_()
             if isinstance(L, _SumLayer):
                 cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}")
                 pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}")
