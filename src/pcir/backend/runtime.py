@@ -187,6 +187,33 @@ class _Tables:
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
 
 
+def _slot_values(plan: KernelPlan, slot, arr) -> tuple[str, slice, np.ndarray]:
+    """(store, where, float32 values) that hold a parameter's IR value ``arr``: sums as log-weights
+    (``-inf`` off the edges), categoricals as log-probabilities, bernoullis as two-category log
+    tables, gaussians as (mean, log std), table families as their own parameters."""
+    arr = np.asarray(arr)
+    n = int(np.prod(slot.shape))
+    with np.errstate(divide="ignore"):
+        if slot.kind == "sum":
+            lv = np.log(np.maximum(arr.reshape(-1).astype(np.float32), 0.0))
+            edge = plan.sum_edge[slot.offset : slot.offset + n]
+            return "sum", slice(slot.offset, slot.offset + n), np.where(edge, lv, np.float32(-np.inf))
+        if slot.kind == "categorical":
+            lv = np.log(np.maximum(arr.reshape(-1).astype(np.float64), 0.0)).astype(np.float32)
+            return "cat", slice(slot.offset, slot.offset + n), lv
+        if slot.kind == "bernoulli":
+            p = np.clip(arr.reshape(-1).astype(np.float64), 0.0, 1.0)
+            tab = np.log(np.stack([1.0 - p, p], axis=1)).reshape(-1).astype(np.float32)
+            return "cat", slice(slot.offset, slot.offset + 2 * n), tab
+        if slot.kind in TABLE_PARAM_WIDTH:
+            return "leaf", slice(slot.poff, slot.poff + n), np.asarray(arr, dtype=np.float32).reshape(-1)
+        if slot.kind == "gaussian":
+            a = arr.astype(np.float64)
+            g = np.stack([a[:, 0], np.log(a[:, 1])], axis=1).astype(np.float32)
+            return "gauss", slice(slot.offset, slot.offset + a.shape[0]), g
+    raise BackendError(f"parameter '{slot.name}' of kind '{slot.kind}' has no module store")
+
+
 class _DataCheck:
     """The device-side verdict of one batch's value check (see ``CompiledCircuit._prepare``)."""
 
@@ -260,23 +287,28 @@ class CompiledCircuit(nn.Module):
         self._graphs: dict = {}
         self._em_args: torch.Tensor | None = None
         self.cuda_graphs = True  # capture forward / forward_backward / em_step per batch shape on CUDA
-        logits = np.full(plan.sum_param_size, -np.inf, dtype=np.float32)
-        cat = np.zeros(plan.cat_norm_size, dtype=np.float32)
-        gauss = np.zeros((plan.gauss_rows, 2), dtype=np.float32)
-        self.sum_logits = nn.Parameter(torch.as_tensor(logits))
-        self.cat_logits = nn.Parameter(torch.as_tensor(cat))
-        self.gauss = nn.Parameter(torch.as_tensor(gauss))
+        # the initial values are written into host arrays, one slot at a time, and become the
+        # parameters in one transfer each (big circuits have thousands of slots)
+        stores = {
+            "sum": np.full(plan.sum_param_size, -np.inf, dtype=np.float32),
+            "cat": np.zeros(plan.cat_norm_size, dtype=np.float32),
+            "gauss": np.zeros((plan.gauss_rows, 2), dtype=np.float32),
+            "leaf": np.zeros(plan.leaf_param_size, dtype=np.float32),
+        }
+        for name, slot in plan.params.items():
+            if slot.kind not in ("indicator", "literal"):
+                store, where, vals = _slot_values(plan, slot, circuit.param_value(name))
+                stores[store][where] = vals
+        self.sum_logits = nn.Parameter(torch.from_numpy(stores["sum"]))
+        self.cat_logits = nn.Parameter(torch.from_numpy(stores["cat"]))
+        self.gauss = nn.Parameter(torch.from_numpy(stores["gauss"]))
         if plan.leaf_param_size:
-            self.leaf_params = nn.Parameter(torch.zeros(plan.leaf_param_size))
+            self.leaf_params = nn.Parameter(torch.from_numpy(stores["leaf"]))
         else:  # no table family with parameters: not a Parameter (DDP rejects unused ones)
             self.register_buffer("leaf_params", torch.zeros(0), persistent=False)
         self.register_buffer("sum_flows", torch.zeros(plan.sum_param_size), persistent=False)
         self.register_buffer("cat_flows", torch.zeros(plan.cat_size), persistent=False)
         self.register_buffer("gauss_stats", torch.zeros(plan.gauss_rows, 3), persistent=False)
-        with torch.no_grad():
-            for name, slot in plan.params.items():
-                if slot.kind not in ("indicator", "literal"):
-                    self._set_slot(name, np.asarray(circuit.param_value(name), dtype=np.float64))
 
     # ---- basics ----------------------------------------------------------------------------
     @property
@@ -446,36 +478,9 @@ class CompiledCircuit(nn.Module):
             self._set_slot(slot.name, arr)
 
     def _set_slot(self, name: str, arr: np.ndarray) -> None:
-        slot = self.plan.params[name]
-        n = int(np.prod(slot.shape))
-        dev = self.sum_logits.device
-        with np.errstate(divide="ignore"):
-            if slot.kind == "sum":
-                lv = np.log(np.maximum(arr.reshape(-1), 0.0))
-                edge = self.plan.sum_edge[slot.offset : slot.offset + n]
-                lv = np.where(edge, lv, -np.inf)
-                self.sum_logits.data[slot.offset : slot.offset + n] = torch.as_tensor(
-                    lv, dtype=torch.float32, device=dev
-                )
-            elif slot.kind == "categorical":
-                self.cat_logits.data[slot.offset : slot.offset + n] = torch.as_tensor(
-                    np.log(np.maximum(arr.reshape(-1), 0.0)), dtype=torch.float32, device=dev
-                )
-            elif slot.kind == "bernoulli":
-                p = np.clip(arr.reshape(-1), 0.0, 1.0)
-                tab = np.log(np.stack([1.0 - p, p], axis=1)).reshape(-1)
-                self.cat_logits.data[slot.offset : slot.offset + 2 * n] = torch.as_tensor(
-                    tab, dtype=torch.float32, device=dev
-                )
-            elif slot.kind in TABLE_PARAM_WIDTH:
-                self.leaf_params.data[slot.poff : slot.poff + n] = torch.as_tensor(
-                    np.array(arr, dtype=np.float32).reshape(-1), device=dev
-                )
-            elif slot.kind == "gaussian":
-                g = np.stack([arr[:, 0], np.log(arr[:, 1])], axis=1)
-                self.gauss.data[slot.offset : slot.offset + arr.shape[0]] = torch.as_tensor(
-                    g, dtype=torch.float32, device=dev
-                )
+        store, where, vals = _slot_values(self.plan, self.plan.params[name], arr)
+        target = {"sum": self.sum_logits, "cat": self.cat_logits, "gauss": self.gauss, "leaf": self.leaf_params}[store]
+        target.data[where] = torch.as_tensor(vals, dtype=torch.float32, device=target.device)
         self._invalidate()
 
     def param_flows(self, name: str) -> torch.Tensor:

@@ -319,6 +319,7 @@ class Circuit:
         self._topo = tuple(order)
         self._pos = {n: i for i, n in enumerate(order)}
         self._param_cache: dict[str, np.ndarray] = {}
+        self._users: dict[str, list[str]] | None = None
 
     @staticmethod
     def _order_key(glist: list[Group]):
@@ -386,7 +387,14 @@ class Circuit:
         return sum(self.child_units(name))
 
     def users_of_param(self, pname: str) -> list[str]:
-        return [g.name for g in self if getattr(g, "params", None) == pname]
+        if self._users is None:  # one pass for all parameters (a circuit is immutable)
+            users: dict[str, list[str]] = {}
+            for g in self:
+                name = getattr(g, "params", None)
+                if name is not None:
+                    users.setdefault(name, []).append(g.name)
+            self._users = users
+        return list(self._users.get(pname, ()))
 
     def depth(self) -> dict[str, int]:
         """Longest path from any input group, per group (inputs are 0)."""
