@@ -126,11 +126,19 @@ class TritonEngine:
             torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         )
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
+        self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
+        self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
 
     # ---- forward -----------------------------------------------------------------------------
-    def forward(self, W, cat_logp, gauss, xf):
-        plan, k = self.plan, self.k
+    def forward(self, W, cat_logp, gauss, xf, precompile: bool = True):
         B = xf.shape[0]
+        if precompile and self.device.type == "cuda" and B not in self.compiled_for:
+            # first launch for this batch size: compile every kernel at once, in parallel
+            from .precompile import precompile as _precompile
+
+            self.compiled_for.add(B)
+            self.precompiled = _precompile(self, W, cat_logp, gauss, xf)
+        plan, k = self.plan, self.k
         BB = _batch_tile(B)
         nb = triton_cdiv(B, BB)
         xT = xf.t().contiguous()

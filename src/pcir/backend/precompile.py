@@ -1,0 +1,75 @@
+"""Compile every Triton kernel of an engine at once, in parallel, before its first real launch.
+
+Triton compiles a kernel the first time it is launched with a new specialisation (the batch size
+is one: ``B == 1``, ``B % 16``), one after the other. A circuit's first training step launches a
+dozen distinct kernels (per tile shape: forward, node flows, parameter flows; inputs, products,
+counts), so that first step used to be most of ``compile`` time. :func:`precompile` replays the
+engine's own forward, backward and statistics passes with every launch turned into Triton's
+``warmup`` (compile, do not run) under ``triton.runtime._async_compile.AsyncCompileMode`` with a
+thread pool: the compilations run concurrently (Triton's passes and ``ptxas`` release the GIL) and
+land in the kernels' caches, so the real launches that follow find them compiled. The buffers the
+replay allocates hold garbage and are dropped.
+
+It is an optimisation only: on any error (another Triton version, an API change) it gives up
+quietly and the kernels compile on first launch as before.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import torch
+
+
+class _WarmupLaunch:
+    """``fn[grid](*args)`` -> ``fn.warmup(*args, grid=grid)``: compiles, launches nothing."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.fn.warmup(*args, grid=grid, **kwargs)
+
+
+class WarmupKernels:
+    """A view of a generated kernel module whose ``@triton.jit`` functions only compile."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        value = getattr(self._module, name)
+        return _WarmupLaunch(value) if hasattr(value, "warmup") else value
+
+
+@contextmanager
+def _async_compile(threads: int):
+    from triton.runtime._async_compile import AsyncCompileMode
+
+    with ThreadPoolExecutor(max_workers=threads) as pool, AsyncCompileMode(pool):
+        yield
+
+
+def compile_threads() -> int:
+    return max(1, min(16, os.cpu_count() or 1))
+
+
+def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) -> bool:
+    """Compile the kernels ``engine`` launches for a batch shaped like ``xf`` (forward, backward,
+    leaf statistics). Returns whether the parallel compile ran (False: it was skipped or failed,
+    and nothing changed)."""
+    kernels = engine.k
+    try:
+        engine.k = WarmupKernels(kernels)
+        with torch.no_grad(), _async_compile(threads or compile_threads()):
+            V, aux = engine.forward(W, cat_logp, gauss, xf, precompile=False)
+            ones = torch.ones((engine.plan.root_units, xf.shape[0]), dtype=torch.float32, device=xf.device)
+            F, _ = engine.backward(W, V, aux, xf, ones)
+            engine.input_stats(F, xf, gauss)
+        return True
+    except Exception:  # noqa: BLE001  (an optimisation: the kernels then compile on first launch)
+        return False
+    finally:
+        engine.k = kernels
