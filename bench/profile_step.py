@@ -75,7 +75,11 @@ def plan_info(model) -> dict:
         "sum_runs_ragged": sum(1 for r in p.runs("sum") if r[2] == 0),
         "cat_runs": p.runs("cat")[:4],
         "cat_size": p.cat_size,
-        "count_programs": [getattr(eng, "count_n", None), getattr(eng, "count_cmax", None), getattr(eng, "count_bc", None)],
+        "count_programs": [
+            getattr(eng, "count_n", None),
+            getattr(eng, "count_cmax", None),
+            getattr(eng, "count_bc", None),
+        ],
         "layers": layers,
     }
 
@@ -131,7 +135,7 @@ def profile_config(cfg, ctx, device, args) -> dict:
     row["prof_em_eager"] = count_launches(lambda: model.em_step(STEP, PC), device, top=8)
     model.cuda_graphs = True
     row["prof_train_graphs"] = count_launches(lambda: step(x), device, top=15)
-    del model
+    model = None  # noqa: F841  (release the GPU memory)
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     return row
@@ -186,7 +190,7 @@ def main() -> int:
     for name in args.configs.split(","):
         try:
             row = profile_config(by_name[name], ctx, device, args)
-        except Exception as e:  # noqa: BLE001
+        except Exception:  # noqa: BLE001
             import traceback
 
             row = {"config": name, "error": traceback.format_exc()[-1500:]}
@@ -194,7 +198,9 @@ def main() -> int:
         show(row)
         sys.stdout.flush()
         if args.json:
-            Path(args.json).write_text(json.dumps({"card": torch.cuda.get_device_name(device), "rows": rows}, indent=1, default=str))
+            Path(args.json).write_text(
+                json.dumps({"card": torch.cuda.get_device_name(device), "rows": rows}, indent=1, default=str)
+            )
     return 0
 
 
