@@ -9,6 +9,9 @@ The module holds
   online max-subtraction, ``tl.dot``, log, add back), ``sum_bwd_cols_v<i>`` (node flows: columns'
   flows from one pass over the node tiles, recomputing the products, scattered to their children)
   and ``sum_bwd_params_v<i>`` (parameter flows, one pass over the batch per weight tile);
+* the row-wise passes over the flat parameter stores (``em_sum_rows``, ``em_cat_rows``,
+  ``normalise_rows``), the same for every circuit: one launch per tile shape covers every uniform
+  run (see :func:`pcir.backend.triton_engine.row_tiles`);
 * ``LAYER_VARIANT``: the variant of every sum layer, and ``PRECISION``.
 
 The arity of the gathers (how many stored rows add up to one column) is a runtime argument, so
@@ -85,6 +88,30 @@ def input_categorical_counts(F, XT, TAB, CNT, B, BU: tl.constexpr, BC: tl.conste
         onehot = tl.where(x[:, None] == c[None, :].to(tl.float32), 1.0, 0.0)
         acc += {dot_fo}
     tl.atomic_add(CNT + off + u[:, None] * k + c[None, :], acc, mask=um[:, None] & cm[None, :] & (acc != 0.0))
+
+
+@triton.jit
+def input_categorical_scatter(F, XT, TAB, CNT, B, BU: tl.constexpr, BB: tl.constexpr):
+    """Expected counts of large tables (k > COUNT_SCATTER_K) by scatter: CNT[u, x[var, b]] += F[u, b]
+    for one (leaf group, node tile, batch tile); TAB as input_categorical_counts. One atomic per
+    (unit, sample) instead of a one-hot product over all k categories."""
+    t = tl.program_id(0)
+    row = tl.load(TAB + t * 6 + 0)
+    units = tl.load(TAB + t * 6 + 1)
+    var = tl.load(TAB + t * 6 + 2)
+    off = tl.load(TAB + t * 6 + 3)
+    k = tl.load(TAB + t * 6 + 4)
+    ut = tl.load(TAB + t * 6 + 5)
+    u = ut * BU + tl.arange(0, BU)
+    um = u < units
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    bm = b < B
+    x = tl.load(XT + var * B + b, mask=bm, other=0.0)
+    ok = bm & (x == x)  # NaN: missing, no count
+    xi = tl.where(ok, x, 0.0).to(tl.int64)
+    m2 = um[:, None] & ok[None, :]
+    f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=m2, other=0.0)
+    tl.atomic_add(CNT + off + u[:, None] * k + xi[None, :], f, mask=m2 & (f != 0.0))
 ''',
     "gaussian": '''
 @triton.jit
@@ -342,6 +369,117 @@ def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, A, CH, BB: tl.constexpr):
 '''
 
 
+# Row-wise passes over the flat parameter stores (see triton_engine.row_tiles): one program per
+# tile of BR consecutive rows of one run (rows of equal length ``n``), looping over the row in
+# chunks of BK. TAB[t] = (first entry, n, rows). They replace one chain of torch ops per run.
+ROW_KERNELS = '''
+@triton.jit
+def em_sum_rows(W, PF, LOGIT, EDGE, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr):
+    """Mini-batch EM of dense sum rows: on edges upd = (pf + pc/deg) / (sum pf + pc);
+    W <- (1 - s) W + s upd where the row has mass, else W; LOGIT <- log W (-inf off edges)."""
+    t = tl.program_id(0)
+    base = tl.load(TAB + t * 3 + 0)
+    n = tl.load(TAB + t * 3 + 1)
+    rows = tl.load(TAB + t * 3 + 2)
+    s = tl.load(ARGS + 0)
+    pc = tl.load(ARGS + 1)
+    r = tl.arange(0, BR)
+    rm = r < rows
+    start = base + r.to(tl.int64) * n
+    tot = tl.zeros([BR], dtype=tl.float32)
+    deg = tl.zeros([BR], dtype=tl.float32)
+    for j0 in range(0, n, BK):
+        j = j0 + tl.arange(0, BK)
+        m2 = rm[:, None] & (j < n)[None, :]
+        idx = start[:, None] + j[None, :]
+        tot += tl.sum(tl.load(PF + idx, mask=m2, other=0.0), axis=1)
+        deg += tl.sum(tl.load(EDGE + idx, mask=m2, other=0).to(tl.float32), axis=1)
+    deg = tl.maximum(deg, 1.0)
+    den = tot + pc
+    live = den > 0
+    den = tl.where(live, den, 1.0)
+    for j0 in range(0, n, BK):
+        j = j0 + tl.arange(0, BK)
+        m2 = rm[:, None] & (j < n)[None, :]
+        idx = start[:, None] + j[None, :]
+        old = tl.load(W + idx, mask=m2, other=0.0)
+        pf = tl.load(PF + idx, mask=m2, other=0.0)
+        e = tl.load(EDGE + idx, mask=m2, other=0) != 0
+        upd = tl.where(e, (pf + pc / deg[:, None]) / den[:, None], 0.0)
+        new = tl.where(live[:, None], (1.0 - s) * old + s * upd, old)
+        tl.store(W + idx, new, mask=m2)
+        lg = tl.log(tl.where(e, new, 1.0))
+        tl.store(LOGIT + idx, tl.where(e, lg, float("-inf")), mask=m2)
+
+
+@triton.jit
+def em_cat_rows(LOGP, CNT, LOGIT, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr):
+    """Mini-batch EM of categorical tables: upd = (cnt + pc/k) / (sum cnt + pc);
+    LOGP, LOGIT <- log((1 - s) p + s upd) where the row has mass, else unchanged."""
+    t = tl.program_id(0)
+    base = tl.load(TAB + t * 3 + 0)
+    n = tl.load(TAB + t * 3 + 1)
+    rows = tl.load(TAB + t * 3 + 2)
+    s = tl.load(ARGS + 0)
+    pc = tl.load(ARGS + 1)
+    r = tl.arange(0, BR)
+    rm = r < rows
+    start = base + r.to(tl.int64) * n
+    tot = tl.zeros([BR], dtype=tl.float32)
+    for j0 in range(0, n, BK):
+        j = j0 + tl.arange(0, BK)
+        m2 = rm[:, None] & (j < n)[None, :]
+        tot += tl.sum(tl.load(CNT + start[:, None] + j[None, :], mask=m2, other=0.0), axis=1)
+    den = tot + pc
+    live = den > 0
+    den = tl.where(live, den, 1.0)
+    prior = pc / n.to(tl.float32)
+    for j0 in range(0, n, BK):
+        j = j0 + tl.arange(0, BK)
+        m2 = rm[:, None] & (j < n)[None, :]
+        idx = start[:, None] + j[None, :]
+        lp = tl.load(LOGP + idx, mask=m2, other=0.0)
+        cnt = tl.load(CNT + idx, mask=m2, other=0.0)
+        upd = (cnt + prior) / den[:, None]
+        new = tl.where(live[:, None], tl.log((1.0 - s) * tl.exp(lp) + s * upd), lp)
+        tl.store(LOGIT + idx, new, mask=m2)
+        tl.store(LOGP + idx, new, mask=m2)
+
+
+@triton.jit
+def normalise_rows(X, OUT, TAB, BR: tl.constexpr, BK: tl.constexpr, LOG: tl.constexpr):
+    """OUT = row-wise log_softmax (LOG) or softmax of X (online max and sum over the row)."""
+    t = tl.program_id(0)
+    base = tl.load(TAB + t * 3 + 0)
+    n = tl.load(TAB + t * 3 + 1)
+    rows = tl.load(TAB + t * 3 + 2)
+    r = tl.arange(0, BR)
+    rm = r < rows
+    start = base + r.to(tl.int64) * n
+    mx = tl.full([BR], float("-inf"), dtype=tl.float32)
+    acc = tl.zeros([BR], dtype=tl.float32)
+    for j0 in range(0, n, BK):
+        j = j0 + tl.arange(0, BK)
+        m2 = rm[:, None] & (j < n)[None, :]
+        x = tl.load(X + start[:, None] + j[None, :], mask=m2, other=float("-inf"))
+        new = tl.maximum(mx, tl.max(x, axis=1))
+        safe = tl.where(new == float("-inf"), 0.0, new)
+        scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
+        acc = acc * scale + tl.sum(tl.exp(x - safe[:, None]), axis=1)
+        mx = new
+    lse = tl.log(acc) + tl.where(mx == float("-inf"), 0.0, mx)
+    for j0 in range(0, n, BK):
+        j = j0 + tl.arange(0, BK)
+        m2 = rm[:, None] & (j < n)[None, :]
+        idx = start[:, None] + j[None, :]
+        y = tl.load(X + idx, mask=m2, other=float("-inf")) - lse[:, None]
+        if LOG:
+            tl.store(OUT + idx, y, mask=m2)
+        else:
+            tl.store(OUT + idx, tl.exp(y), mask=m2)
+'''
+
+
 def variants(plan: KernelPlan) -> list[tuple[int, int]]:
     """Distinct (block_m, block_k) of the sum layers, in first-use order."""
     out: list[tuple[int, int]] = []
@@ -381,4 +519,5 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
                 dot_ge=dot.format(a="g", b="tl.trans(e)"),
             )
         )
+    parts.append(ROW_KERNELS)
     return "".join(parts)

@@ -149,11 +149,14 @@ class _Segments:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @torch.no_grad()
-    def normalise_into(self, x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
-        """``out`` = row-wise (log-)softmax of ``x``, written in place chunk by chunk."""
+    def normalise_into(self, x: torch.Tensor, out: torch.Tensor, log: bool, ragged_only: bool = False) -> None:
+        """``out`` = row-wise (log-)softmax of ``x``, written in place chunk by chunk
+        (``ragged_only``: the uniform runs were done already, by the engine's row kernel)."""
         fn = torch.log_softmax if log else torch.softmax
         for off, n, row_len in self.runs:
             if row_len:
+                if ragged_only:
+                    continue
                 for a, b in _row_ranges(off, n, row_len):
                     fn(x[a:b].view(-1, row_len), 1, out=out[a:b].view(-1, row_len))
             elif n:
@@ -169,6 +172,7 @@ class _Tables:
     def __init__(self, plan: KernelPlan, device: torch.device):
         lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
         self.sum_edge = torch.as_tensor(plan.sum_edge, dtype=torch.bool, device=device)
+        self.sum_edge_u8 = self.sum_edge.view(torch.uint8)  # the same bytes, for the row kernels
         self.sum_seg = _Segments(plan.runs("sum"), plan.sum_row_id, device, plan.sum_edge)
         valid = plan.explicit_gather >= 0
         self.explicit_valid = torch.as_tensor(valid, device=device)
@@ -391,9 +395,14 @@ class CompiledCircuit(nn.Module):
             logp = torch.empty(plan.cat_size, dtype=torch.float32, device=dev)
             self._cache = (None, None, logp, W)
         _, _, logp, W = self._cache
+        eng = self._engine()
+        rows = getattr(eng, "normalise_rows", None)  # one kernel per tile shape over all uniform runs
         with torch.no_grad():
-            t.sum_seg.normalise_into(self.sum_logits.detach(), W, log=False)
-            t.cat_seg.normalise_into(self.cat_logits.detach(), logp, log=True)
+            if rows is not None:
+                rows("sum", self.sum_logits.detach(), W, False)
+                rows("cat", self.cat_logits.detach(), logp, True)
+            t.sum_seg.normalise_into(self.sum_logits.detach(), W, log=False, ragged_only=rows is not None)
+            t.cat_seg.normalise_into(self.cat_logits.detach(), logp, log=True, ragged_only=rows is not None)
             self._refresh_derived()
 
     def _refresh_derived(self) -> None:
@@ -761,8 +770,15 @@ class CompiledCircuit(nn.Module):
         s = args[0]
         pc = args[1]
         _, _, logp, W = self._cache  # type: ignore[misc]
+        fused = getattr(self._engine(), "em_rows", None)
+        if fused is not None:  # the generated row kernels: one launch per tile shape, not per run
+            fused(
+                W, self.sum_flows, self.sum_logits.data, t.sum_edge_u8, logp, self.cat_flows, self.cat_logits.data, args
+            )
         for off, n, row_len in t.sum_seg.runs:
             if row_len:
+                if fused is not None:
+                    continue
                 for a, b in _row_ranges(off, n, row_len):
                     old = W[a:b].view(-1, row_len)
                     pf = self.sum_flows[a:b].view(-1, row_len)
@@ -783,7 +799,7 @@ class CompiledCircuit(nn.Module):
                 new = torch.where(tot + pc > 0, (1.0 - s) * old + s * upd, old)
                 self.sum_logits[off : off + n] = torch.where(edge, torch.log(new), -math.inf)
                 old.copy_(new)
-        for off, n, row_len in t.cat_seg.runs:  # categorical and bernoulli tables: uniform rows
+        for off, n, row_len in t.cat_seg.runs if fused is None else ():  # categorical, bernoulli: uniform rows
             for a, b in _row_ranges(off, n, row_len):
                 lp = logp[a:b].view(-1, row_len)
                 old = torch.exp(lp)

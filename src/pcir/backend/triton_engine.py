@@ -22,6 +22,36 @@ BU = 32  # leaf rows per input program
 # sm_90, BB=64, tf32x3) is 32 KiB (forward, parameter flows) and 80 KiB (column flows) either way.
 WARPS_LARGE_TILE = 8
 COUNT_BU = 32  # leaf rows per categorical-count program
+# tables with more categories than this get their expected counts by scatter (one atomic add per
+# unit and sample) instead of the one-hot tensor-core product, whose work grows with k: HMM
+# emissions over a 33,279-word vocabulary spent 55 of 80 ms per train step there (H200 profile)
+COUNT_SCATTER_K = 1024
+ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
+
+
+def row_tiles(runs, device) -> list[tuple[int, int, torch.Tensor, int]]:
+    """Tile tables of the row-wise kernels over the uniform runs ``(offset, length, row_len)`` of a
+    flat parameter store (``plan.runs``; ragged runs, ``row_len == 0``, are left to torch): one
+    launch per tile shape ``(BR rows, BK columns per chunk)``, ``BK`` the row length rounded up to
+    a power of two (16..1024), one row ``(first entry, row_len, rows)`` per tile of at most ``BR``
+    consecutive rows of one run. Returns ``[(BR, BK, table, tiles)]``."""
+    by: dict[tuple[int, int], list[np.ndarray]] = {}
+    for off, n, row_len in runs:
+        if not row_len or not n:
+            continue
+        bk = 16
+        while bk < min(row_len, 1024):
+            bk *= 2
+        br = max(2, ROW_TILE // bk)
+        rows = n // row_len
+        r0 = np.arange(0, rows, br, dtype=np.int64)
+        tab = np.stack([off + r0 * row_len, np.full_like(r0, row_len), np.minimum(br, rows - r0)], axis=1)
+        by.setdefault((br, bk), []).append(tab)
+    out = []
+    for (br, bk), tabs in sorted(by.items()):
+        tab = np.concatenate(tabs)
+        out.append((br, bk, torch.as_tensor(tab.reshape(-1), device=device), len(tab)))
+    return out
 
 
 def _batch_tile(B: int) -> int:
@@ -96,8 +126,9 @@ class TritonEngine:
         self.precision = precision
         lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
-        # categorical counts as matrix products: one entry per (leaf group, node tile)
-        rows = []
+        # categorical counts: one entry per (leaf group, node tile); tables of at most
+        # COUNT_SCATTER_K categories as matrix products, larger ones by scatter
+        rows, scatter = [], []
         self.count_bc = 16
         self.count_cmax = 1
         for b in plan.inputs:
@@ -108,13 +139,19 @@ class TritonEngine:
                 var = int(b.var[i])
                 off = int(b.index[i])
                 k = plan.params[plan.group_param[name]].k
+                dest = scatter if k > COUNT_SCATTER_K else rows
                 for ut in range(-(-units // COUNT_BU)):
-                    rows.append((row, units, var, off, k, ut))
-                while self.count_bc < min(k, 128):
-                    self.count_bc *= 2
-                self.count_cmax = max(self.count_cmax, k)
+                    dest.append((row, units, var, off, k, ut))
+                if k <= COUNT_SCATTER_K:
+                    while self.count_bc < min(k, 128):
+                        self.count_bc *= 2
+                    self.count_cmax = max(self.count_cmax, k)
         self.count_tab = torch.as_tensor(np.asarray(rows, dtype=np.int64).reshape(-1), device=device)
         self.count_n = len(rows)
+        self.scatter_tab = torch.as_tensor(np.asarray(scatter, dtype=np.int64).reshape(-1), device=device)
+        self.scatter_n = len(scatter)
+        # row-wise EM and normalisation of the uniform runs of the parameter stores
+        self.row_tiles = {"sum": row_tiles(plan.runs("sum"), device), "cat": row_tiles(plan.runs("cat"), device)}
         self.layers = []
         for layer in plan.layers:
             if layer.kind == "sum":
@@ -203,8 +240,14 @@ class TritonEngine:
         g5 = torch.zeros((plan.gauss_rows, 5), dtype=torch.float32, device=F.device)
         for b, var, index in self.inputs:
             if b.family == "categorical":
-                grid = (self.count_n, triton_cdiv(self.count_cmax, self.count_bc))
-                k.input_categorical_counts[grid](F, xT, self.count_tab, cat, B, BU=COUNT_BU, BC=self.count_bc, BB=BB)
+                if self.count_n:
+                    grid = (self.count_n, triton_cdiv(self.count_cmax, self.count_bc))
+                    k.input_categorical_counts[grid](
+                        F, xT, self.count_tab, cat, B, BU=COUNT_BU, BC=self.count_bc, BB=BB
+                    )
+                if self.scatter_n:
+                    grid = (self.scatter_n, triton_cdiv(B, BB))
+                    k.input_categorical_scatter[grid](F, xT, self.scatter_tab, cat, B, BU=COUNT_BU, BB=BB)
             elif b.family == "gaussian":
                 out = torch.empty((b.count, 5), dtype=torch.float32, device=F.device)
                 k.input_gaussian_bwd[(triton_cdiv(b.count, BU),)](
@@ -212,6 +255,21 @@ class TritonEngine:
                 )
                 g5.index_add_(0, index, out)
         return cat, g5
+
+    # ---- row-wise passes over the parameter stores (uniform runs only) ---------------------
+    def em_rows(self, W, sum_flows, sum_logits, sum_edge, logp, cat_flows, cat_logits, args) -> None:
+        """The EM update of every dense/block sum row and categorical/bernoulli table row, one
+        launch per tile shape (the ragged rows of explicit sums are the caller's)."""
+        k = self.k
+        for br, bk, tab, n in self.row_tiles["sum"]:
+            k.em_sum_rows[(n,)](W, sum_flows, sum_logits, sum_edge, tab, args, BR=br, BK=bk)
+        for br, bk, tab, n in self.row_tiles["cat"]:
+            k.em_cat_rows[(n,)](logp, cat_flows, cat_logits, tab, args, BR=br, BK=bk)
+
+    def normalise_rows(self, store: str, x, out, log: bool) -> None:
+        """``out`` = row-wise (log-)softmax of ``x`` on the uniform runs of ``store`` (sum | cat)."""
+        for br, bk, tab, n in self.row_tiles[store]:
+            self.k.normalise_rows[(n,)](x, out, tab, BR=br, BK=bk, LOG=log)
 
 
 def triton_cdiv(a: int, b: int) -> int:
