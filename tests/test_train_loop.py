@@ -115,6 +115,25 @@ def test_early_stopping_keeps_the_best_parameters(rt, tmp_path):
     assert res.report["valid_ll"] == pytest.approx(max(valid), abs=max(rt[1], 1e-9))
 
 
+def test_should_stop_ends_the_run_and_keeps_the_best_in_memory(rt, tmp_path):
+    ds = make_dataset(tmp_path, valid_flip=True)  # valid gets worse as train is fitted
+    asked = []
+
+    def should_stop():
+        asked.append(len(asked) + 1)
+        return len(asked) == 7  # after epoch 7 (valid peaked at epoch 5)
+
+    config = TrainConfig(em="full", epochs=30, patience=0, batch_size=64)
+    res = train(
+        mixture_circuit(seed=2), ds, config, device="cpu", progress=False, log=lambda s: None,
+        compile_fn=rt[0], should_stop=should_stop,
+    )  # fmt: skip
+    assert len(res.history) == 7 and res.stopped_early and asked == list(range(1, 8))
+    valid = [h.valid_ll for h in res.history]
+    assert res.best_epoch == 1 + int(np.argmax(valid)) and res.best_epoch < 7
+    assert res.report["valid_ll"] == pytest.approx(max(valid), abs=max(rt[1], 1e-9))
+
+
 def test_report_and_run_folder(tmp_path):
     ds = make_dataset(tmp_path)
     res = run(STANDIN, mixture_circuit(), ds, tmp_path / "run", em="mini", epochs=2, batch_size=40)
