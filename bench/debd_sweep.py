@@ -8,11 +8,15 @@ log-likelihood (mean and standard deviation over the seeds) next to the publishe
 (Liu & Van den Broeck 2021, mean of 5 seeds). Test numbers never take part in a choice.
 
     python bench/debd_sweep.py --datasets nltcs --latents 4 --epochs 2 --device cpu        # smoke
-    python bench/debd_sweep.py --datasets all --latents 128,256 --pseudocount 0.1,1 \\
-        --epochs 200 --full-epochs 20 --patience 30 --seeds 3 --jobs 6 --budget-s 400 --device cuda
+    python bench/debd_sweep.py --datasets all --latents 128,256 --pseudocount 0.01,0.03,0.1 \\
+        --drop-last 1 --epochs 200 --full-epochs 20 --patience 0 --seeds 5 --budget-s 560 --device cuda
+    python bench/debd_sweep.py --combine A.json B.json ... --out C.json    # select across result files
 
-Runs are independent processes (``--jobs``; spawned, one CUDA context each: these circuits are too
-small to fill a GPU alone, so several share it; times per epoch are then times under sharing).
+``--jobs N`` runs N trainings at a time, each in its own (spawned) process. On one GPU keep the
+default 1: on an H200, 8 at a time made every epoch 10-13x slower than alone (bnetflix HCLT-128:
+0.465 against 0.035 s/epoch), less throughput than one after the other; these small circuits
+are bound by kernel launches, and CUDA contexts of separate processes only take turns.
+
 Each run keeps its best parameters in memory (on the device) instead of writing checkpoints, and
 checks that putting them back reproduces the best validation score. ``--budget-s`` is a wall-clock
 budget: runs not started by then are skipped, runs under way stop after their current epoch
@@ -49,6 +53,7 @@ AXES = (
     ("step_size_final", float, "0.05"),
     ("epochs", int, "200"),
     ("full_epochs", int, "20"),
+    ("drop_last", int, "0"),  # 1: mini-batch EM leaves out each epoch's short last batch
 )
 AXIS_TYPES = {name: typ for name, typ, _ in AXES}
 SHORT = {
@@ -59,7 +64,11 @@ SHORT = {
     "step_size_final": "to",
     "epochs": "e",
     "full_epochs": "f",
+    "drop_last": "dl",
 }
+# axes added after sweeps were recorded: left out of names and keys at this value, so that the
+# runs of those sweeps keep their names and can be reused
+LEGACY_DEFAULTS = {"drop_last": 0}
 
 
 def parse_list(name: str, text: str) -> list:
@@ -99,11 +108,20 @@ def grid_for(dataset: str, axes: dict[str, list], overrides: dict[str, dict[str,
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(lists[n] for n in names))]
 
 
+def _legacy(k: str, v) -> bool:
+    return k in LEGACY_DEFAULTS and v == LEGACY_DEFAULTS[k]
+
+
 def point_name(p: dict) -> str:
-    return "-".join(f"{SHORT[k]}{p[k]:g}" if isinstance(p[k], float) else f"{SHORT[k]}{p[k]}" for k in SHORT)
+    return "-".join(
+        f"{SHORT[k]}{p[k]:g}" if isinstance(p[k], float) else f"{SHORT[k]}{p[k]}"
+        for k in SHORT
+        if k in p and not _legacy(k, p[k])
+    )
 
 
 def run_key(dataset: str, point: dict, seed: int, fixed: dict) -> str:
+    point = {k: v for k, v in point.items() if not _legacy(k, v)}
     return json.dumps({"dataset": dataset, "seed": seed, **point, **fixed}, sort_keys=True)
 
 
@@ -180,6 +198,7 @@ def run_one(task: dict) -> dict:
             patience=task["patience"],
             seed=task["seed"],
             eval_batch_size=task["eval_batch_size"],
+            drop_last=bool(p.get("drop_last", 0)),
         )
         cut = []
 
@@ -246,12 +265,19 @@ def select(rows: list[dict], dataset: str) -> dict | None:
     return max(cands, key=lambda r: r["valid_ll"]) if cands else None
 
 
+def recipe(row: dict) -> str:
+    """A run's key without its seed: the runs of one recipe (all settings) over several seeds."""
+    key = json.loads(row["key"])
+    key.pop("seed", None)
+    return json.dumps(key, sort_keys=True)
+
+
 def summary(rows: list[dict], dataset: str, grid_size: int, seeds: int) -> dict | None:
     best = select(rows, dataset)
     if best is None:
         return None
     runs = sorted(
-        (r for r in rows if r["dataset"] == dataset and r["name"] == best["name"] and finished(r)),
+        (r for r in rows if r["dataset"] == dataset and recipe(r) == recipe(best) and finished(r)),
         key=lambda r: r["seed"],
     )
     tests = [r["test_ll"] for r in runs]
@@ -262,6 +288,7 @@ def summary(rows: list[dict], dataset: str, grid_size: int, seeds: int) -> dict 
         "vars": best["vars"],
         "selected": best["point"],
         "selected_name": best["name"],
+        "selected_key": best["key"],
         "grid_points": grid_size,
         "grid_points_done": len(done),
         "grid_points_cut": sum(r["status"] == "cut" for r in done),
@@ -279,51 +306,144 @@ def summary(rows: list[dict], dataset: str, grid_size: int, seeds: int) -> dict 
         "best_epoch": best["best_epoch"],
         "s_per_epoch": best["s_per_epoch"],
         "params": best["params"],
+        "status": best["status"],
+        "source": best.get("source"),
     }
+
+
+def _f(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
 
 
 def tables(result: dict) -> str:
     sel = [s for s in result["selected"] if s is not None]
+    sources = any(s.get("source") for s in sel)
     lines = [
         "| dataset | vars | selected (latents, pseudocount, batch, step, epochs+full) | valid LL | test LL (mean ± std, seeds) "
-        "| published HCLT | difference | epochs (best) | s/epoch |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| published HCLT | difference | epochs (best) | s/epoch |" + (" from |" if sources else ""),
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|" + ("---|" if sources else ""),
     ]
     for s in sel:
         p = s["selected"]
         std = f" ± {s['test_ll_std']:.3f}" if s["test_ll_std"] is not None else ""
-        grid = f"{s['grid_points_done']}/{s['grid_points']}"
+        grid = (
+            f"grid {s['grid_points_done']}/{s['grid_points']}" if s["grid_points"] else f"{s['grid_points_done']} runs"
+        )
         cut = f", {s['grid_points_cut']} cut" if s["grid_points_cut"] else ""
+        drop = ", drop-last" if p.get("drop_last") else ""
+        mark = " (cut)" if s["status"] == "cut" else ""
         pub = "-" if s["published"] is None else f"{s['published']:.2f}"
         delta = "-"
         if s["delta"] is not None:
             delta = f"{s['delta']:+.3f}" + (" (better)" if s["delta"] >= 0 else "")
         lines.append(
             f"| {s['dataset']} | {s['vars']} | {p['latents']}, {p['pseudocount']:g}, {p['batch_size']}, "
-            f"{p['step_size']:g}->{p['step_size_final']:g}, {p['epochs']}+{p['full_epochs']} (grid {grid}{cut}) | "
+            f"{p['step_size']:g}->{p['step_size_final']:g}, {p['epochs']}+{p['full_epochs']}{drop} ({grid}{cut}) | "
             f"{s['valid_ll']:.3f} | {s['test_ll_mean']:.3f}{std} ({len(s['seeds'])}) | {pub} | {delta} | "
-            f"{s['epochs_run']} ({s['best_epoch']}) | {s['s_per_epoch']:.3f} |"
+            f"{s['epochs_run']} ({s['best_epoch']}){mark} | {_f(s['s_per_epoch'], '.3f')} |"
+            + (f" {s.get('source') or '-'} |" if sources else "")
         )
     lines += [
         "",
         "Every grid run (seed 0; selection by valid LL, marked *):",
         "",
-        "| dataset | point | status | train LL | valid LL | test LL | epochs (best) | s/epoch | setup s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| dataset | point | status | train LL | valid LL | test LL | epochs (best) | s/epoch | setup s |"
+        + (" from |" if sources else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---|" if sources else ""),
     ]
-    chosen = {(s["dataset"], s["selected_name"]) for s in sel}
+    chosen = {s["selected_key"] for s in sel}
     for r in result["runs"]:
         if r["phase"] != "grid":
             continue
+        src = f" {r.get('source') or '-'} |" if sources else ""
         if not finished(r):
-            lines.append(f"| {r['dataset']} | {r['name']} | {r['status']} | | | | | | |")
+            lines.append(f"| {r['dataset']} | {r['name']} | {r['status']} | | | | | | |{src}")
             continue
-        star = " *" if (r["dataset"], r["name"]) in chosen else ""
+        star = " *" if r.get("key") in chosen else ""
         lines.append(
             f"| {r['dataset']} | {r['name']}{star} | {r['status']} | {r['train_ll']:.3f} | {r['valid_ll']:.3f} | "
-            f"{r['test_ll']:.3f} | {r['epochs_run']} ({r['best_epoch']}) | {r['s_per_epoch']:.3f} | {r['setup_s']:.1f} |"
+            f"{r['test_ll']:.3f} | {r['epochs_run']} ({r['best_epoch']}) | {_f(r.get('s_per_epoch'), '.3f')} | "
+            f"{_f(r.get('setup_s'), '.1f')} |{src}"
         )
     return "\n".join(lines)
+
+
+# ---- combining result files -------------------------------------------------------------------------
+def load_runs(path: Path) -> list[dict]:
+    """The finished runs of a sweep JSON, or the rows of a ``bench/debd.py`` JSON as runs."""
+    res = json.loads(Path(path).read_text())
+    src = Path(path).name
+    if "runs" in res:
+        return [{**r, "source": r.get("source") or src} for r in res["runs"] if finished(r)]
+    st = res["settings"]
+    point = {
+        "latents": st["latents"],
+        "pseudocount": st["pseudocount"],
+        "batch_size": st["batch_size"],
+        "step_size": st["step_size"],
+        "step_size_final": st["step_size_final"],
+        "epochs": st["epochs"],
+        "full_epochs": st["full_epochs"],
+        "drop_last": int(bool(st.get("drop_last", False))),
+    }
+    fixed = {"patience": st.get("patience"), "eval_batch_size": None, "pipeline": st.get("pipeline")}
+    return [
+        {
+            "dataset": row["dataset"],
+            "seed": st["seed"],
+            "point": point,
+            "name": point_name(point),
+            "phase": "grid",
+            "key": run_key(row["dataset"], point, st["seed"], fixed),
+            "status": "ok",
+            "vars": row["vars"],
+            "params": row.get("params"),
+            "train_ll": row["train_ll"],
+            "valid_ll": row["valid_ll"],
+            "test_ll": row["test_ll"],
+            "epochs_run": row["epochs_run"],
+            "best_epoch": row["best_epoch"],
+            "s_per_epoch": row.get("time_per_epoch_s"),
+            "card": res.get("card"),
+            "source": src,
+        }
+        for row in res["rows"]
+    ]
+
+
+def combine(files: list[str], names: list[str], out: Path) -> dict:
+    """Select per dataset by validation among every finished run of ``files`` (no training)."""
+    seen: dict[str, dict] = {}
+    for f in files:
+        for r in load_runs(Path(f)):
+            key = r.setdefault("key", run_key(r["dataset"], r["point"], r["seed"], {"source": r["source"]}))
+            old = seen.get(key)
+            # the same run reused by a later sweep: keep one copy, an uncut one first
+            if old is None or (old["status"] == "cut" and r["status"] == "ok"):
+                seen[key] = r
+    rows = [r for r in seen.values() if r["dataset"] in names]
+    cards = sorted({r.get("card") for r in rows if r.get("card")})
+    result = {
+        "device": "-",
+        "card": ", ".join(cards) or "-",
+        "command": "python bench/debd_sweep.py --combine " + " ".join(files),
+        "combined_from": list(files),
+        "datasets": names,
+        "fixed": {},
+        "jobs": "-",
+        "runs": rows,
+        "selected": [],
+        "elapsed_s": 0.0,
+        "budget_reached": False,
+    }
+    for n in names:
+        done = [r for r in rows if r["dataset"] == n and r["seed"] == 0 and r["phase"] == "grid"]
+        sm = summary(rows, n, 0, 0)
+        if sm is not None:
+            sm["grid_points_done"] = len(done)
+        result["selected"].append(sm)
+    write(result, out)
+    return result
 
 
 def write(result: dict, out: Path) -> None:
@@ -331,6 +451,14 @@ def write(result: dict, out: Path) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, out)
+    if "combined_from" in result:
+        head = (
+            f"HCLT runs combined from {', '.join(result['combined_from'])} (cards: {result['card']}); "
+            f"per dataset the seed-0 run with the best valid LL, whichever file it comes from; command:\n\n"
+            f"    {result['command']}\n\n"
+        )
+        out.with_suffix(".md").write_text(head + tables(result) + "\n")
+        return
     head = (
         f"HCLT sweep on {result['card']} ({result['device']}), {result['jobs']} runs at a time; command:\n\n"
         f"    {result['command']}\n\nfixed: {json.dumps(result['fixed'])}; "
@@ -353,6 +481,12 @@ def main(argv=None, compile_fn=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process (default 1: inline)")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget of the whole sweep")
     ap.add_argument("--resume", help="an earlier sweep's JSON: reuse its finished runs with the same settings")
+    ap.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="no training: select per dataset by valid LL among the finished runs of these sweep or debd.py JSONs",
+    )
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--pipeline", default=None, help="pass pipeline for pcir.compile (default: the backend's)")
     ap.add_argument("--root", help="folder with NAME/NAME.{train,valid,test}.data")
@@ -369,6 +503,12 @@ def main(argv=None, compile_fn=None) -> int:
         raise SystemExit(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(debd.PUBLISHED)}")
     if args.seeds < 1 or args.jobs < 1:
         raise SystemExit("--seeds and --jobs must be >= 1")
+    if args.combine:
+        out = Path(args.out) if args.out else REPO / "bench" / "results" / "debd-combined.json"
+        combine(args.combine, names, out)
+        print(out.with_suffix(".md").read_text().split("\n\nEvery grid run")[0])
+        print(f"\nwrote {out} and {out.with_suffix('.md')}")
+        return 0
     axes = {name: parse_list(name, getattr(args, name)) for name, _, _ in AXES}
     overrides = parse_set(args.set, names)
     root = debd.data_root(args.root)

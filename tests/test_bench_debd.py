@@ -94,13 +94,64 @@ def test_sweep_selects_by_validation_and_trains_seeds(root, tmp_path):
     assert sel2["test_ll_mean"] == pytest.approx(sel["test_ll_mean"])
 
 
-def test_sweep_in_worker_processes(root, tmp_path):
+def test_sweep_in_worker_processes_and_drop_last(root, tmp_path):
     out = tmp_path / "jobs.json"
-    argv = [*SMALL, "--latents", "2", "--pseudocount", "0.1,1", "--jobs", "2", "--root", str(root)]
+    argv = [*SMALL, "--latents", "2", "--drop-last", "0,1", "--jobs", "2", "--root", str(root)]
     assert debd_sweep.main([*argv, "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert sorted(r["point"]["pseudocount"] for r in res["runs"]) == [0.1, 1.0]
-    assert all(r["status"] == "ok" and r["epochs_run"] == 3 for r in res["runs"])
+    runs = {r["point"]["drop_last"]: r for r in res["runs"]}
+    assert sorted(runs) == [0, 1] and all(r["status"] == "ok" and r["epochs_run"] == 3 for r in runs.values())
+    # 160 rows in batches of 64: leaving out the short batch of 32 changes the training
+    assert runs[0]["curve"]["train"] != runs[1]["curve"]["train"]
+    # drop_last=0 (the default, added later) stays out of names and keys: older sweeps' runs match
+    assert runs[0]["name"] == "h2-pc0.1-b64-s0.5-to0.05-e2-f1" and runs[1]["name"].endswith("-dl1")
+    assert '"drop_last"' not in runs[0]["key"] and '"drop_last": 1' in runs[1]["key"]
+
+
+def test_combine_selects_by_validation_across_files(tmp_path):
+    def run(ds, latents, valid, test, status="ok", seed=0, phase="grid"):
+        point = {"latents": latents, "pseudocount": 0.1, "batch_size": 512, "step_size": 0.5}
+        point |= {"step_size_final": 0.05, "epochs": 9, "full_epochs": 1}
+        return {
+            "dataset": ds, "seed": seed, "point": point, "name": debd_sweep.point_name(point), "phase": phase,
+            "key": debd_sweep.run_key(ds, point, seed, {}), "status": status, "vars": 3, "params": 10,
+            "train_ll": valid, "valid_ll": valid, "test_ll": test, "epochs_run": 10, "best_epoch": 10,
+            "s_per_epoch": 0.1, "setup_s": 1.0, "card": "card A",
+        }  # fmt: skip
+
+    sweep = {
+        "runs": [
+            run("dna", 8, -80.0, -79.0, status="cut"),
+            run("dna", 16, -81.0, -78.0),  # better test, worse valid: not chosen
+            run("dna", 8, -80.0, -79.5, seed=1, phase="seed"),
+            run("nltcs", 8, -6.2, -6.3),
+            {"dataset": "nltcs", "seed": 0, "phase": "grid", "status": "skipped", "key": "x"},
+        ]
+    }
+    later = {"runs": [run("dna", 8, -80.0, -79.0), run("dna", 32, -80.5, -77.0)]}  # the cut run again, whole
+    debd_rows = {
+        "card": "card B",
+        "settings": {"latents": 4, "pseudocount": 0.1, "batch_size": 512, "step_size": 0.5, "step_size_final": 0.05,
+                     "epochs": 60, "full_epochs": 10, "seed": 0, "patience": 8},
+        "rows": [{"dataset": "nltcs", "vars": 3, "test_ll": -6.1, "valid_ll": -6.0, "train_ll": -6.0,
+                  "epochs_run": 70, "best_epoch": 70, "time_per_epoch_s": 0.2, "params": 5}],
+    }  # fmt: skip
+    files = []
+    for name, obj in (("sweep.json", sweep), ("later.json", later), ("debd.json", debd_rows)):
+        (tmp_path / name).write_text(json.dumps(obj))
+        files.append(str(tmp_path / name))
+    out = tmp_path / "combined.json"
+    assert debd_sweep.main(["--datasets", "nltcs,dna,bbc", "--combine", *files, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    nltcs, dna, bbc = res["selected"]
+    assert bbc is None
+    assert nltcs["source"] == "debd.json" and nltcs["test_ll_mean"] == -6.1 and nltcs["selected"]["latents"] == 4
+    assert dna["source"] == "later.json" and dna["status"] == "ok"  # the uncut copy replaced the cut one
+    assert dna["selected"]["latents"] == 8 and dna["seeds"] == [0, 1]
+    assert dna["test_ll_mean"] == pytest.approx(-79.25) and dna["test_ll_std"] == pytest.approx(0.3535534)
+    assert dna["delta"] == pytest.approx(-79.25 - debd.PUBLISHED["dna"])
+    md = out.with_suffix(".md").read_text()
+    assert "| debd.json |" in md and "card A, card B" in md
 
 
 def test_sweep_per_dataset_grid_and_bad_arguments():
