@@ -13,7 +13,7 @@ log-likelihood (mean and standard deviation over the seeds) next to the publishe
     python bench/debd_sweep.py --combine A.json B.json ... --out C.json    # select across result files
 
 ``--jobs N`` runs N trainings at a time, each in its own (spawned) process. On one GPU keep the
-default 1: on an H200, 8 at a time made every epoch 10-13x slower than alone (bnetflix HCLT-128:
+default 1: on an H200, 8 at a time made every epoch 6-13x slower than alone (bnetflix HCLT-128:
 0.465 against 0.035 s/epoch), less throughput than one after the other; these small circuits
 are bound by kernel launches, and CUDA contexts of separate processes only take turns.
 
