@@ -114,6 +114,15 @@ def test_train_then_eval_info_and_resume(env, capsys):
     assert "epoch   1/1" in stdout
 
 
+def test_train_drop_last(env, capsys):
+    m, d, out = env["model"], env["data"], env["out"]
+    argv = ["train", m, "--data", d, "--epochs", 1, "--batch-size", 50, "--device", "cpu", "--out", out]
+    rc, stdout, err = cli(capsys, *argv, "--drop-last", "--no-progress")
+    assert rc == 0, err
+    report = json.loads((env["tmp"] / "run" / "report.json").read_text())
+    assert report["settings"]["drop_last"] is True
+
+
 def test_user_mistakes_are_diagnostics_not_tracebacks(env, capsys):
     m, out = env["model"], env["out"]
     bad = env["tmp"] / "bad.data"

@@ -115,6 +115,25 @@ def test_early_stopping_keeps_the_best_parameters(rt, tmp_path):
     assert res.report["valid_ll"] == pytest.approx(max(valid), abs=max(rt[1], 1e-9))
 
 
+def test_should_stop_ends_the_run_and_keeps_the_best_in_memory(rt, tmp_path):
+    ds = make_dataset(tmp_path, valid_flip=True)  # valid gets worse as train is fitted
+    asked = []
+
+    def should_stop():
+        asked.append(len(asked) + 1)
+        return len(asked) == 7  # after epoch 7 (valid peaked at epoch 5)
+
+    config = TrainConfig(em="full", epochs=30, patience=0, batch_size=64)
+    res = train(
+        mixture_circuit(seed=2), ds, config, device="cpu", progress=False, log=lambda s: None,
+        compile_fn=rt[0], should_stop=should_stop,
+    )  # fmt: skip
+    assert len(res.history) == 7 and res.stopped_early and asked == list(range(1, 8))
+    valid = [h.valid_ll for h in res.history]
+    assert res.best_epoch == 1 + int(np.argmax(valid)) and res.best_epoch < 7
+    assert res.report["valid_ll"] == pytest.approx(max(valid), abs=max(rt[1], 1e-9))
+
+
 def test_report_and_run_folder(tmp_path):
     ds = make_dataset(tmp_path)
     res = run(STANDIN, mixture_circuit(), ds, tmp_path / "run", em="mini", epochs=2, batch_size=40)
@@ -171,6 +190,21 @@ def test_mini_batch_then_full_batch_phase(tmp_path):
     assert [h.step_size for h in res.history] == [0.3, 0.3, 1.0, 1.0]
     # a full-batch epoch of the stand-in runs exactly one EM step; mini-batch epochs one per batch
     assert res.model.em_steps == 2 * 4 + 2
+
+
+def test_drop_last_leaves_out_the_short_mini_batch(tmp_path):
+    ds = make_dataset(tmp_path)  # 120 training rows: batches of 50, 50 and 20
+    seen = []
+    cfg = {"em": "mini", "epochs": 2, "full_epochs": 1, "batch_size": 50}
+    res = run(STANDIN, mixture_circuit(), ds, **cfg, on_batch=lambda e, b: seen.append(e))
+    assert res.model.em_steps == 2 * 3 + 1 and seen == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    seen.clear()
+    res = run(STANDIN, mixture_circuit(), ds, **cfg, drop_last=True, on_batch=lambda e, b: seen.append(e))
+    # the full-batch epoch still reads every row
+    assert res.model.em_steps == 2 * 2 + 1 and seen == [1, 1, 2, 2, 3, 3, 3]
+    # fewer rows than a batch: the one batch stays
+    res = run(STANDIN, mixture_circuit(), ds, em="mini", epochs=2, batch_size=500, drop_last=True)
+    assert res.model.em_steps == 2
 
 
 def test_training_without_a_validation_split(tmp_path):

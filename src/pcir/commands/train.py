@@ -57,6 +57,11 @@ def add_arguments(p):
     )
     p.add_argument("--pseudocount", type=float, default=0.1, help="EM pseudocount (Laplace smoothing, default 0.1)")
     p.add_argument(
+        "--drop-last",
+        action="store_true",
+        help="mini-batch EM: leave out each epoch's last batch when it is short (it would get a full step)",
+    )
+    p.add_argument(
         "--patience",
         type=int,
         default=5,
@@ -141,6 +146,7 @@ def _run(args, comm) -> int:
         seed=args.seed,
         eval_batch_size=args.eval_batch_size,
         allow_missing=args.allow_missing,
+        drop_last=args.drop_last,
     )
     device = str(comm.device) if comm is not None else check_device(args.device or default_device())
     out = Path(args.out) if args.out else default_out(args.model, args.data)
