@@ -79,7 +79,12 @@ def main(argv=None) -> int:
     ap.add_argument("--step-size", type=float, default=0.5)
     ap.add_argument("--step-size-final", type=float, default=0.05)
     ap.add_argument("--pseudocount", type=float, default=0.1)
-    ap.add_argument("--drop-last", action="store_true", help="mini-batch EM: leave out each epoch's short last batch")
+    ap.add_argument(
+        "--drop-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mini-batch EM: leave out each epoch's short last batch (default; --no-drop-last keeps it)",
+    )
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -53,7 +53,7 @@ AXES = (
     ("step_size_final", float, "0.05"),
     ("epochs", int, "200"),
     ("full_epochs", int, "20"),
-    ("drop_last", int, "0"),  # 1: mini-batch EM leaves out each epoch's short last batch
+    ("drop_last", int, "1"),  # 1 (as pcir train): mini-batch EM leaves out each epoch's short last batch
 )
 AXIS_TYPES = {name: typ for name, typ, _ in AXES}
 SHORT = {

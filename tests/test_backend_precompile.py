@@ -105,3 +105,24 @@ def test_engine_precompiles_once_per_batch_size_on_cuda_only(monkeypatch):
     finally:
         eng.device = torch.device("cpu")
     assert calls == [4, 5]
+
+
+@pytest.mark.parametrize("case", ["mixed", "tied_bernoulli"])
+def test_precompile_rows_warms_the_parameter_kernels_the_model_launches(case):
+    c = CASES[case]()
+    m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
+    log: list = []
+    eng = TritonEngine(m.plan, torch.device("cpu"), _FakeModule(m._kernels, log), m.precision)
+    t = m._tab()
+    _, logp, W = m._normalised_cached()
+    args = torch.tensor([0.5, 0.1])
+    eng.em_rows(W, m.sum_flows, m.sum_logits.detach(), t.sum_edge, logp, m.cat_flows, m.cat_logits.detach(), args)
+    eng.normalise_rows("sum", m.sum_logits.detach(), W, False)
+    eng.normalise_rows("cat", m.cat_logits.detach(), logp, True)
+    # specialisations: the kernel and its compile-time arguments (pointers differ only in size)
+    launched = {(s[0], s[2]) for kind, _, s in log}
+    assert launched and all(kind == "launch" for kind, _, _ in log)
+    log.clear()
+    assert pre.precompile_rows(eng, threads=2) is True
+    assert all(kind == "warmup" for kind, _, _ in log)
+    assert {(s[0], s[2]) for _, _, s in log} == launched

@@ -196,10 +196,11 @@ def test_drop_last_leaves_out_the_short_mini_batch(tmp_path):
     ds = make_dataset(tmp_path)  # 120 training rows: batches of 50, 50 and 20
     seen = []
     cfg = {"em": "mini", "epochs": 2, "full_epochs": 1, "batch_size": 50}
-    res = run(STANDIN, mixture_circuit(), ds, **cfg, on_batch=lambda e, b: seen.append(e))
+    res = run(STANDIN, mixture_circuit(), ds, **cfg, drop_last=False, on_batch=lambda e, b: seen.append(e))
     assert res.model.em_steps == 2 * 3 + 1 and seen == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     seen.clear()
-    res = run(STANDIN, mixture_circuit(), ds, **cfg, drop_last=True, on_batch=lambda e, b: seen.append(e))
+    assert TrainConfig().drop_last  # the default
+    res = run(STANDIN, mixture_circuit(), ds, **cfg, on_batch=lambda e, b: seen.append(e))
     # the full-batch epoch still reads every row
     assert res.model.em_steps == 2 * 2 + 1 and seen == [1, 1, 2, 2, 3, 3, 3]
     # fewer rows than a batch: the one batch stays

@@ -121,7 +121,7 @@ class TrainConfig:
     # mini-batch EM: leave out each epoch's last, short batch (its rows change with the shuffle).
     # A short batch gets the full step size: 4 rows (plants: 17412 = 34 x 512 + 4) can pull every
     # parameter half-way to a 4-sample estimate right before the epoch's validation.
-    drop_last: bool = False
+    drop_last: bool = True  # mini-batch EM: leave out the short last batch (it would get a full step)
 
     def __post_init__(self) -> None:
         if self.em not in EM_MODES:

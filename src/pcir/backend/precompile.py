@@ -56,6 +56,29 @@ def compile_threads() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
 
+def precompile_rows(engine, *, threads: int | None = None) -> bool:
+    """Compile the row-wise parameter kernels (EM, normalisation) of ``engine`` in parallel: they
+    do not depend on the batch, so this runs once, when the engine is built. Same contract as
+    :func:`precompile`."""
+    if not hasattr(engine, "em_rows"):
+        return False
+    kernels = engine.k
+    try:
+        engine.k = WarmupKernels(kernels)
+        dev = engine.device
+        f = torch.zeros(2, dtype=torch.float32, device=dev)
+        edge = torch.zeros(2, dtype=torch.bool, device=dev)
+        with torch.no_grad(), _async_compile(threads or compile_threads()):
+            engine.em_rows(f, f, f, edge, f, f, f, f)
+            engine.normalise_rows("sum", f, f, False)
+            engine.normalise_rows("cat", f, f, True)
+        return True
+    except Exception:  # noqa: BLE001  (an optimisation: the kernels then compile on first launch)
+        return False
+    finally:
+        engine.k = kernels
+
+
 def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) -> bool:
     """Compile the kernels ``engine`` launches for a batch shaped like ``xf`` (forward, backward,
     leaf statistics). Returns whether the parallel compile ran (False: it was skipped or failed,

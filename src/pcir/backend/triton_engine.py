@@ -165,6 +165,10 @@ class TritonEngine:
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
+        if device.type == "cuda":  # the row-wise parameter kernels do not depend on the batch
+            from .precompile import precompile_rows
+
+            precompile_rows(self)
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, W, cat_logp, gauss, xf, precompile: bool = True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import shutil
 from pathlib import Path
 
@@ -58,8 +60,10 @@ def add_arguments(p):
     p.add_argument("--pseudocount", type=float, default=0.1, help="EM pseudocount (Laplace smoothing, default 0.1)")
     p.add_argument(
         "--drop-last",
-        action="store_true",
-        help="mini-batch EM: leave out each epoch's last batch when it is short (it would get a full step)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mini-batch EM: leave out each epoch's last batch when it is short, a different rest every "
+        "epoch (default; --no-drop-last gives it a full step like the others)",
     )
     p.add_argument(
         "--patience",
