@@ -40,13 +40,19 @@ class _FakeModule:
         return _Recorder(name, self._log) if callable(v) and not isinstance(v, type) else v
 
 
+def _plain(c):
+    """The same circuit on the torch engine: its normalised buffers have the plan's layout, and
+    computing them launches no Triton kernel (the tests here run on any machine)."""
+    return pc_compile(c, engine="torch", device="cpu")
+
+
 @pytest.mark.parametrize("case", ["mixed", "tied_bernoulli", "scratch_chain"])
 def test_precompile_warms_exactly_what_the_passes_launch(case, monkeypatch):
     c = CASES[case]()
     m = pc_compile(c, engine="triton", device="cpu", precision="fp32")  # codegen only: nothing runs
     log: list = []
     eng = TritonEngine(m.plan, torch.device("cpu"), _FakeModule(m._kernels, log), m.precision)
-    _, logp, W = m._normalised_cached()
+    _, logp, W = _plain(c)._normalised_cached()  # no real Triton launch (no GPU, no interpreter)
     x, miss = data_for(c, 7, seed=1, p_missing=0.2)
     xf = m._prepare(x, miss)
     with torch.no_grad():
@@ -114,7 +120,7 @@ def test_precompile_rows_warms_the_parameter_kernels_the_model_launches(case):
     log: list = []
     eng = TritonEngine(m.plan, torch.device("cpu"), _FakeModule(m._kernels, log), m.precision)
     t = m._tab()
-    _, logp, W = m._normalised_cached()
+    _, logp, W = _plain(c)._normalised_cached()
     args = torch.tensor([0.5, 0.1])
     eng.em_rows(W, m.sum_flows, m.sum_logits.detach(), t.sum_edge, logp, m.cat_flows, m.cat_logits.detach(), args)
     eng.normalise_rows("sum", m.sum_logits.detach(), W, False)

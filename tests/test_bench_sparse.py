@@ -121,7 +121,8 @@ def test_pyjuice_graph_counts_equal_pcir(tmp_path_factory):
         assert row["pcir"] == [s["nodes"], s["edges"]]
 
 
-def test_harness_smoke_runs_psdd_end_to_end(tmp_path):
+def test_harness_smoke_runs_psdd_end_to_end(tmp_path, device):
+    # on the device the suite runs on (--device cuda: the compiled kernels, not the interpreter)
     out = tmp_path / "run.json"
     r = subprocess.run(
         [
@@ -129,7 +130,7 @@ def test_harness_smoke_runs_psdd_end_to_end(tmp_path):
             str(ROOT / "bench" / "run.py"),
             "--smoke",
             "--device",
-            "cpu",
+            device,
             "--no-pyjuice",
             "--only",
             "psdd",
