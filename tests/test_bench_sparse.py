@@ -124,6 +124,9 @@ def test_pyjuice_graph_counts_equal_pcir(tmp_path_factory):
 def test_harness_smoke_runs_psdd_end_to_end(tmp_path, device):
     # on the device the suite runs on (--device cuda: the compiled kernels, not the interpreter)
     out = tmp_path / "run.json"
+    env = _env()
+    if device != "cpu":
+        env.pop("TRITON_INTERPRET")
     r = subprocess.run(
         [
             sys.executable,
@@ -141,7 +144,7 @@ def test_harness_smoke_runs_psdd_end_to_end(tmp_path, device):
             "--json",
             str(out),
         ],
-        env=_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
