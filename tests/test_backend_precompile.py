@@ -21,8 +21,16 @@ class _Recorder:
         self.name, self.log = name, log
 
     def _sig(self, args, kwargs):
-        shapes = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args)
-        return (self.name, shapes, tuple(sorted(kwargs.items())))
+        # what Triton specialises a launch on: tensor dtypes (not sizes), integers by == 1 and
+        # divisibility by 16, the compile-time keyword arguments
+        def key(a):
+            if isinstance(a, torch.Tensor):
+                return str(a.dtype)
+            if isinstance(a, int) and not isinstance(a, bool):
+                return "int:1" if a == 1 else ("int:d16" if a % 16 == 0 else "int")
+            return a
+
+        return (self.name, tuple(key(a) for a in args), tuple(sorted(kwargs.items())))
 
     def __getitem__(self, grid):
         return lambda *a, **kw: self.log.append(("launch", grid, self._sig(a, kw)))
@@ -46,28 +54,28 @@ def _plain(c):
     return pc_compile(c, engine="torch", device="cpu")
 
 
-@pytest.mark.parametrize("case", ["mixed", "tied_bernoulli", "scratch_chain"])
-def test_precompile_warms_exactly_what_the_passes_launch(case, monkeypatch):
+@pytest.mark.parametrize("case, batch", [("mixed", 7), ("tied_bernoulli", 100), ("scratch_chain", 80)])
+def test_precompile_warms_exactly_what_the_passes_launch(case, batch, monkeypatch):
     c = CASES[case]()
     m = pc_compile(c, engine="triton", device="cpu", precision="fp32")  # codegen only: nothing runs
     log: list = []
     eng = TritonEngine(m.plan, torch.device("cpu"), _FakeModule(m._kernels, log), m.precision)
     _, logp, W = _plain(c)._normalised_cached()  # no real Triton launch (no GPU, no interpreter)
-    x, miss = data_for(c, 7, seed=1, p_missing=0.2)
+    x, miss = data_for(c, batch, seed=1, p_missing=0.2)
     xf = m._prepare(x, miss)
     with torch.no_grad():
         V, aux = eng.forward(W, logp, m.gauss, xf, precompile=False)
         ones = torch.ones((m.plan.root_units, xf.shape[0]))
         F, _ = eng.backward(W, V, aux, xf, ones)
         eng.input_stats(F, xf, m.gauss)
-    launched = [(g, s) for kind, g, s in log]
+    launched = {s for kind, g, s in log}
     assert log and all(kind == "launch" for kind, _, _ in log)
     log.clear()
     fake = eng.k
     assert pre.precompile(eng, W, logp, m.gauss, xf, threads=2) is True
     assert eng.k is fake  # restored
     assert all(kind == "warmup" for kind, _, _ in log)
-    assert [(g, s) for _, g, s in log] == launched
+    assert {s for _, g, s in log} == launched
     names = {s[0] for _, _, s in log}
     assert {"product_fwd"} <= names if case == "scratch_chain" else "product_fwd" not in names
 
@@ -132,3 +140,48 @@ def test_precompile_rows_warms_the_parameter_kernels_the_model_launches(case):
     assert pre.precompile_rows(eng, threads=2) is True
     assert all(kind == "warmup" for kind, _, _ in log)
     assert {(s[0], s[2]) for _, _, s in log} == launched
+
+
+def _compiled_kernels(module) -> int:
+    """How many (kernel, specialisation) pairs the generated module's JIT functions hold."""
+    n = 0
+    for name in dir(module):
+        fn = getattr(module, name)
+        caches = getattr(fn, "device_caches", None)
+        if caches:
+            n += sum(len(c[0]) for c in caches.values())
+    return n
+
+
+@pytest.mark.parametrize("batch", [1, 37, 64, 100, 512])
+def test_precompile_covers_every_launch_on_the_gpu(batch, device):
+    # the parallel compile replays a few rows (same_specialisation) instead of the whole batch:
+    # the real step that follows must find every kernel compiled (no compilation in the step)
+    if device != "cuda":
+        pytest.skip("needs the compiled kernels (pytest --device cuda)")
+    c = CASES["tied_bernoulli"]()
+    m = pc_compile(c, engine="triton", device="cuda", precision="fp32")
+    x, miss = data_for(c, batch, seed=3, p_missing=0.2)
+    m.cuda_graphs = False
+    eng = m._engine()
+    _, logp, W = m._normalised_cached()
+    xf = m._prepare(x, miss)
+    assert pre.precompile(eng, W, logp, m.gauss, xf) is True
+    eng.compiled_for.add(batch)
+    before = _compiled_kernels(m._kernels)
+    assert before > 0
+    m.forward_backward(x, miss)
+    m.em_step(0.5, 0.1)
+    m(x, miss)
+    assert _compiled_kernels(m._kernels) == before
+    # and the results are right
+    np.testing.assert_allclose(
+        m.log_likelihood(x, miss).cpu().double().numpy(), _plain(c).log_likelihood(x, miss).double().numpy(), rtol=1e-4
+    )
+
+
+def test_same_specialisation_keeps_the_batch_class():
+    for B in (1, 2, 15, 16, 17, 63, 64, 65, 100, 128, 512, 1000, 4096):
+        s = pre.same_specialisation(B)
+        assert s <= B and (s == 1) == (B == 1) and (s % 16 == 0) == (B % 16 == 0)
+        assert min(s, 64) == min(B, 64) or (B > 64 and s >= 64)

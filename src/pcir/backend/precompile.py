@@ -56,6 +56,16 @@ def compile_threads() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
 
+def same_specialisation(B: int) -> int:
+    """The smallest batch whose launches compile to the same kernels as batch ``B``: Triton
+    specialises integer arguments on ``== 1`` and on divisibility by 16, and the engines derive
+    from ``B`` the batch tile (a power of two, 16..64, a compile-time constant) and the chunk
+    length of the parameter-flow programs (a multiple of the tile)."""
+    if B <= 64:
+        return B
+    return 64 if B % 16 == 0 else 65
+
+
 def precompile_rows(engine, *, threads: int | None = None) -> bool:
     """Compile the row-wise parameter kernels (EM, normalisation) of ``engine`` in parallel: they
     do not depend on the batch, so this runs once, when the engine is built. Same contract as
@@ -86,11 +96,13 @@ def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) ->
     kernels = engine.k
     try:
         engine.k = WarmupKernels(kernels)
+        xs = xf[: same_specialisation(xf.shape[0])]  # a few rows: the replay's buffers stay small
+        dummy = torch.zeros(1, dtype=torch.float32, device=xf.device)  # flows go nowhere
         with torch.no_grad(), _async_compile(threads or compile_threads()):
-            V, aux = engine.forward(W, cat_logp, gauss, xf, precompile=False)
-            ones = torch.ones((engine.plan.root_units, xf.shape[0]), dtype=torch.float32, device=xf.device)
-            F, _ = engine.backward(W, V, aux, xf, ones)
-            engine.input_stats(F, xf, gauss)
+            V, aux = engine.forward(W, cat_logp, gauss, xs, precompile=False)
+            ones = torch.ones((engine.plan.root_units, xs.shape[0]), dtype=torch.float32, device=xf.device)
+            F, _ = engine.backward(W, V, aux, xs, ones, PF=dummy)
+            engine.input_stats(F, xs, gauss, cat=dummy)
         return True
     except Exception:  # noqa: BLE001  (an optimisation: the kernels then compile on first launch)
         return False

@@ -689,8 +689,7 @@ class CompiledCircuit(nn.Module):
             t = self._tab()
             self.sum_flows += PF[:n]
             self.sum_flows.index_add_(0, t.explicit_dst, PF[n:][t.explicit_pos])
-        cat, g5 = eng.input_stats(F, xf, self.gauss)
-        self.cat_flows += cat
+        _, g5 = eng.input_stats(F, xf, self.gauss, cat=self.cat_flows)  # counts added in place
         self.gauss_stats += g5[:, :3]
         return self._root_values(V)
 

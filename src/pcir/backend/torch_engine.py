@@ -108,12 +108,14 @@ class TorchEngine:
         F[0] = 0.0
         return F, PF
 
-    def input_stats(self, F, xf, gauss):
+    def input_stats(self, F, xf, gauss, cat=None):
         """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows:
         counts are the gradient wrt the log-prob table; the gaussian sums are (f, f x, f x^2,
-        f z/sd, f (z^2 - 1)) over observed samples (EM statistics and gradients wrt mean, log std)."""
+        f z/sd, f (z^2 - 1)) over observed samples (EM statistics and gradients wrt mean, log std).
+        ``cat``: accumulate the counts into this buffer (the model's flows) instead of a new one."""
         plan = self.plan
-        cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
+        if cat is None:
+            cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
         g5 = torch.zeros((plan.gauss_rows, 5), dtype=torch.float32, device=F.device)
         for b, var, index in self.inputs:
             if b.family == "indicator":

@@ -234,13 +234,16 @@ class TritonEngine:
         F[0] = 0.0
         return F, PF
 
-    def input_stats(self, F, xf, gauss):
-        """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows."""
+    def input_stats(self, F, xf, gauss, cat=None):
+        """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows;
+        ``cat``: accumulate the counts into this buffer (the model's flows) instead of a new one
+        (the kernels add atomically, so this saves a table-sized temporary per step)."""
         plan, k = self.plan, self.k
         B = xf.shape[0]
         BB = _batch_tile(B)
         xT = xf.t().contiguous()
-        cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
+        if cat is None:
+            cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
         g5 = torch.zeros((plan.gauss_rows, 5), dtype=torch.float32, device=F.device)
         for b, var, index in self.inputs:
             if b.family == "categorical":
