@@ -77,7 +77,7 @@ def precompile_rows(engine, *, threads: int | None = None) -> bool:
         engine.k = WarmupKernels(kernels)
         dev = engine.device
         f = torch.zeros(2, dtype=torch.float32, device=dev)
-        edge = torch.zeros(2, dtype=torch.bool, device=dev)
+        edge = torch.zeros(2, dtype=torch.uint8, device=dev)  # the runtime passes the edge mask as bytes
         with torch.no_grad(), _async_compile(threads or compile_threads()):
             engine.em_rows(f, f, f, edge, f, f, f, f)
             engine.normalise_rows("sum", f, f, False)
