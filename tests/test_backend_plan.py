@@ -293,3 +293,25 @@ def test_scratch_invariants_on_generated_circuits(c, spec):
     if spec != "none":
         c, _ = run_pipeline(c, spec, timings=False)
     _check_scratch_invariants(lower(c))
+
+
+def test_row_ids_are_computed_per_slice():
+    # the normalisation row of each parameter entry, for the ragged rows of explicit sums, without
+    # materialising the whole store; equal to the rows the parameter slots describe
+    for c in (mixed(), tied_bernoulli(), hmm(3)):
+        plan = lower(c)
+        want = np.zeros(plan.sum_param_size, dtype=np.int64)
+        row = 0
+        for slot in sorted((p for p in plan.params.values() if p.kind == "sum"), key=lambda p: p.offset):
+            g = next(g for g in c if getattr(g, "params", None) == slot.name and g.kind == "sum")
+            if g.pattern == "explicit":
+                want[slot.offset : slot.offset + len(g.edges)] = row + g.edges[:, 0]
+            else:
+                n = int(np.prod(slot.shape))
+                want[slot.offset : slot.offset + n] = row + np.arange(n) // slot.shape[1]
+            row += g.units
+        got = np.asarray(plan.sum_row_id)
+        np.testing.assert_array_equal(got, want)
+        for a, b in [(0, 1), (3, 11), (5, plan.sum_param_size)]:
+            np.testing.assert_array_equal(plan.sum_row_id[a:b], want[a:b])
+        assert len(plan.cat_row_id) == plan.cat_size

@@ -68,6 +68,40 @@ TABLE_FAMILIES = ("binomial", "discrete_logistic", "literal")
 TABLE_PARAM_WIDTH = {"binomial": 1, "discrete_logistic": 2, "literal": 0}
 
 
+class RowIds:
+    """The normalisation row of every entry of a flat parameter store (int32), computed on demand
+    for a slice: the runtime needs them only for the ragged rows of explicit sums, and the full
+    array of a big circuit is large (HCLT-512: 103M table entries). ``parts`` are ``(offset, n,
+    first row, row_len, edge_rows)``: ``n`` entries in rows of ``row_len`` from ``first row``, or
+    (``row_len == 0``) the entries' rows ``first row + edge_rows``."""
+
+    def __init__(self, parts: list[tuple[int, int, int, int, np.ndarray | None]], size: int):
+        self.parts = parts
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        a, b, step = sl.indices(self.size)
+        assert step == 1, "row ids are read in contiguous ranges"
+        out = []
+        for off, n, row0, row_len, edge_rows in self.parts:
+            lo, hi = max(a, off), min(b, off + n)
+            if lo >= hi:
+                continue
+            if row_len:
+                out.append(row0 + np.arange(lo - off, hi - off, dtype=np.int64) // row_len)
+            else:
+                assert edge_rows is not None
+                out.append(row0 + edge_rows[lo - off : hi - off].astype(np.int64))
+        return np.concatenate(out).astype(np.int32) if out else np.zeros(0, np.int32)
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[0 : self.size]
+        return arr if dtype is None else arr.astype(dtype)
+
+
 @dataclass
 class InputBlock:
     """All leaves of one family: rows ``row .. row+count``."""
@@ -147,14 +181,14 @@ class KernelPlan:
     group_param: dict[str, str]
     fuse: dict[str, str]  # product group -> fused | stored
     sum_param_size: int
-    sum_row_id: np.ndarray  # int32 [sum_param_size]: normalisation row of each entry
+    sum_row_id: RowIds  # [sum_param_size]: normalisation row of each entry (computed per slice)
     sum_edge: np.ndarray  # bool [sum_param_size]: entry carries an edge
     sum_num_rows: int
     explicit_gather: np.ndarray  # int64 [w_size - sum_param_size]
     w_size: int
     cat_size: int
     cat_num_rows: int
-    cat_row_id: np.ndarray  # int32 [cat_size]
+    cat_row_id: RowIds  # [cat_size]
     gauss_rows: int
     gauss_min_std: np.ndarray  # float64 [gauss_rows]
     var_k: np.ndarray  # int64 [num_vars]: categories (0 for real variables)
@@ -326,7 +360,7 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
     cat_rows = 0
     gauss_rows = 0
     gauss_min_std: list[float] = []
-    cat_row_chunks: list[np.ndarray] = []
+    cat_row_parts: list = []
     cat_norm_size = 0
     cat_norm_fixed = False
     leaf_param_size = 0
@@ -359,13 +393,13 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
                     k = table_k[g.params]
                     params[g.params] = ParamSlot(g.params, g.dist.kind, cat_size, shape, k, g.dist, leaf_param_size)
                     leaf_param_size += g.units * TABLE_PARAM_WIDTH[g.dist.kind]
-                    cat_row_chunks.append(np.repeat(np.arange(cat_rows, cat_rows + g.units, dtype=np.int32), k))
+                    cat_row_parts.append((cat_size, g.units * k, cat_rows, k, None))
                     cat_size += g.units * k
                     cat_rows += g.units
                 elif family == "categorical":
                     k = int(g.dist.arg("k")) if g.dist.kind == "categorical" else 2
                     params[g.params] = ParamSlot(g.params, g.dist.kind, cat_size, shape, k)
-                    cat_row_chunks.append(np.repeat(np.arange(cat_rows, cat_rows + g.units, dtype=np.int32), k))
+                    cat_row_parts.append((cat_size, g.units * k, cat_rows, k, None))
                     cat_size += g.units * k
                     cat_rows += g.units
                 elif family == "gaussian":
@@ -507,7 +541,7 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
     # ---- sum parameters ------------------------------------------------------------------
     sum_param_size = 0
     sum_rows = 0
-    row_chunks: list[np.ndarray] = []
+    row_parts: list = []
     edge_chunks: list[np.ndarray] = []
     explicit_parts: list[np.ndarray] = []
     w_size_extra = 0
@@ -523,11 +557,11 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         params[g.params] = ParamSlot(g.params, "sum", sum_param_size, shape)
         if g.pattern == "explicit":
             assert g.edges is not None
-            row_chunks.append(sum_rows + g.edges[:, 0])
+            row_parts.append((sum_param_size, len(g.edges), sum_rows, 0, np.asarray(g.edges[:, 0])))
             edge_chunks.append(np.ones(len(g.edges), dtype=bool))
             sum_param_size += len(g.edges)
         else:
-            row_chunks.append(np.repeat(np.arange(sum_rows, sum_rows + g.units, dtype=np.int32), k))
+            row_parts.append((sum_param_size, g.units * k, sum_rows, k, None))
             edge_chunks.append(g.edge_mask(k).reshape(-1))
             sum_param_size += g.units * k
         sum_rows += g.units
@@ -638,14 +672,14 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         group_param=group_param,
         fuse={n: fuse[n] for n in order if n in fuse},
         sum_param_size=sum_param_size,
-        sum_row_id=np.concatenate(row_chunks).astype(np.int32) if row_chunks else np.zeros(0, np.int32),
+        sum_row_id=RowIds(row_parts, sum_param_size),
         sum_edge=np.concatenate(edge_chunks) if edge_chunks else np.zeros(0, bool),
         sum_num_rows=sum_rows,
         explicit_gather=np.concatenate(explicit_parts) if explicit_parts else np.zeros(0, np.int64),
         w_size=sum_param_size + w_size_extra,
         cat_size=cat_size,
         cat_num_rows=cat_rows,
-        cat_row_id=np.concatenate(cat_row_chunks).astype(np.int32) if cat_row_chunks else np.zeros(0, np.int32),
+        cat_row_id=RowIds(cat_row_parts, cat_size),
         gauss_rows=gauss_rows,
         gauss_min_std=np.asarray(gauss_min_std, dtype=np.float64),
         var_k=var_k,

@@ -26,6 +26,7 @@ log-softmax to ``sum_logits``. With ``L = sum_b ll_b`` the two coincide.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,9 @@ def _segment_log_softmax(logits: torch.Tensor, row_id: torch.Tensor, num_rows: i
     s = torch.zeros(num_rows, dtype=logits.dtype, device=logits.device).index_add(0, row_id, torch.exp(shifted))
     return shifted - torch.log(s)[row_id]
 
+
+# parameters from which the initial values are computed on several threads
+_PARALLEL_INIT = 1 << 20
 
 # elements per chunk of the row-wise passes (normalisation, EM): bounds their temporaries
 _CHUNK = 1 << 22
@@ -299,10 +303,23 @@ class CompiledCircuit(nn.Module):
             "gauss": np.zeros((plan.gauss_rows, 2), dtype=np.float32),
             "leaf": np.zeros(plan.leaf_param_size, dtype=np.float32),
         }
-        for name, slot in plan.params.items():
-            if slot.kind not in ("indicator", "literal"):
-                store, where, vals = _slot_values(plan, slot, circuit.param_value(name))
-                stores[store][where] = vals
+
+        def fill(name: str) -> None:  # disjoint slices of the stores: safe from several threads
+            store, where, vals = _slot_values(plan, plan.params[name], circuit.param_value(name))
+            stores[store][where] = vals
+
+        names = [n for n, slot in plan.params.items() if slot.kind not in ("indicator", "literal")]
+        size = plan.sum_param_size + plan.cat_norm_size
+        if size >= _PARALLEL_INIT and len(names) > 1:
+            # numpy's random fills, logs and copies release the GIL: the seeded initial values of
+            # a big circuit (HCLT-512: 138M) are drawn on several cores
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+                list(pool.map(fill, names))
+        else:
+            for name in names:
+                fill(name)
         self.sum_logits = nn.Parameter(torch.from_numpy(stores["sum"]))
         self.cat_logits = nn.Parameter(torch.from_numpy(stores["cat"]))
         self.gauss = nn.Parameter(torch.from_numpy(stores["gauss"]))
