@@ -250,12 +250,11 @@ def _check_scratch_invariants(plan):
 
 
 def test_scratch_region_is_reused_across_layers():
+    from pcir import structures
     from pcir.passes import run_pipeline
 
     c, _ = run_pipeline(
-        __import__("pcir").structures.pd(
-            data_shape=(4, 4), num_latents=4, split_intervals=(2, 2), input_dist="categorical(k=3)"
-        ),
+        structures.pd(data_shape=(4, 4), num_latents=4, split_intervals=(2, 2), input_dist="categorical(k=3)"),
         "group-layers{fuse=none}",
         timings=False,
     )
