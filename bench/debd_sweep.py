@@ -54,6 +54,7 @@ AXES = (
     ("epochs", int, "200"),
     ("full_epochs", int, "20"),
     ("drop_last", int, "1"),  # 1 (as pcir train): mini-batch EM leaves out each epoch's short last batch
+    ("soften", float, "1"),  # data softening (1: off), see TrainConfig.soften
 )
 AXIS_TYPES = {name: typ for name, typ, _ in AXES}
 SHORT = {
@@ -65,10 +66,11 @@ SHORT = {
     "epochs": "e",
     "full_epochs": "f",
     "drop_last": "dl",
+    "soften": "sf",
 }
 # axes added after sweeps were recorded: left out of names and keys at this value, so that the
 # runs of those sweeps keep their names and can be reused
-LEGACY_DEFAULTS = {"drop_last": 0}
+LEGACY_DEFAULTS = {"drop_last": 0, "soften": 1.0}
 
 
 def parse_list(name: str, text: str) -> list:
@@ -199,6 +201,7 @@ def run_one(task: dict) -> dict:
             seed=task["seed"],
             eval_batch_size=task["eval_batch_size"],
             drop_last=bool(p.get("drop_last", 0)),
+            soften=float(p.get("soften", 1.0)),
         )
         cut = []
 
@@ -331,6 +334,7 @@ def tables(result: dict) -> str:
         )
         cut = f", {s['grid_points_cut']} cut" if s["grid_points_cut"] else ""
         drop = ", drop-last" if p.get("drop_last") else ""
+        drop += f", soften {p['soften']:g}" if float(p.get("soften", 1.0)) < 1.0 else ""
         mark = " (cut)" if s["status"] == "cut" else ""
         pub = "-" if s["published"] is None else f"{s['published']:.2f}"
         delta = "-"

@@ -123,6 +123,22 @@ def test_train_drop_last(env, capsys):
     assert report["settings"]["drop_last"] is True
 
 
+def test_train_soften(env, capsys):
+    m, d, out = env["model"], env["data"], env["out"]
+    argv = ["train", m, "--data", d, "--epochs", 2, "--batch-size", 50, "--device", "cpu", "--out", out]
+    rc, stdout, err = cli(capsys, *argv, "--soften", "0.9", "--no-progress")
+    assert rc == 0, err
+    assert "pseudocount 0.1, soften 0.9, batch 50" in stdout
+    report = json.loads((env["tmp"] / "run" / "report.json").read_text())
+    assert report["settings"]["soften"] == 0.9
+    # validation and test are the model's own likelihood (hard data): eval reproduces them
+    rc, ev_out, err = cli(capsys, "eval", m, "--data", d, "--checkpoint", out, "--device", "cpu", "--json")
+    assert rc == 0, err
+    assert abs(json.loads(ev_out)["splits"]["valid"]["mean_ll"] - report["valid_ll"]) < 1e-5
+    rc, _, err = cli(capsys, *argv, "--soften", "1.5", "--overwrite")
+    assert rc == 1 and "soften 1.5 is not a probability in (0, 1]" in err and "Traceback" not in err
+
+
 def test_user_mistakes_are_diagnostics_not_tracebacks(env, capsys):
     m, out = env["model"], env["out"]
     bad = env["tmp"] / "bad.data"

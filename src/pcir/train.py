@@ -122,6 +122,9 @@ class TrainConfig:
     # A short batch gets the full step size: 4 rows (plants: 17412 = 34 x 512 + 4) can pull every
     # parameter half-way to a 4-sample estimate right before the epoch's validation.
     drop_last: bool = True  # mini-batch EM: leave out the short last batch (it would get a full step)
+    # data softening (Liu & Van den Broeck, NeurIPS 2021): EM sees each observed discrete value as
+    # soft evidence, this probability on the value seen, the rest spread over the others; 1: off
+    soften: float = 1.0
 
     def __post_init__(self) -> None:
         if self.em not in EM_MODES:
@@ -132,6 +135,8 @@ class TrainConfig:
             raise PcirError("full_epochs (--full-epochs) follows mini-batch EM; with --em full use --epochs")
         if self.step_size is not None and not 0 < self.step_size <= 1:
             raise PcirError(f"step size {self.step_size} is not in (0, 1]")
+        if not 0.0 < self.soften <= 1.0:
+            raise PcirError(f"soften {self.soften} is not a probability in (0, 1]")
         if self.pseudocount < 0:
             raise PcirError(f"pseudocount {self.pseudocount} is negative")
 
@@ -265,6 +270,10 @@ class Trainer:
         # torch.distributed group under torchrun (see pcir.distributed)
         self.comm = comm if comm is not None else LocalComm()
         self.model = model
+        if config.soften < 1.0:
+            if not hasattr(model, "soften"):
+                raise PcirError("data softening (soften < 1) needs a compiled pcir model")
+            model.soften = config.soften
         self.circuit = circuit
         self.dataset = dataset
         self.config = config

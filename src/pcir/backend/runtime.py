@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..ir.circuit import Circuit
-from ..ir.diagnostics import BackendError, DataError
+from ..ir.diagnostics import BackendError, DataError, PcirError
 from .plan import TABLE_PARAM_WIDTH, KernelPlan
 
 _PI_OVER_SQRT3 = math.pi / math.sqrt(3.0)
@@ -295,6 +295,7 @@ class CompiledCircuit(nn.Module):
         self._graphs: dict = {}
         self._em_args: torch.Tensor | None = None
         self.cuda_graphs = True  # capture forward / forward_backward / em_step per batch shape on CUDA
+        self._soften = 1.0  # data softening of forward_backward (see the ``soften`` property)
         # the initial values are written into host arrays, one slot at a time, and become the
         # parameters in one transfer each (big circuits have thousands of slots)
         stores = {
@@ -684,7 +685,8 @@ class CompiledCircuit(nn.Module):
         xf, check = self._prepare(x, missing, defer=True)
         self._normalised_cached()
         # bad data gives a zero root flow: nothing is accumulated before the error is raised
-        out = self._maybe_graphed(("fb", tuple(xf.shape)), self._forward_backward_core, xf, check.ok)
+        key = ("fb", tuple(xf.shape), self._soften)
+        out = self._maybe_graphed(key, self._forward_backward_core, xf, check.ok)
         check.raise_if_bad()
         return out
 
@@ -693,9 +695,58 @@ class CompiledCircuit(nn.Module):
         V, _aux = self._engine().forward(W, logp, self.gauss, xf)
         return self._root_values(V)
 
+    # ---- data softening ----------------------------------------------------------------------
+    @property
+    def soften(self) -> float:
+        """Data softening for EM (Liu & Van den Broeck, *Tractable Regularization of Probabilistic
+        Circuits*, NeurIPS 2021): ``forward_backward`` treats every observed discrete value as soft
+        evidence, probability ``soften`` on the value seen and ``1 - soften`` spread evenly over the
+        variable's other values. 1 (the default) is hard data. Only ``forward_backward`` (hence EM)
+        softens; ``model(x)`` and the queries evaluate the model itself."""
+        return self._soften
+
+    @soften.setter
+    def soften(self, beta: float) -> None:
+        beta = float(beta)
+        if not 0.0 < beta <= 1.0:
+            raise PcirError(f"soften = {beta:g}: data softening takes a probability in (0, 1]")
+        self._soften = beta
+
+    def _soft_runs(self):
+        """The uniform runs ``(offset, n, k)`` of the normalised categorical tables with k > 1."""
+        return [(o, n, k) for o, n, k in self._tab().cat_seg.runs if k > 1 and o < self.plan.cat_norm_size]
+
+    def _softened_logp(self, logp: torch.Tensor) -> torch.Tensor:
+        """Leaf tables under soft evidence: the value seen x has likelihood
+        ``beta * theta_x + (1 - beta) / (k - 1) * (1 - theta_x)`` (the leaf summed over the true value)."""
+        beta = self._soften
+        out = logp.clone()
+        for off, n, k in self._soft_runs():
+            p = torch.exp(logp[off : off + n])
+            out[off : off + n] = torch.log(beta * p + (1.0 - beta) / (k - 1) * (1.0 - p))
+        return out
+
+    def _unsoften_counts(self, counts: torch.Tensor, logp: torch.Tensor, logp_soft: torch.Tensor) -> torch.Tensor:
+        """Expected counts of the true values from the counts of the values seen: a seen x came
+        from true value v with probability ``q(x | v) theta_v / theta'_x``, so
+        ``c_v = theta_v * (beta r_v + (1 - beta) / (k - 1) * (sum_x r_x - r_v))``, ``r = n / theta'``."""
+        beta = self._soften
+        out = counts.clone()
+        for off, n, k in self._soft_runs():
+            cnt = counts[off : off + n].view(-1, k)
+            theta = torch.exp(logp[off : off + n]).view(-1, k)
+            r = torch.where(cnt > 0, cnt * torch.exp(-logp_soft[off : off + n]).view(-1, k), 0.0)
+            c = theta * (beta * r + (1.0 - beta) / (k - 1) * (r.sum(1, keepdim=True) - r))
+            out[off : off + n] = c.reshape(-1)
+        return out
+
     def _forward_backward_core(self, xf, ok):
         _, _, logp, W = self._cache  # type: ignore[misc]
         eng = self._engine()
+        soft = self._soften < 1.0
+        logp_true = logp
+        if soft:
+            logp = self._softened_logp(logp_true)
         V, aux = eng.forward(W, logp, self.gauss, xf)
         ones = ok.expand(self.plan.root_units, xf.shape[0]).contiguous()
         n = self.plan.sum_param_size
@@ -706,7 +757,11 @@ class CompiledCircuit(nn.Module):
             t = self._tab()
             self.sum_flows += PF[:n]
             self.sum_flows.index_add_(0, t.explicit_dst, PF[n:][t.explicit_pos])
-        _, g5 = eng.input_stats(F, xf, self.gauss, cat=self.cat_flows)  # counts added in place
+        if soft:  # counts of the values seen -> expected counts of the true values
+            cat, g5 = eng.input_stats(F, xf, self.gauss)
+            self.cat_flows += self._unsoften_counts(cat, logp_true, logp)
+        else:
+            _, g5 = eng.input_stats(F, xf, self.gauss, cat=self.cat_flows)  # counts added in place
         self.gauss_stats += g5[:, :3]
         return self._root_values(V)
 

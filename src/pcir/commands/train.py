@@ -58,6 +58,14 @@ def add_arguments(p):
     )
     p.add_argument("--pseudocount", type=float, default=0.1, help="EM pseudocount (Laplace smoothing, default 0.1)")
     p.add_argument(
+        "--soften",
+        type=float,
+        default=1.0,
+        metavar="BETA",
+        help="data softening: EM sees each observed discrete value as soft evidence, BETA on the value "
+        "seen and 1 - BETA spread over the others (default 1: off; e.g. 0.999)",
+    )
+    p.add_argument(
         "--drop-last",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -145,6 +153,7 @@ def _run(args, comm) -> int:
         step_size=args.step_size,
         step_size_final=args.step_size_final,
         pseudocount=args.pseudocount,
+        soften=args.soften,
         patience=args.patience,
         seed=args.seed,
         eval_batch_size=args.eval_batch_size,
@@ -169,7 +178,9 @@ def _run(args, comm) -> int:
     steps = f"{step:g}" if final == step else f"{step:g} -> {final:g}"
     full = f" + {config.full_epochs} full-batch" if config.full_epochs else ""
     say(
-        f"em      {config.em}-batch, step size {steps}, pseudocount {config.pseudocount:g}, batch {config.batch_size}, "
+        f"em      {config.em}-batch, step size {steps}, pseudocount {config.pseudocount:g}"
+        + (f", soften {config.soften:g}" if config.soften < 1 else "")
+        + f", batch {config.batch_size}, "
         f"{config.epochs} epochs{full}, patience {config.patience}"
     )
     say(f"out     {out}", flush=True)
