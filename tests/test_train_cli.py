@@ -135,6 +135,8 @@ def test_train_soften(env, capsys):
     rc, ev_out, err = cli(capsys, "eval", m, "--data", d, "--checkpoint", out, "--device", "cpu", "--json")
     assert rc == 0, err
     assert abs(json.loads(ev_out)["splits"]["valid"]["mean_ll"] - report["valid_ll"]) < 1e-5
+    rc, info_out, err = cli(capsys, "info", m, "--checkpoint", out)
+    assert rc == 0 and "pseudocount 0.1, seed 0, soften 0.9" in info_out, err
     rc, _, err = cli(capsys, *argv, "--soften", "1.5", "--overwrite")
     assert rc == 1 and "soften 1.5 is not a probability in (0, 1]" in err and "Traceback" not in err
 

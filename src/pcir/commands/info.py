@@ -127,6 +127,7 @@ def run(args) -> int:
         if settings:
             print(
                 f"  settings    em {settings.get('em')}, batch {settings.get('batch_size')}, step {settings.get('step_size') or 'default'}, pseudocount {settings.get('pseudocount')}, seed {settings.get('seed')}"
+                + (f", soften {settings['soften']:g}" if settings.get("soften", 1.0) < 1.0 else "")
             )
         hist = st.get("history", [])
         if hist:
