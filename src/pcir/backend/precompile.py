@@ -66,45 +66,50 @@ def same_specialisation(B: int) -> int:
     return 64 if B % 16 == 0 else 65
 
 
+def _replay(engine, passes, threads: int | None) -> bool:
+    """Run ``passes()`` with ``engine``'s launches turned into parallel compilations. True when
+    it ran; False when it failed (the kernels then compile on first launch). The engine's
+    kernels are restored either way."""
+    kernels = engine.k
+    try:
+        engine.k = WarmupKernels(kernels)
+        with torch.no_grad(), _async_compile(threads or compile_threads()):
+            passes()
+        return True
+    except Exception:  # noqa: BLE001  (an optimisation: the kernels then compile on first launch)
+        return False
+    finally:
+        engine.k = kernels
+
+
 def precompile_rows(engine, *, threads: int | None = None) -> bool:
     """Compile the row-wise parameter kernels (EM, normalisation) of ``engine`` in parallel: they
     do not depend on the batch, so this runs once, when the engine is built. Same contract as
     :func:`precompile`."""
     if not hasattr(engine, "em_rows"):
         return False
-    kernels = engine.k
-    try:
-        engine.k = WarmupKernels(kernels)
-        dev = engine.device
-        f = torch.zeros(2, dtype=torch.float32, device=dev)
-        edge = torch.zeros(2, dtype=torch.uint8, device=dev)  # the runtime passes the edge mask as bytes
-        with torch.no_grad(), _async_compile(threads or compile_threads()):
-            engine.em_rows(f, f, f, edge, f, f, f, f)
-            engine.normalise_rows("sum", f, f, False)
-            engine.normalise_rows("cat", f, f, True)
-        return True
-    except Exception:  # noqa: BLE001  (an optimisation: the kernels then compile on first launch)
-        return False
-    finally:
-        engine.k = kernels
+    f = torch.zeros(2, dtype=torch.float32, device=engine.device)
+    edge = torch.zeros(2, dtype=torch.uint8, device=engine.device)  # the runtime passes the edge mask as bytes
+
+    def passes():
+        engine.em_rows(f, f, f, edge, f, f, f, f)
+        engine.normalise_rows("sum", f, f, False)
+        engine.normalise_rows("cat", f, f, True)
+
+    return _replay(engine, passes, threads)
 
 
 def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) -> bool:
     """Compile the kernels ``engine`` launches for a batch shaped like ``xf`` (forward, backward,
     leaf statistics). Returns whether the parallel compile ran (False: it was skipped or failed,
     and nothing changed)."""
-    kernels = engine.k
-    try:
-        engine.k = WarmupKernels(kernels)
+
+    def passes():
         xs = xf[: same_specialisation(xf.shape[0])]  # a few rows: the replay's buffers stay small
         dummy = torch.zeros(1, dtype=torch.float32, device=xf.device)  # flows go nowhere
-        with torch.no_grad(), _async_compile(threads or compile_threads()):
-            V, aux = engine.forward(W, cat_logp, gauss, xs, precompile=False)
-            ones = torch.ones((engine.plan.root_units, xs.shape[0]), dtype=torch.float32, device=xf.device)
-            F, _ = engine.backward(W, V, aux, xs, ones, PF=dummy)
-            engine.input_stats(F, xs, gauss, cat=dummy)
-        return True
-    except Exception:  # noqa: BLE001  (an optimisation: the kernels then compile on first launch)
-        return False
-    finally:
-        engine.k = kernels
+        V, aux = engine.forward(W, cat_logp, gauss, xs, precompile=False)
+        ones = torch.ones((engine.plan.root_units, xs.shape[0]), dtype=torch.float32, device=xf.device)
+        F, _ = engine.backward(W, V, aux, xs, ones, PF=dummy)
+        engine.input_stats(F, xs, gauss, cat=dummy)
+
+    return _replay(engine, passes, threads)
