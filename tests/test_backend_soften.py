@@ -92,7 +92,7 @@ def test_soften_one_is_hard_data_and_bad_values_are_refused(device):
     b.forward_backward(xs)
     for name in a.plan.params:
         if a.plan.params[name].kind != "indicator":
-            np.testing.assert_array_equal(a.param_flows(name).numpy(), b.param_flows(name).numpy())
+            np.testing.assert_array_equal(a.param_flows(name).cpu().numpy(), b.param_flows(name).cpu().numpy())
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(PcirError, match="soften"):
             b.soften = bad
