@@ -55,6 +55,7 @@ AXES = (
     ("full_epochs", int, "20"),
     ("drop_last", int, "1"),  # 1 (as pcir train): mini-batch EM leaves out each epoch's short last batch
     ("soften", float, "1"),  # data softening (1: off), see TrainConfig.soften
+    ("entropy", float, "0"),  # entropy regularisation (0: off), see TrainConfig.entropy
 )
 AXIS_TYPES = {name: typ for name, typ, _ in AXES}
 SHORT = {
@@ -67,10 +68,11 @@ SHORT = {
     "full_epochs": "f",
     "drop_last": "dl",
     "soften": "sf",
+    "entropy": "en",
 }
 # axes added after sweeps were recorded: left out of names and keys at this value, so that the
 # runs of those sweeps keep their names and can be reused
-LEGACY_DEFAULTS = {"drop_last": 0, "soften": 1.0}
+LEGACY_DEFAULTS = {"drop_last": 0, "soften": 1.0, "entropy": 0.0}
 
 
 def parse_list(name: str, text: str) -> list:
@@ -202,6 +204,7 @@ def run_one(task: dict) -> dict:
             eval_batch_size=task["eval_batch_size"],
             drop_last=bool(p.get("drop_last", 0)),
             soften=float(p.get("soften", 1.0)),
+            entropy=float(p.get("entropy", 0.0)),
         )
         cut = []
 
@@ -335,6 +338,7 @@ def tables(result: dict) -> str:
         cut = f", {s['grid_points_cut']} cut" if s["grid_points_cut"] else ""
         drop = ", drop-last" if p.get("drop_last") else ""
         drop += f", soften {p['soften']:g}" if float(p.get("soften", 1.0)) < 1.0 else ""
+        drop += f", entropy {p['entropy']:g}" if float(p.get("entropy", 0.0)) > 0 else ""
         mark = " (cut)" if s["status"] == "cut" else ""
         pub = "-" if s["published"] is None else f"{s['published']:.2f}"
         delta = "-"

@@ -141,6 +141,25 @@ def test_train_soften(env, capsys):
     assert rc == 1 and "soften 1.5 is not a probability in (0, 1]" in err and "Traceback" not in err
 
 
+def test_train_entropy(env, capsys):
+    m, d, out = env["model"], env["data"], env["out"]
+    argv = ["train", m, "--data", d, "--epochs", 2, "--batch-size", 50, "--device", "cpu", "--out", out]
+    rc, stdout, err = cli(capsys, *argv, "--entropy", "0.05", "--no-progress")
+    assert rc == 0, err
+    assert "pseudocount 0.1, entropy 0.05, batch 50" in stdout
+    report = json.loads((env["tmp"] / "run" / "report.json").read_text())
+    assert report["settings"]["entropy"] == 0.05
+    rc, info_out, err = cli(capsys, "info", m, "--checkpoint", out)
+    assert rc == 0 and "pseudocount 0.1, seed 0, entropy 0.05" in info_out, err
+    # the regulariser changes the training: the same run without it ends elsewhere
+    rc, _, err = cli(capsys, *argv, "--overwrite", "--no-progress")
+    assert rc == 0, err
+    plain = json.loads((env["tmp"] / "run" / "report.json").read_text())
+    assert abs(plain["train_ll"] - report["train_ll"]) > 1e-6
+    rc, _, err = cli(capsys, *argv, "--entropy", "-1", "--overwrite")
+    assert rc == 1 and "entropy -1.0 is not a finite weight >= 0" in err and "Traceback" not in err
+
+
 def test_user_mistakes_are_diagnostics_not_tracebacks(env, capsys):
     m, out = env["model"], env["out"]
     bad = env["tmp"] / "bad.data"

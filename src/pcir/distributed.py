@@ -159,10 +159,11 @@ class LocalComm:
     def all_reduce_flows(self, model) -> None:
         """Sum the model's flow buffers over ranks (in place)."""
 
-    def em_step(self, model, step_size: float = 1.0, pseudocount: float = 0.0) -> None:
+    def em_step(self, model, step_size: float = 1.0, pseudocount: float = 0.0, entropy: float = 0.0) -> None:
         """All-reduce the flows, then ``model.em_step`` (the same update on every rank)."""
         self.all_reduce_flows(model)
-        model.em_step(step_size=step_size, pseudocount=pseudocount)
+        extra = {"entropy": entropy} if entropy else {}  # (models without the option need not take it)
+        model.em_step(step_size=step_size, pseudocount=pseudocount, **extra)
 
     def all_reduce_gradients(self, model, average: bool = True) -> None:
         """Sum (``average``: mean) ``.grad`` of the model's parameters over ranks."""

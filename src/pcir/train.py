@@ -125,6 +125,9 @@ class TrainConfig:
     # data softening (Liu & Van den Broeck, NeurIPS 2021): EM sees each observed discrete value as
     # soft evidence, this probability on the value seen, the rest spread over the others; 1: off
     soften: float = 1.0
+    # entropy regularisation (same paper): each EM step maximises sum p log theta + entropy * H(theta)
+    # per sum node and categorical/bernoulli table (pcir.backend.entropy); 0: off
+    entropy: float = 0.0
 
     def __post_init__(self) -> None:
         if self.em not in EM_MODES:
@@ -137,6 +140,8 @@ class TrainConfig:
             raise PcirError(f"step size {self.step_size} is not in (0, 1]")
         if not 0.0 < self.soften <= 1.0:
             raise PcirError(f"soften {self.soften} is not a probability in (0, 1]")
+        if not (self.entropy >= 0 and math.isfinite(self.entropy)):
+            raise PcirError(f"entropy {self.entropy} is not a finite weight >= 0")
         if self.pseudocount < 0:
             raise PcirError(f"pseudocount {self.pseudocount} is negative")
 
@@ -413,7 +418,7 @@ class Trainer:
                 total += ll.detach().double().sum()
                 count += int(xb.shape[0])
             if mode == "mini":
-                comm.em_step(self.model, step_size=step, pseudocount=cfg.pseudocount)
+                comm.em_step(self.model, step_size=step, pseudocount=cfg.pseudocount, entropy=cfg.entropy)
             if bar is not None:
                 bar.update(min(cfg.batch_size, train.n - s))
                 now = time.perf_counter()
@@ -423,7 +428,7 @@ class Trainer:
             if self.on_batch is not None:
                 self.on_batch(epoch, b)
         if mode == "full":
-            comm.em_step(self.model, step_size=step, pseudocount=cfg.pseudocount)
+            comm.em_step(self.model, step_size=step, pseudocount=cfg.pseudocount, entropy=cfg.entropy)
         train_total = float(total)  # synchronises with the device: the epoch's work is done
         if comm.world_size > 1:
             train_total, count = comm.sum_floats([train_total, count])

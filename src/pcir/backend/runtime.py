@@ -36,6 +36,7 @@ from torch import nn
 from ..ir.circuit import Circuit
 from ..ir.diagnostics import BackendError, DataError, PcirError
 from .plan import TABLE_PARAM_WIDTH, KernelPlan
+from .entropy import regularised_counts
 
 _PI_OVER_SQRT3 = math.pi / math.sqrt(3.0)
 
@@ -816,13 +817,19 @@ class CompiledCircuit(nn.Module):
         return xgrad
 
     @torch.no_grad()
-    def em_step(self, step_size: float = 1.0, pseudocount: float = 0.0) -> None:
+    def em_step(self, step_size: float = 1.0, pseudocount: float = 0.0, entropy: float = 0.0) -> None:
         """Apply the accumulated flows (one EM / mini-batch EM step), then zero them.
 
         Equals :func:`pcir.ir.evaluator.em_step` on the data the flows were accumulated over;
         where a node (or leaf row) received no flow and the pseudocount is 0, it keeps its old
-        parameters (the reference does the same for sums).
+        parameters (the reference does the same for sums). ``entropy`` > 0: entropy
+        regularisation of every sum node and categorical/bernoulli table
+        (:mod:`pcir.backend.entropy`; other leaf families are updated as usual).
         """
+        if not (entropy >= 0 and math.isfinite(entropy)):
+            raise PcirError(f"entropy = {entropy!r}: the entropy regularisation weight must be finite and >= 0")
+        if entropy > 0:
+            self._regularise_flows(float(entropy), float(pseudocount))
         self._normalised_cached()
         if self._em_args is None or self._em_args.device != self.device:
             self._em_args = torch.zeros(2, dtype=torch.float32, device=self.device)
@@ -831,6 +838,36 @@ class CompiledCircuit(nn.Module):
         self._maybe_graphed(("em",), self._em_core, self._em_args)
         # the normalised buffers were refreshed inside: mark them fresh for the new versions
         self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
+
+    def _regularise_flows(self, tau: float, pc: float) -> None:
+        """Rewrite the accumulated counts so that the plain M-step lands on the entropy-regularised
+        parameters (:func:`pcir.backend.entropy.regularised_counts`), row chunk by row chunk."""
+        t = self._tab()
+
+        def dense(x: torch.Tensor) -> torch.Tensor:
+            return x.sum(1, keepdim=True).expand_as(x)
+
+        for off, n, row_len in t.sum_seg.runs:
+            if row_len:
+                for a, b in _row_ranges(off, n, row_len):
+                    pf = self.sum_flows[a:b].view(-1, row_len)
+                    edge = t.sum_edge[a:b].view(-1, row_len)
+                    deg = edge.sum(1, keepdim=True).clamp(min=1)
+                    pf.copy_(regularised_counts(pf, edge, deg, tau, pc, dense))
+            elif n:
+                rid, rows, deg = t.sum_seg.ragged[off]
+
+                def ragged(x: torch.Tensor, rid=rid, rows=rows) -> torch.Tensor:
+                    return torch.zeros(rows, dtype=x.dtype, device=x.device).index_add_(0, rid, x)[rid]
+
+                seg = self.sum_flows[off : off + n]
+                seg.copy_(regularised_counts(seg, t.sum_edge[off : off + n], deg, tau, pc, ragged))
+        for off, n, row_len in t.cat_seg.runs:
+            for a, b in _row_ranges(off, n, row_len):
+                cnt = self.cat_flows[a:b].view(-1, row_len)
+                every = torch.ones_like(cnt, dtype=torch.bool)
+                deg = torch.full((1, 1), float(row_len), device=cnt.device)
+                cnt.copy_(regularised_counts(cnt, every, deg, tau, pc, dense))
 
     def _em_core(self, args):
         """One fused pass per row chunk: read flows and the current (normalised) weights, write

@@ -128,6 +128,7 @@ def run(args) -> int:
             print(
                 f"  settings    em {settings.get('em')}, batch {settings.get('batch_size')}, step {settings.get('step_size') or 'default'}, pseudocount {settings.get('pseudocount')}, seed {settings.get('seed')}"
                 + (f", soften {settings['soften']:g}" if settings.get("soften", 1.0) < 1.0 else "")
+                + (f", entropy {settings['entropy']:g}" if settings.get("entropy", 0.0) > 0 else "")
             )
         hist = st.get("history", [])
         if hist:

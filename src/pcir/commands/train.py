@@ -66,6 +66,14 @@ def add_arguments(p):
         "seen and 1 - BETA spread over the others (default 1: off; e.g. 0.999)",
     )
     p.add_argument(
+        "--entropy",
+        type=float,
+        default=0.0,
+        metavar="TAU",
+        help="entropy regularisation: every EM step maximises sum p log theta + TAU * H(theta) for each "
+        "sum node and categorical/bernoulli leaf (default 0: off; e.g. 0.001 to 0.1)",
+    )
+    p.add_argument(
         "--drop-last",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -154,6 +162,7 @@ def _run(args, comm) -> int:
         step_size_final=args.step_size_final,
         pseudocount=args.pseudocount,
         soften=args.soften,
+        entropy=args.entropy,
         patience=args.patience,
         seed=args.seed,
         eval_batch_size=args.eval_batch_size,
@@ -180,6 +189,7 @@ def _run(args, comm) -> int:
     say(
         f"em      {config.em}-batch, step size {steps}, pseudocount {config.pseudocount:g}"
         + (f", soften {config.soften:g}" if config.soften < 1 else "")
+        + (f", entropy {config.entropy:g}" if config.entropy > 0 else "")
         + f", batch {config.batch_size}, "
         f"{config.epochs} epochs{full}, patience {config.patience}"
     )

@@ -178,8 +178,13 @@ def em_step(
     step_size: float = 1.0,
     pseudocount: float = 0.0,
     root: str | None = None,
+    entropy: float = 0.0,
 ) -> Circuit:
-    """One EM step on the batch ``x`` (full-batch EM: step_size 1 on the whole data)."""
+    """One EM step on the batch ``x`` (full-batch EM: step_size 1 on the whole data).
+
+    ``entropy`` > 0: entropy regularisation (see :mod:`pcir.backend.entropy`): each sum node's
+    and categorical/bernoulli leaf's update ``p`` (pseudocount included) is replaced by
+    ``argmax_theta sum p log theta + entropy * H(theta)`` (found here by bisection)."""
     x, miss = check_data(circuit, x, missing)
     fl = flows(circuit, x, miss, root)
     new: dict[str, Param] = dict(circuit.params)
@@ -200,6 +205,11 @@ def em_step(
                 tot = np.bincount(rows, weights=pf, minlength=g.units)[rows]
                 with np.errstate(invalid="ignore", divide="ignore"):
                     upd = (pf + pseudocount / deg) / (tot + pseudocount)
+                if entropy > 0:
+                    for u in np.unique(rows):
+                        sel = rows == u
+                        if tot[sel][0] + pseudocount > 0:
+                            upd[sel] = max_entropy(upd[sel][None, :], np.ones((1, sel.sum()), bool), entropy)[0]
                 upd = np.where(tot + pseudocount > 0, upd, old)
             else:
                 m = g.edge_mask(circuit.num_columns(g.name))
@@ -207,6 +217,8 @@ def em_step(
                 tot = pf.sum(axis=1, keepdims=True)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     upd = np.where(m, (pf + pseudocount / np.maximum(deg, 1)) / (tot + pseudocount), 0.0)
+                if entropy > 0:
+                    upd = np.where(tot + pseudocount > 0, max_entropy(np.nan_to_num(upd), m, entropy), 0.0)
                 upd = np.where(tot + pseudocount > 0, upd, old)
         else:
             assert isinstance(g, InputGroup)
@@ -217,6 +229,11 @@ def em_step(
             fs = np.concatenate([fl.node[u.name][~miss[:, u.var]] for u in users])  # type: ignore[union-attr]
             with np.errstate(invalid="ignore", divide="ignore"):
                 upd = dt.em_update(g.dist, old, xs, fs, pseudocount)
+            if entropy > 0 and g.dist.kind == "categorical":
+                upd = max_entropy(np.nan_to_num(upd), np.ones(upd.shape, bool), entropy)
+            elif entropy > 0 and g.dist.kind == "bernoulli":
+                two = np.nan_to_num(np.stack([1.0 - upd, upd], axis=1))
+                upd = max_entropy(two, np.ones(two.shape, bool), entropy)[:, 1]
             # A unit that no observed sample reaches has no statistics: keep its parameters
             # (the families' closed forms would divide 0 by 0 without a pseudocount).
             reached = fs.sum(axis=0) + pseudocount > 0
@@ -225,6 +242,33 @@ def em_step(
         p = circuit.params[pname]
         new[pname] = Param(p.shape, p.dtype, val)
     return circuit.replace(params=new)
+
+
+def max_entropy(p: np.ndarray, mask: np.ndarray, tau: float) -> np.ndarray:
+    """Row-wise ``argmax_theta sum p log theta + tau H(theta)`` over the entries in ``mask``
+    (rows of ``p`` sum to 1 there), by bisection on the normaliser ``nu`` of
+    ``theta_c = exp(W(p_c / tau e^nu) - nu)``, ``nu`` in ``[1/tau, 1/tau + log K]`` (the reference;
+    the runtime's Newton solver is :func:`pcir.backend.entropy.max_entropy_rows`)."""
+    p = np.where(mask, p, 0.0).astype(np.float64)
+    k = np.maximum(mask.sum(axis=1, keepdims=True), 1)
+    lo = np.full((p.shape[0], 1), 1.0 / tau)
+    hi = lo + np.log(k)
+    logp = np.log(np.where(p > 0, p, 1.0) / tau)
+
+    def theta(nu):
+        L = logp + nu
+        u = np.where(L > 1.0, np.log(np.maximum(L, 1.0)), L)
+        for _ in range(60):  # w + log w = L, Newton on u = log w
+            u = u - (np.exp(u) + u - L) / (np.exp(u) + 1.0)
+        w = np.where(p > 0, np.exp(u), 0.0)
+        return np.where(mask, np.exp(w - nu), 0.0)
+
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        big = theta(mid).sum(axis=1, keepdims=True) > 1.0
+        lo, hi = np.where(big, mid, lo), np.where(big, hi, mid)
+    t = theta(0.5 * (lo + hi))
+    return t / np.maximum(t.sum(axis=1, keepdims=True), 1e-300)
 
 
 def enumerate_assignments(circuit: Circuit) -> np.ndarray:
