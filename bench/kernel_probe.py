@@ -9,8 +9,7 @@ template change can be measured before it is made for real:
 
 ``base`` is the module as generated; ``static``: the arity loop unrolled (``A: tl.constexpr``,
 ``tl.static_range``); ``stages1``/``stages2``: ``num_stages`` on the sum launches; ``warps4``:
-4 warps on every sum launch; ``fused``/``split``: every sum layer's backward as one kernel or two
-(``base`` lets the engine choose, see ``FUSED_BWD_ATOMICS``). Parts combine with ``+``.
+4 warps on every sum launch.
 """
 
 from __future__ import annotations
@@ -109,10 +108,7 @@ def main() -> int:
         x = ctx.dataset(cfg)[:B].contiguous()
         xf, _ = model._prepare(x, None, defer=True)
         for name in args.variants.split(","):
-            parts = name.split("+")
-            plain = all(p in ("base", "fused", "split") for p in parts)
-            eng.k = base_k if plain else load_variant(model.plan, args.precision, name)
-            eng.sum_bwd = "fused" if "fused" in parts else "split" if "split" in parts else "auto"
+            eng.k = base_k if name == "base" else load_variant(model.plan, args.precision, name)
             V, M = eng.forward(W, logp, model.gauss, xf, precompile=False)
             ones = torch.ones((model.plan.root_units, B), device=dev)
             fwd = time_graph(lambda: eng.forward(W, logp, model.gauss, xf, precompile=False))
@@ -137,7 +133,6 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     eng.k = base_k
-    eng.sum_bwd = "auto"
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

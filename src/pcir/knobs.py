@@ -12,7 +12,6 @@
 | LOCAL_RANK            | set by torchrun: rank on this host (picks the GPU)             |
 | PCIR_DIST_TIMEOUT     | seconds before a collective gives up on a dead rank (300)      |
 | PCIR_DIST_BACKEND     | nccl or gloo (default: nccl for CUDA, gloo for the CPU)        |
-| PCIR_SUM_BWD          | auto (default), fused or split: the sum layers' backward kernels |
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ class Knobs:
     local_rank: int | None = None
     dist_timeout_s: float | None = None
     dist_backend: str | None = None
-    sum_bwd: str = "auto"
 
 
 def _flag(name: str) -> bool:
@@ -54,15 +52,6 @@ def _number(name: str, kind: type):
 
         what = "an integer" if kind is int else "a number"
         raise PcirError(f"environment variable {name}={raw!r} is not {what}") from None
-
-
-def _choice(name: str, allowed: tuple[str, ...]) -> str:
-    raw = os.environ.get(name, "").strip().lower() or allowed[0]
-    if raw not in allowed:
-        from .ir.diagnostics import PcirError
-
-        raise PcirError(f"environment variable {name}={raw!r} is not one of: {', '.join(allowed)}")
-    return raw
 
 
 def get() -> Knobs:
@@ -84,5 +73,4 @@ def get() -> Knobs:
         local_rank=_number("LOCAL_RANK", int),
         dist_timeout_s=_number("PCIR_DIST_TIMEOUT", float),
         dist_backend=os.environ.get("PCIR_DIST_BACKEND") or None,
-        sum_bwd=_choice("PCIR_SUM_BWD", ("auto", "fused", "split")),
     )

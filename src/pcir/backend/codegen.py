@@ -3,15 +3,12 @@
 The module holds
 
 * the input kernels (one per leaf family present), the stored-product kernels (if any);
-* for each distinct sum-layer *variant* ``(block_m, block_k)`` four kernels whose tile sizes are
+* for each distinct sum-layer *variant* ``(block_m, block_k)`` three kernels whose tile sizes are
   module-level ``tl.constexpr`` constants (``V<i>_BM``, ``V<i>_BK``):
   ``sum_fwd_v<i>`` (forward: gather-add of the fused products' children as each column tile loads,
   online max-subtraction, ``tl.dot``, log, add back), ``sum_bwd_cols_v<i>`` (node flows: columns'
   flows from one pass over the node tiles, recomputing the products, scattered to their children)
-  and ``sum_bwd_params_v<i>`` (parameter flows, one pass over the batch per weight tile), or
-  instead of these two ``sum_bwd_v<i>``, both in one program per (column tile, batch tile) with one
-  atomic add of parameter flows per weight tile and batch tile (the engine picks per layer, see
-  :data:`pcir.backend.triton_engine.FUSED_BWD_ATOMICS`);
+  and ``sum_bwd_params_v<i>`` (parameter flows, one pass over the batch per weight tile);
 * the row-wise passes over the flat parameter stores (``em_sum_rows``, ``em_cat_rows``,
   ``normalise_rows``), the same for every circuit: one launch per tile shape covers every uniform
   run (see :func:`pcir.backend.triton_engine.row_tiles`);
@@ -369,59 +366,6 @@ def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, A, CH, BB: tl.constexpr):
     wm = sm[:, None] & km[None, :]
     w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=wm, other=0.0)
     tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], w * acc, mask=wm & (w != 0.0))
-
-
-@triton.jit
-def sum_bwd_v{i}(V, F, W, COLS, TAB, LIST, PF, M, B, A, BB: tl.constexpr, EXCL: tl.constexpr):
-    """Both backward products of one (column tile, batch tile) in one program: the column flows of
-    ``sum_bwd_cols`` and, for every node tile in its list, that batch tile's share of the parameter
-    flows of ``sum_bwd_params`` (one atomic add per tile and batch tile). The children's values
-    and each node tile's g are computed once instead of once per kernel and tile."""
-    t = tl.program_id(0)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
-    bm = b < B
-    row = tl.load(TAB + t * 9 + 0)
-    units = tl.load(TAB + t * 9 + 1)
-    w_off = tl.load(TAB + t * 9 + 2)
-    K = tl.load(TAB + t * 9 + 3)
-    col_off = tl.load(TAB + t * 9 + 4)
-    kt = tl.load(TAB + t * 9 + 5)
-    l0 = tl.load(TAB + t * 9 + 6)
-    nl = tl.load(TAB + t * 9 + 7)
-    grp = tl.load(TAB + t * 9 + 8)
-    k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
-    km = k < K
-    m = tl.load(M + grp * B + b, mask=bm, other=0.0)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    m2 = km[:, None] & bm[None, :]
-    c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
-    for a in range(0, A):
-        r = tl.load(COLS + col_off + k * A + a, mask=km, other=0).to(tl.int64)
-        c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
-    e = tl.where(m2 & (c != float("-inf")), tl.exp(c - m[None, :]), 0.0)
-    acc = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
-    for j in range(0, nl):
-        mt = tl.load(LIST + l0 + j)
-        s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
-        sm = s < units
-        ms = sm[:, None] & bm[None, :]
-        rs = (row + s)[:, None] * B + b[None, :]
-        f = tl.load(F + rs, mask=ms, other=0.0)
-        v = tl.load(V + rs, mask=ms, other=float("-inf"))
-        ok = (f != 0.0) & (v != float("-inf"))
-        g = tl.where(ok, f * tl.exp(tl.where(ok, m[None, :] - v, 0.0)), 0.0)
-        wm = sm[:, None] & km[None, :]
-        w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=wm, other=0.0)
-        acc += {dot_wg}
-        pf = {dot_ge}
-        tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], w * pf, mask=wm & (w != 0.0))
-    fc = e * acc
-    for a in range(0, A):
-        r = tl.load(COLS + col_off + k * A + a, mask=km, other=0).to(tl.int64)
-        if EXCL:  # the plan proved no other gather reads these rows: a plain store
-            tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
-        else:
-            tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0))
 '''
 
 

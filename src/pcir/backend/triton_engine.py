@@ -13,7 +13,6 @@ import math
 import numpy as np
 import torch
 
-from .. import knobs
 from .plan import KernelPlan, SumGroupPlan
 
 BU = 32  # leaf rows per input program
@@ -28,12 +27,6 @@ COUNT_BU = 32  # leaf rows per categorical-count program
 # emissions over a 33,279-word vocabulary spent 55 of 80 ms per train step there (H200 profile)
 COUNT_SCATTER_K = 1024
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
-# A sum layer's backward is one kernel (sum_bwd: column and parameter flows together) when its
-# parameter flows take at most this many atomic adds per step (one per weight and batch tile),
-# else two (sum_bwd_cols, sum_bwd_params: one add per weight and batch chunk). The single kernel
-# saves a launch and recomputing the children and node flows; its adds grow with the batch.
-# PCIR_SUM_BWD=fused|split overrides the choice for every layer (benchmarks, tests).
-FUSED_BWD_ATOMICS = 1 << 22
 
 
 def row_tiles(runs, device) -> list[tuple[int, int, torch.Tensor, int]]:
@@ -101,7 +94,6 @@ class _SumLayer:
         self.col, self.col_list = lt(col_tab), lt(col_list or [0])
         self.pf = lt(pf_tab)
         self.n_fwd, self.n_col, self.n_pf = len(fwd), len(col_tab), len(pf_tab)
-        self.weights = len(pf_tab) * layer.block_m * layer.block_k  # weight entries the tiles cover
 
 
 class _ProductLayer:
@@ -171,7 +163,6 @@ class TritonEngine:
             torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         )
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
-        self.sum_bwd = knobs.get().sum_bwd  # auto | fused | split (see FUSED_BWD_ATOMICS)
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
         if device.type == "cuda":  # the row-wise parameter kernels do not depend on the batch
@@ -227,11 +218,7 @@ class TritonEngine:
                 P = self.layers[j]
                 k.product_fwd[(P.n, nb)](V, P.idx, P.tab, B, P.n, A=P.arity, BU=BU, BB=BB)
                 F[P.row0 : P.row0 + P.rows].zero_()
-            if isinstance(L, _SumLayer) and self._fused_bwd(L, nb):
-                getattr(k, f"sum_bwd_v{L.variant}")[(L.n_col, nb)](
-                    V, F, W, L.cols, L.col, L.col_list, PF, M, B, L.arity, BB=BB, EXCL=L.exclusive, num_warps=L.num_warps
-                )
-            elif isinstance(L, _SumLayer):
+            if isinstance(L, _SumLayer):
                 cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}")
                 pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}")
                 chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
@@ -246,11 +233,6 @@ class TritonEngine:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         F[0] = 0.0
         return F, PF
-
-    def _fused_bwd(self, L: _SumLayer, nb: int) -> bool:
-        if self.sum_bwd != "auto":
-            return self.sum_bwd == "fused"
-        return L.weights * nb <= FUSED_BWD_ATOMICS
 
     def input_stats(self, F, xf, gauss, cat=None):
         """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows;
