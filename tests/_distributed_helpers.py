@@ -84,14 +84,15 @@ def _entry(fn, rank: int, world: int, port: int, results, timeout_s: float, args
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)  # several ranks share the CI's two cores
+    t0 = time.monotonic()  # from here on: the rank's own clock (process start-up not counted)
     try:
         comm = distributed.init(device="cpu", timeout_s=timeout_s)
         out = fn(comm, *args)
-        results.put((rank, "ok", out))
+        results.put((rank, "ok", out, time.monotonic() - t0))
         comm.close()
     except BaseException as e:  # noqa: BLE001  (report everything to the parent)
         msg = e.render() if isinstance(e, pcir.PcirError) else traceback.format_exc()
-        results.put((rank, type(e).__name__, msg))
+        results.put((rank, type(e).__name__, msg, time.monotonic() - t0))
 
 
 def launch(
@@ -102,10 +103,13 @@ def launch(
     wait_s: float = 120.0,
     start: list[int] | None = None,
     need: list[int] | None = None,
+    seconds: dict[int, float] | None = None,
 ) -> dict[int, tuple]:
     """Run ``fn(comm, *args)`` on the ranks ``start`` (default all) of a group of ``world``;
     returns {rank: (status, value or rendered error)} once the ranks in ``need`` (default: those
-    started) reported or ``wait_s`` passed. Ranks still running then are killed."""
+    started) reported or ``wait_s`` passed. Ranks still running then are killed. ``seconds``
+    receives each reporting rank's time from joining the group to its report (its own clock, so
+    a slow process start on a loaded machine does not count)."""
     # forkserver: a clean server process (no torch threads started, so forking it is safe) that
     # imported torch and pcir once; every rank after the first starts in milliseconds
     ctx = torch.multiprocessing.get_context("forkserver")
@@ -123,12 +127,14 @@ def launch(
     try:
         while not need <= out.keys() and time.monotonic() < deadline:
             try:
-                rank, status, value = results.get(timeout=0.2)
+                rank, status, value, took = results.get(timeout=0.2)
             except queue.Empty:
                 if all(not p.is_alive() for p in procs) and results.empty():
                     break
                 continue
             out[rank] = (status, value)
+            if seconds is not None:
+                seconds[rank] = took
     finally:
         for p in procs:
             p.join(timeout=2 if need <= out.keys() else 0.1)

@@ -88,11 +88,11 @@ def test_a_hung_rank_times_out_instead_of_hanging():
 
 
 def test_a_group_that_cannot_form_fails_within_the_timeout():
-    t0 = time.monotonic()
-    out = launch(nothing, 2, timeout_s=2.0, wait_s=60, start=[0])  # rank 1 never starts
+    took: dict[int, float] = {}
+    out = launch(nothing, 2, timeout_s=2.0, wait_s=60, start=[0], seconds=took)  # rank 1 never starts
     status, msg = out[0]
     assert status == "DistributedError"
-    assert time.monotonic() - t0 < 2.0 + MARGIN_S + 5
+    assert took[0] < 2.0 + MARGIN_S  # measured by the rank: its start-up under load is not the timeout's
     assert "rank 0 of 2: cannot join the process group" in msg
     assert "torchrun --nproc_per_node" in msg
 
