@@ -543,17 +543,9 @@ class CompiledCircuit(nn.Module):
         return self.circuit.with_params(**values)
 
     # ---- data ------------------------------------------------------------------------------
-    def _prepare(self, x, missing=None, *, defer: bool = False):
-        """Validate and convert data to float32 ``[B, V]`` on the model's device, NaN = missing.
-
-        Shape and dtype are checked at once (host metadata). Values (NaN or inf where not
-        missing, categories out of range or not integers) are checked on the device: bad entries
-        are replaced by 0 (a valid value of every variable), so no kernel can read out of range,
-        and with ``defer=True`` the call returns ``(xf, check)`` without a device-to-host
-        synchronisation; ``check.ok`` is a 0-dim float tensor (1 good, 0 bad) for masking, and
-        ``check.raise_if_bad()`` (one sync, at the end of the call) raises the
-        :class:`DataError` naming the first bad entry.
-        """
+    def _to_device(self, x) -> torch.Tensor:
+        """The host-side part of :meth:`_prepare`: dtype and shape checks, then float32 ``[B, V]``
+        on the model's device (values are checked on the device)."""
         plan = self.plan
         if isinstance(x, np.ndarray) or not isinstance(x, torch.Tensor):
             try:
@@ -572,8 +564,21 @@ class CompiledCircuit(nn.Module):
             x = x[None, :]
         if x.ndim != 2 or x.shape[1] != plan.num_vars:
             raise DataError(f"data has shape {tuple(x.shape)}, expected (N, {plan.num_vars})")
-        xf = x.to(device=self.device, dtype=torch.float32)
-        t = self._tab()
+        return x.to(device=self.device, dtype=torch.float32)
+
+    def _prepare(self, x, missing=None, *, defer: bool = False):
+        """Validate and convert data to float32 ``[B, V]`` on the model's device, NaN = missing.
+
+        Shape and dtype are checked at once (host metadata). Values (NaN or inf where not
+        missing, categories out of range or not integers) are checked on the device: bad entries
+        are replaced by 0 (a valid value of every variable), so no kernel can read out of range,
+        and with ``defer=True`` the call returns ``(xf, check)`` without a device-to-host
+        synchronisation; ``check.ok`` is a 0-dim float tensor (1 good, 0 bad) for masking, and
+        ``check.raise_if_bad()`` (one sync, at the end of the call) raises the
+        :class:`DataError` naming the first bad entry.
+        """
+        plan = self.plan
+        xf = self._to_device(x)
         if missing is not None:
             m = torch.as_tensor(np.asarray(missing) if not isinstance(missing, torch.Tensor) else missing)
             if tuple(m.shape) != tuple(xf.shape):
@@ -584,9 +589,7 @@ class CompiledCircuit(nn.Module):
             m = m.to(device=self.device, dtype=torch.bool)
         else:
             m = None
-        # one comparison chain per entry: lo <= x < hi (finite bounds for real variables, so that
-        # NaN and +-inf fail) and integral for discrete ones
-        ok = (xf >= t.value_lo) & (xf < t.value_hi) & ((xf == torch.floor(xf)) | t.real)
+        ok = self._values_ok(xf)
         bad = ~ok if m is None else ~(ok | m)
         check = _DataCheck(self, xf, bad)
         xf = torch.where(bad, torch.zeros((), dtype=xf.dtype, device=xf.device), xf)
@@ -596,6 +599,12 @@ class CompiledCircuit(nn.Module):
             check.raise_if_bad()
             return xf
         return xf, check
+
+    def _values_ok(self, xf: torch.Tensor) -> torch.Tensor:
+        """Per entry: one comparison chain, lo <= x < hi (finite bounds for real variables, so
+        that NaN and +-inf fail) and integral for discrete ones."""
+        t = self._tab()
+        return (xf >= t.value_lo) & (xf < t.value_hi) & ((xf == torch.floor(xf)) | t.real)
 
     def _data_error(self, xf: torch.Tensor, bad: torch.Tensor) -> DataError:
         plan = self.plan
@@ -618,17 +627,29 @@ class CompiledCircuit(nn.Module):
     # ---- forward (autograd) ----------------------------------------------------------------
     def forward(self, x, missing=None) -> torch.Tensor:
         """Per-sample log-likelihoods (float32). Autograd works through it (see module docs)."""
-        xf, check = self._prepare(x, missing, defer=True)
-        if isinstance(x, torch.Tensor) and x.requires_grad:
-            xg = x.to(torch.float32)
-            xf = xg + (xf - xg).detach() if missing is None else torch.where(torch.isnan(xf), xf, xg)
-        needs_grad = torch.is_grad_enabled() and (
+        params_grad = torch.is_grad_enabled() and (
             self.sum_logits.requires_grad
             or self.cat_logits.requires_grad
             or self.gauss.requires_grad
             or self.leaf_params.requires_grad
-            or xf.requires_grad
         )
+        x_grad = isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
+        if missing is None and not (params_grad or x_grad) and self._graphs_on():
+            # the value check runs inside the CUDA graph too: one replay and one sync per call
+            # (batch-1 queries are bound by launches, not by work)
+            xf = self._to_device(x)
+            with torch.no_grad():
+                self._normalised_cached()
+                out, good = self._maybe_graphed(("forward-checked", tuple(xf.shape)), self._checked_forward_core, xf)
+            if not bool(good):
+                self._prepare(x)  # raises the DataError that names the first bad entry
+                raise BackendError("internal error: the graphed data check disagrees with the eager one")
+            return out
+        xf, check = self._prepare(x, missing, defer=True)
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            xg = x.to(torch.float32)
+            xf = xg + (xf - xg).detach() if missing is None else torch.where(torch.isnan(xf), xf, xg)
+        needs_grad = params_grad or (torch.is_grad_enabled() and xf.requires_grad)
         if not needs_grad:
             with torch.no_grad():
                 self._normalised_cached()
@@ -690,6 +711,12 @@ class CompiledCircuit(nn.Module):
         out = self._maybe_graphed(key, self._forward_backward_core, xf, check.ok)
         check.raise_if_bad()
         return out
+
+    def _checked_forward_core(self, xf):
+        """(root values, whether every entry was a valid value) from raw data: the value check of
+        ``_prepare`` and the forward in one function, so that one CUDA graph holds both."""
+        ok = self._values_ok(xf)
+        return self._forward_core(torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))), ok.all()
 
     def _forward_core(self, xf):
         _, _, logp, W = self._cache  # type: ignore[misc]
@@ -797,6 +824,8 @@ class CompiledCircuit(nn.Module):
         for st_, in_ in zip(statics, inputs, strict=True):
             st_.copy_(in_)
         graph.replay()
+        if isinstance(out, tuple):
+            return tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in out)
         return out.clone() if isinstance(out, torch.Tensor) else out
 
     def _x_grad(self, F, xf, gauss):
