@@ -21,6 +21,11 @@ BU = 32  # leaf rows per input program
 # halve that. Smaller tiles keep Triton's default 4. Shared memory (bench/kernel_resources.py,
 # sm_90, BB=64, tf32x3) is 32 KiB (forward, parameter flows) and 80 KiB (column flows) either way.
 WARPS_LARGE_TILE = 8
+# software-pipelining stages of the sum backward kernels: without pipelining their loops the
+# backward was 2-9% faster on every configuration measured (H200, bench/kernel_probe.py: hclt-128
+# 3.36 -> 3.05 ms, hclt-512 21.6 -> 20.2, hmm-512 2.77 -> 2.61, pd-128 14.1 -> 13.8, rat-256 equal);
+# the forward gained nothing either way and keeps Triton's default
+BWD_STAGES = 1
 COUNT_BU = 32  # leaf rows per categorical-count program
 # tables with more categories than this get their expected counts by scatter (one atomic add per
 # unit and sample) instead of the one-hot tensor-core product, whose work grows with k: HMM
@@ -224,10 +229,11 @@ class TritonEngine:
                 chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
                 ch = triton_cdiv(nb, chunks) * BB
                 pf_fn[(L.n_pf, triton_cdiv(B, ch))](
-                    V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, num_warps=L.num_warps
+                    V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, num_warps=L.num_warps, num_stages=BWD_STAGES
                 )
                 cols_fn[(L.n_col, nb)](
-                    V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB, EXCL=L.exclusive, num_warps=L.num_warps
+                    V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB, EXCL=L.exclusive,
+                    num_warps=L.num_warps, num_stages=BWD_STAGES,
                 )
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
