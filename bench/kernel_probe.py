@@ -9,7 +9,8 @@ template change can be measured before it is made for real:
 
 ``base`` is the module as generated; ``static``: the arity loop unrolled (``A: tl.constexpr``,
 ``tl.static_range``); ``stages1``/``stages2``: ``num_stages`` on the sum launches; ``warps4``:
-4 warps on every sum launch.
+4 warps on every sum launch; ``scatter``: every categorical table's expected counts by
+scatter (one atomic add per leaf and sample) instead of the one-hot product (``stats_ms``).
 """
 
 from __future__ import annotations
@@ -108,11 +109,22 @@ def main() -> int:
         x = ctx.dataset(cfg)[:B].contiguous()
         xf, _ = model._prepare(x, None, defer=True)
         for name in args.variants.split(","):
-            eng.k = base_k if name == "base" else load_variant(model.plan, args.precision, name)
+            eng.k = base_k if name == "base" else load_variant(model.plan, args.precision, name.replace("scatter", "base"))
+            if "scatter" in name.split("+"):
+                from pcir.backend import triton_engine as te
+
+                keep, te.COUNT_SCATTER_K = te.COUNT_SCATTER_K, 0
+                stats_eng = te.TritonEngine(model.plan, dev, eng.k, args.precision)
+                te.COUNT_SCATTER_K = keep
+            else:
+                stats_eng = eng
             V, M = eng.forward(W, logp, model.gauss, xf, precompile=False)
             ones = torch.ones((model.plan.root_units, B), device=dev)
             fwd = time_graph(lambda: eng.forward(W, logp, model.gauss, xf, precompile=False))
             bwd = time_graph(lambda: eng.backward(W, V, M, xf, ones))
+            F, _ = eng.backward(W, V, M, xf, ones)
+            cat = torch.zeros(model.plan.cat_size, device=dev)
+            stats = time_graph(lambda: stats_eng.input_stats(F, xf, model.gauss, cat=cat))
             per = {}
             for li in [int(s) for s in args.layers.split(",")]:
                 if li >= len(sums):
@@ -128,7 +140,7 @@ def main() -> int:
                     fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB, num_warps=L.num_warps)
 
                 per[li] = round(time_graph(one, 200) * 1000, 1)
-            row = {"config": cfg.name, "B": B, "variant": name, "fwd_ms": round(fwd, 4), "bwd_ms": round(bwd, 4)}
+            row = {"config": cfg.name, "B": B, "variant": name, "fwd_ms": round(fwd, 4), "bwd_ms": round(bwd, 4), "stats_ms": round(stats, 4)}
             row["layer_fwd_us"] = per
             rows.append(row)
             print(json.dumps(row), flush=True)
