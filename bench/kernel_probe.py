@@ -10,7 +10,8 @@ template change can be measured before it is made for real:
 ``base`` is the module as generated; ``static``: the arity loop unrolled (``A: tl.constexpr``,
 ``tl.static_range``); ``stages1``/``stages2``: ``num_stages`` on the sum launches; ``warps4``:
 4 warps on every sum launch; ``scatter``: every categorical table's expected counts by
-scatter (one atomic add per leaf and sample) instead of the one-hot product (``stats_ms``).
+scatter (one atomic add per leaf and sample) instead of the one-hot product (``stats_ms``);
+``relaxed``: every atomic with ``sem="relaxed"`` instead of Triton's default ``acq_rel``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def variant_source(src: str, name: str) -> str:
         src = src.replace(", B, A, BB: tl.constexpr", ", B, A: tl.constexpr, BB: tl.constexpr")
         src = src.replace(", B, A, CH, BB: tl.constexpr", ", B, A: tl.constexpr, CH, BB: tl.constexpr")
         src = re.sub(r"for a in range\(0, A\)", "for a in tl.static_range(A)", src)
+    if "relaxed" in name.split("+"):  # every atomic with relaxed memory ordering (default acq_rel)
+        src = re.sub(r"(tl\.atomic_(?:add|max)\(.*)\)$", r'\1, sem="relaxed")', src, flags=re.M)
     return src
 
 

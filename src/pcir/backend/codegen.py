@@ -37,6 +37,12 @@ PRECISION = "{precision}"
 LAYER_VARIANT = {layer_variant}
 """
 
+# Every atomic in the templates is a pure accumulation (flows, counts, the forward's per-sample
+# max) whose result is only read by a later kernel, and kernel boundaries order memory, so they use
+# relaxed ordering. Triton's default, acq_rel, made the backward 1.6-1.8x slower on an H200
+# (bench/kernel_probe.py, variant "relaxed": pd-128 backward 13.8 -> 7.7 ms, hclt-128 3.05 -> 2.19,
+# hmm-512 2.58 -> 1.63; categorical counts 0.85 -> 0.40 ms).
+
 # dot(a, b) in the chosen precision: tf32 and ieee are tl.dot's input precisions; bf16 casts.
 DOT = {
     "tf32": "tl.dot({a}, {b}, input_precision='tf32')",
@@ -87,7 +93,7 @@ def input_categorical_counts(F, XT, TAB, CNT, B, BU: tl.constexpr, BC: tl.conste
         x = tl.load(XT + var * B + b, mask=bm, other=-1.0)
         onehot = tl.where(x[:, None] == c[None, :].to(tl.float32), 1.0, 0.0)
         acc += {dot_fo}
-    tl.atomic_add(CNT + off + u[:, None] * k + c[None, :], acc, mask=um[:, None] & cm[None, :] & (acc != 0.0))
+    tl.atomic_add(CNT + off + u[:, None] * k + c[None, :], acc, mask=um[:, None] & cm[None, :] & (acc != 0.0), sem="relaxed")
 
 
 @triton.jit
@@ -111,7 +117,7 @@ def input_categorical_scatter(F, XT, TAB, CNT, B, BU: tl.constexpr, BB: tl.const
     xi = tl.where(ok, x, 0.0).to(tl.int64)
     m2 = um[:, None] & ok[None, :]
     f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=m2, other=0.0)
-    tl.atomic_add(CNT + off + u[:, None] * k + xi[None, :], f, mask=m2 & (f != 0.0))
+    tl.atomic_add(CNT + off + u[:, None] * k + xi[None, :], f, mask=m2 & (f != 0.0), sem="relaxed")
 ''',
     "gaussian": '''
 @triton.jit
@@ -223,7 +229,7 @@ def product_bwd(F, IDX, TAB, B, NT, A: tl.constexpr, BU: tl.constexpr, BB: tl.co
         f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=m2, other=0.0)
         for a in tl.static_range(A):
             r = tl.load(IDX + ioff + u * A + a, mask=um, other=0).to(tl.int64)
-            tl.atomic_add(F + r[:, None] * B + b[None, :], f, mask=m2 & (r[:, None] != 0) & (f != 0.0))
+            tl.atomic_add(F + r[:, None] * B + b[None, :], f, mask=m2 & (r[:, None] != 0) & (f != 0.0), sem="relaxed")
 '''
 
 # Tile tables (int64 rows), see triton_engine:
@@ -274,7 +280,7 @@ def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr):
     out = tl.log(acc) + safe[None, :]
     tl.store(V + (row + s)[:, None] * B + b[None, :], out, mask=sm[:, None] & bm[None, :])
     # the group's max over all its columns (node tiles of a block-sparse group see different ones)
-    tl.atomic_max(M + grp * B + b, mx, mask=bm)
+    tl.atomic_max(M + grp * B + b, mx, mask=bm, sem="relaxed")
 
 
 @triton.jit
@@ -322,7 +328,7 @@ def sum_bwd_cols_v{i}(V, F, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, EXCL:
         if EXCL:  # the plan proved no other gather reads these rows: a plain store
             tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
         else:
-            tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0))
+            tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")
 
 
 @triton.jit
@@ -365,7 +371,7 @@ def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, A, CH, BB: tl.constexpr):
         acc += {dot_ge}
     wm = sm[:, None] & km[None, :]
     w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=wm, other=0.0)
-    tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], w * acc, mask=wm & (w != 0.0))
+    tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], w * acc, mask=wm & (w != 0.0), sem="relaxed")
 '''
 
 
