@@ -27,9 +27,11 @@ from typing import Callable
 import torch
 
 # Newton iterations: the Lambert function (per entry) and the normaliser nu (per row). Both start
-# on the side from which Newton's method converges monotonically; 12 and 40 are far more than the
-# 1e-12 tolerance needs (tests/test_backend_entropy.py checks the optimality conditions).
-_W_ITERS = 12
+# on the side from which Newton's method converges monotonically. W: relative error 2e-16 after
+# 6 iterations for L in [-50, 3e4] (8e-5 after 3); nu: 3-5 iterations reach 1e-12 for tau in
+# [0.001, 0.1] on Dirichlet(0.3) rows, 40 is a cap (tests/test_backend_entropy.py checks the
+# optimality conditions).
+_W_ITERS = 6
 _NU_ITERS = 40
 
 
