@@ -17,6 +17,7 @@ scatter (one atomic add per leaf and sample) instead of the one-hot product (``s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -112,7 +113,9 @@ def main() -> int:
         x = ctx.dataset(cfg)[:B].contiguous()
         xf, _ = model._prepare(x, None, defer=True)
         for name in args.variants.split(","):
-            eng.k = base_k if name == "base" else load_variant(model.plan, args.precision, name.replace("scatter", "base"))
+            eng.k = (
+                base_k if name == "base" else load_variant(model.plan, args.precision, name.replace("scatter", "base"))
+            )
             if "scatter" in name.split("+"):
                 from pcir.backend import triton_engine as te
 
@@ -123,11 +126,11 @@ def main() -> int:
                 stats_eng = eng
             V, M = eng.forward(W, logp, model.gauss, xf, precompile=False)
             ones = torch.ones((model.plan.root_units, B), device=dev)
-            fwd = time_graph(lambda: eng.forward(W, logp, model.gauss, xf, precompile=False))
-            bwd = time_graph(lambda: eng.backward(W, V, M, xf, ones))
+            fwd = time_graph(functools.partial(eng.forward, W, logp, model.gauss, xf, precompile=False))
+            bwd = time_graph(functools.partial(eng.backward, W, V, M, xf, ones))
             F, _ = eng.backward(W, V, M, xf, ones)
             cat = torch.zeros(model.plan.cat_size, device=dev)
-            stats = time_graph(lambda: stats_eng.input_stats(F, xf, model.gauss, cat=cat))
+            stats = time_graph(functools.partial(stats_eng.input_stats, F, xf, model.gauss, cat=cat))
             per = {}
             for li in [int(s) for s in args.layers.split(",")]:
                 if li >= len(sums):
@@ -139,11 +142,18 @@ def main() -> int:
                     BB *= 2
                 nb = -(-B // BB)
 
-                def one(L=L, fn=fn, BB=BB, nb=nb):
+                def one(L=L, fn=fn, BB=BB, nb=nb, V=V, M=M, B=B):
                     fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB, num_warps=L.num_warps)
 
                 per[li] = round(time_graph(one, 200) * 1000, 1)
-            row = {"config": cfg.name, "B": B, "variant": name, "fwd_ms": round(fwd, 4), "bwd_ms": round(bwd, 4), "stats_ms": round(stats, 4)}
+            row = {
+                "config": cfg.name,
+                "B": B,
+                "variant": name,
+                "fwd_ms": round(fwd, 4),
+                "bwd_ms": round(bwd, 4),
+                "stats_ms": round(stats, 4),
+            }
             row["layer_fwd_us"] = per
             rows.append(row)
             print(json.dumps(row), flush=True)

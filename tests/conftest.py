@@ -38,6 +38,17 @@ def device(request) -> str:
     return dev
 
 
+@pytest.fixture(params=["triton", "torch"])
+def engine(request, device) -> str:
+    """Both engines of the compiled module: the generated Triton kernels (under TRITON_INTERPRET=1
+    on the CPU, compiled with ``--device cuda``) and the plain-torch executor."""
+    from pcir import knobs
+
+    if request.param == "triton" and device == "cpu" and not knobs.get().triton_interpret:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
+    return request.param
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--device") == "cuda":
         return

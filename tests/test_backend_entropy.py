@@ -13,20 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 from test_backend_helpers import CASES, data_for
 
-from pcir import knobs
 from pcir.backend import compile as pc_compile
 from pcir.backend.entropy import max_entropy_rows, regularised_counts
 from pcir.ir import PcirError
 from pcir.ir import evaluator as ev
-
-ENGINES = ["triton", "torch"]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request, device):
-    if request.param == "triton" and device == "cpu" and not knobs.get().triton_interpret:
-        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
-    return request.param
 
 
 def _rowsum(x):

@@ -25,7 +25,6 @@ from strategies import ALL_DISTS, circuits, data_for
 from test_backend_helpers import CASES
 from test_backend_helpers import data_for as case_data
 
-from pcir import knobs
 from pcir.backend import compile as pc_compile
 from pcir.backend import queries as bq
 from pcir.ir import (
@@ -43,15 +42,7 @@ from pcir.ir import queries as q
 from pcir.ir.evaluator import enumerate_assignments
 from pcir.ir.evaluator import log_likelihood as complete_ll
 
-ENGINES = ["triton", "torch"]
 TOL = 2e-5  # float32 kernels vs the float64 reference, on probabilities in [0, 1]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request, device):
-    if request.param == "triton" and device == "cpu" and not knobs.get().triton_interpret:
-        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
-    return request.param
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -10,20 +10,10 @@ import torch
 from test_backend_helpers import CASES, data_for, hmm, torch_reference_ll
 
 import pcir
-from pcir import knobs
 from pcir.backend import compile as pc_compile
 from pcir.ir import DataError
 from pcir.ir import evaluator as ev
 from pcir.ir.evaluator import enumerate_assignments
-
-ENGINES = ["triton", "torch"]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request, device):
-    if request.param == "triton" and device == "cpu" and not knobs.get().triton_interpret:
-        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
-    return request.param
 
 
 def build(case, engine, device, precision="fp32"):
@@ -245,7 +235,10 @@ def test_bad_data_is_caught_by_a_replayed_forward(engine, device):
     want = ev.log_likelihood(c, good)
     for _ in range(3):
         np.testing.assert_allclose(m(good).detach().cpu().double().numpy(), want, rtol=1e-4, atol=1e-4)
-    for r, col, val, message in [(1, 2, 9, r"value 9 at row 1, column 2 \(x2\)"), (2, 3, np.nan, r"NaN in data at row 2")]:
+    for r, col, val, message in [
+        (1, 2, 9, r"value 9 at row 1, column 2 \(x2\)"),
+        (2, 3, np.nan, r"NaN in data at row 2"),
+    ]:
         bad = good.copy()
         bad[r, col] = val
         with pytest.raises(DataError, match=message):

@@ -11,19 +11,9 @@ import numpy as np
 import pytest
 from test_backend_helpers import CASES
 
-from pcir import knobs
 from pcir.backend import compile as pc_compile
 from pcir.ir import InputGroup, PcirError
 from pcir.ir import evaluator as ev
-
-ENGINES = ["torch", "triton"]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request, device):
-    if request.param == "triton" and device == "cpu" and not knobs.get().triton_interpret:
-        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
-    return request.param
 
 
 def _soft_reference(c, xs, beta):

@@ -10,21 +10,11 @@ import pytest
 import torch
 from test_backend_helpers import data_for
 
-from pcir import knobs
 from pcir.backend import compile as pc_compile
 from pcir.ir import evaluator as ev
 from pcir.ir.builder import CircuitBuilder
 from pcir.ir.distributions import Dist, Domain
 from pcir.ir.verify import verify
-
-ENGINES = ["triton", "torch"]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request, device):
-    if request.param == "triton" and device == "cpu" and not knobs.get().triton_interpret:
-        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
-    return request.param
 
 
 def _circuit(family: str):

@@ -22,7 +22,7 @@ the plain update ``(pf + pc/deg) / (sum pf + pc)`` lands on the regularised ``th
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -35,8 +35,8 @@ from torch import nn
 
 from ..ir.circuit import Circuit
 from ..ir.diagnostics import BackendError, DataError, PcirError
-from .plan import TABLE_PARAM_WIDTH, KernelPlan
 from .entropy import regularised_counts
+from .plan import TABLE_PARAM_WIDTH, KernelPlan
 
 _PI_OVER_SQRT3 = math.pi / math.sqrt(3.0)
 

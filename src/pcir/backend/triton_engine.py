@@ -228,12 +228,10 @@ class TritonEngine:
                 pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}")
                 chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
                 ch = triton_cdiv(nb, chunks) * BB
-                pf_fn[(L.n_pf, triton_cdiv(B, ch))](
-                    V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, num_warps=L.num_warps, num_stages=BWD_STAGES
-                )
+                opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
+                pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, **opts)
                 cols_fn[(L.n_col, nb)](
-                    V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB, EXCL=L.exclusive,
-                    num_warps=L.num_warps, num_stages=BWD_STAGES,
+                    V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB, EXCL=L.exclusive, **opts
                 )
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
