@@ -1,25 +1,27 @@
 """Time variants of the generated sum-layer kernels on one configuration (GPU only).
 
-The engine's forward and backward are captured as CUDA graphs and replayed, once per variant of
-the generated module; per-layer forward times (eager, CUDA events) show where a variant wins.
-Variants are text edits of ``pcir.backend.codegen.generate``'s output plus launch options, so a
-template change can be measured before it is made for real:
+The engine's forward and backward are captured as CUDA graphs and replayed, once per variant;
+per-layer forward times (CUDA graphs of one launch) show where a variant wins. A variant is a set
+of knobs of the plan, the code generator and the engine (joined by ``+``), so a change can be
+measured before it becomes the default; the model is compiled again for each variant:
 
-    python bench/kernel_probe.py --config hclt-128 --batch 1,512 --variants base,static
+    python bench/kernel_probe.py --config hclt-128 --batch 1,512 --variants base,nocg,ntfwd
 
-``base`` is the module as generated; ``static``: the arity loop unrolled (``A: tl.constexpr``,
-``tl.static_range``); ``stages1``/``stages2``: ``num_stages`` on the sum launches; ``warps4``:
-4 warps on every sum launch; ``scatter``: every categorical table's expected counts by
-scatter (one atomic add per leaf and sample) instead of the one-hot product (``stats_ms``);
-``relaxed``: every atomic with ``sem="relaxed"`` instead of Triton's default ``acq_rel``.
+``base``: the defaults. ``nocg``: contiguous gathers off (every column's rows from the table);
+``ntfwd``: the sum forward feature-major at every batch size (``sum_fwd``; by default batch tiles
+of 64 run the batch-major ``sum_fwdt``); ``bm128``/``bk128``: node/column tiles up to 128;
+``stages<N>``/``warps4``: launch options on every sum launch; ``scatter``: every categorical
+table's expected counts by scatter (one atomic add per leaf and sample) instead of the one-hot
+product (``stats_ms``). Variants measured and dropped are in bench/RESULTS.md (the source edits
+they needed are in the git history of this file and of codegen.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -30,17 +32,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness.suite import SUITE, Context, build_pcir  # noqa: E402
 
 import pcir  # noqa: E402
-from pcir.backend import codegen, loader  # noqa: E402
+from pcir.backend import plan as plan_mod  # noqa: E402
+from pcir.backend import triton_engine as te  # noqa: E402
+
+# variant part -> (module, attribute, value)
+KNOBS = {
+    "nocg": (te, "CONTIG_GATHER", False),
+    "ntfwd": (te, "TRANS_FWD_MIN_BB", 1 << 30),
+    "bm128": (plan_mod, "BLOCK_M_CAP", 128),
+    "bk128": (plan_mod, "BLOCK_K_CAP", 128),
+    "scatter": (te, "COUNT_SCATTER_K", 0),
+}
 
 
-def variant_source(src: str, name: str) -> str:
-    if "static" in name.split("+"):
-        src = src.replace(", B, A, BB: tl.constexpr", ", B, A: tl.constexpr, BB: tl.constexpr")
-        src = src.replace(", B, A, CH, BB: tl.constexpr", ", B, A: tl.constexpr, CH, BB: tl.constexpr")
-        src = re.sub(r"for a in range\(0, A\)", "for a in tl.static_range(A)", src)
-    if "relaxed" in name.split("+"):  # every atomic with relaxed memory ordering (default acq_rel)
-        src = re.sub(r"(tl\.atomic_(?:add|max)\(.*)\)$", r'\1, sem="relaxed")', src, flags=re.M)
-    return src
+@contextlib.contextmanager
+def knobs(name: str):
+    """Set the knobs of variant ``name`` for the duration (restored after)."""
+    saved = []
+    try:
+        for part in name.split("+"):
+            if part in KNOBS:
+                mod, attr, val = KNOBS[part]
+            else:
+                continue
+            saved.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, val)
+        yield
+    finally:
+        for mod, attr, val in reversed(saved):
+            setattr(mod, attr, val)
 
 
 class _Launch:
@@ -54,8 +74,8 @@ class _Launch:
         return lambda *a, **kw: run(*a, **{**kw, **self.opts})
 
 
-def load_variant(plan, precision: str, name: str):
-    mod = loader.load_source(variant_source(codegen.generate(plan, precision), name))
+def with_launch_options(mod, name: str):
+    """``mod`` with ``stages<N>``/``warps4`` applied to every sum launch."""
     opts = {}
     for part in name.split("+"):
         if part.startswith("stages"):
@@ -102,61 +122,47 @@ def main() -> int:
     dev = torch.device("cuda")
     cfg = {c.name: c for c in SUITE}[args.config]
     ctx = Context(dev, None)
-    model = pcir.compile(build_pcir(cfg, ctx), device="cuda", precision=args.precision)
-    eng = model._engine()
-    base_k = eng.k
-    model._normalised_cached()
-    _, _, logp, W = model._cache
-    sums = [i for i, L in enumerate(eng.layers) if hasattr(L, "variant")]
+    circuit = build_pcir(cfg, ctx)
     rows = []
-    for B in [int(b) for b in args.batch.split(",")]:
-        x = ctx.dataset(cfg)[:B].contiguous()
-        xf, _ = model._prepare(x, None, defer=True)
-        for name in args.variants.split(","):
-            # (a name without source edits or launch options loads the engine's own module again)
-            eng.k = load_variant(model.plan, args.precision, name)
-            if "scatter" in name.split("+"):
-                from pcir.backend import triton_engine as te
-
-                keep, te.COUNT_SCATTER_K = te.COUNT_SCATTER_K, 0
-                stats_eng = te.TritonEngine(model.plan, dev, eng.k, args.precision)
-                te.COUNT_SCATTER_K = keep
-            else:
-                stats_eng = eng
-            V, M = eng.forward(W, logp, model.gauss, xf, precompile=False)
-            ones = torch.ones((model.plan.root_units, B), device=dev)
-            fwd = time_graph(functools.partial(eng.forward, W, logp, model.gauss, xf, precompile=False))
-            bwd = time_graph(functools.partial(eng.backward, W, V, M, xf, ones))
-            F, _ = eng.backward(W, V, M, xf, ones)
-            cat = torch.zeros(model.plan.cat_size, device=dev)
-            stats = time_graph(functools.partial(stats_eng.input_stats, F, xf, model.gauss, cat=cat))
-            per = {}
-            for li in [int(s) for s in args.layers.split(",")]:
-                if li >= len(sums):
-                    continue
-                L = eng.layers[sums[li]]
-                fn = getattr(eng.k, f"sum_fwd_v{L.variant}")
-                BB = 16
-                while BB < min(B, 64):
-                    BB *= 2
-                nb = -(-B // BB)
-
-                def one(L=L, fn=fn, BB=BB, nb=nb, V=V, M=M, B=B):
-                    fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB, num_warps=L.num_warps)
-
-                per[li] = round(time_graph(one, 200) * 1000, 1)
-            row = {
-                "config": cfg.name,
-                "B": B,
-                "variant": name,
-                "fwd_ms": round(fwd, 4),
-                "bwd_ms": round(bwd, 4),
-                "stats_ms": round(stats, 4),
-            }
-            row["layer_fwd_us"] = per
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    eng.k = base_k
+    for name in args.variants.split(","):
+        with knobs(name):
+            model = pcir.compile(circuit, device="cuda", precision=args.precision)
+            eng = model._engine()
+            eng.k = with_launch_options(eng.k, name)
+            model._normalised_cached()
+            _, _, logp, W = model._cache
+            sums = [i for i, L in enumerate(eng.layers) if hasattr(L, "variant")]
+            for B in [int(b) for b in args.batch.split(",")]:
+                x = ctx.dataset(cfg)[:B].contiguous()
+                xf, _ = model._prepare(x, None, defer=True)
+                V, M = eng.forward(W, logp, model.gauss, xf)  # compiles this batch's kernels
+                ones = torch.ones((model.plan.root_units, B), device=dev)
+                fwd = time_graph(functools.partial(eng.forward, W, logp, model.gauss, xf, precompile=False))
+                bwd = time_graph(functools.partial(eng.backward, W, V, M, xf, ones))
+                F, _ = eng.backward(W, V, M, xf, ones)
+                cat = torch.zeros(model.plan.cat_size, device=dev)
+                stats = time_graph(functools.partial(eng.input_stats, F, xf, model.gauss, cat=cat))
+                per = {}
+                for li in [int(s) for s in args.layers.split(",")]:
+                    if li >= len(sums):
+                        continue
+                    L = eng.layers[sums[li]]
+                    one = functools.partial(eng.sum_forward, L, V, W, M)
+                    per[li] = round(time_graph(one, 200) * 1000, 1)
+                row = {
+                    "config": cfg.name,
+                    "B": B,
+                    "variant": name,
+                    "fwd_ms": round(fwd, 4),
+                    "bwd_ms": round(bwd, 4),
+                    "stats_ms": round(stats, 4),
+                    "root_ll_mean": round(float(V[model.plan.root_row].mean()), 4),
+                    "layer_fwd_us": per,
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del model, eng, V, M, F
+            torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -291,6 +291,11 @@ class KernelPlan:
         return "\n".join(out) + "\n"
 
 
+# the largest node and column tiles of a sum layer (powers of two)
+BLOCK_M_CAP = 64
+BLOCK_K_CAP = 64
+
+
 def _tile(n: int, hint: int | None, lo: int, cap: int) -> int:
     """A power-of-two tile size (Triton needs powers of two; tl.dot needs >= 16)."""
     if hint and hint > 0:
@@ -606,8 +611,8 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
             if g.pattern == "block" and g.block is not None:
                 hint_m = hint_m or g.block[0]
                 hint_k = g.block[1]
-            block_m = _tile(g.units, hint_m, 16, 64)
-            block_k = _tile(k, hint_k, 16, 64)
+            block_m = _tile(g.units, hint_m, 16, BLOCK_M_CAP)
+            block_k = _tile(k, hint_k, 16, BLOCK_K_CAP)
             fused = tuple(sorted(_fused_under(circuit, n, fuse)))
             emasks[n] = g.edge_mask(k)
             plans.append(

@@ -26,6 +26,12 @@ WARPS_LARGE_TILE = 8
 # 3.36 -> 3.05 ms, hclt-512 21.6 -> 20.2, hmm-512 2.77 -> 2.61, pd-128 14.1 -> 13.8, rat-256 equal);
 # the forward gained nothing either way and keeps Triton's default
 BWD_STAGES = 1
+# contiguous gathers (see codegen.COL_ROWS) for layers whose column tables allow them: the sum
+# forward 16-31% faster on HCLT and HMM (H200, bench/kernel_probe.py variant "nocg": hclt-512
+# 9.52 -> 8.02 ms, hclt-128 batch 1 0.46 -> 0.32, hmm-512 1.44 -> 1.09), the backward about equal
+CONTIG_GATHER = True
+# the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
+TRANS_FWD_MIN_BB = 64
 COUNT_BU = 32  # leaf rows per categorical-count program
 # tables with more categories than this get their expected counts by scatter (one atomic add per
 # unit and sample) instead of the one-hot tensor-core product, whose work grows with k: HMM
@@ -66,16 +72,25 @@ def _batch_tile(B: int) -> int:
     return b
 
 
+def _contiguous(cols: np.ndarray) -> bool:
+    """Whether every input of a padded column table ``[K, A]`` reads consecutive rows (or row 0
+    throughout): what ``codegen.COL_ROWS``'s contiguous form assumes."""
+    step = np.arange(cols.shape[0], dtype=np.int64)
+    return all(bool(np.all(c == 0) or (c[0] != 0 and np.all(c == c[0] + step))) for c in cols.T)
+
+
 class _SumLayer:
     def __init__(self, layer, variant: int, device):
         lt = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64).reshape(-1), device=device)
         A = layer.arity
         cols, fwd, fwd_list, col_tab, col_list, pf_tab = [], [], [], [], [], []
         off = 0
+        contig = CONTIG_GATHER
         for g in layer.groups:
             assert isinstance(g, SumGroupPlan)
             padded = np.zeros((g.k, A), dtype=np.int64)
             padded[:, : g.arity] = g.cols
+            contig = contig and _contiguous(padded)
             cols.append(padded.reshape(-1))
             head = (g.row, g.units, g.w_off, g.k, off)
             tiles = g.tiles
@@ -92,6 +107,7 @@ class _SumLayer:
             off += g.k * A
         self.variant = variant
         self.arity = A
+        self.contig = bool(contig)
         self.num_warps = WARPS_LARGE_TILE if layer.block_m * layer.block_k >= 64 * 64 else 4
         self.exclusive = layer.exclusive
         self.cols = lt(np.concatenate(cols)).to(torch.int32)
@@ -201,11 +217,20 @@ class TritonEngine:
                 k.input_indicator[grid](V, xT, var, index, b.row, b.count, B, BU=BU, BB=BB)
         for L in self.layers:
             if isinstance(L, _SumLayer):
-                fn = getattr(k, f"sum_fwd_v{L.variant}")
-                fn[(L.n_fwd, nb)](V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB, num_warps=L.num_warps)
+                self.sum_forward(L, V, W, M)
             else:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         return V, M
+
+    def sum_forward(self, L: _SumLayer, V, W, M) -> None:
+        """One sum layer's forward launch."""
+        B = V.shape[1]
+        BB = _batch_tile(B)
+        name = "sum_fwdt" if BB >= TRANS_FWD_MIN_BB else "sum_fwd"
+        fn = getattr(self.k, f"{name}_v{L.variant}")
+        fn[(L.n_fwd, triton_cdiv(B, BB))](
+            V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB, CG=L.contig, num_warps=L.num_warps
+        )
 
     # ---- backward ----------------------------------------------------------------------------
     def backward(self, W, V, M, xf, root_flow, PF=None):
@@ -229,6 +254,7 @@ class TritonEngine:
                 chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
                 ch = triton_cdiv(nb, chunks) * BB
                 opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
+                opts["CG"] = L.contig
                 pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, **opts)
                 cols_fn[(L.n_col, nb)](
                     V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB, EXCL=L.exclusive, **opts
