@@ -8,6 +8,7 @@ measured before it becomes the default; the model is compiled again for each var
     python bench/kernel_probe.py --config hclt-128 --batch 1,512 --variants base,nocg,ntfwd
 
 ``base``: the defaults. ``nocg``: contiguous gathers off (every column's rows from the table);
+``nostatic``: table-driven layers on the kernels with a runtime arity (default: unrolled);
 ``ntfwd``: the sum forward feature-major at every batch size (``sum_fwd``; by default batch tiles
 of 64 run the batch-major ``sum_fwdt``); ``bm128``/``bk128``: node/column tiles up to 128;
 ``stages<N>``/``warps4``: launch options on every sum launch; ``scatter``: every categorical
@@ -39,6 +40,7 @@ from pcir.backend import triton_engine as te  # noqa: E402
 KNOBS = {
     "nocg": (te, "CONTIG_GATHER", False),
     "ntfwd": (te, "TRANS_FWD_MIN_BB", 1 << 30),
+    "nostatic": (te, "STATIC_GATHER", False),
     "bm128": (plan_mod, "BLOCK_M_CAP", 128),
     "bk128": (plan_mod, "BLOCK_K_CAP", 128),
     "scatter": (te, "COUNT_SCATTER_K", 0),

@@ -3,10 +3,13 @@ reference evaluator.
 
 * Contiguous gathers (``codegen.COL_ROWS``, ``CG``): a layer whose column tables read consecutive
   rows (HCLT, HMM) reads only the first row of each input; others read the whole table.
+* Table-driven layers run the kernels with the arity unrolled (``codegen.static_arity``, names
+  ending in ``s``), or with the arity a runtime argument.
 * The forward runs feature-major (``sum_fwd``) on batch tiles under 64 and batch-major
   (``sum_fwdt``) on tiles of 64.
 
-Each case runs with contiguous gathers on and off, at a batch of each forward layout.
+Each case runs with contiguous gathers on and off, unrolled arity on and off, at a batch of each
+forward layout.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from test_backend_helpers import CASES, data_for
 from pcir import knobs, structures
 from pcir.backend import compile as pc_compile
 from pcir.backend import triton_engine as te
+from pcir.backend.plan import contiguous_columns
 from pcir.ir import evaluator as ev
 
 CIRCUITS = {
     **{name: make for name, make in CASES.items()},
     "hclt": lambda: structures.hclt(np.random.default_rng(0).integers(0, 3, (200, 5)), num_latents=4),
     "hmm": lambda: structures.hmm(5, 4, 6),
-    "pd": lambda: structures.pd(data_shape=(2, 4), num_latents=4, split_intervals=(2, 2), input_dist="categorical(k=3)"),
+    "pd": lambda: structures.pd(
+        data_shape=(2, 4), num_latents=4, split_intervals=(2, 2), input_dist="categorical(k=3)"
+    ),
 }
 
 
@@ -36,17 +42,21 @@ def triton_device(device):
     return device
 
 
+def _sum_layers(m) -> list:
+    return [L for L in m._engine().layers if isinstance(L, te._SumLayer)]
+
+
 def _contig_layers(m) -> list[bool]:
-    return [L.contig for L in m._engine().layers if isinstance(L, te._SumLayer)]
+    return [L.contig for L in _sum_layers(m)]
 
 
 def test_contiguity_is_detected_exactly():
     step = np.arange(4)
-    assert te._contiguous(np.stack([5 + step, 9 + step], 1))
-    assert te._contiguous(np.stack([5 + step, 0 * step], 1))  # padding: row 0 throughout
-    assert not te._contiguous(np.stack([5 + step, 9 + step[::-1]], 1))
-    assert not te._contiguous(np.stack([0 * step + 5, 9 + step], 1))  # one row repeated
-    assert not te._contiguous(np.stack([step, 9 + step], 1))  # starts at row 0, then moves on
+    assert contiguous_columns(np.stack([5 + step, 9 + step], 1))
+    assert contiguous_columns(np.stack([5 + step, 0 * step], 1))  # padding: row 0 throughout
+    assert not contiguous_columns(np.stack([5 + step, 9 + step[::-1]], 1))
+    assert not contiguous_columns(np.stack([0 * step + 5, 9 + step], 1))  # one row repeated
+    assert not contiguous_columns(np.stack([step, 9 + step], 1))  # starts at row 0, then moves on
 
 
 def test_the_cases_cover_both_gathers(triton_device):
@@ -56,15 +66,30 @@ def test_the_cases_cover_both_gathers(triton_device):
     assert seen == {True, False}
 
 
-@pytest.mark.parametrize("contig", [True, False])
+def test_unrolled_kernels_are_emitted_only_for_table_driven_layers():
+    from pcir.backend.codegen import generate
+    from pcir.backend.plan import lower
+
+    for name, make in CIRCUITS.items():
+        plan = lower(make())
+        text = generate(plan)
+        table = any(L.kind == "sum" and not L.contiguous() for L in plan.layers)
+        assert ("def sum_fwd_v0s(" in text) == table, name
+
+
+@pytest.mark.parametrize("contig, static", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("batch", [5, 70])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
-def test_gathers_and_forward_layouts_match_reference(name, batch, contig, triton_device, monkeypatch):
+def test_gathers_and_forward_layouts_match_reference(name, batch, contig, static, triton_device, monkeypatch):
     monkeypatch.setattr(te, "CONTIG_GATHER", contig)
+    monkeypatch.setattr(te, "STATIC_GATHER", static)
     c = CIRCUITS[name]()
     m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
-    if not contig:
-        assert not any(_contig_layers(m))
+    layers = _sum_layers(m)
+    table = [not L.contiguous() for L in m.plan.layers if L.kind == "sum"]
+    assert [L.contig for L in layers] == [contig and not t for t in table]
+    # exactly the table-driven layers take the unrolled kernels, and only when asked to
+    assert [L.sfx for L in layers] == ["s" if static and t else "" for t in table]
     x, miss = data_for(c, batch, seed=batch, p_missing=0.2)
     with torch.no_grad():
         ll = m(x, miss).cpu().double().numpy()

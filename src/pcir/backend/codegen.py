@@ -27,6 +27,8 @@ shape share one compiled kernel.
 
 from __future__ import annotations
 
+import re
+
 from .plan import KernelPlan
 
 HEADER = """\
@@ -252,11 +254,13 @@ def _col_rows(COLS, col_off, k, km, a, A, CG: tl.constexpr):
 # Tile tables (int64 rows), see triton_engine:
 #   forward / parameter tiles T[t] = (row, units, w_off, K, col_off, m_tile, list_start, list_len, group)
 #   column tiles            C[t] = (row, units, w_off, K, col_off, k_tile, list_start, list_len, group)
-SUM_KERNELS = '''
+SUM_TILES = """
 V{i}_BM = tl.constexpr({bm})
 V{i}_BK = tl.constexpr({bk})
 
+"""
 
+SUM_KERNELS = '''
 @triton.jit
 def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr):
     """Sum layer forward: out[s, b] = log sum_k W[s, k] exp(c[k, b]), c = fused product values."""
@@ -548,6 +552,16 @@ def normalise_rows(X, OUT, TAB, BR: tl.constexpr, BK: tl.constexpr, LOG: tl.cons
 '''
 
 
+def static_arity(text: str) -> str:
+    """The sum kernels of ``text`` with the arity a compile-time constant (``A: tl.constexpr``,
+    loops unrolled; one compiled kernel per arity) and the suffix ``s`` on their names. Faster on
+    table-driven gathers (PD, RAT-SPN), slower on contiguous ones (see triton_engine)."""
+    text = text.replace(", B, A, BB: tl.constexpr", ", B, A: tl.constexpr, BB: tl.constexpr")
+    text = text.replace(", B, A, CH, BB: tl.constexpr", ", B, A: tl.constexpr, CH, BB: tl.constexpr")
+    text = text.replace("for a in range(0, A)", "for a in tl.static_range(A)")
+    return re.sub(r"^def (sum_\w+_v\d+)\(", r"def \1s(", text, flags=re.M)
+
+
 def variants(plan: KernelPlan) -> list[tuple[int, int]]:
     """Distinct (block_m, block_k) of the sum layers, in first-use order."""
     out: list[tuple[int, int]] = []
@@ -579,16 +593,17 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     if vs:
         parts.append(COL_ROWS)
     for i, (bm, bk) in enumerate(vs):
-        parts.append(
-            SUM_KERNELS.format(
-                i=i,
-                bm=bm,
-                bk=bk,
-                dot_we=dot.format(a="w", b="e"),
-                dot_ew=dot.format(a="e", b="w"),
-                dot_wg=dot.format(a="tl.trans(w)", b="g"),
-                dot_ge=dot.format(a="g", b="tl.trans(e)"),
-            )
+        parts.append(SUM_TILES.format(i=i, bm=bm, bk=bk))
+        text = SUM_KERNELS.format(
+            i=i,
+            dot_we=dot.format(a="w", b="e"),
+            dot_ew=dot.format(a="e", b="w"),
+            dot_wg=dot.format(a="tl.trans(w)", b="g"),
+            dot_ge=dot.format(a="g", b="tl.trans(e)"),
         )
+        parts.append(text)
+        mine = [layer for layer in plan.layers if layer.kind == "sum" and layer_variant[layer.index] == i]
+        if not all(layer.contiguous() for layer in mine):  # table-driven layers: the arity unrolled
+            parts.append(static_arity(text))
     parts.append(ROW_KERNELS)
     return "".join(parts)

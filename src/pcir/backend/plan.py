@@ -156,6 +156,12 @@ class Layer:
     scratch: bool = False  # a product launch whose rows are in the shared scratch region
     live_end: int = -1  # scratch launches: the last launch that needs its rows (the recompute point)
 
+    def contiguous(self) -> bool:
+        """Sum layers: whether every input of every group's column table reads consecutive rows
+        (``cols[k, a] == cols[0, a] + k``, HCLT and HMM); the kernels then compute the rows
+        from ``k`` (``codegen.COL_ROWS``). Padding inputs (row 0 throughout) qualify."""
+        return self.kind == "sum" and all(contiguous_columns(g.cols) for g in self.groups)
+
 
 @dataclass
 class ParamSlot:
@@ -289,6 +295,14 @@ class KernelPlan:
         for name, slot in self.params.items():
             out.append(f"param {name} {slot.kind} offset={slot.offset} shape={list(slot.shape)}")
         return "\n".join(out) + "\n"
+
+
+def contiguous_columns(cols: np.ndarray) -> bool:
+    """Whether every input (column of ``cols [K, arity]``) reads consecutive rows, starting past
+    row 0, or row 0 throughout (padding)."""
+    step = np.arange(cols.shape[0], dtype=np.int64)
+    c64 = np.asarray(cols, dtype=np.int64)
+    return all(bool(np.all(c == 0) or (c[0] != 0 and np.all(c == c[0] + step))) for c in c64.T)
 
 
 # the largest node and column tiles of a sum layer (powers of two)

@@ -30,6 +30,10 @@ BWD_STAGES = 1
 # forward 16-31% faster on HCLT and HMM (H200, bench/kernel_probe.py variant "nocg": hclt-512
 # 9.52 -> 8.02 ms, hclt-128 batch 1 0.46 -> 0.32, hmm-512 1.44 -> 1.09), the backward about equal
 CONTIG_GATHER = True
+# table-driven layers (PD, RAT-SPN) run kernels with the arity unrolled (codegen.static_arity):
+# pd-128 forward 2.96 -> 2.57 ms, backward 7.63 -> 7.17 on an H200; on contiguous layers the
+# unrolled loop was slower (hclt-512 forward 8.0 -> 10.0 ms), so those keep the runtime arity
+STATIC_GATHER = True
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
 COUNT_BU = 32  # leaf rows per categorical-count program
@@ -72,25 +76,16 @@ def _batch_tile(B: int) -> int:
     return b
 
 
-def _contiguous(cols: np.ndarray) -> bool:
-    """Whether every input of a padded column table ``[K, A]`` reads consecutive rows (or row 0
-    throughout): what ``codegen.COL_ROWS``'s contiguous form assumes."""
-    step = np.arange(cols.shape[0], dtype=np.int64)
-    return all(bool(np.all(c == 0) or (c[0] != 0 and np.all(c == c[0] + step))) for c in cols.T)
-
-
 class _SumLayer:
     def __init__(self, layer, variant: int, device):
         lt = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64).reshape(-1), device=device)
         A = layer.arity
         cols, fwd, fwd_list, col_tab, col_list, pf_tab = [], [], [], [], [], []
         off = 0
-        contig = CONTIG_GATHER
         for g in layer.groups:
             assert isinstance(g, SumGroupPlan)
             padded = np.zeros((g.k, A), dtype=np.int64)
             padded[:, : g.arity] = g.cols
-            contig = contig and _contiguous(padded)
             cols.append(padded.reshape(-1))
             head = (g.row, g.units, g.w_off, g.k, off)
             tiles = g.tiles
@@ -107,7 +102,10 @@ class _SumLayer:
             off += g.k * A
         self.variant = variant
         self.arity = A
-        self.contig = bool(contig)
+        contig = layer.contiguous()
+        self.contig = CONTIG_GATHER and contig
+        # the kernels with the arity unrolled (codegen, suffix "s") for table-driven layers
+        self.sfx = "s" if STATIC_GATHER and not contig else ""
         self.num_warps = WARPS_LARGE_TILE if layer.block_m * layer.block_k >= 64 * 64 else 4
         self.exclusive = layer.exclusive
         self.cols = lt(np.concatenate(cols)).to(torch.int32)
@@ -227,7 +225,7 @@ class TritonEngine:
         B = V.shape[1]
         BB = _batch_tile(B)
         name = "sum_fwdt" if BB >= TRANS_FWD_MIN_BB else "sum_fwd"
-        fn = getattr(self.k, f"{name}_v{L.variant}")
+        fn = getattr(self.k, f"{name}_v{L.variant}{L.sfx}")
         fn[(L.n_fwd, triton_cdiv(B, BB))](
             V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB, CG=L.contig, num_warps=L.num_warps
         )
@@ -249,8 +247,8 @@ class TritonEngine:
                 k.product_fwd[(P.n, nb)](V, P.idx, P.tab, B, P.n, A=P.arity, BU=BU, BB=BB)
                 F[P.row0 : P.row0 + P.rows].zero_()
             if isinstance(L, _SumLayer):
-                cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}")
-                pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}")
+                cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}{L.sfx}")
+                pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}{L.sfx}")
                 chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
                 ch = triton_cdiv(nb, chunks) * BB
                 opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
