@@ -11,6 +11,7 @@ measured before it becomes the default; the model is compiled again for each var
 ``nostatic``: table-driven layers on the kernels with a runtime arity (default: unrolled);
 ``ntfwd``: the sum forward feature-major at every batch size (``sum_fwd``; by default batch tiles
 of 64 run the batch-major ``sum_fwdt``); ``bm128``/``bk128``: node/column tiles up to 128;
+``small<X>``: batch tiles of 32 on sum launches of fewer than X * SMs tiles;
 ``stages<N>``/``warps4``: launch options on every sum launch; ``scatter``: every categorical
 table's expected counts by scatter (one atomic add per leaf and sample) instead of the one-hot
 product (``stats_ms``). Variants measured and dropped are in bench/RESULTS.md (the source edits
@@ -55,6 +56,8 @@ def knobs(name: str):
         for part in name.split("+"):
             if part in KNOBS:
                 mod, attr, val = KNOBS[part]
+            elif part.startswith("small"):
+                mod, attr, val = te, "SMALL_LAYER", float(part[5:])
             else:
                 continue
             saved.append((mod, attr, getattr(mod, attr)))

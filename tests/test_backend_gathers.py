@@ -5,6 +5,7 @@ reference evaluator.
   rows (HCLT, HMM) reads only the first row of each input; others read the whole table.
 * Table-driven layers run the kernels with the arity unrolled (``codegen.static_arity``, names
   ending in ``s``), or with the arity a runtime argument.
+* Sum launches of few tiles run on batch tiles of 32 instead of 64 (``SMALL_LAYER``).
 * The forward runs feature-major (``sum_fwd``) on batch tiles under 64 and batch-major
   (``sum_fwdt``) on tiles of 64.
 
@@ -77,11 +78,14 @@ def test_unrolled_kernels_are_emitted_only_for_table_driven_layers():
         assert ("def sum_fwd_v0s(" in text) == table, name
 
 
-@pytest.mark.parametrize("contig, static", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize(
+    "contig, static, small", [(True, True, 0), (False, True, 0), (True, False, 0), (True, True, 1e9)]
+)
 @pytest.mark.parametrize("batch", [5, 70])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
-def test_gathers_and_forward_layouts_match_reference(name, batch, contig, static, triton_device, monkeypatch):
+def test_gathers_and_forward_layouts_match_reference(name, batch, contig, static, small, triton_device, monkeypatch):
     monkeypatch.setattr(te, "CONTIG_GATHER", contig)
+    monkeypatch.setattr(te, "SMALL_LAYER", small)  # 1e9: every launch of 64-sample tiles on 32
     monkeypatch.setattr(te, "STATIC_GATHER", static)
     c = CIRCUITS[name]()
     m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")

@@ -34,6 +34,10 @@ CONTIG_GATHER = True
 # pd-128 forward 2.96 -> 2.57 ms, backward 7.63 -> 7.17 on an H200; on contiguous layers the
 # unrolled loop was slower (hclt-512 forward 8.0 -> 10.0 ms), so those keep the runtime arity
 STATIC_GATHER = True
+# layers of few tiles (fewer than SMALL_LAYER x SMs node tiles in the forward, column tiles in the
+# node flows) run on batch tiles of 32 instead of 64: twice the programs, to keep the card busy
+# (0 disables)
+SMALL_LAYER = 1.0
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
 COUNT_BU = 32  # leaf rows per categorical-count program
@@ -181,6 +185,7 @@ class TritonEngine:
         self.target_programs = 4 * (
             torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         )
+        self.sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
@@ -220,10 +225,17 @@ class TritonEngine:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         return V, M
 
+    def _tile_for(self, tiles: int, B: int) -> int:
+        """The batch tile of a sum launch over ``tiles`` (node or column) tiles."""
+        BB = _batch_tile(B)
+        if BB == 64 and tiles < SMALL_LAYER * self.sms:
+            return 32
+        return BB
+
     def sum_forward(self, L: _SumLayer, V, W, M) -> None:
         """One sum layer's forward launch."""
         B = V.shape[1]
-        BB = _batch_tile(B)
+        BB = self._tile_for(L.n_fwd, B)
         name = "sum_fwdt" if BB >= TRANS_FWD_MIN_BB else "sum_fwd"
         fn = getattr(self.k, f"{name}_v{L.variant}{L.sfx}")
         fn[(L.n_fwd, triton_cdiv(B, BB))](
@@ -254,8 +266,9 @@ class TritonEngine:
                 opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
                 opts["CG"] = L.contig
                 pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, **opts)
-                cols_fn[(L.n_col, nb)](
-                    V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=BB, EXCL=L.exclusive, **opts
+                CB = self._tile_for(L.n_col, B)
+                cols_fn[(L.n_col, triton_cdiv(B, CB))](
+                    V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=CB, EXCL=L.exclusive, **opts
                 )
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
