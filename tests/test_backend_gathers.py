@@ -5,7 +5,8 @@ reference evaluator.
   rows (HCLT, HMM) reads only the first row of each input; others read the whole table.
 * Table-driven layers run the kernels with the arity unrolled (``codegen.static_arity``, names
   ending in ``s``), or with the arity a runtime argument.
-* Sum launches of few tiles run on batch tiles of 32 instead of 64 (``SMALL_LAYER``).
+* Short sum launches of few tiles on contiguous layers run on batch tiles of 32 instead of 64
+  (``SMALL_LAYER``).
 * The forward runs feature-major (``sum_fwd``) on batch tiles under 64 and batch-major
   (``sum_fwdt``) on tiles of 64.
 
@@ -85,7 +86,8 @@ def test_unrolled_kernels_are_emitted_only_for_table_driven_layers():
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_gathers_and_forward_layouts_match_reference(name, batch, contig, static, small, triton_device, monkeypatch):
     monkeypatch.setattr(te, "CONTIG_GATHER", contig)
-    monkeypatch.setattr(te, "SMALL_LAYER", small)  # 1e9: every launch of 64-sample tiles on 32
+    monkeypatch.setattr(te, "SMALL_LAYER", small)  # 1e9: contiguous launches of 64-sample tiles on 32
+    monkeypatch.setattr(te, "SMALL_LAYER_LOOP", 1 << 30 if small else te.SMALL_LAYER_LOOP)
     monkeypatch.setattr(te, "STATIC_GATHER", static)
     c = CIRCUITS[name]()
     m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
@@ -106,3 +108,22 @@ def test_gathers_and_forward_layouts_match_reference(name, batch, contig, static
     for pname, pf in ev.flows(c, x, miss).param.items():
         got = m.param_flows(pname).cpu().double().numpy()
         np.testing.assert_allclose(got, pf, rtol=2e-4, atol=1e-4, err_msg=pname)
+
+
+def test_batch_tile_of_sum_launches(monkeypatch):
+    class _L:  # what _tile_for reads of a layer
+        def __init__(self, contig):
+            self.contig = contig
+
+    eng = te.TritonEngine.__new__(te.TritonEngine)
+    eng.sms = 100
+    monkeypatch.setattr(te, "SMALL_LAYER", 1.0)
+    monkeypatch.setattr(te, "SMALL_LAYER_LOOP", 512)
+    assert eng._tile_for(_L(True), 99, 512, 512) == 32  # short, few tiles, contiguous
+    assert eng._tile_for(_L(True), 100, 512, 512) == 64  # enough tiles
+    assert eng._tile_for(_L(True), 99, 1024, 512) == 64  # long loop
+    assert eng._tile_for(_L(False), 99, 512, 512) == 64  # table-driven
+    assert eng._tile_for(_L(True), 99, 512, 20) == 32  # batch of 20: the tile is 32 anyway
+    assert eng._tile_for(_L(True), 99, 512, 1) == 16
+    monkeypatch.setattr(te, "SMALL_LAYER", 0.0)
+    assert eng._tile_for(_L(True), 1, 16, 512) == 64  # off

@@ -34,10 +34,15 @@ CONTIG_GATHER = True
 # pd-128 forward 2.96 -> 2.57 ms, backward 7.63 -> 7.17 on an H200; on contiguous layers the
 # unrolled loop was slower (hclt-512 forward 8.0 -> 10.0 ms), so those keep the runtime arity
 STATIC_GATHER = True
-# layers of few tiles (fewer than SMALL_LAYER x SMs node tiles in the forward, column tiles in the
-# node flows) run on batch tiles of 32 instead of 64: twice the programs, to keep the card busy
-# (0 disables)
+# short sum launches of few tiles on contiguous layers (fewer than SMALL_LAYER x SMs node tiles in
+# the forward, column tiles in the node flows, each looping over at most SMALL_LAYER_LOOP columns /
+# nodes) run on batch tiles of 32 instead of 64: twice the programs, to hide the latency of short
+# loops. H200, bench/kernel_probe.py variant "small0": hclt-128 forward 1.16 -> 1.04 ms, backward
+# 2.11 -> 1.99; suite runs s4 -> s5 (bench/RESULTS.md): train hclt-32 2.08 -> 1.69 ms, hmm-512 3.64
+# -> 3.36. Long loops lost (hmm-2048, 2048 columns: forward 4.95 -> 6.07 ms), hence the loop bound;
+# so did PD's small tiles (pd-32 train 2.08 -> 2.55 ms), hence contiguous layers only. 0 disables.
 SMALL_LAYER = 1.0
+SMALL_LAYER_LOOP = 512
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
 COUNT_BU = 32  # leaf rows per categorical-count program
@@ -106,6 +111,8 @@ class _SumLayer:
             off += g.k * A
         self.variant = variant
         self.arity = A
+        self.max_k = max(g.k for g in layer.groups)  # the forward's loop (columns)
+        self.max_units = max(g.units for g in layer.groups)  # the node flows' loop (nodes)
         contig = layer.contiguous()
         self.contig = CONTIG_GATHER and contig
         # the kernels with the arity unrolled (codegen, suffix "s") for table-driven layers
@@ -225,17 +232,18 @@ class TritonEngine:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         return V, M
 
-    def _tile_for(self, tiles: int, B: int) -> int:
-        """The batch tile of a sum launch over ``tiles`` (node or column) tiles."""
+    def _tile_for(self, L: _SumLayer, tiles: int, loop: int, B: int) -> int:
+        """The batch tile of a launch of sum layer ``L`` over ``tiles`` (node or column) tiles
+        whose programs loop over at most ``loop`` columns (nodes)."""
         BB = _batch_tile(B)
-        if BB == 64 and tiles < SMALL_LAYER * self.sms:
+        if BB == 64 and L.contig and tiles < SMALL_LAYER * self.sms and loop <= SMALL_LAYER_LOOP:
             return 32
         return BB
 
     def sum_forward(self, L: _SumLayer, V, W, M) -> None:
         """One sum layer's forward launch."""
         B = V.shape[1]
-        BB = self._tile_for(L.n_fwd, B)
+        BB = self._tile_for(L, L.n_fwd, L.max_k, B)
         name = "sum_fwdt" if BB >= TRANS_FWD_MIN_BB else "sum_fwd"
         fn = getattr(self.k, f"{name}_v{L.variant}{L.sfx}")
         fn[(L.n_fwd, triton_cdiv(B, BB))](
@@ -266,7 +274,7 @@ class TritonEngine:
                 opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
                 opts["CG"] = L.contig
                 pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, **opts)
-                CB = self._tile_for(L.n_col, B)
+                CB = self._tile_for(L, L.n_col, L.max_units, B)
                 cols_fn[(L.n_col, triton_cdiv(B, CB))](
                     V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=CB, EXCL=L.exclusive, **opts
                 )
