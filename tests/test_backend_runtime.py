@@ -365,3 +365,20 @@ def test_row_chunked_normalisation_and_em(case, engine, device, monkeypatch):
         if slot.kind != "indicator":
             np.testing.assert_allclose(m.get_param(p).cpu().double().numpy(), new.param_value(p), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(m(x).detach().cpu().double().numpy(), ev.log_likelihood(new, x), rtol=1e-4)
+
+
+@pytest.mark.parametrize("n, chunk", [(10, 1 << 22), (1000, 64)])  # one chunk; 16 chunks on threads
+def test_log32_is_the_float64_log_rounded(n, chunk):
+    from pcir.backend.runtime import _log32
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, n)
+    a[::7] = 0.0  # log 0 = -inf
+    a[3] = -1e-9  # clipped to 0
+    with np.errstate(divide="ignore"):
+        want = np.log(np.maximum(a, 0.0)).astype(np.float32)
+    got = _log32(a, chunk=chunk)
+    assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    out = np.full(n + 4, 7.0, dtype=np.float32)
+    _log32(a, out=out[2 : 2 + n], chunk=chunk)  # into a slice of a bigger store
+    assert out[2 : 2 + n].tobytes() == want.tobytes() and np.all(out[:2] == 7.0) and np.all(out[-2:] == 7.0)

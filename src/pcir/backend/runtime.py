@@ -196,6 +196,32 @@ class _Tables:
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
 
 
+def _log32(arr: np.ndarray, out: np.ndarray | None = None, chunk: int = 1 << 22) -> np.ndarray:
+    """float32 ``log(max(arr, 0))`` computed in float64, elementwise, into ``out`` (a new array by
+    default); big arrays (an HMM's emission table: 68M entries) in chunks on several threads
+    (numpy releases the GIL), with no float64 copy of the whole array."""
+    a = np.asarray(arr).reshape(-1)
+    if out is None:
+        out = np.empty(a.shape, dtype=np.float32)
+
+    def part(lo: int) -> None:
+        v = np.maximum(a[lo : lo + chunk].astype(np.float64), 0.0)
+        with np.errstate(divide="ignore"):  # (error state is per thread)
+            np.log(v, out=v)
+        out[lo : lo + chunk] = v
+
+    starts = range(0, a.size, chunk)
+    if len(starts) > 2:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+            list(pool.map(part, starts))
+    else:
+        for lo in starts:
+            part(lo)
+    return out
+
+
 def _slot_values(plan: KernelPlan, slot, arr) -> tuple[str, slice, np.ndarray]:
     """(store, where, float32 values) that hold a parameter's IR value ``arr``: sums as log-weights
     (``-inf`` off the edges), categoricals as log-probabilities, bernoullis as two-category log
@@ -208,8 +234,7 @@ def _slot_values(plan: KernelPlan, slot, arr) -> tuple[str, slice, np.ndarray]:
             edge = plan.sum_edge[slot.offset : slot.offset + n]
             return "sum", slice(slot.offset, slot.offset + n), np.where(edge, lv, np.float32(-np.inf))
         if slot.kind == "categorical":
-            lv = np.log(np.maximum(arr.reshape(-1).astype(np.float64), 0.0)).astype(np.float32)
-            return "cat", slice(slot.offset, slot.offset + n), lv
+            return "cat", slice(slot.offset, slot.offset + n), _log32(arr)
         if slot.kind == "bernoulli":
             p = np.clip(arr.reshape(-1).astype(np.float64), 0.0, 1.0)
             tab = np.log(np.stack([1.0 - p, p], axis=1)).reshape(-1).astype(np.float32)
@@ -307,7 +332,11 @@ class CompiledCircuit(nn.Module):
         }
 
         def fill(name: str) -> None:  # disjoint slices of the stores: safe from several threads
-            store, where, vals = _slot_values(plan, plan.params[name], circuit.param_value(name))
+            slot, value = plan.params[name], circuit.param_value(name)
+            if slot.kind == "categorical":  # straight into the store (tables can be huge)
+                _log32(value, out=stores["cat"][slot.offset : slot.offset + int(np.prod(slot.shape))])
+                return
+            store, where, vals = _slot_values(plan, slot, value)
             stores[store][where] = vals
 
         names = [n for n, slot in plan.params.items() if slot.kind not in ("indicator", "literal")]

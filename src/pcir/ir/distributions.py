@@ -181,8 +181,11 @@ def _int_arg_problem(dist: Dist, key: str, minimum: int) -> str | None:
 
 
 def _normalize_rows(a: np.ndarray) -> np.ndarray:
+    """``a`` with each row divided by its sum, in place (``a`` is a fresh array: big tables, e.g.
+    an HMM's 2048 x 33279 emissions, are not copied)."""
     s = a.sum(axis=-1, keepdims=True)
-    return a / np.where(s > 0, s, 1.0)
+    a /= np.where(s > 0, s, 1.0)
+    return a
 
 
 class Categorical:
