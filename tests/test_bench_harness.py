@@ -133,3 +133,21 @@ def test_per_layer_profile_maps_every_launch_to_the_plan(monkeypatch):
     assert "note" not in out, out.get("note")
     assert [r["layer"] for r in out["layers"]] == [layer.index for layer in model.plan.layers]
     assert all(r["fwd_ms"] >= 0 and r["bwd_ms"] >= 0 for r in out["layers"])
+
+
+def test_kernel_probe_knobs_are_set_and_restored():
+    import kernel_probe as kp
+
+    from pcir.backend import plan as plan_mod
+    from pcir.backend import triton_engine as te
+
+    before = (te.CONTIG_GATHER, te.SMALL_LAYER, plan_mod.BLOCK_M_CAP, te.STATIC_GATHER)
+    with kp.knobs("nocg+small0+bm128+nostatic+stages1"):  # stages1: a launch option, no knob
+        assert (te.CONTIG_GATHER, te.SMALL_LAYER, plan_mod.BLOCK_M_CAP, te.STATIC_GATHER) == (False, 0.0, 128, False)
+    assert (te.CONTIG_GATHER, te.SMALL_LAYER, plan_mod.BLOCK_M_CAP, te.STATIC_GATHER) == before
+    with pytest.raises(RuntimeError), kp.knobs("small2"):  # restored on errors too
+        assert te.SMALL_LAYER == 2.0
+        raise RuntimeError
+    assert te.SMALL_LAYER == before[1]
+    mod = object()
+    assert kp.with_launch_options(mod, "nocg") is mod  # no launch options: the module itself
