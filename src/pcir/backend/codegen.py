@@ -44,7 +44,7 @@ LAYER_VARIANT = {layer_variant}
 # Every atomic in the templates is a pure accumulation (flows, counts, the forward's per-sample
 # max) whose result is only read by a later kernel, and kernel boundaries order memory, so they use
 # relaxed ordering. Triton's default, acq_rel, made the backward 1.6-1.8x slower on an H200
-# (bench/kernel_probe.py, variant "relaxed": pd-128 backward 13.8 -> 7.7 ms, hclt-128 3.05 -> 2.19,
+# (bench/kernel_probe.py of the third session, variant "relaxed": pd-128 backward 13.8 -> 7.7 ms, hclt-128 3.05 -> 2.19,
 # hmm-512 2.58 -> 1.63; categorical counts 0.85 -> 0.40 ms).
 
 # dot(a, b) in the chosen precision: tf32 and ieee are tl.dot's input precisions; bf16 casts.
