@@ -188,11 +188,9 @@ class TritonEngine:
                 self.layers.append(_SumLayer(layer, kernels.LAYER_VARIANT[layer.index], device))
             else:
                 self.layers.append(_ProductLayer(layer, device))
-        # parameter-flow programs split the batch until about this many run at once
-        self.target_programs = 4 * (
-            torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        )
         self.sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        # parameter-flow programs split the batch until about this many run at once
+        self.target_programs = 4 * self.sms
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
@@ -271,8 +269,7 @@ class TritonEngine:
                 pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}{L.sfx}")
                 chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
                 ch = triton_cdiv(nb, chunks) * BB
-                opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
-                opts["CG"] = L.contig
+                opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES, "CG": L.contig}
                 pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, **opts)
                 CB = self._tile_for(L, L.n_col, L.max_units, B)
                 cols_fn[(L.n_col, triton_cdiv(B, CB))](
