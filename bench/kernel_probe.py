@@ -12,7 +12,8 @@ measured before it becomes the default; the model is compiled again for each var
 ``ntfwd``: the sum forward feature-major at every batch size (``sum_fwd``; by default batch tiles
 of 64 run the batch-major ``sum_fwdt``); ``bm128``/``bk128``: node/column tiles up to 128;
 ``small<X>``: batch tiles of 32 on sum launches of fewer than X * SMs tiles;
-``stages<N>``/``warps4``: launch options on every sum launch; ``scatter``: every categorical
+``stages<N>``/``warps4``: launch options on every sum launch; ``fs<N>``: ``num_stages`` of the
+sum forward only; ``nodense``: dense layers loop over a tile list like block-sparse ones; ``scatter``: every categorical
 table's expected counts by scatter (one atomic add per leaf and sample) instead of the one-hot
 product (``stats_ms``). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
@@ -45,6 +46,7 @@ KNOBS = {
     "bm128": (plan_mod, "BLOCK_M_CAP", 128),
     "bk128": (plan_mod, "BLOCK_K_CAP", 128),
     "scatter": (te, "COUNT_SCATTER_K", 0),
+    "nodense": (te, "DENSE_LOOP", False),
 }
 
 
@@ -58,6 +60,8 @@ def knobs(name: str):
                 mod, attr, val = KNOBS[part]
             elif part.startswith("small"):
                 mod, attr, val = te, "SMALL_LAYER", float(part[5:])
+            elif part.startswith("fs"):
+                mod, attr, val = te, "FWD_OPTS", {"num_stages": int(part[2:])}
             else:
                 continue
             saved.append((mod, attr, getattr(mod, attr)))
@@ -98,6 +102,24 @@ def with_launch_options(mod, name: str):
     return Wrapped()
 
 
+def layer_shape(layer, L) -> dict:
+    """What one sum layer launches: node / column / parameter tiles, groups, the longest
+    loops, and its multiply-adds per sample (edges)."""
+    return {
+        "groups": len(layer.groups),
+        "units": sum(g.units for g in layer.groups),
+        "edges": int(sum(g.units * g.k for g in layer.groups)),
+        "arity": L.arity,
+        "tiles_fwd": L.n_fwd,
+        "tiles_col": L.n_col,
+        "tiles_pf": L.n_pf,
+        "max_k": L.max_k,
+        "bm_bk": [layer.block_m, layer.block_k],
+        "contig": bool(L.contig),
+        "dense": [bool(L.dense_fwd), bool(L.dense_col)],
+    }
+
+
 def time_graph(fn, reps: int = 50) -> float:
     fn()
     torch.cuda.synchronize()
@@ -120,7 +142,11 @@ def main() -> int:
     ap.add_argument("--config", default="hclt-128")
     ap.add_argument("--batch", default="1,512")
     ap.add_argument("--variants", default="base,static")
-    ap.add_argument("--layers", default="0,10,40", help="sum layers timed one by one (forward)")
+    ap.add_argument(
+        "--layers",
+        default="0,10,40",
+        help="sum layers timed one by one (forward); 'all': every sum layer, forward and backward, with its shape",
+    )
     ap.add_argument("--precision", default="tf32")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -147,13 +173,19 @@ def main() -> int:
                 F, _ = eng.backward(W, V, M, xf, ones)
                 cat = torch.zeros(model.plan.cat_size, device=dev)
                 stats = time_graph(functools.partial(eng.input_stats, F, xf, model.gauss, cat=cat))
-                per = {}
-                for li in [int(s) for s in args.layers.split(",")]:
+                per, per_bwd, shape = {}, {}, {}
+                chosen = range(len(sums)) if args.layers == "all" else [int(s) for s in args.layers.split(",")]
+                PF = torch.zeros(model.plan.w_size, device=dev)
+                for li in chosen:
                     if li >= len(sums):
                         continue
                     L = eng.layers[sums[li]]
                     one = functools.partial(eng.sum_forward, L, V, W, M)
                     per[li] = round(time_graph(one, 200) * 1000, 1)
+                    if args.layers == "all":
+                        back = functools.partial(eng.sum_backward, L, V, F, W, M, PF)
+                        per_bwd[li] = round(time_graph(back, 100) * 1000, 1)
+                        shape[li] = layer_shape(model.plan.layers[sums[li]], L)
                 row = {
                     "config": cfg.name,
                     "B": B,
@@ -164,6 +196,9 @@ def main() -> int:
                     "root_ll_mean": round(float(V[model.plan.root_row].mean()), 4),
                     "layer_fwd_us": per,
                 }
+                if per_bwd:
+                    row["layer_bwd_us"] = per_bwd
+                    row["layer_shape"] = shape
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             del model, eng, V, M, F

@@ -9,9 +9,11 @@ reference evaluator.
   (``SMALL_LAYER``).
 * The forward runs feature-major (``sum_fwd``) on batch tiles under 64 and batch-major
   (``sum_fwdt``) on tiles of 64.
+* Dense layers (every node tile meets every column tile) loop over the tile index (``DENSE``);
+  block-sparse ones over a list of the occupied tiles.
 
-Each case runs with contiguous gathers on and off, unrolled arity on and off, at a batch of each
-forward layout.
+Each case runs with contiguous gathers on and off, unrolled arity on and off, dense loops on and
+off, at a batch of each forward layout.
 """
 
 from __future__ import annotations
@@ -22,13 +24,29 @@ import torch
 from test_backend_helpers import CASES, data_for
 
 from pcir import knobs, structures
+from pcir.ir import CircuitBuilder, Dist, Domain, verify
 from pcir.backend import compile as pc_compile
 from pcir.backend import triton_engine as te
 from pcir.backend.plan import contiguous_columns
 from pcir.ir import evaluator as ev
 
+
+def block_sparse():
+    """A sum layer with empty 16x16 tiles (block-diagonal 32 x 32 units), whose loops skip them."""
+    b = CircuitBuilder(seed=3)
+    xs = b.variables(3, Domain.categorical(3))
+    a = b.input(xs[0], 32, Dist.make("categorical", k=3))
+    c = b.input(xs[1], 32, Dist.make("categorical", k=3))
+    d = b.input(xs[2], 32, Dist.make("categorical", k=3))
+    s = b.sum([b.product([a, c])], 32, mask=np.eye(2, dtype=bool), block=(16, 16), attrs={"bs": 16})
+    top = b.sum([b.product([s, d])], 32, mask=np.array([[True, False], [True, True]]), block=(16, 16))
+    b.root(b.sum([top], 1))
+    return verify(b.build())
+
+
 CIRCUITS = {
     **{name: make for name, make in CASES.items()},
+    "block_sparse": block_sparse,
     "hclt": lambda: structures.hclt(np.random.default_rng(0).integers(0, 3, (200, 5)), num_latents=4),
     "hmm": lambda: structures.hmm(5, 4, 6),
     "pd": lambda: structures.pd(
@@ -79,12 +97,33 @@ def test_unrolled_kernels_are_emitted_only_for_table_driven_layers():
         assert ("def sum_fwd_v0s(" in text) == table, name
 
 
+def test_dense_loops_are_detected_exactly(triton_device):
+    """Every HCLT/HMM/PD layer is dense; the block-sparse circuit's two layers are not, in the
+    direction that has empty tiles (its top layer has a full first column of tiles)."""
+    for name in ("hclt", "hmm", "pd"):
+        m = pc_compile(CIRCUITS[name](), engine="triton", device=triton_device, precision="fp32")
+        assert all(L.dense_fwd and L.dense_col for L in _sum_layers(m)), name
+    m = pc_compile(block_sparse(), engine="triton", device=triton_device, precision="fp32")
+    dense = [(L.dense_fwd, L.dense_col) for L in _sum_layers(m)]
+    assert dense == [(False, False), (False, False), (True, True)]
+
+
 @pytest.mark.parametrize(
-    "contig, static, small", [(True, True, 0), (False, True, 0), (True, False, 0), (True, True, 1e9)]
+    "contig, static, small, dense",
+    [
+        (True, True, 0, True),
+        (False, True, 0, True),
+        (True, False, 0, True),
+        (True, True, 1e9, True),
+        (True, True, 0, False),
+    ],
 )
 @pytest.mark.parametrize("batch", [5, 70])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
-def test_gathers_and_forward_layouts_match_reference(name, batch, contig, static, small, triton_device, monkeypatch):
+def test_gathers_and_forward_layouts_match_reference(
+    name, batch, contig, static, small, dense, triton_device, monkeypatch
+):
+    monkeypatch.setattr(te, "DENSE_LOOP", dense)
     monkeypatch.setattr(te, "CONTIG_GATHER", contig)
     monkeypatch.setattr(te, "SMALL_LAYER", small)  # 1e9: contiguous launches of 64-sample tiles on 32
     monkeypatch.setattr(te, "SMALL_LAYER_LOOP", 1 << 30 if small else te.SMALL_LAYER_LOOP)
@@ -96,6 +135,8 @@ def test_gathers_and_forward_layouts_match_reference(name, batch, contig, static
     assert [L.contig for L in layers] == [contig and not t for t in table]
     # exactly the table-driven layers take the unrolled kernels, and only when asked to
     assert [L.sfx for L in layers] == ["s" if static and t else "" for t in table]
+    if not dense:
+        assert not any(L.dense_fwd or L.dense_col for L in layers)
     x, miss = data_for(c, batch, seed=batch, p_missing=0.2)
     with torch.no_grad():
         ll = m(x, miss).cpu().double().numpy()

@@ -262,7 +262,7 @@ V{i}_BK = tl.constexpr({bk})
 
 SUM_KERNELS = '''
 @triton.jit
-def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr):
+def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr):
     """Sum layer forward: out[s, b] = log sum_k W[s, k] exp(c[k, b]), c = fused product values."""
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
@@ -281,7 +281,10 @@ def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.conste
     acc = tl.zeros([V{i}_BM, BB], dtype=tl.float32)
     mx = tl.full([BB], float("-inf"), dtype=tl.float32)
     for j in range(0, nl):
-        kt = tl.load(LIST + l0 + j)
+        if DENSE:  # every column tile, in order: addresses affine in j (pipelinable)
+            kt = j
+        else:
+            kt = tl.load(LIST + l0 + j)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
         km = k < K
         m2 = km[:, None] & bm[None, :]
@@ -305,7 +308,7 @@ def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.conste
 
 
 @triton.jit
-def sum_fwdt_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr):
+def sum_fwdt_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr):
     """sum_fwd batch-major: out[b, s] = log sum_k exp(c[b, k]) W[s, k]; the operand computed in
     registers (exp of the gathered columns) is the product's left one, the one Hopper's
     tensor-core instruction (wgmma) may take from registers rather than shared memory."""
@@ -326,7 +329,10 @@ def sum_fwdt_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.const
     acc = tl.zeros([BB, V{i}_BM], dtype=tl.float32)
     mx = tl.full([BB], float("-inf"), dtype=tl.float32)
     for j in range(0, nl):
-        kt = tl.load(LIST + l0 + j)
+        if DENSE:  # every column tile, in order: addresses affine in j (pipelinable)
+            kt = j
+        else:
+            kt = tl.load(LIST + l0 + j)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
         km = k < K
         m2 = bm[:, None] & km[None, :]
@@ -350,7 +356,9 @@ def sum_fwdt_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.const
 
 
 @triton.jit
-def sum_bwd_cols_v{i}(V, F, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr):
+def sum_bwd_cols_v{i}(
+    V, F, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+):
     """Flows of one column tile: fc[k, b] = exp(c[k,b] - m[b]) sum_s W[s,k] F[s,b] exp(m[b] - V[s,b]),
     sent to every child row of the (fused) product in column k."""
     t = tl.program_id(0)
@@ -371,7 +379,10 @@ def sum_bwd_cols_v{i}(V, F, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, EXCL:
     m = tl.where(m == float("-inf"), 0.0, m)
     acc = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
     for j in range(0, nl):
-        mt = tl.load(LIST + l0 + j)
+        if DENSE:
+            mt = j
+        else:
+            mt = tl.load(LIST + l0 + j)
         s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
         sm = s < units
         ms = sm[:, None] & bm[None, :]

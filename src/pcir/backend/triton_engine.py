@@ -43,6 +43,11 @@ STATIC_GATHER = True
 # so did PD's small tiles (pd-32 train 2.08 -> 2.55 ms), hence contiguous layers only. 0 disables.
 SMALL_LAYER = 1.0
 SMALL_LAYER_LOOP = 512
+# sum layers whose every node (column) tile loops over all column (node) tiles in order, as in
+# HCLT's and HMM's dense groups, loop over the tile index itself instead of a tile list (``DENSE``),
+# so that the loop's loads have addresses affine in the loop index
+DENSE_LOOP = True
+FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob)
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
 COUNT_BU = 32  # leaf rows per categorical-count program
@@ -91,6 +96,7 @@ class _SumLayer:
         A = layer.arity
         cols, fwd, fwd_list, col_tab, col_list, pf_tab = [], [], [], [], [], []
         off = 0
+        dense_fwd = dense_col = True  # every tile list the full range, in order
         for g in layer.groups:
             assert isinstance(g, SumGroupPlan)
             padded = np.zeros((g.k, A), dtype=np.int64)
@@ -102,8 +108,10 @@ class _SumLayer:
                 ks = tiles[tiles[:, 0] == mt, 1]
                 fwd.append((*head, mt, len(fwd_list), len(ks), g.index))
                 fwd_list.extend(ks.tolist())
+                dense_fwd &= bool(np.array_equal(ks, np.arange(-(-g.k // layer.block_k))))
             for kt in np.unique(tiles[:, 1]):
                 ms = tiles[tiles[:, 1] == kt, 0]
+                dense_col &= bool(np.array_equal(ms, np.arange(-(-g.units // layer.block_m))))
                 col_tab.append((*head, kt, len(col_list), len(ms), g.index))
                 col_list.extend(ms.tolist())
             for mt, kt in tiles:
@@ -117,6 +125,8 @@ class _SumLayer:
         self.contig = CONTIG_GATHER and contig
         # the kernels with the arity unrolled (codegen, suffix "s") for table-driven layers
         self.sfx = "s" if STATIC_GATHER and not contig else ""
+        self.dense_fwd = DENSE_LOOP and dense_fwd
+        self.dense_col = DENSE_LOOP and dense_col
         self.num_warps = WARPS_LARGE_TILE if layer.block_m * layer.block_k >= 64 * 64 else 4
         self.exclusive = layer.exclusive
         self.cols = lt(np.concatenate(cols)).to(torch.int32)
@@ -245,7 +255,19 @@ class TritonEngine:
         name = "sum_fwdt" if BB >= TRANS_FWD_MIN_BB else "sum_fwd"
         fn = getattr(self.k, f"{name}_v{L.variant}{L.sfx}")
         fn[(L.n_fwd, triton_cdiv(B, BB))](
-            V, W, L.cols, L.fwd, L.fwd_list, M, B, L.arity, BB=BB, CG=L.contig, num_warps=L.num_warps
+            V,
+            W,
+            L.cols,
+            L.fwd,
+            L.fwd_list,
+            M,
+            B,
+            L.arity,
+            BB=BB,
+            CG=L.contig,
+            DENSE=L.dense_fwd,
+            **FWD_OPTS,
+            num_warps=L.num_warps,
         )
 
     # ---- backward ----------------------------------------------------------------------------
@@ -265,20 +287,29 @@ class TritonEngine:
                 k.product_fwd[(P.n, nb)](V, P.idx, P.tab, B, P.n, A=P.arity, BU=BU, BB=BB)
                 F[P.row0 : P.row0 + P.rows].zero_()
             if isinstance(L, _SumLayer):
-                cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}{L.sfx}")
-                pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}{L.sfx}")
-                chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
-                ch = triton_cdiv(nb, chunks) * BB
-                opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES, "CG": L.contig}
-                pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, **opts)
-                CB = self._tile_for(L, L.n_col, L.max_units, B)
-                cols_fn[(L.n_col, triton_cdiv(B, CB))](
-                    V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=CB, EXCL=L.exclusive, **opts
-                )
+                self.sum_backward(L, V, F, W, M, PF)
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         F[0] = 0.0
         return F, PF
+
+    def sum_backward(self, L: _SumLayer, V, F, W, M, PF) -> None:
+        """One sum layer's backward launches: parameter flows into ``PF``, then the node flows of
+        its columns' children into ``F``."""
+        k = self.k
+        B = V.shape[1]
+        BB = _batch_tile(B)
+        nb = triton_cdiv(B, BB)
+        cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}{L.sfx}")
+        pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}{L.sfx}")
+        chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
+        ch = triton_cdiv(nb, chunks) * BB
+        opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES, "CG": L.contig}
+        pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, **opts)
+        CB = self._tile_for(L, L.n_col, L.max_units, B)
+        cols_fn[(L.n_col, triton_cdiv(B, CB))](
+            V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=CB, EXCL=L.exclusive, DENSE=L.dense_col, **opts
+        )
 
     def input_stats(self, F, xf, gauss, cat=None):
         """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows;
