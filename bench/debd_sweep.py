@@ -56,6 +56,8 @@ AXES = (
     ("drop_last", int, "1"),  # 1 (as pcir train): mini-batch EM leaves out each epoch's short last batch
     ("soften", float, "1"),  # data softening (1: off), see TrainConfig.soften
     ("entropy", float, "0"),  # entropy regularisation (0: off), see TrainConfig.entropy
+    ("init", float, "0"),  # 0: pcir's random initialisation; p > 0: near-uniform, weights ~ 1 + p * U(0, 1)
+    ("stepwise", int, "0"),  # 1: mini-batch EM averages the flows (stepwise EM), not the parameters
 )
 AXIS_TYPES = {name: typ for name, typ, _ in AXES}
 SHORT = {
@@ -69,10 +71,12 @@ SHORT = {
     "drop_last": "dl",
     "soften": "sf",
     "entropy": "en",
+    "init": "in",
+    "stepwise": "sw",
 }
 # axes added after sweeps were recorded: left out of names and keys at this value, so that the
 # runs of those sweeps keep their names and can be reused
-LEGACY_DEFAULTS = {"drop_last": 0, "soften": 1.0, "entropy": 0.0}
+LEGACY_DEFAULTS = {"drop_last": 0, "soften": 1.0, "entropy": 0.0, "init": 0.0, "stepwise": 0}
 
 
 def parse_list(name: str, text: str) -> list:
@@ -162,6 +166,57 @@ def set_state(model, state) -> None:
             p.copy_(state[k])
 
 
+def near_uniform_init(model, perturbation: float, seed: int) -> None:
+    """Every sum node's and categorical leaf's weights proportional to ``1 + perturbation * u``,
+    u ~ U(0, 1) (Juice.jl's ``init_parameters(pc; perturbation)``), instead of pcir's random
+    initialisation (categorical rows ~ U(0.05, 1), normalised): EM starts near uniform."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1_000_003 * int(seed) + 17)
+    with torch.no_grad():
+        for name in ("sum_logits", "cat_logits"):
+            t = getattr(model, name, None)
+            if t is None or not t.numel():
+                continue
+            u = torch.rand(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)
+            t.copy_(torch.where(torch.isfinite(t), torch.log1p(perturbation * u), t))
+
+
+def stepwise_em(trainer, model, n_train: int, num_vars: int) -> None:
+    """Mini-batch EM as stepwise (online) EM: the flows of every batch, scaled to the training set's
+    size, go into running statistics ``S = (1 - step) S + step * (n / batch rows) * flows``, and the
+    parameters are the plain M-step of ``S`` (step 1), where pcir's mini-batch EM averages the
+    parameters (``theta = (1 - step) theta + step * M(flows)``). A node that a batch barely
+    reaches then barely moves. Full-batch epochs are unchanged."""
+    import torch
+
+    state = {"mini": False, "stats": None}
+    run_epoch, em_step = trainer._run_epoch, model.em_step
+
+    def _run_epoch(epoch: int):
+        state["mini"] = trainer.config.mode_for_epoch(epoch) == "mini"
+        return run_epoch(epoch)
+
+    @torch.no_grad()
+    def _em_step(step_size: float = 1.0, pseudocount: float = 0.0, **kw):
+        if not state["mini"]:
+            return em_step(step_size=step_size, pseudocount=pseudocount, **kw)
+        flows = model.flow_tensors()
+        rows = float(flows[1].sum()) / max(num_vars, 1)  # every variable's leaf counts sum to the batch rows
+        scale = n_train / rows if rows > 0 else 0.0
+        if state["stats"] is None:
+            state["stats"] = [f.detach().clone().mul_(scale) for f in flows]
+        else:
+            for st, f in zip(state["stats"], flows, strict=True):
+                st.mul_(1.0 - step_size).add_(f, alpha=step_size * scale)
+        for st, f in zip(state["stats"], flows, strict=True):
+            f.copy_(st)
+        return em_step(step_size=1.0, pseudocount=pseudocount, **kw)
+
+    trainer._run_epoch = _run_epoch
+    model.em_step = _em_step
+
+
 def run_one(task: dict) -> dict:
     """Train one (dataset, grid point, seed); returns its row (never raises: errors are rows)."""
     t_start = time.time()
@@ -190,6 +245,8 @@ def run_one(task: dict) -> dict:
         circuit = debd.build_hclt(ds["train"], p["latents"], task["seed"])
         kw = {"pipeline": task["pipeline"]} if task["pipeline"] else {}
         model = (task.get("compile_fn") or compile_model)(circuit, task["device"], **kw)
+        if float(p.get("init", 0.0)) > 0:
+            near_uniform_init(model, float(p["init"]), task["seed"])
         setup_s = time.perf_counter() - t0
         cfg = TrainConfig(
             epochs=p["epochs"],
@@ -225,6 +282,8 @@ def run_one(task: dict) -> dict:
             log=lambda s: None,
             should_stop=should_stop,
         )
+        if int(p.get("stepwise", 0)):
+            stepwise_em(trainer, model, int(ds["train"].shape[0]), ds.num_vars)
         res = trainer.fit()
         r = res.report
         hist = res.history
@@ -339,6 +398,8 @@ def tables(result: dict) -> str:
         drop = ", drop-last" if p.get("drop_last") else ""
         drop += f", soften {p['soften']:g}" if float(p.get("soften", 1.0)) < 1.0 else ""
         drop += f", entropy {p['entropy']:g}" if float(p.get("entropy", 0.0)) > 0 else ""
+        drop += f", init {p['init']:g}" if float(p.get("init", 0.0)) > 0 else ""
+        drop += ", stepwise EM" if int(p.get("stepwise", 0)) else ""
         mark = " (cut)" if s["status"] == "cut" else ""
         pub = "-" if s["published"] is None else f"{s['published']:.2f}"
         delta = "-"

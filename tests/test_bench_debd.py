@@ -108,6 +108,34 @@ def test_sweep_in_worker_processes_and_drop_last(root, tmp_path):
     assert '"drop_last"' not in runs[0]["key"] and '"drop_last": 1' in runs[1]["key"]
 
 
+def test_sweep_near_uniform_init_and_stepwise_em(root, tmp_path):
+    out = tmp_path / "sw.json"
+    argv = [*SMALL, "--latents", "2", "--init", "0,0.4", "--stepwise", "0,1", "--root", str(root)]
+    assert debd_sweep.main([*argv, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    runs = {(r["point"]["init"], r["point"]["stepwise"]): r for r in res["runs"]}
+    assert len(runs) == 4 and all(r["status"] == "ok" and r["epochs_run"] == 3 for r in runs.values())
+    assert all(abs(r["restore_gap"]) < 1e-4 for r in runs.values())
+    curves = {k: r["curve"]["train"] for k, r in runs.items()}
+    assert len({tuple(c) for c in curves.values()}) == 4  # each option changes the training
+    # the defaults (added later) stay out of names and keys: older sweeps' runs match
+    plain = runs[(0.0, 0)]
+    assert plain["name"] == "h2-pc0.1-b64-s0.5-to0.05-e2-f1-dl1" and '"init"' not in plain["key"]
+    assert runs[(0.4, 1)]["name"].endswith("-dl1-in0.4-sw1") and '"stepwise": 1' in runs[(0.4, 1)]["key"]
+    md = out.with_suffix(".md").read_text()
+    assert "| nltcs | h2-pc0.1-b64-s0.5-to0.05-e2-f1-dl1-in0.4-sw1 | ok |" in md
+    sel = res["selected"][0]["selected"]
+    mark = (", init 0.4" if sel["init"] else "") + (", stepwise EM" if sel["stepwise"] else "")
+    assert f"drop-last{mark} (grid 4/4)" in md
+
+    # one batch per epoch and step 1: stepwise EM (statistics of that batch) is plain EM
+    one = [*SMALL, "--latents", "2", "--batch-size", "160", "--step-size", "1", "--step-size-final", "1"]
+    out1 = tmp_path / "one.json"
+    assert debd_sweep.main([*one, "--stepwise", "0,1", "--root", str(root), "--out", str(out1)]) == 0
+    a, b = (r["curve"]["train"] for r in json.loads(out1.read_text())["runs"])
+    assert a == pytest.approx(b, abs=1e-4)
+
+
 def test_combine_selects_by_validation_across_files(tmp_path):
     def run(ds, latents, valid, test, status="ok", seed=0, phase="grid"):
         point = {"latents": latents, "pseudocount": 0.1, "batch_size": 512, "step_size": 0.5}
