@@ -58,6 +58,7 @@ AXES = (
     ("entropy", float, "0"),  # entropy regularisation (0: off), see TrainConfig.entropy
     ("init", float, "0"),  # 0: pcir's random initialisation; p > 0: near-uniform, weights ~ 1 + p * U(0, 1)
     ("stepwise", int, "0"),  # 1: mini-batch EM averages the flows (stepwise EM), not the parameters
+    ("full_pseudocount", float, "-1"),  # pseudocount of the full-batch epochs (-1: the pseudocount)
 )
 AXIS_TYPES = {name: typ for name, typ, _ in AXES}
 SHORT = {
@@ -73,10 +74,11 @@ SHORT = {
     "entropy": "en",
     "init": "in",
     "stepwise": "sw",
+    "full_pseudocount": "fpc",
 }
 # axes added after sweeps were recorded: left out of names and keys at this value, so that the
 # runs of those sweeps keep their names and can be reused
-LEGACY_DEFAULTS = {"drop_last": 0, "soften": 1.0, "entropy": 0.0, "init": 0.0, "stepwise": 0}
+LEGACY_DEFAULTS = {"drop_last": 0, "soften": 1.0, "entropy": 0.0, "init": 0.0, "stepwise": 0, "full_pseudocount": -1.0}
 
 
 def parse_list(name: str, text: str) -> list:
@@ -217,6 +219,25 @@ def stepwise_em(trainer, model, n_train: int, num_vars: int) -> None:
     model.em_step = _em_step
 
 
+def full_batch_pseudocount(trainer, model, pseudocount: float) -> None:
+    """The full-batch epochs after mini-batch EM use this pseudocount instead of the mini-batch
+    one. The pseudocount is added per node and per EM step: over a mini-batch of B rows it weighs
+    about n / B times more than over the n rows of a full-batch step."""
+    run_epoch, em_step = trainer._run_epoch, model.em_step
+    state = {"full": False}
+
+    def _run_epoch(epoch: int):
+        state["full"] = trainer.config.mode_for_epoch(epoch) == "full"
+        return run_epoch(epoch)
+
+    def _em_step(step_size: float = 1.0, pseudocount: float = 0.0, **kw):
+        return em_step(step_size=step_size, pseudocount=pseudocount if not state["full"] else pc, **kw)
+
+    pc = float(pseudocount)
+    trainer._run_epoch = _run_epoch
+    model.em_step = _em_step
+
+
 def run_one(task: dict) -> dict:
     """Train one (dataset, grid point, seed); returns its row (never raises: errors are rows)."""
     t_start = time.time()
@@ -284,6 +305,8 @@ def run_one(task: dict) -> dict:
         )
         if int(p.get("stepwise", 0)):
             stepwise_em(trainer, model, int(ds["train"].shape[0]), ds.num_vars)
+        if float(p.get("full_pseudocount", -1.0)) >= 0:
+            full_batch_pseudocount(trainer, model, float(p["full_pseudocount"]))
         res = trainer.fit()
         r = res.report
         hist = res.history
@@ -400,6 +423,7 @@ def tables(result: dict) -> str:
         drop += f", entropy {p['entropy']:g}" if float(p.get("entropy", 0.0)) > 0 else ""
         drop += f", init {p['init']:g}" if float(p.get("init", 0.0)) > 0 else ""
         drop += ", stepwise EM" if int(p.get("stepwise", 0)) else ""
+        drop += f", full-batch pseudocount {p['full_pseudocount']:g}" if p.get("full_pseudocount", -1) >= 0 else ""
         mark = " (cut)" if s["status"] == "cut" else ""
         pub = "-" if s["published"] is None else f"{s['published']:.2f}"
         delta = "-"

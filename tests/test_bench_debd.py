@@ -128,6 +128,15 @@ def test_sweep_near_uniform_init_and_stepwise_em(root, tmp_path):
     mark = (", init 0.4" if sel["init"] else "") + (", stepwise EM" if sel["stepwise"] else "")
     assert f"drop-last{mark} (grid 4/4)" in md
 
+    # a pseudocount of its own for the full-batch epoch (the third): the mini-batch epochs are the same
+    outp = tmp_path / "fpc.json"
+    assert (
+        debd_sweep.main([*SMALL, "--latents", "2", "--full-pseudocount=-1,5", "--root", str(root), "--out", str(outp)])
+        == 0
+    )
+    same, other = (r["curve"]["valid"] for r in json.loads(outp.read_text())["runs"])
+    assert same[:2] == other[:2] and same[2] != other[2]
+
     # one batch per epoch and step 1: stepwise EM (statistics of that batch) is plain EM
     one = [*SMALL, "--latents", "2", "--batch-size", "160", "--step-size", "1", "--step-size-final", "1"]
     out1 = tmp_path / "one.json"
