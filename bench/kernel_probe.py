@@ -13,7 +13,9 @@ measured before it becomes the default; the model is compiled again for each var
 of 64 run the batch-major ``sum_fwdt``); ``bm128``/``bk128``: node/column tiles up to 128;
 ``small<X>``: batch tiles of 32 on sum launches of fewer than X * SMs tiles;
 ``stages<N>``/``warps4``: launch options on every sum launch; ``fs<N>``: ``num_stages`` of the
-sum forward only; ``nodense``: dense layers loop over a tile list like block-sparse ones; ``scatter``: every categorical
+sum forward only; ``ab_a1``/``ab_noexp``/``ab_now``: ablations (wrong results, timing only) that
+drop the gathers of all but one row per column, the exponentials, or the weight loads;
+``dense``: dense layers loop over the tile index, not a tile list; ``scatter``: every categorical
 table's expected counts by scatter (one atomic add per leaf and sample) instead of the one-hot
 product (``stats_ms``). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness.suite import SUITE, Context, build_pcir  # noqa: E402
 
 import pcir  # noqa: E402
+from pcir.backend import codegen  # noqa: E402
 from pcir.backend import plan as plan_mod  # noqa: E402
 from pcir.backend import triton_engine as te  # noqa: E402
 
@@ -46,7 +49,25 @@ KNOBS = {
     "bm128": (plan_mod, "BLOCK_M_CAP", 128),
     "bk128": (plan_mod, "BLOCK_K_CAP", 128),
     "scatter": (te, "COUNT_SCATTER_K", 0),
-    "nodense": (te, "DENSE_LOOP", False),
+    "dense": (te, "DENSE_LOOP", True),
+}
+
+
+# ablations (timing only, results wrong): edits of the sum kernels' template that remove one
+# part of the forward's work, to see which part the time goes to
+ABLATIONS = {
+    "ab_a1": [("for a in range(0, A):", "for a in range(0, 1):")],  # one gathered row per column
+    "ab_noexp": [
+        ("e = tl.exp(c - safe[None, :])", "e = c - safe[None, :]"),
+        ("e = tl.exp(c - safe[:, None])", "e = c - safe[:, None]"),
+    ],
+    "ab_now": [  # no weight loads (masked off)
+        (
+            "k[None, :], mask=sm[:, None] & km[None, :], other=0.0)\n        acc = acc",
+            "k[None, :], mask=sm[:, None] & km[None, :] & (K < 0), other=0.0)\n        acc = acc",
+        ),
+        ("mask=km[:, None] & sm[None, :], other=0.0)", "mask=km[:, None] & sm[None, :] & (K < 0), other=0.0)"),
+    ],
 }
 
 
@@ -60,6 +81,12 @@ def knobs(name: str):
                 mod, attr, val = KNOBS[part]
             elif part.startswith("small"):
                 mod, attr, val = te, "SMALL_LAYER", float(part[5:])
+            elif part in ABLATIONS:
+                text = codegen.SUM_KERNELS
+                for a, b in ABLATIONS[part]:
+                    assert a in text, (part, a)
+                    text = text.replace(a, b)
+                mod, attr, val = codegen, "SUM_KERNELS", text
             elif part.startswith("fs"):
                 mod, attr, val = te, "FWD_OPTS", {"num_stages": int(part[2:])}
             else:
@@ -148,6 +175,7 @@ def main() -> int:
         help="sum layers timed one by one (forward); 'all': every sum layer, forward and backward, with its shape",
     )
     ap.add_argument("--precision", default="tf32")
+    ap.add_argument("--pipeline", default=None, help="pass pipeline (default: the backend's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -157,7 +185,7 @@ def main() -> int:
     rows = []
     for name in args.variants.split(","):
         with knobs(name):
-            model = pcir.compile(circuit, device="cuda", precision=args.precision)
+            model = pcir.compile(circuit, device="cuda", precision=args.precision, pipeline=args.pipeline)
             eng = model._engine()
             eng.k = with_launch_options(eng.k, name)
             model._normalised_cached()

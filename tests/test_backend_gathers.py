@@ -24,10 +24,10 @@ import torch
 from test_backend_helpers import CASES, data_for
 
 from pcir import knobs, structures
-from pcir.ir import CircuitBuilder, Dist, Domain, verify
 from pcir.backend import compile as pc_compile
 from pcir.backend import triton_engine as te
 from pcir.backend.plan import contiguous_columns
+from pcir.ir import CircuitBuilder, Dist, Domain, verify
 from pcir.ir import evaluator as ev
 
 
@@ -97,9 +97,10 @@ def test_unrolled_kernels_are_emitted_only_for_table_driven_layers():
         assert ("def sum_fwd_v0s(" in text) == table, name
 
 
-def test_dense_loops_are_detected_exactly(triton_device):
+def test_dense_loops_are_detected_exactly(triton_device, monkeypatch):
     """Every HCLT/HMM/PD layer is dense; the block-sparse circuit's two layers are not, in the
     direction that has empty tiles (its top layer has a full first column of tiles)."""
+    monkeypatch.setattr(te, "DENSE_LOOP", True)
     for name in ("hclt", "hmm", "pd"):
         m = pc_compile(CIRCUITS[name](), engine="triton", device=triton_device, precision="fp32")
         assert all(L.dense_fwd and L.dense_col for L in _sum_layers(m)), name
@@ -111,11 +112,12 @@ def test_dense_loops_are_detected_exactly(triton_device):
 @pytest.mark.parametrize(
     "contig, static, small, dense",
     [
-        (True, True, 0, True),
-        (False, True, 0, True),
-        (True, False, 0, True),
-        (True, True, 1e9, True),
         (True, True, 0, False),
+        (False, True, 0, False),
+        (True, False, 0, False),
+        (True, True, 1e9, False),
+        (True, True, 0, True),
+        (False, False, 0, True),
     ],
 )
 @pytest.mark.parametrize("batch", [5, 70])
@@ -137,6 +139,8 @@ def test_gathers_and_forward_layouts_match_reference(
     assert [L.sfx for L in layers] == ["s" if static and t else "" for t in table]
     if not dense:
         assert not any(L.dense_fwd or L.dense_col for L in layers)
+    elif name in ("hclt", "hmm", "pd"):
+        assert all(L.dense_fwd and L.dense_col for L in layers)
     x, miss = data_for(c, batch, seed=batch, p_missing=0.2)
     with torch.no_grad():
         ll = m(x, miss).cpu().double().numpy()

@@ -251,6 +251,26 @@ def _col_rows(COLS, col_off, k, km, a, A, CG: tl.constexpr):
     return r
 """
 
+# The fused products' values of column tile ``k`` for samples ``b``: [BK, BB], or [BB, BK] when
+# T (batch-major); -inf outside the tile.
+GATHER = """
+@triton.jit
+def _gather(V, COLS, col_off, k, km, b, bm, A, B, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr, T: tl.constexpr):
+    if T:
+        m2 = bm[:, None] & km[None, :]
+        c = tl.zeros([BB, BK], dtype=tl.float32)
+        for a in range(0, A):
+            r = _col_rows(COLS, col_off, k, km, a, A, CG)
+            c += tl.load(V + r[None, :] * B + b[:, None], mask=m2, other=0.0)
+    else:
+        m2 = km[:, None] & bm[None, :]
+        c = tl.zeros([BK, BB], dtype=tl.float32)
+        for a in range(0, A):
+            r = _col_rows(COLS, col_off, k, km, a, A, CG)
+            c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
+    return tl.where(m2, c, float("-inf"))
+"""
+
 # Tile tables (int64 rows), see triton_engine:
 #   forward / parameter tiles T[t] = (row, units, w_off, K, col_off, m_tile, list_start, list_len, group)
 #   column tiles            C[t] = (row, units, w_off, K, col_off, k_tile, list_start, list_len, group)
@@ -262,7 +282,9 @@ V{i}_BK = tl.constexpr({bk})
 
 SUM_KERNELS = '''
 @triton.jit
-def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr):
+def sum_fwd_v{i}(
+    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+):
     """Sum layer forward: out[s, b] = log sum_k W[s, k] exp(c[k, b]), c = fused product values."""
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
@@ -287,17 +309,12 @@ def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.conste
             kt = tl.load(LIST + l0 + j)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
         km = k < K
-        m2 = km[:, None] & bm[None, :]
-        c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
-        for a in range(0, A):
-            r = _col_rows(COLS, col_off, k, km, a, A, CG)
-            c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
-        c = tl.where(m2, c, float("-inf"))
+        c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, False)
+        w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
         new = tl.maximum(mx, tl.max(c, axis=0))
         safe = tl.where(new == float("-inf"), 0.0, new)
         scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
         e = tl.exp(c - safe[None, :])
-        w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
         acc = acc * scale[None, :] + {dot_we}
         mx = new
     safe = tl.where(mx == float("-inf"), 0.0, mx)
@@ -308,7 +325,9 @@ def sum_fwd_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.conste
 
 
 @triton.jit
-def sum_fwdt_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr):
+def sum_fwdt_v{i}(
+    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+):
     """sum_fwd batch-major: out[b, s] = log sum_k exp(c[b, k]) W[s, k]; the operand computed in
     registers (exp of the gathered columns) is the product's left one, the one Hopper's
     tensor-core instruction (wgmma) may take from registers rather than shared memory."""
@@ -335,17 +354,12 @@ def sum_fwdt_v{i}(V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.const
             kt = tl.load(LIST + l0 + j)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
         km = k < K
-        m2 = bm[:, None] & km[None, :]
-        c = tl.zeros([BB, V{i}_BK], dtype=tl.float32)
-        for a in range(0, A):
-            r = _col_rows(COLS, col_off, k, km, a, A, CG)
-            c += tl.load(V + r[None, :] * B + b[:, None], mask=m2, other=0.0)
-        c = tl.where(m2, c, float("-inf"))
+        c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, True)
+        w = tl.load(W + w_off + s[None, :] * K + k[:, None], mask=km[:, None] & sm[None, :], other=0.0)
         new = tl.maximum(mx, tl.max(c, axis=1))
         safe = tl.where(new == float("-inf"), 0.0, new)
         scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
         e = tl.exp(c - safe[:, None])
-        w = tl.load(W + w_off + s[None, :] * K + k[:, None], mask=km[:, None] & sm[None, :], other=0.0)
         acc = acc * scale[:, None] + {dot_ew}
         mx = new
     safe = tl.where(mx == float("-inf"), 0.0, mx)
@@ -569,7 +583,9 @@ def static_arity(text: str) -> str:
     table-driven gathers (PD, RAT-SPN), slower on contiguous ones (see triton_engine)."""
     text = text.replace(", B, A, BB: tl.constexpr", ", B, A: tl.constexpr, BB: tl.constexpr")
     text = text.replace(", B, A, CH, BB: tl.constexpr", ", B, A: tl.constexpr, CH, BB: tl.constexpr")
+    text = text.replace(", A, B, BK: tl.constexpr", ", A: tl.constexpr, B, BK: tl.constexpr")
     text = text.replace("for a in range(0, A)", "for a in tl.static_range(A)")
+    text = text.replace("_gather(", "_gathers(")
     return re.sub(r"^def (sum_\w+_v\d+)\(", r"def \1s(", text, flags=re.M)
 
 
@@ -601,8 +617,10 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     if any(layer.kind == "product" for layer in plan.layers):
         parts.append(PRODUCT_KERNELS)
     dot = DOT[precision]
+    static_gather = False
     if vs:
         parts.append(COL_ROWS)
+        parts.append(GATHER)
     for i, (bm, bk) in enumerate(vs):
         parts.append(SUM_TILES.format(i=i, bm=bm, bk=bk))
         text = SUM_KERNELS.format(
@@ -615,6 +633,9 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
         parts.append(text)
         mine = [layer for layer in plan.layers if layer.kind == "sum" and layer_variant[layer.index] == i]
         if not all(layer.contiguous() for layer in mine):  # table-driven layers: the arity unrolled
+            if not static_gather:
+                parts.append(static_arity(GATHER))
+                static_gather = True
             parts.append(static_arity(text))
     parts.append(ROW_KERNELS)
     return "".join(parts)

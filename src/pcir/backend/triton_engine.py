@@ -44,9 +44,12 @@ STATIC_GATHER = True
 SMALL_LAYER = 1.0
 SMALL_LAYER_LOOP = 512
 # sum layers whose every node (column) tile loops over all column (node) tiles in order, as in
-# HCLT's and HMM's dense groups, loop over the tile index itself instead of a tile list (``DENSE``),
-# so that the loop's loads have addresses affine in the loop index
-DENSE_LOOP = True
+# HCLT's and HMM's dense groups, may loop over the tile index itself instead of a tile list
+# (``DENSE``: the loop's addresses affine in its index). Off: on an H200 (bench/kernel_probe.py
+# variant "nodense", fifth session) it was 2-4% faster on hclt-128 and hmm-512 but 4% slower on
+# hclt-512 (forward 7.35 -> 7.63 ms, backward 16.6 -> 17.2) and 6% on pd-128's backward, and
+# software pipelining (num_stages 2, 3) gained nothing with it either
+DENSE_LOOP = False
 FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob)
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
