@@ -204,6 +204,7 @@ def main() -> int:
                 per, per_bwd, shape = {}, {}, {}
                 chosen = range(len(sums)) if args.layers == "all" else [int(s) for s in args.layers.split(",")]
                 PF = torch.zeros(model.plan.w_size, device=dev)
+                E = torch.empty((eng.max_columns, B), device=dev)
                 for li in chosen:
                     if li >= len(sums):
                         continue
@@ -211,7 +212,7 @@ def main() -> int:
                     one = functools.partial(eng.sum_forward, L, V, W, M)
                     per[li] = round(time_graph(one, 200) * 1000, 1)
                     if args.layers == "all":
-                        back = functools.partial(eng.sum_backward, L, V, F, W, M, PF)
+                        back = functools.partial(eng.sum_backward, L, V, F, W, M, PF, E)
                         per_bwd[li] = round(time_graph(back, 100) * 1000, 1)
                         shape[li] = layer_shape(model.plan.layers[sums[li]], L)
                 row = {

@@ -52,6 +52,11 @@ class _TimedKernels:
         return _TimedLauncher(name, attr, self._log) if isinstance(attr, kernel_types) else attr
 
 
+# a sum layer's backward launches (triton_engine.sum_backward): the nodes' scaled flows, the
+# columns' factors, the parameter flows, the node flows
+SUM_BWD_LAUNCHES = 4
+
+
 def _layer_edges(model, layer) -> int:
     c = model.circuit
     e = 0
@@ -104,7 +109,7 @@ def per_layer(model, x, device, step) -> dict:
     B = x.shape[0]
     fb_ms = s.elapsed_time(mid)
     em_ms = mid.elapsed_time(e)
-    expected = n_in + len(layers) + sum(2 if layer.kind == "sum" else 1 for layer in layers) + n_stats
+    expected = n_in + len(layers) + sum(SUM_BWD_LAUNCHES if layer.kind == "sum" else 1 for layer in layers) + n_stats
     if len(times) != expected:  # the engine launches differently from what this mapping knows
         by_name: dict[str, list[float]] = {}
         for name, _, t in times:
@@ -141,7 +146,7 @@ def per_layer(model, x, device, step) -> dict:
             }
         )
     for row, layer in zip(reversed(rows), reversed(layers), strict=True):
-        n = 2 if layer.kind == "sum" else 1
+        n = SUM_BWD_LAUNCHES if layer.kind == "sum" else 1
         row["bwd_ms"] = round(sum(t for _, _, t in times[i : i + n]), 4)
         row["bwd_kernels"] = [nm for nm, _, _ in times[i : i + n]]
         i += n

@@ -370,11 +370,31 @@ def sum_fwdt_v{i}(
 
 
 @triton.jit
+def sum_bwd_prep_cols_v{i}(V, E, COLS, TAB, M, B, A, BB: tl.constexpr, CG: tl.constexpr):
+    """The backward's column factors, once per column and sample (column tiles, TAB as
+    sum_bwd_cols): E[col_off / A + k, b] = exp(c[k, b] - m[b])."""
+    t = tl.program_id(0)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    bm = b < B
+    K = tl.load(TAB + t * 9 + 3)
+    col_off = tl.load(TAB + t * 9 + 4)
+    kt = tl.load(TAB + t * 9 + 5)
+    grp = tl.load(TAB + t * 9 + 8)
+    k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
+    km = k < K
+    m = tl.load(M + grp * B + b, mask=bm, other=0.0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, False)
+    e = tl.where(c != float("-inf"), tl.exp(c - m[None, :]), 0.0)
+    tl.store(E + (col_off // A + k)[:, None] * B + b[None, :], e, mask=km[:, None] & bm[None, :])
+
+
+@triton.jit
 def sum_bwd_cols_v{i}(
-    V, F, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    F, W, E, COLS, TAB, LIST, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
-    """Flows of one column tile: fc[k, b] = exp(c[k,b] - m[b]) sum_s W[s,k] F[s,b] exp(m[b] - V[s,b]),
-    sent to every child row of the (fused) product in column k."""
+    """Flows of one column tile: fc[k, b] = E[k, b] sum_s W[s, k] G[s, b] (G: the nodes' scaled
+    flows, sum_bwd_prep_nodes), sent to every child row of the (fused) product in column k."""
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
@@ -386,11 +406,8 @@ def sum_bwd_cols_v{i}(
     kt = tl.load(TAB + t * 9 + 5)
     l0 = tl.load(TAB + t * 9 + 6)
     nl = tl.load(TAB + t * 9 + 7)
-    grp = tl.load(TAB + t * 9 + 8)
     k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
     km = k < K
-    m = tl.load(M + grp * B + b, mask=bm, other=0.0)
-    m = tl.where(m == float("-inf"), 0.0, m)
     acc = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
     for j in range(0, nl):
         if DENSE:
@@ -399,41 +416,56 @@ def sum_bwd_cols_v{i}(
             mt = tl.load(LIST + l0 + j)
         s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
         sm = s < units
-        ms = sm[:, None] & bm[None, :]
-        rs = (row + s)[:, None] * B + b[None, :]
-        f = tl.load(F + rs, mask=ms, other=0.0)
-        v = tl.load(V + rs, mask=ms, other=float("-inf"))
-        ok = (f != 0.0) & (v != float("-inf"))
-        g = tl.where(ok, f * tl.exp(tl.where(ok, m[None, :] - v, 0.0)), 0.0)
+        g = tl.load(F + (row + s)[:, None] * B + b[None, :], mask=sm[:, None] & bm[None, :], other=0.0)
         w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
         acc += {dot_wg}
     m2 = km[:, None] & bm[None, :]
-    c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
-    for a in range(0, A):
-        r = _col_rows(COLS, col_off, k, km, a, A, CG)
-        c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
-    e = tl.where(m2 & (c != float("-inf")), tl.exp(c - m[None, :]), 0.0)
-    fc = e * acc
+    fc = tl.load(E + (col_off // A + k)[:, None] * B + b[None, :], mask=m2, other=0.0) * acc
     for a in range(0, A):
         r = _col_rows(COLS, col_off, k, km, a, A, CG)
         if EXCL:  # the plan proved no other gather reads these rows: a plain store
             tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
         else:
             tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")
+'''
+
+
+# The backward's kernels that gather nothing (no arity): one copy per tile shape.
+SUM_KERNELS_NO_GATHER = '''
+@triton.jit
+def sum_bwd_prep_nodes_v{i}(V, F, TAB, M, B, BB: tl.constexpr):
+    """The nodes' flows scaled in place for both backward kernels (node tiles, TAB as sum_fwd):
+    F[s, b] <- G[s, b] = F[s, b] exp(m[b] - V[s, b]) (0 where F or exp(V) is 0)."""
+    t = tl.program_id(0)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    bm = b < B
+    row = tl.load(TAB + t * 9 + 0)
+    units = tl.load(TAB + t * 9 + 1)
+    mt = tl.load(TAB + t * 9 + 5)
+    grp = tl.load(TAB + t * 9 + 8)
+    s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
+    ms = (s < units)[:, None] & bm[None, :]
+    m = tl.load(M + grp * B + b, mask=bm, other=0.0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    rs = (row + s)[:, None] * B + b[None, :]
+    f = tl.load(F + rs, mask=ms, other=0.0)
+    v = tl.load(V + rs, mask=ms, other=float("-inf"))
+    ok = (f != 0.0) & (v != float("-inf"))
+    tl.store(F + rs, tl.where(ok, f * tl.exp(tl.where(ok, m[None, :] - v, 0.0)), 0.0), mask=ms)
 
 
 @triton.jit
-def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, A, CH, BB: tl.constexpr, CG: tl.constexpr):
-    """Parameter flows of one (node tile, column tile): PF[s,k] += W[s,k] sum_b g[s,b] e[k,b]."""
+def sum_bwd_params_v{i}(F, E, W, TAB, PF, B, CH, BB: tl.constexpr):
+    """Parameter flows of one (node tile, column tile): PF[s,k] += W[s,k] sum_b G[s,b] E[k,b]
+    (G, E: sum_bwd_prep_nodes, sum_bwd_prep_cols); TAB[t][7] is the tile's first row of E."""
     t = tl.program_id(0)
     row = tl.load(TAB + t * 9 + 0)
     units = tl.load(TAB + t * 9 + 1)
     w_off = tl.load(TAB + t * 9 + 2)
     K = tl.load(TAB + t * 9 + 3)
-    col_off = tl.load(TAB + t * 9 + 4)
     mt = tl.load(TAB + t * 9 + 5)
     kt = tl.load(TAB + t * 9 + 6)
-    grp = tl.load(TAB + t * 9 + 8)
+    e_off = tl.load(TAB + t * 9 + 7)
     s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
     sm = s < units
     k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
@@ -445,20 +477,8 @@ def sum_bwd_params_v{i}(V, F, W, COLS, TAB, PF, M, B, A, CH, BB: tl.constexpr, C
     for b0 in range(b_lo, b_hi, BB):
         b = b0 + tl.arange(0, BB)
         bm = b < b_hi
-        m = tl.load(M + grp * B + b, mask=bm, other=0.0)
-        m = tl.where(m == float("-inf"), 0.0, m)
-        ms = sm[:, None] & bm[None, :]
-        rs = (row + s)[:, None] * B + b[None, :]
-        f = tl.load(F + rs, mask=ms, other=0.0)
-        v = tl.load(V + rs, mask=ms, other=float("-inf"))
-        ok = (f != 0.0) & (v != float("-inf"))
-        g = tl.where(ok, f * tl.exp(tl.where(ok, m[None, :] - v, 0.0)), 0.0)
-        m2 = km[:, None] & bm[None, :]
-        c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
-        for a in range(0, A):
-            r = _col_rows(COLS, col_off, k, km, a, A, CG)
-            c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
-        e = tl.where(m2 & (c != float("-inf")), tl.exp(c - m[None, :]), 0.0)
+        g = tl.load(F + (row + s)[:, None] * B + b[None, :], mask=sm[:, None] & bm[None, :], other=0.0)
+        e = tl.load(E + (e_off + k)[:, None] * B + b[None, :], mask=km[:, None] & bm[None, :], other=0.0)
         acc += {dot_ge}
     wm = sm[:, None] & km[None, :]
     w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=wm, other=0.0)
@@ -582,7 +602,6 @@ def static_arity(text: str) -> str:
     loops unrolled; one compiled kernel per arity) and the suffix ``s`` on their names. Faster on
     table-driven gathers (PD, RAT-SPN), slower on contiguous ones (see triton_engine)."""
     text = text.replace(", B, A, BB: tl.constexpr", ", B, A: tl.constexpr, BB: tl.constexpr")
-    text = text.replace(", B, A, CH, BB: tl.constexpr", ", B, A: tl.constexpr, CH, BB: tl.constexpr")
     text = text.replace(", A, B, BK: tl.constexpr", ", A: tl.constexpr, B, BK: tl.constexpr")
     text = text.replace("for a in range(0, A)", "for a in tl.static_range(A)")
     text = text.replace("_gather(", "_gathers(")
@@ -628,9 +647,9 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
             dot_we=dot.format(a="w", b="e"),
             dot_ew=dot.format(a="e", b="w"),
             dot_wg=dot.format(a="tl.trans(w)", b="g"),
-            dot_ge=dot.format(a="g", b="tl.trans(e)"),
         )
         parts.append(text)
+        parts.append(SUM_KERNELS_NO_GATHER.format(i=i, dot_ge=dot.format(a="g", b="tl.trans(e)")))
         mine = [layer for layer in plan.layers if layer.kind == "sum" and layer_variant[layer.index] == i]
         if not all(layer.contiguous() for layer in mine):  # table-driven layers: the arity unrolled
             if not static_gather:

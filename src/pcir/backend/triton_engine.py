@@ -117,13 +117,14 @@ class _SumLayer:
                 dense_col &= bool(np.array_equal(ms, np.arange(-(-g.units // layer.block_m))))
                 col_tab.append((*head, kt, len(col_list), len(ms), g.index))
                 col_list.extend(ms.tolist())
-            for mt, kt in tiles:
-                pf_tab.append((*head, mt, kt, 0, g.index))
+            for mt, kt in tiles:  # [7]: the group's first row in the backward's column factors E
+                pf_tab.append((*head, mt, kt, off // A, g.index))
             off += g.k * A
         self.variant = variant
         self.arity = A
         self.max_k = max(g.k for g in layer.groups)  # the forward's loop (columns)
         self.max_units = max(g.units for g in layer.groups)  # the node flows' loop (nodes)
+        self.columns = off // A  # columns of all groups: rows of the backward's E
         contig = layer.contiguous()
         self.contig = CONTIG_GATHER and contig
         # the kernels with the arity unrolled (codegen, suffix "s") for table-driven layers
@@ -205,6 +206,7 @@ class TritonEngine:
         # parameter-flow programs split the batch until about this many run at once
         self.target_programs = 4 * self.sms
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
+        self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
         if device.type == "cuda":  # the row-wise parameter kernels do not depend on the batch
@@ -283,6 +285,7 @@ class TritonEngine:
         F[plan.root_row : plan.root_row + plan.root_units] = root_flow
         if PF is None:  # else accumulate into the given buffer (the model's flows)
             PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
+        E = torch.empty((self.max_columns, B), dtype=torch.float32, device=V.device)
         for t in range(len(self.layers) - 1, -1, -1):
             L = self.layers[t]
             for j in plan.recompute.get(t, ()):  # scratch products read from here down: recompute
@@ -290,28 +293,46 @@ class TritonEngine:
                 k.product_fwd[(P.n, nb)](V, P.idx, P.tab, B, P.n, A=P.arity, BU=BU, BB=BB)
                 F[P.row0 : P.row0 + P.rows].zero_()
             if isinstance(L, _SumLayer):
-                self.sum_backward(L, V, F, W, M, PF)
+                self.sum_backward(L, V, F, W, M, PF, E)
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         F[0] = 0.0
         return F, PF
 
-    def sum_backward(self, L: _SumLayer, V, F, W, M, PF) -> None:
-        """One sum layer's backward launches: parameter flows into ``PF``, then the node flows of
-        its columns' children into ``F``."""
+    def sum_backward(self, L: _SumLayer, V, F, W, M, PF, E) -> None:
+        """One sum layer's backward launches: its nodes' flows scaled in place (``F`` holds
+        ``G = F exp(m - V)`` on those rows afterwards), its columns' factors ``exp(c - m)`` into
+        the scratch ``E``, then the parameter flows into ``PF`` and the node flows of its columns'
+        children into ``F``. The two exponentials are computed once per node (column) and sample
+        instead of once per tile of the other side."""
         k = self.k
         B = V.shape[1]
         BB = _batch_tile(B)
         nb = triton_cdiv(B, BB)
-        cols_fn = getattr(k, f"sum_bwd_cols_v{L.variant}{L.sfx}")
-        pf_fn = getattr(k, f"sum_bwd_params_v{L.variant}{L.sfx}")
+        v, sfx = L.variant, L.sfx
+        opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
+        getattr(k, f"sum_bwd_prep_nodes_v{v}")[(L.n_fwd, nb)](V, F, L.fwd, M, B, BB=BB)
+        getattr(k, f"sum_bwd_prep_cols_v{v}{sfx}")[(L.n_col, nb)](
+            V, E, L.cols, L.col, M, B, L.arity, BB=BB, CG=L.contig
+        )
         chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
         ch = triton_cdiv(nb, chunks) * BB
-        opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES, "CG": L.contig}
-        pf_fn[(L.n_pf, triton_cdiv(B, ch))](V, F, W, L.cols, L.pf, PF, M, B, L.arity, ch, BB=BB, **opts)
+        getattr(k, f"sum_bwd_params_v{v}")[(L.n_pf, triton_cdiv(B, ch))](F, E, W, L.pf, PF, B, ch, BB=BB, **opts)
         CB = self._tile_for(L, L.n_col, L.max_units, B)
-        cols_fn[(L.n_col, triton_cdiv(B, CB))](
-            V, F, W, L.cols, L.col, L.col_list, M, B, L.arity, BB=CB, EXCL=L.exclusive, DENSE=L.dense_col, **opts
+        getattr(k, f"sum_bwd_cols_v{v}{sfx}")[(L.n_col, triton_cdiv(B, CB))](
+            F,
+            W,
+            E,
+            L.cols,
+            L.col,
+            L.col_list,
+            B,
+            L.arity,
+            BB=CB,
+            EXCL=L.exclusive,
+            CG=L.contig,
+            DENSE=L.dense_col,
+            **opts,
         )
 
     def input_stats(self, F, xf, gauss, cat=None):
