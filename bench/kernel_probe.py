@@ -53,21 +53,30 @@ KNOBS = {
 }
 
 
-# ablations (timing only, results wrong): edits of the sum kernels' template that remove one
-# part of the forward's work, to see which part the time goes to
+# ablations (timing only, results wrong): edits of the forward's templates (codegen attribute ->
+# [(old, new)]) that remove one part of its work, to see which part the time goes to; the
+# fifth session's measurements (bench/RESULTS.md) ran on the templates of f944595, where the
+# gathers were inline: these are the same edits on today's templates
 ABLATIONS = {
-    "ab_a1": [("for a in range(0, A):", "for a in range(0, 1):")],  # one gathered row per column
-    "ab_noexp": [
-        ("e = tl.exp(c - safe[None, :])", "e = c - safe[None, :]"),
-        ("e = tl.exp(c - safe[:, None])", "e = c - safe[:, None]"),
-    ],
-    "ab_now": [  # no weight loads (masked off)
-        (
-            "k[None, :], mask=sm[:, None] & km[None, :], other=0.0)\n        acc = acc",
-            "k[None, :], mask=sm[:, None] & km[None, :] & (K < 0), other=0.0)\n        acc = acc",
-        ),
-        ("mask=km[:, None] & sm[None, :], other=0.0)", "mask=km[:, None] & sm[None, :] & (K < 0), other=0.0)"),
-    ],
+    "ab_a1": {"GATHER": [("for a in range(0, A):", "for a in range(0, 1):")]},  # one row per column
+    "ab_noexp": {
+        "SUM_KERNELS": [
+            ("e = tl.exp(c - safe[None, :])", "e = c - safe[None, :]"),
+            ("e = tl.exp(c - safe[:, None])", "e = c - safe[:, None]"),
+        ]
+    },
+    "ab_now": {  # no weight loads in the forward (masked off)
+        "SUM_KERNELS": [
+            (
+                "mask=sm[:, None] & km[None, :], other=0.0)\n        new = tl.maximum",
+                "mask=sm[:, None] & km[None, :] & (K < 0), other=0.0)\n        new = tl.maximum",
+            ),
+            (
+                "mask=km[:, None] & sm[None, :], other=0.0)\n        new = tl.maximum",
+                "mask=km[:, None] & sm[None, :] & (K < 0), other=0.0)\n        new = tl.maximum",
+            ),
+        ]
+    },
 }
 
 
@@ -82,11 +91,14 @@ def knobs(name: str):
             elif part.startswith("small"):
                 mod, attr, val = te, "SMALL_LAYER", float(part[5:])
             elif part in ABLATIONS:
-                text = codegen.SUM_KERNELS
-                for a, b in ABLATIONS[part]:
-                    assert a in text, (part, a)
-                    text = text.replace(a, b)
-                mod, attr, val = codegen, "SUM_KERNELS", text
+                for attr, edits in ABLATIONS[part].items():
+                    text = getattr(codegen, attr)
+                    for a, b in edits:
+                        assert a in text, (part, a)
+                        text = text.replace(a, b)
+                    saved.append((codegen, attr, getattr(codegen, attr)))
+                    setattr(codegen, attr, text)
+                continue
             elif part.startswith("fs"):
                 mod, attr, val = te, "FWD_OPTS", {"num_stages": int(part[2:])}
             else:

@@ -151,3 +151,51 @@ def test_kernel_probe_knobs_are_set_and_restored():
     assert te.SMALL_LAYER == before[1]
     mod = object()
     assert kp.with_launch_options(mod, "nocg") is mod  # no launch options: the module itself
+
+
+def test_kernel_probe_ablations_edit_the_template_and_restore_it():
+    """Each ablation changes the sum kernels' template where it says (an edit that no longer
+    matches the template fails loudly), the fs<N>/dense knobs set the engine's constants, and
+    everything is back afterwards."""
+    import kernel_probe as kp
+
+    from pcir.backend import codegen
+    from pcir.backend import triton_engine as te
+
+    original = {attr: getattr(codegen, attr) for attr in ("SUM_KERNELS", "GATHER")}
+    for name, by_attr in kp.ABLATIONS.items():
+        with kp.knobs(name):
+            for attr, edits in by_attr.items():
+                text = getattr(codegen, attr)
+                assert text != original[attr]
+                for old, new in edits:
+                    assert old not in text and new in text, (name, old)
+        assert {attr: getattr(codegen, attr) for attr in original} == original
+    with kp.knobs("fs3+dense"):
+        assert te.FWD_OPTS == {"num_stages": 3} and te.DENSE_LOOP is True
+    assert te.FWD_OPTS == {} and te.DENSE_LOOP is False
+
+
+def test_kernel_probe_layer_shape_describes_the_engine_layer():
+    import kernel_probe as kp
+    import numpy as np
+
+    from pcir import knobs, structures
+    from pcir.backend import compile as pc_compile
+    from pcir.backend import triton_engine as te
+
+    if not knobs.get().triton_interpret:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
+    c = structures.hclt(np.random.default_rng(0).integers(0, 3, (200, 5)), num_latents=4)
+    m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
+    eng = m._engine()
+    sums = [(layer, L) for layer, L in zip(m.plan.layers, eng.layers, strict=True) if layer.kind == "sum"]
+    shapes = [kp.layer_shape(layer, L) for layer, L in sums]
+    assert all(isinstance(L, te._SumLayer) for _, L in sums)
+    # every edge of the circuit's sums is in exactly one layer's count (4 latents: 4 x 4 per
+    # inner group, 4 x 4 for the root's children... as the plan's groups say)
+    assert sum(sh["edges"] for sh in shapes) == sum(g.units * g.k for layer, _ in sums for g in layer.groups)
+    for sh, (layer, L) in zip(shapes, sums, strict=True):
+        assert sh["tiles_fwd"] == L.n_fwd and sh["tiles_col"] == L.n_col and sh["tiles_pf"] == L.n_pf
+        assert sh["contig"] is True and sh["dense"] == [False, False]  # HCLT; dense loops are off
+        assert sh["max_k"] == max(g.k for g in layer.groups)

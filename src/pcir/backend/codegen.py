@@ -3,22 +3,25 @@
 The module holds
 
 * the input kernels (one per leaf family present), the stored-product kernels (if any);
-* for each distinct sum-layer *variant* ``(block_m, block_k)`` four kernels whose tile sizes are
+* for each distinct sum-layer *variant* ``(block_m, block_k)`` six kernels whose tile sizes are
   module-level ``tl.constexpr`` constants (``V<i>_BM``, ``V<i>_BK``):
   ``sum_fwd_v<i>`` (forward: gather-add of the fused products' children as each column tile loads,
   online max-subtraction, ``tl.dot``, log, add back) and ``sum_fwdt_v<i>``, the same batch-major
-  (for batch tiles of 64: 5-10% faster there on an H200, 10% slower on a batch of 1),
-  ``sum_bwd_cols_v<i>`` (node flows: columns' flows from one pass over the node tiles, recomputing
-  the products, scattered to their children) and ``sum_bwd_params_v<i>`` (parameter flows, one
-  pass over the batch per weight tile);
+  (for batch tiles of 64: 5-10% faster there on an H200, 10% slower on a batch of 1); for the
+  backward ``sum_bwd_prep_nodes_v<i>`` (the nodes' flows scaled in place, ``G = F exp(m - V)``),
+  ``sum_bwd_prep_cols_v<i>`` (the columns' factors ``E = exp(c - m)``, products recomputed, into a
+  scratch), ``sum_bwd_params_v<i>`` (parameter flows, ``G E^T`` over the batch per weight tile)
+  and ``sum_bwd_cols_v<i>`` (node flows ``E * (W^T G)``, scattered to the products' children);
+  the kernels that gather get a second copy with the arity unrolled (suffix ``s``) where a
+  layer of that shape is table-driven (:func:`static_arity`);
 * the row-wise passes over the flat parameter stores (``em_sum_rows``, ``em_cat_rows``,
   ``normalise_rows``), the same for every circuit: one launch per tile shape covers every uniform
   run (see :func:`pcir.backend.triton_engine.row_tiles`);
 * ``LAYER_VARIANT``: the variant of every sum layer, and ``PRECISION``.
 
-The arity of the gathers (how many stored rows add up to one column) is a runtime argument, so
-layers with products of different arity share one compiled kernel (compile time matters more
-than the few cycles an unrolled loop would save).
+The arity of the gathers (how many stored rows add up to one column) is a runtime argument of
+the contiguous layers' kernels, so layers with products of different arity share one compiled
+kernel; there the unrolled loop was slower.
 
 Index tables (which rows, which weights) are runtime tensors built by
 :mod:`pcir.backend.triton_engine`; only sizes known at compile time are baked in, so layers of one
