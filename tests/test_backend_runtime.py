@@ -382,3 +382,26 @@ def test_log32_is_the_float64_log_rounded(n, chunk):
     out = np.full(n + 4, 7.0, dtype=np.float32)
     _log32(a, out=out[2 : 2 + n], chunk=chunk)  # into a slice of a bigger store
     assert out[2 : 2 + n].tobytes() == want.tobytes() and np.all(out[:2] == 7.0) and np.all(out[-2:] == 7.0)
+
+
+def test_initial_values_on_threads_equal_the_serial_ones(monkeypatch):
+    """The seeded initial parameters are drawn in batches of slots on several threads for big
+    circuits; the stores must be bitwise the ones a single thread writes."""
+    from pcir import structures
+    from pcir.backend import runtime
+    from pcir.backend.plan import lower
+
+    c = structures.hclt(np.random.default_rng(1).integers(0, 5, (300, 12)), num_latents=8)
+    plan = lower(c)
+    names = [n for n, slot in plan.params.items() if slot.kind not in ("indicator", "literal")]
+    batches = runtime._batches(names, plan, 50)
+    assert [n for b in batches for n in b] == names and len(batches) > 2  # all, in order, cut up
+    assert all(sum(int(np.prod(plan.params[n].shape)) for n in b) >= 50 for b in batches[:-1])
+
+    def stores(parallel_from: int, threads: int):
+        monkeypatch.setattr(runtime, "_PARALLEL_INIT", parallel_from)
+        monkeypatch.setattr(runtime.os, "cpu_count", lambda: threads)
+        m = runtime.CompiledCircuit(c, plan, engine="torch")
+        return m.sum_logits.detach().numpy().tobytes(), m.cat_logits.detach().numpy().tobytes()
+
+    assert stores(1, 4) == stores(1 << 62, 4) == stores(1, 1)

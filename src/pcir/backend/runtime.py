@@ -105,6 +105,21 @@ def _segment_log_softmax(logits: torch.Tensor, row_id: torch.Tensor, num_rows: i
 # parameters from which the initial values are computed on several threads
 _PARALLEL_INIT = 1 << 20
 
+
+def _batches(names: list[str], plan, target: int) -> list[list[str]]:
+    """``names`` in order, cut into consecutive batches of at least ``target`` parameter entries
+    (the last may be smaller)."""
+    out: list[list[str]] = [[]]
+    n = 0
+    for name in names:
+        out[-1].append(name)
+        n += int(np.prod(plan.params[name].shape))
+        if n >= target:
+            out.append([])
+            n = 0
+    return [b for b in out if b]
+
+
 # elements per chunk of the row-wise passes (normalisation, EM): bounds their temporaries
 _CHUNK = 1 << 22
 
@@ -341,13 +356,20 @@ class CompiledCircuit(nn.Module):
 
         names = [n for n, slot in plan.params.items() if slot.kind not in ("indicator", "literal")]
         size = plan.sum_param_size + plan.cat_norm_size
-        if size >= _PARALLEL_INIT and len(names) > 1:
+        threads = min(16, os.cpu_count() or 1)
+        if size >= _PARALLEL_INIT and len(names) > 1 and threads > 1:
             # numpy's random fills, logs and copies release the GIL: the seeded initial values of
-            # a big circuit (HCLT-512: 138M) are drawn on several cores
+            # a big circuit (HCLT-512: 138M) are drawn on several cores, in batches of slots of
+            # about equal size (one task per slot made HCLT-32's 1,320 small slots slower than
+            # one thread: the pool's overhead and the GIL, not the work)
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-                list(pool.map(fill, names))
+            def fill_all(batch: list[str]) -> None:
+                for name in batch:
+                    fill(name)
+
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(fill_all, _batches(names, plan, size // (4 * threads))))
         else:
             for name in names:
                 fill(name)
