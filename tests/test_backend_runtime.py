@@ -405,3 +405,71 @@ def test_initial_values_on_threads_equal_the_serial_ones(monkeypatch):
         return m.sum_logits.detach().numpy().tobytes(), m.cat_logits.detach().numpy().tobytes()
 
     assert stores(1, 4) == stores(1 << 62, 4) == stores(1, 1)
+
+
+@pytest.mark.parametrize("engine_name", ["triton", "torch"])
+def test_categorical_store_is_shared_and_renormalised_in_place(engine_name, device, monkeypatch):
+    """The kernels' categorical log-probabilities live in ``cat_logits``' own storage (one
+    table-sized buffer less). Logits moved off the simplex (an optimiser step, a shift per row)
+    are renormalised in place at the next call: same probabilities, same likelihoods as the
+    reference, and gradients and EM as before; a replaced ``.data`` is picked up."""
+    from pcir import knobs
+
+    if engine_name == "triton" and device == "cpu" and not knobs.get().triton_interpret:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
+    c = hmm(4, 3, 5)
+    x, miss = data_for(c, 9, seed=3)
+    m = pc_compile(c, engine=engine_name, device=device, precision="fp32")
+    with torch.no_grad():
+        m(x, miss)
+    assert m._cache[2].data_ptr() == m.cat_logits.data_ptr()
+    cat = [p for p, slot in m.plan.params.items() if slot.kind == "categorical"]
+    probs = {p: m.get_param(p).detach().cpu().double().numpy() for p in cat}
+    with torch.no_grad():  # a shift per row and some noise, as an optimiser step would leave them
+        rng = np.random.default_rng(0)
+        noise = torch.as_tensor(rng.normal(0, 0.3, m.cat_logits.shape), dtype=torch.float32, device=m.device)
+        m.cat_logits.add_(noise + 2.0)
+    want = {p: m.get_param(p).detach().cpu().double().numpy() for p in cat}  # softmax of the logits
+    assert any(not np.allclose(want[p], probs[p]) for p in cat)
+    with torch.no_grad():
+        ll = m(x, miss).cpu().double().numpy()
+    after = {p: m.get_param(p).detach().cpu().double().numpy() for p in cat}
+    for p in cat:
+        np.testing.assert_allclose(after[p], want[p], rtol=1e-5, atol=1e-7)
+    ref = ev.log_likelihood(m.to_circuit(), x, miss)
+    np.testing.assert_allclose(ll, ref, rtol=1e-5, atol=1e-5)
+    lse = torch.logsumexp(m.cat_logits.detach().view(-1, 5), dim=1)  # now log-probabilities
+    assert float(lse.abs().max()) < 1e-5
+    # autograd reads the same distribution
+    np.testing.assert_allclose(m(x, miss).detach().cpu().double().numpy(), ll, rtol=1e-6)
+    # EM agrees with the reference, and with an unshared store
+    m.forward_backward(x, miss)
+    m.em_step(0.6, 0.1)
+    new = ev.em_step(c.with_params(**{p: want[p] for p in cat}), x, miss, 0.6, 0.1)
+    for p in cat:
+        np.testing.assert_allclose(m.get_param(p).cpu().double().numpy(), new.param_value(p), rtol=1e-4, atol=1e-6)
+    # a replaced storage is noticed: the kernels read the new logits, not the old buffer
+    with torch.no_grad():
+        fresh = torch.log(torch.full_like(m.cat_logits, 1.0 / 5))
+        m.cat_logits.data = fresh
+        ll_uniform = m(x, miss).cpu().double().numpy()
+    assert m._cache[2].data_ptr() == fresh.data_ptr()
+    np.testing.assert_allclose(ll_uniform, ev.log_likelihood(m.to_circuit(), x, miss), rtol=1e-5, atol=1e-5)
+
+
+def test_unshared_categorical_store_gives_the_same_results(device, monkeypatch):
+    from pcir.backend import runtime
+
+    c = hmm(4, 3, 5)
+    x, miss = data_for(c, 9, seed=4)
+    out = []
+    for share in (True, False):
+        monkeypatch.setattr(runtime, "SHARE_CAT_STORE", share)
+        m = pc_compile(c, device=device, precision="fp32")
+        m.forward_backward(x, miss)
+        m.em_step(0.5, 0.1)
+        with torch.no_grad():
+            out.append((m(x, miss).cpu().numpy(), m._cache[2].data_ptr() == m.cat_logits.data_ptr()))
+    (ll_shared, shared), (ll_own, own) = out
+    assert shared and not own
+    np.testing.assert_allclose(ll_shared, ll_own, rtol=1e-6, atol=1e-6)

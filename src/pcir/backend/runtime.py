@@ -102,6 +102,10 @@ def _segment_log_softmax(logits: torch.Tensor, row_id: torch.Tensor, num_rows: i
     return shifted - torch.log(s)[row_id]
 
 
+# the categorical log-probabilities the kernels read share cat_logits' storage (see
+# CompiledCircuit._refresh_into_buffers): one table-sized buffer less (HCLT-512: 392 MiB)
+SHARE_CAT_STORE = True
+
 # parameters from which the initial values are computed on several threads
 _PARALLEL_INIT = 1 << 20
 
@@ -173,12 +177,16 @@ class _Segments:
         """``out`` = row-wise (log-)softmax of ``x``, written in place chunk by chunk
         (``ragged_only``: the uniform runs were done already, by the engine's row kernel)."""
         fn = torch.log_softmax if log else torch.softmax
+        same = x.data_ptr() == out.data_ptr()  # in place (the shared categorical store)
         for off, n, row_len in self.runs:
             if row_len:
                 if ragged_only:
                     continue
                 for a, b in _row_ranges(off, n, row_len):
-                    fn(x[a:b].view(-1, row_len), 1, out=out[a:b].view(-1, row_len))
+                    if same:  # torch's out= refuses overlapping memory: one chunk's temporary
+                        out[a:b].view(-1, row_len).copy_(fn(x[a:b].view(-1, row_len), 1))
+                    else:
+                        fn(x[a:b].view(-1, row_len), 1, out=out[a:b].view(-1, row_len))
             elif n:
                 rid, rows, _ = self.ragged[off]
                 ls = _segment_log_softmax(x[off : off + n], rid, rows)
@@ -441,6 +449,7 @@ class CompiledCircuit(nn.Module):
             id(self.sum_logits),
             id(self.cat_logits),
             id(self.leaf_params),
+            self.cat_logits.data_ptr(),  # ``.data`` replaced: the shared store below moves with it
         )
 
     def _normalised_cached(self):
@@ -456,14 +465,26 @@ class CompiledCircuit(nn.Module):
 
     def _refresh_into_buffers(self) -> None:
         """Normalise the logits into the persistent buffers ``W`` (kernel weights, linear) and
-        ``logp`` (categorical log-probabilities), in place and chunk by chunk: the parameters
-        exist three times (logits, the normalised buffer, the flows), not more."""
+        ``logp`` (categorical log-probabilities), in place and chunk by chunk: the sum parameters
+        exist three times (logits, the normalised buffer, the flows), not more.
+
+        Categorical log-probabilities are log-softmaxed logits, and log-softmax leaves
+        log-probabilities as they are: so unless table families append derived tables to ``logp``,
+        ``logp`` *is* ``cat_logits``' storage (``SHARE_CAT_STORE``), renormalised in place (a shift
+        per row, which changes no probability) when the logits changed. EM writes
+        log-probabilities anyway; the categorical tables then exist twice (log-probabilities and
+        flows), not three times."""
         plan, t = self.plan, self._tab()
         dev = self.sum_logits.device
-        if self._cache is None or self._cache[3].device != dev:
+        share = SHARE_CAT_STORE and plan.cat_size == plan.cat_norm_size
+        stale = self._cache is None or self._cache[3].device != dev
+        if not stale and share and self._cache[2].data_ptr() != self.cat_logits.data_ptr():  # type: ignore[index]
+            stale = True  # the logits' storage was replaced
+        if stale:
             W = torch.empty(plan.w_size, dtype=torch.float32, device=dev)
-            logp = torch.empty(plan.cat_size, dtype=torch.float32, device=dev)
+            logp = self.cat_logits.data if share else torch.empty(plan.cat_size, dtype=torch.float32, device=dev)
             self._cache = (None, None, logp, W)
+            self._graphs = {}  # captured graphs read the old buffers
         _, _, logp, W = self._cache
         eng = self._engine()
         rows = getattr(eng, "normalise_rows", None)  # one kernel per tile shape over all uniform runs
