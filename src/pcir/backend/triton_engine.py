@@ -1,9 +1,12 @@
 """Runs the generated Triton module over a kernel plan: builds the per-device tile tables once,
-then launches one kernel per input family and per layer (forward), two per sum layer (backward).
+then launches one kernel per input family and per layer (forward), four per sum layer (backward).
 
 Buffers: ``V``/``F`` node-major ``[num_rows, B]`` float32 (row 0 is log 1), ``M`` ``[sum groups, B]``
 the per-sample max over each sum group's columns (written by the forward, read by the backward so
-both passes exponentiate against the same shift), ``W`` and ``PF`` in the kernel weight layout.
+both passes exponentiate against the same shift), ``W`` and ``PF`` in the kernel weight layout,
+``E`` ``[max_columns, B]`` the backward's scratch of one layer's column factors. After a backward,
+``F`` holds flows on the rows of inputs and products, and on the rows of sum nodes the scaled
+flows ``F exp(m - V)`` that the sum kernels consumed (see :meth:`TritonEngine.sum_backward`).
 """
 
 from __future__ import annotations
