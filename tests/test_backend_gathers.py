@@ -172,3 +172,33 @@ def test_batch_tile_of_sum_launches(monkeypatch):
     assert eng._tile_for(_L(True), 99, 512, 1) == 16
     monkeypatch.setattr(te, "SMALL_LAYER", 0.0)
     assert eng._tile_for(_L(True), 1, 16, 512) == 64  # off
+
+
+@pytest.mark.parametrize("name", ["hclt", "pd", "block_sparse", "mixed"])
+def test_flows_buffer_after_the_backward(name, triton_device):
+    """What ``F`` holds after the engine's backward (triton_engine's docstring): flows on the rows
+    of inputs, and on the rows of sum nodes the scaled flows ``F exp(m - V)`` the sum kernels
+    consumed; checked against the reference evaluator's node flows."""
+    c = CIRCUITS[name]()
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    x, miss = data_for(c, 6, seed=2, p_missing=0.2)
+    xf, _ = m._prepare(x, miss, defer=True)
+    m._normalised_cached()
+    _, _, logp, W = m._cache
+    eng = m._engine()
+    with torch.no_grad():
+        V, M = eng.forward(W, logp, m.gauss, xf, precompile=False)
+        ones = torch.ones((m.plan.root_units, xf.shape[0]), device=xf.device)
+        F, _ = eng.backward(W, V, M, xf, ones)
+    ref = ev.flows(c, x, miss)
+    F, V, M = (t.detach().cpu().double().numpy() for t in (F, V, M))
+    for b in m.plan.inputs:
+        for gname, row, units in b.groups:
+            np.testing.assert_allclose(F[row : row + units].T, ref.node[gname], rtol=2e-4, atol=1e-5, err_msg=gname)
+    assert m.plan.sum_groups
+    for g in m.plan.sum_groups:  # the root's too: it started from flow 1
+        f, v = ref.node[g.name].T, V[g.row : g.row + g.units]
+        mx = np.where(np.isfinite(M[g.index]), M[g.index], 0.0)[None, :]
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = np.where((f != 0) & np.isfinite(v), f * np.exp(mx - v), 0.0)
+        np.testing.assert_allclose(F[g.row : g.row + g.units], want, rtol=2e-4, atol=1e-5, err_msg=g.name)
