@@ -50,6 +50,12 @@ KNOBS = {
     "bk128": (plan_mod, "BLOCK_K_CAP", 128),
     "scatter": (te, "COUNT_SCATTER_K", 0),
     "dense": (te, "DENSE_LOOP", True),
+    "nofuse": (te, "BWD_FUSED", False),
+    "fuseall": (te, "FUSE_MM_MAX_TILES", float("inf")),
+    "fusemm0": (te, "FUSE_MM_MAX_TILES", -1.0),
+    "fusemm1": (te, "FUSE_MM_MAX_TILES", 1.0),
+    "fusemm4": (te, "FUSE_MM_MAX_TILES", 4.0),
+    "noinrows": (te, "INPUT_ROWS_MIN_B", 1 << 30),
 }
 
 

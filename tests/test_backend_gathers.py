@@ -110,21 +110,25 @@ def test_dense_loops_are_detected_exactly(triton_device, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "contig, static, small, dense",
+    "contig, static, small, dense, fused",
     [
-        (True, True, 0, False),
-        (False, True, 0, False),
-        (True, False, 0, False),
-        (True, True, 1e9, False),
-        (True, True, 0, True),
-        (False, False, 0, True),
+        (True, True, 0, False, True),
+        (False, True, 0, False, True),
+        (True, False, 0, False, True),
+        (True, True, 1e9, False, True),
+        (True, True, 0, True, True),
+        (False, False, 0, True, True),
+        (True, True, 0, False, False),  # the backward's four separate launches
+        (False, False, 1e9, False, False),
     ],
 )
 @pytest.mark.parametrize("batch", [5, 70])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_gathers_and_forward_layouts_match_reference(
-    name, batch, contig, static, small, dense, triton_device, monkeypatch
+    name, batch, contig, static, small, dense, fused, triton_device, monkeypatch
 ):
+    monkeypatch.setattr(te, "BWD_FUSED", fused)
+    monkeypatch.setattr(te, "FUSE_MM_MAX_TILES", float("inf") if batch > 8 else -1.0)  # both forms
     monkeypatch.setattr(te, "DENSE_LOOP", dense)
     monkeypatch.setattr(te, "CONTIG_GATHER", contig)
     monkeypatch.setattr(te, "SMALL_LAYER", small)  # 1e9: contiguous launches of 64-sample tiles on 32
@@ -174,11 +178,37 @@ def test_batch_tile_of_sum_launches(monkeypatch):
     assert eng._tile_for(_L(True), 1, 16, 512) == 64  # off
 
 
+def test_backward_launches_of_a_sum_layer(monkeypatch):
+    class _L:  # what _bwd_shape reads of a layer
+        contig, max_units = False, 64
+
+        def __init__(self, n_pf, n_col):
+            self.n_pf, self.n_col = n_pf, n_col
+
+    eng = te.TritonEngine.__new__(te.TritonEngine)
+    eng.sms, eng.target_programs = 10, 40
+    monkeypatch.setattr(te, "BWD_FUSED", True)
+    monkeypatch.setattr(te, "FUSE_MM_MAX_TILES", 1.0)
+    assert eng._bwd_shape(_L(4, 2), 640) == (64, 64, True)  # 4 chunks of 64 samples x 4 tiles; 6 tiles
+    assert eng.bwd_launches(_L(4, 2), 640) == 2
+    assert eng._bwd_shape(_L(8, 4), 640) == (128, 64, False)  # 12 tiles > 1 x 10 SMs: products apart
+    assert eng.bwd_launches(_L(8, 4), 640) == 3
+    assert eng.bwd_launches(_L(8, 4), 64) == 3  # whatever the batch
+    monkeypatch.setattr(te, "FUSE_MM_MAX_TILES", float("inf"))
+    assert eng.bwd_launches(_L(8, 4), 640) == 2
+    monkeypatch.setattr(te, "BWD_FUSED", False)
+    assert eng.bwd_launches(_L(4, 2), 64) == 4
+
+
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("name", ["hclt", "pd", "block_sparse", "mixed"])
-def test_flows_buffer_after_the_backward(name, triton_device):
+def test_flows_buffer_after_the_backward(name, fused, triton_device, monkeypatch):
     """What ``F`` holds after the engine's backward (triton_engine's docstring): flows on the rows
     of inputs, and on the rows of sum nodes the scaled flows ``F exp(m - V)`` the sum kernels
-    consumed; checked against the reference evaluator's node flows."""
+    consumed; checked against the reference evaluator's node flows, with the backward's launches
+    fused in pairs or not."""
+    monkeypatch.setattr(te, "BWD_FUSED", fused)
+    monkeypatch.setattr(te, "FUSE_MM_MAX_TILES", float("inf"))
     c = CIRCUITS[name]()
     m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
     x, miss = data_for(c, 6, seed=2, p_missing=0.2)
@@ -202,3 +232,42 @@ def test_flows_buffer_after_the_backward(name, triton_device):
         with np.errstate(over="ignore", invalid="ignore"):
             want = np.where((f != 0) & np.isfinite(v), f * np.exp(mx - v), 0.0)
         np.testing.assert_allclose(F[g.row : g.row + g.units], want, rtol=2e-4, atol=1e-5, err_msg=g.name)
+
+
+class _Calls:
+    """The engine's kernel module, counting which kernels are launched."""
+
+    def __init__(self, mod):
+        self._mod, self.names = mod, []
+
+    def __getattr__(self, name):
+        value = getattr(self._mod, name)
+        if name.startswith("input_"):
+            self.names.append(name)
+        return value
+
+
+@pytest.mark.parametrize("rows", [True, False])
+@pytest.mark.parametrize("batch", [3, 70])
+@pytest.mark.parametrize("name", ["mixed", "hclt", "hmm", "pd", "block_sparse"])
+def test_categorical_inputs_by_whole_tables_match_reference(name, batch, rows, triton_device, monkeypatch):
+    """Categorical leaves by codegen's input_categorical_rows (each program's tables read once and
+    looked up in registers) and by one scattered read per entry, with missing values, against the
+    reference; the kernel the engine picks is the one asked for."""
+    monkeypatch.setattr(te, "INPUT_ROWS_MIN_B", 1 if rows else 1 << 30)
+    monkeypatch.setattr(te, "INPUT_ROWS_BU", 4)  # several programs, the last one partial
+    c = CIRCUITS[name]()
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    eng = m._engine()
+    eng.k = calls = _Calls(eng.k)
+    x, miss = data_for(c, batch, seed=batch + 1, p_missing=0.3)
+    with torch.no_grad():
+        ll = m(x, miss).cpu().double().numpy()
+    ref = ev.log_likelihood(c, x, miss)
+    fin = np.isfinite(ref)
+    assert np.array_equal(fin, np.isfinite(ll))
+    np.testing.assert_allclose(ll[fin], ref[fin], rtol=1e-4, atol=1e-4)
+    cat = [b for b in m.plan.inputs if b.family == "categorical" and b.count]
+    assert cat, name
+    assert ("input_categorical_rows" in calls.names) == rows
+    assert ("input_categorical" in calls.names) == (not rows)

@@ -52,11 +52,6 @@ class _TimedKernels:
         return _TimedLauncher(name, attr, self._log) if isinstance(attr, kernel_types) else attr
 
 
-# a sum layer's backward launches (triton_engine.sum_backward): the nodes' scaled flows, the
-# columns' factors, the parameter flows, the node flows
-SUM_BWD_LAUNCHES = 4
-
-
 def _layer_edges(model, layer) -> int:
     c = model.circuit
     e = 0
@@ -109,7 +104,9 @@ def per_layer(model, x, device, step) -> dict:
     B = x.shape[0]
     fb_ms = s.elapsed_time(mid)
     em_ms = mid.elapsed_time(e)
-    expected = n_in + len(layers) + sum(SUM_BWD_LAUNCHES if layer.kind == "sum" else 1 for layer in layers) + n_stats
+    # each layer's backward launches: 1 for products, 2-4 for sums (triton_engine.bwd_launches)
+    n_bwd = [eng.bwd_launches(L, B) if layer.kind == "sum" else 1 for L, layer in zip(eng.layers, layers, strict=True)]
+    expected = n_in + len(layers) + sum(n_bwd) + n_stats
     if len(times) != expected:  # the engine launches differently from what this mapping knows
         by_name: dict[str, list[float]] = {}
         for name, _, t in times:
@@ -145,8 +142,7 @@ def per_layer(model, x, device, step) -> dict:
                 "bwd_ms": 0.0,
             }
         )
-    for row, layer in zip(reversed(rows), reversed(layers), strict=True):
-        n = SUM_BWD_LAUNCHES if layer.kind == "sum" else 1
+    for row, n in zip(reversed(rows), reversed(n_bwd), strict=True):
         row["bwd_ms"] = round(sum(t for _, _, t in times[i : i + n]), 4)
         row["bwd_kernels"] = [nm for nm, _, _ in times[i : i + n]]
         i += n

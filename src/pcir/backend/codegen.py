@@ -75,6 +75,28 @@ def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl
     xi = tl.where(miss, 0.0, x).to(tl.int64)
     lp = tl.load(TAB + idx[:, None] + xi, mask=m2 & ~miss, other=0.0)
     tl.store(V + (row0 + u).to(tl.int64)[:, None] * B + b[None, :], lp, mask=m2)
+
+
+@triton.jit
+def input_categorical_rows(V, XT, VAR, IDX, TAB, NTAB, row0, U, B, BU: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr):
+    """input_categorical with each program's BU tables (at most KP entries each) read once, whole
+    and coalesced, then looked up in registers for every batch tile (tl.gather), instead of one
+    scattered 4-byte read per (row, sample). Reads past a row's own table stay inside TAB and are
+    never selected: the values were checked to lie in each variable's domain."""
+    u = tl.program_id(0) * BU + tl.arange(0, BU)
+    um = u < U
+    var = tl.load(VAR + u, mask=um, other=0).to(tl.int64)
+    idx = tl.load(IDX + u, mask=um, other=0)
+    c = idx[:, None] + tl.arange(0, KP)[None, :]
+    tab = tl.load(TAB + c, mask=um[:, None] & (c < NTAB), other=0.0)
+    for b0 in range(0, B, BB):
+        b = b0 + tl.arange(0, BB)
+        m2 = um[:, None] & (b < B)[None, :]
+        x = tl.load(XT + var[:, None] * B + b[None, :], mask=m2, other=0.0)
+        miss = x != x
+        xi = tl.minimum(tl.maximum(tl.where(miss, 0.0, x), 0.0), KP - 1).to(tl.int32)
+        lp = tl.where(miss, 0.0, tl.gather(tab, xi, 1))
+        tl.store(V + (row0 + u).to(tl.int64)[:, None] * B + b[None, :], lp, mask=m2)
 ''',
     "categorical_counts": '''
 @triton.jit
@@ -373,11 +395,10 @@ def sum_fwdt_v{i}(
 
 
 @triton.jit
-def sum_bwd_prep_cols_v{i}(V, E, COLS, TAB, M, B, A, BB: tl.constexpr, CG: tl.constexpr):
-    """The backward's column factors, once per column and sample (column tiles, TAB as
-    sum_bwd_cols): E[col_off / A + k, b] = exp(c[k, b] - m[b])."""
-    t = tl.program_id(0)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
+def sum_tile_prep_cols_v{i}(V, E, COLS, TAB, M, t, pb, B, A, BB: tl.constexpr, CG: tl.constexpr):
+    """The backward's column factors, once per column and sample (column tile t, batch tile pb;
+    TAB as sum_bwd_cols): E[col_off / A + k, b] = exp(c[k, b] - m[b])."""
+    b = pb * BB + tl.arange(0, BB)
     bm = b < B
     K = tl.load(TAB + t * 9 + 3)
     col_off = tl.load(TAB + t * 9 + 4)
@@ -393,13 +414,30 @@ def sum_bwd_prep_cols_v{i}(V, E, COLS, TAB, M, B, A, BB: tl.constexpr, CG: tl.co
 
 
 @triton.jit
-def sum_bwd_cols_v{i}(
-    F, W, E, COLS, TAB, LIST, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
-):
-    """Flows of one column tile: fc[k, b] = E[k, b] sum_s W[s, k] G[s, b] (G: the nodes' scaled
-    flows, sum_bwd_prep_nodes), sent to every child row of the (fused) product in column k."""
+def sum_bwd_prep_cols_v{i}(V, E, COLS, TAB, M, B, A, BB: tl.constexpr, CG: tl.constexpr):
+    """sum_tile_prep_cols alone, one program per (column tile, batch tile)."""
+    sum_tile_prep_cols_v{i}(V, E, COLS, TAB, M, tl.program_id(0), tl.program_id(1), B, A, BB, CG)
+
+
+@triton.jit
+def sum_bwd_prep_v{i}(V, F, E, COLS, TABN, TABC, M, NN, B, A, BB: tl.constexpr, CG: tl.constexpr):
+    """Both preparations of a sum layer's backward in one launch: programs t < NN scale node
+    tile t's flows (_prep_nodes_tile), the others write column tile t - NN's factors."""
     t = tl.program_id(0)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    if t < NN:
+        _prep_nodes_tile_v{i}(V, F, TABN, M, t, tl.program_id(1), B, BB)
+    else:
+        sum_tile_prep_cols_v{i}(V, E, COLS, TABC, M, t - NN, tl.program_id(1), B, A, BB, CG)
+
+
+@triton.jit
+def sum_tile_cols_v{i}(
+    F, W, E, COLS, TAB, LIST, t, pb, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+):
+    """Flows of column tile t, batch tile pb: fc[k, b] = E[k, b] sum_s W[s, k] G[s, b] (G: the
+    nodes' scaled flows, _prep_nodes_tile), sent to every child row of the (fused) product in
+    column k."""
+    b = pb * BB + tl.arange(0, BB)
     bm = b < B
     row = tl.load(TAB + t * 9 + 0)
     units = tl.load(TAB + t * 9 + 1)
@@ -430,17 +468,43 @@ def sum_bwd_cols_v{i}(
             tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
         else:
             tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")
+
+
+@triton.jit
+def sum_bwd_cols_v{i}(
+    F, W, E, COLS, TAB, LIST, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+):
+    """sum_tile_cols alone, one program per (column tile, batch tile)."""
+    sum_tile_cols_v{i}(F, W, E, COLS, TAB, LIST, tl.program_id(0), tl.program_id(1), B, A, BB, EXCL, CG, DENSE)
+
+
+@triton.jit
+def sum_bwd_mm_v{i}(
+    F, W, E, PF, COLS, TABP, TABC, LIST, CH, NP, B, A, BB: tl.constexpr, BC: tl.constexpr,
+    EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+):
+    """Both products of a sum layer's backward in one launch (they read G and E and write
+    disjoint buffers): programs t < NP are parameter tiles (_params_tile, sample chunks of CH),
+    the others column tile t - NP's node flows (batch tiles of BC); programs past the batch
+    return."""
+    t = tl.program_id(0)
+    pb = tl.program_id(1)
+    if t < NP:
+        if pb * CH < B:
+            _params_tile_v{i}(F, E, W, TABP, PF, t, pb, B, CH, BB)
+    else:
+        if pb * BC < B:
+            sum_tile_cols_v{i}(F, W, E, COLS, TABC, LIST, t - NP, pb, B, A, BC, EXCL, CG, DENSE)
 '''
 
 
 # The backward's kernels that gather nothing (no arity): one copy per tile shape.
 SUM_KERNELS_NO_GATHER = '''
 @triton.jit
-def sum_bwd_prep_nodes_v{i}(V, F, TAB, M, B, BB: tl.constexpr):
-    """The nodes' flows scaled in place for both backward kernels (node tiles, TAB as sum_fwd):
-    F[s, b] <- G[s, b] = F[s, b] exp(m[b] - V[s, b]) (0 where F or exp(V) is 0)."""
-    t = tl.program_id(0)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
+def _prep_nodes_tile_v{i}(V, F, TAB, M, t, pb, B, BB: tl.constexpr):
+    """The nodes' flows scaled in place for both backward products (node tile t, batch tile pb;
+    TAB as sum_fwd): F[s, b] <- G[s, b] = F[s, b] exp(m[b] - V[s, b]) (0 where F or exp(V) is 0)."""
+    b = pb * BB + tl.arange(0, BB)
     bm = b < B
     row = tl.load(TAB + t * 9 + 0)
     units = tl.load(TAB + t * 9 + 1)
@@ -458,10 +522,16 @@ def sum_bwd_prep_nodes_v{i}(V, F, TAB, M, B, BB: tl.constexpr):
 
 
 @triton.jit
-def sum_bwd_params_v{i}(F, E, W, TAB, PF, B, CH, BB: tl.constexpr):
-    """Parameter flows of one (node tile, column tile): PF[s,k] += W[s,k] sum_b G[s,b] E[k,b]
-    (G, E: sum_bwd_prep_nodes, sum_bwd_prep_cols); TAB[t][7] is the tile's first row of E."""
-    t = tl.program_id(0)
+def sum_bwd_prep_nodes_v{i}(V, F, TAB, M, B, BB: tl.constexpr):
+    """_prep_nodes_tile alone, one program per (node tile, batch tile)."""
+    _prep_nodes_tile_v{i}(V, F, TAB, M, tl.program_id(0), tl.program_id(1), B, BB)
+
+
+@triton.jit
+def _params_tile_v{i}(F, E, W, TAB, PF, t, pc, B, CH, BB: tl.constexpr):
+    """Parameter flows of (node tile, column tile) t over sample chunk pc:
+    PF[s,k] += W[s,k] sum_b G[s,b] E[k,b] (G, E: _prep_nodes_tile, sum_tile_prep_cols);
+    TAB[t][7] is the tile's first row of E."""
     row = tl.load(TAB + t * 9 + 0)
     units = tl.load(TAB + t * 9 + 1)
     w_off = tl.load(TAB + t * 9 + 2)
@@ -475,7 +545,7 @@ def sum_bwd_params_v{i}(F, E, W, TAB, PF, B, CH, BB: tl.constexpr):
     km = k < K
     acc = tl.zeros([V{i}_BM, V{i}_BK], dtype=tl.float32)
     # a chunk of CH samples per program: enough programs to fill the card, one atomic add per tile
-    b_lo = tl.program_id(1) * CH
+    b_lo = pc * CH
     b_hi = tl.minimum(b_lo + CH, B)
     for b0 in range(b_lo, b_hi, BB):
         b = b0 + tl.arange(0, BB)
@@ -486,6 +556,12 @@ def sum_bwd_params_v{i}(F, E, W, TAB, PF, B, CH, BB: tl.constexpr):
     wm = sm[:, None] & km[None, :]
     w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=wm, other=0.0)
     tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], w * acc, mask=wm & (w != 0.0), sem="relaxed")
+
+
+@triton.jit
+def sum_bwd_params_v{i}(F, E, W, TAB, PF, B, CH, BB: tl.constexpr):
+    """_params_tile alone, one program per (parameter tile, sample chunk)."""
+    _params_tile_v{i}(F, E, W, TAB, PF, tl.program_id(0), tl.program_id(1), B, CH, BB)
 '''
 
 
@@ -608,7 +684,7 @@ def static_arity(text: str) -> str:
     text = text.replace(", A, B, BK: tl.constexpr", ", A: tl.constexpr, B, BK: tl.constexpr")
     text = text.replace("for a in range(0, A)", "for a in tl.static_range(A)")
     text = text.replace("_gather(", "_gathers(")
-    return re.sub(r"^def (sum_\w+_v\d+)\(", r"def \1s(", text, flags=re.M)
+    return re.sub(r"\b(sum_\w+_v\d+)\(", r"\1s(", text)
 
 
 def variants(plan: KernelPlan) -> list[tuple[int, int]]:

@@ -53,9 +53,25 @@ SMALL_LAYER_LOOP = 512
 # hclt-512 (forward 7.35 -> 7.63 ms, backward 16.6 -> 17.2) and 6% on pd-128's backward, and
 # software pipelining (num_stages 2, 3) gained nothing with it either
 DENSE_LOOP = False
+# each sum layer's backward in two launches (codegen's sum_bwd_prep: node and column preparations;
+# sum_bwd_mm: parameter and node flows) instead of four, the two halves of each launch on disjoint
+# program ranges; False: the four separate kernels (the probe's variant "nofuse"). H200, probe,
+# backward over all layers fused: hclt-32 0.86 -> 0.56 ms, hmm-64 0.46 -> 0.24, hclt-128 1.86 ->
+# 1.46, pd-128 equal, but hclt-512 8.27 -> 9.02 and hmm-2048 6.07 -> 6.20: the products fused
+# into one kernel hold both halves' shared memory and registers, so only small layers fuse them
+BWD_FUSED = True
+# the products fuse when the layer has at most this many parameter and column tiles per SM
+# (independent of the batch, so that precompile.same_specialisation's batch warms the same kernels)
+FUSE_MM_MAX_TILES = 1.0
 FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob)
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
+# categorical leaves of tables of at most this many entries, at batches of at least
+# INPUT_ROWS_MIN_B, run codegen's input_categorical_rows (each program reads its rows' tables once,
+# whole, and looks values up in registers) instead of one scattered read per (row, sample)
+INPUT_ROWS_MAX_K = 256
+INPUT_ROWS_MIN_B = 64
+INPUT_ROWS_BU = 16  # leaf rows per such program
 COUNT_BU = 32  # leaf rows per categorical-count program
 # tables with more categories than this get their expected counts by scatter (one atomic add per
 # unit and sample) instead of the one-hot tensor-core product, whose work grows with k: HMM
@@ -173,6 +189,12 @@ class TritonEngine:
         self.precision = precision
         lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
+        # per input block: its largest table (categorical), rounded up to a power of two
+        self.input_kp = {}
+        for b in plan.inputs:
+            if b.family == "categorical" and b.count:
+                kmax = max(plan.params[plan.group_param[name]].k for name, _, _ in b.groups)
+                self.input_kp[b.row] = 1 << max(0, int(kmax) - 1).bit_length()
         # categorical counts: one entry per (leaf group, node tile); tables of at most
         # COUNT_SCATTER_K categories as matrix products, larger ones by scatter
         rows, scatter = [], []
@@ -236,7 +258,14 @@ class TritonEngine:
         for b, var, index in self.inputs:
             grid = (triton_cdiv(b.count, BU), nb)
             if b.family == "categorical":
-                k.input_categorical[grid](V, xT, var, index, cat_logp.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
+                tab, kp = cat_logp.contiguous(), self.input_kp[b.row]
+                if kp <= INPUT_ROWS_MAX_K and B >= INPUT_ROWS_MIN_B:
+                    k.input_categorical_rows[(triton_cdiv(b.count, INPUT_ROWS_BU),)](
+                        V, xT, var, index, tab, tab.numel(), b.row, b.count, B,
+                        BU=INPUT_ROWS_BU, BB=BB, KP=kp,
+                    )  # fmt: skip
+                else:
+                    k.input_categorical[grid](V, xT, var, index, tab, b.row, b.count, B, BU=BU, BB=BB)
             elif b.family == "gaussian":
                 k.input_gaussian[grid](V, xT, var, index, gauss.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
             else:
@@ -302,6 +331,21 @@ class TritonEngine:
         F[0] = 0.0
         return F, PF
 
+    def _bwd_shape(self, L: _SumLayer, B: int) -> tuple[int, int, bool]:
+        """(samples per parameter-flow program, batch tile of the node flows, whether the two
+        products run as one launch) of sum layer ``L``'s backward at batch ``B``."""
+        nb = triton_cdiv(B, _batch_tile(B))
+        chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
+        ch = triton_cdiv(nb, chunks) * _batch_tile(B)
+        CB = self._tile_for(L, L.n_col, L.max_units, B)
+        return ch, CB, BWD_FUSED and L.n_pf + L.n_col <= FUSE_MM_MAX_TILES * self.sms
+
+    def bwd_launches(self, L: _SumLayer, B: int) -> int:
+        """Kernel launches of sum layer ``L``'s backward at batch ``B`` (the profile's mapping)."""
+        if not BWD_FUSED:
+            return 4
+        return 2 if self._bwd_shape(L, B)[2] else 3
+
     def sum_backward(self, L: _SumLayer, V, F, W, M, PF, E) -> None:
         """One sum layer's backward launches: its nodes' flows scaled in place (``F`` holds
         ``G = F exp(m - V)`` on those rows afterwards), its columns' factors ``exp(c - m)`` into
@@ -314,29 +358,28 @@ class TritonEngine:
         nb = triton_cdiv(B, BB)
         v, sfx = L.variant, L.sfx
         opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
-        getattr(k, f"sum_bwd_prep_nodes_v{v}")[(L.n_fwd, nb)](V, F, L.fwd, M, B, BB=BB)
-        getattr(k, f"sum_bwd_prep_cols_v{v}{sfx}")[(L.n_col, nb)](
-            V, E, L.cols, L.col, M, B, L.arity, BB=BB, CG=L.contig
-        )
-        chunks = max(1, min(nb, -(-self.target_programs // max(L.n_pf, 1))))
-        ch = triton_cdiv(nb, chunks) * BB
-        getattr(k, f"sum_bwd_params_v{v}")[(L.n_pf, triton_cdiv(B, ch))](F, E, W, L.pf, PF, B, ch, BB=BB, **opts)
-        CB = self._tile_for(L, L.n_col, L.max_units, B)
-        getattr(k, f"sum_bwd_cols_v{v}{sfx}")[(L.n_col, triton_cdiv(B, CB))](
-            F,
-            W,
-            E,
-            L.cols,
-            L.col,
-            L.col_list,
-            B,
-            L.arity,
-            BB=CB,
-            EXCL=L.exclusive,
-            CG=L.contig,
-            DENSE=L.dense_col,
-            **opts,
-        )
+        ch, CB, fuse_mm = self._bwd_shape(L, B)
+        nbp, nbc = triton_cdiv(B, ch), triton_cdiv(B, CB)
+        if BWD_FUSED:
+            getattr(k, f"sum_bwd_prep_v{v}{sfx}")[(L.n_fwd + L.n_col, nb)](
+                V, F, E, L.cols, L.fwd, L.col, M, L.n_fwd, B, L.arity, BB=BB, CG=L.contig
+            )
+        else:
+            getattr(k, f"sum_bwd_prep_nodes_v{v}")[(L.n_fwd, nb)](V, F, L.fwd, M, B, BB=BB)
+            getattr(k, f"sum_bwd_prep_cols_v{v}{sfx}")[(L.n_col, nb)](
+                V, E, L.cols, L.col, M, B, L.arity, BB=BB, CG=L.contig
+            )
+        if fuse_mm:
+            getattr(k, f"sum_bwd_mm_v{v}{sfx}")[(L.n_pf + L.n_col, max(nbp, nbc))](
+                F, W, E, PF, L.cols, L.pf, L.col, L.col_list, ch, L.n_pf, B, L.arity,
+                BB=BB, BC=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, **opts,
+            )  # fmt: skip
+            return
+        getattr(k, f"sum_bwd_params_v{v}")[(L.n_pf, nbp)](F, E, W, L.pf, PF, B, ch, BB=BB, **opts)
+        getattr(k, f"sum_bwd_cols_v{v}{sfx}")[(L.n_col, nbc)](
+            F, W, E, L.cols, L.col, L.col_list, B, L.arity,
+            BB=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, **opts,
+        )  # fmt: skip
 
     def input_stats(self, F, xf, gauss, cat=None):
         """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows;
