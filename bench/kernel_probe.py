@@ -55,7 +55,10 @@ KNOBS = {
     "fusemm0": (te, "FUSE_MM_MAX_TILES", -1.0),
     "fusemm1": (te, "FUSE_MM_MAX_TILES", 1.0),
     "fusemm4": (te, "FUSE_MM_MAX_TILES", 4.0),
-    "noinrows": (te, "INPUT_ROWS_MIN_B", 1 << 30),
+    "cbu32": (te, "COUNT_BU", 32),
+    "cbu128": (te, "COUNT_BU", 128),
+    "cbc256": (te, "COUNT_BC_MAX", 256),
+    "cw8": (te, "COUNT_WARPS", 8),
 }
 
 

@@ -76,27 +76,6 @@ def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl
     lp = tl.load(TAB + idx[:, None] + xi, mask=m2 & ~miss, other=0.0)
     tl.store(V + (row0 + u).to(tl.int64)[:, None] * B + b[None, :], lp, mask=m2)
 
-
-@triton.jit
-def input_categorical_rows(V, XT, VAR, IDX, TAB, NTAB, row0, U, B, BU: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr):
-    """input_categorical with each program's BU tables (at most KP entries each) read once, whole
-    and coalesced, then looked up in registers for every batch tile (tl.gather), instead of one
-    scattered 4-byte read per (row, sample). Reads past a row's own table stay inside TAB and are
-    never selected: the values were checked to lie in each variable's domain."""
-    u = tl.program_id(0) * BU + tl.arange(0, BU)
-    um = u < U
-    var = tl.load(VAR + u, mask=um, other=0).to(tl.int64)
-    idx = tl.load(IDX + u, mask=um, other=0)
-    c = idx[:, None] + tl.arange(0, KP)[None, :]
-    tab = tl.load(TAB + c, mask=um[:, None] & (c < NTAB), other=0.0)
-    for b0 in range(0, B, BB):
-        b = b0 + tl.arange(0, BB)
-        m2 = um[:, None] & (b < B)[None, :]
-        x = tl.load(XT + var[:, None] * B + b[None, :], mask=m2, other=0.0)
-        miss = x != x
-        xi = tl.minimum(tl.maximum(tl.where(miss, 0.0, x), 0.0), KP - 1).to(tl.int32)
-        lp = tl.where(miss, 0.0, tl.gather(tab, xi, 1))
-        tl.store(V + (row0 + u).to(tl.int64)[:, None] * B + b[None, :], lp, mask=m2)
 ''',
     "categorical_counts": '''
 @triton.jit

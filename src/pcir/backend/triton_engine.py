@@ -66,13 +66,14 @@ FUSE_MM_MAX_TILES = 1.0
 FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob)
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
-# categorical leaves of tables of at most this many entries, at batches of at least
-# INPUT_ROWS_MIN_B, run codegen's input_categorical_rows (each program reads its rows' tables once,
-# whole, and looks values up in registers) instead of one scattered read per (row, sample)
-INPUT_ROWS_MAX_K = 256
-INPUT_ROWS_MIN_B = 64
-INPUT_ROWS_BU = 16  # leaf rows per such program
-COUNT_BU = 32  # leaf rows per categorical-count program
+# leaf rows and categories (at most) per program of the categorical counts by matrix product,
+# and its warps. H200, bench/kernel_probe.py (seventh session, input_stats): 64 rows instead of
+# 32 took hclt-128's counts from 0.396 to 0.216 ms; 256 categories instead of 128, 0.262 (hclt-512
+# 1.53 -> 1.01, pd-128 0.40 -> 0.26); 8 warps were slower (0.60)
+COUNT_BU = 64
+COUNT_BC_MAX = 128
+COUNT_WARPS = 4
+SCATTER_BU = 32  # leaf rows per program of the counts by scatter
 # tables with more categories than this get their expected counts by scatter (one atomic add per
 # unit and sample) instead of the one-hot tensor-core product, whose work grows with k: HMM
 # emissions over a 33,279-word vocabulary spent 55 of 80 ms per train step there (H200 profile)
@@ -189,12 +190,6 @@ class TritonEngine:
         self.precision = precision
         lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
-        # per input block: its largest table (categorical), rounded up to a power of two
-        self.input_kp = {}
-        for b in plan.inputs:
-            if b.family == "categorical" and b.count:
-                kmax = max(plan.params[plan.group_param[name]].k for name, _, _ in b.groups)
-                self.input_kp[b.row] = 1 << max(0, int(kmax) - 1).bit_length()
         # categorical counts: one entry per (leaf group, node tile); tables of at most
         # COUNT_SCATTER_K categories as matrix products, larger ones by scatter
         rows, scatter = [], []
@@ -209,10 +204,10 @@ class TritonEngine:
                 off = int(b.index[i])
                 k = plan.params[plan.group_param[name]].k
                 dest = scatter if k > COUNT_SCATTER_K else rows
-                for ut in range(-(-units // COUNT_BU)):
+                for ut in range(-(-units // (SCATTER_BU if k > COUNT_SCATTER_K else COUNT_BU))):
                     dest.append((row, units, var, off, k, ut))
                 if k <= COUNT_SCATTER_K:
-                    while self.count_bc < min(k, 128):
+                    while self.count_bc < min(k, COUNT_BC_MAX):
                         self.count_bc *= 2
                     self.count_cmax = max(self.count_cmax, k)
         self.count_tab = torch.as_tensor(np.asarray(rows, dtype=np.int64).reshape(-1), device=device)
@@ -258,14 +253,7 @@ class TritonEngine:
         for b, var, index in self.inputs:
             grid = (triton_cdiv(b.count, BU), nb)
             if b.family == "categorical":
-                tab, kp = cat_logp.contiguous(), self.input_kp[b.row]
-                if kp <= INPUT_ROWS_MAX_K and B >= INPUT_ROWS_MIN_B:
-                    k.input_categorical_rows[(triton_cdiv(b.count, INPUT_ROWS_BU),)](
-                        V, xT, var, index, tab, tab.numel(), b.row, b.count, B,
-                        BU=INPUT_ROWS_BU, BB=BB, KP=kp,
-                    )  # fmt: skip
-                else:
-                    k.input_categorical[grid](V, xT, var, index, tab, b.row, b.count, B, BU=BU, BB=BB)
+                k.input_categorical[grid](V, xT, var, index, cat_logp.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
             elif b.family == "gaussian":
                 k.input_gaussian[grid](V, xT, var, index, gauss.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
             else:
@@ -397,11 +385,11 @@ class TritonEngine:
                 if self.count_n:
                     grid = (self.count_n, triton_cdiv(self.count_cmax, self.count_bc))
                     k.input_categorical_counts[grid](
-                        F, xT, self.count_tab, cat, B, BU=COUNT_BU, BC=self.count_bc, BB=BB
+                        F, xT, self.count_tab, cat, B, BU=COUNT_BU, BC=self.count_bc, BB=BB, num_warps=COUNT_WARPS
                     )
                 if self.scatter_n:
                     grid = (self.scatter_n, triton_cdiv(B, BB))
-                    k.input_categorical_scatter[grid](F, xT, self.scatter_tab, cat, B, BU=COUNT_BU, BB=BB)
+                    k.input_categorical_scatter[grid](F, xT, self.scatter_tab, cat, B, BU=SCATTER_BU, BB=BB)
             elif b.family == "gaussian":
                 out = torch.empty((b.count, 5), dtype=torch.float32, device=F.device)
                 k.input_gaussian_bwd[(triton_cdiv(b.count, BU),)](
