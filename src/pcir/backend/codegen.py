@@ -3,7 +3,7 @@
 The module holds
 
 * the input kernels (one per leaf family present), the stored-product kernels (if any);
-* for each distinct sum-layer *variant* ``(block_m, block_k)`` six kernels whose tile sizes are
+* for each distinct sum-layer *variant* ``(block_m, block_k)`` eight kernels whose tile sizes are
   module-level ``tl.constexpr`` constants (``V<i>_BM``, ``V<i>_BK``):
   ``sum_fwd_v<i>`` (forward: gather-add of the fused products' children as each column tile loads,
   online max-subtraction, ``tl.dot``, log, add back) and ``sum_fwdt_v<i>``, the same batch-major
@@ -11,7 +11,9 @@ The module holds
   backward ``sum_bwd_prep_nodes_v<i>`` (the nodes' flows scaled in place, ``G = F exp(m - V)``),
   ``sum_bwd_prep_cols_v<i>`` (the columns' factors ``E = exp(c - m)``, products recomputed, into a
   scratch), ``sum_bwd_params_v<i>`` (parameter flows, ``G E^T`` over the batch per weight tile)
-  and ``sum_bwd_cols_v<i>`` (node flows ``E * (W^T G)``, scattered to the products' children);
+  and ``sum_bwd_cols_v<i>`` (node flows ``E * (W^T G)``, scattered to the products' children),
+  each a thin kernel over a ``@triton.jit`` body of one tile; ``sum_bwd_prep_v<i>`` runs both
+  preparations in one launch and ``sum_bwd_mm_v<i>`` both products (disjoint program ranges);
   the kernels that gather get a second copy with the arity unrolled (suffix ``s``) where a
   layer of that shape is table-driven (:func:`static_arity`);
 * the row-wise passes over the flat parameter stores (``em_sum_rows``, ``em_cat_rows``,

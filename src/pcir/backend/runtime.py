@@ -343,6 +343,7 @@ class CompiledCircuit(nn.Module):
         self._cache: tuple | None = None
         self._graphs: dict = {}
         self._em_args: torch.Tensor | None = None
+        self._em_args_host: tuple[float, float] | None = None
         self.cuda_graphs = True  # capture forward / forward_backward / em_step per batch shape on CUDA
         self._soften = 1.0  # data softening of forward_backward (see the ``soften`` property)
         # the initial values are written into host arrays, one slot at a time, and become the
@@ -776,6 +777,16 @@ class CompiledCircuit(nn.Module):
     @torch.no_grad()
     def forward_backward(self, x, missing=None) -> torch.Tensor:
         """Forward, then PC flows (root flow 1 per sample) accumulated into the flow buffers."""
+        if missing is None:
+            # the value check inside the (graphed) step: no launches of its own before the replay
+            xf = self._to_device(x)
+            self._normalised_cached()
+            key = ("fb-checked", tuple(xf.shape), self._soften)
+            out, good = self._maybe_graphed(key, self._checked_forward_backward_core, xf)
+            if not bool(good):  # nothing was accumulated (root flow 0)
+                self._prepare(x)  # raises the DataError that names the first bad entry
+                raise BackendError("internal error: the data check in the step disagrees with the eager one")
+            return out
         xf, check = self._prepare(x, missing, defer=True)
         self._normalised_cached()
         # bad data gives a zero root flow: nothing is accumulated before the error is raised
@@ -789,6 +800,14 @@ class CompiledCircuit(nn.Module):
         ``_prepare`` and the forward in one function, so that one CUDA graph holds both."""
         ok = self._values_ok(xf)
         return self._forward_core(torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))), ok.all()
+
+    def _checked_forward_backward_core(self, xf):
+        """forward_backward's work and its value check in one function (one CUDA graph): bad data
+        gives a zero root flow, so nothing is accumulated, and ``good`` False."""
+        ok = self._values_ok(xf)
+        good = ok.all()
+        xf = torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
+        return self._forward_backward_core(xf, good.to(torch.float32)), good
 
     def _forward_core(self, xf):
         _, _, logp, W = self._cache  # type: ignore[misc]
@@ -932,10 +951,11 @@ class CompiledCircuit(nn.Module):
         if entropy > 0:
             self._regularise_flows(float(entropy), float(pseudocount))
         self._normalised_cached()
-        if self._em_args is None or self._em_args.device != self.device:
-            self._em_args = torch.zeros(2, dtype=torch.float32, device=self.device)
-        self._em_args[0] = float(step_size)
-        self._em_args[1] = float(pseudocount)
+        args = (float(step_size), float(pseudocount))
+        if self._em_args is None or self._em_args.device != self.device or self._em_args_host != args:
+            # written only when they change: no copies to the device on a steady schedule
+            self._em_args = torch.tensor(args, dtype=torch.float32, device=self.device)
+            self._em_args_host = args
         self._maybe_graphed(("em",), self._em_core, self._em_args)
         # the normalised buffers were refreshed inside: mark them fresh for the new versions
         self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
