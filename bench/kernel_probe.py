@@ -59,6 +59,7 @@ KNOBS = {
     "cbu128": (te, "COUNT_BU", 128),
     "cbc256": (te, "COUNT_BC_MAX", 256),
     "cw8": (te, "COUNT_WARPS", 8),
+    "fbb128": (te, "FWD_BB_LARGE", 128),
 }
 
 

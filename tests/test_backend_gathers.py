@@ -232,3 +232,19 @@ def test_flows_buffer_after_the_backward(name, fused, triton_device, monkeypatch
         with np.errstate(over="ignore", invalid="ignore"):
             want = np.where((f != 0) & np.isfinite(v), f * np.exp(mx - v), 0.0)
         np.testing.assert_allclose(F[g.row : g.row + g.units], want, rtol=2e-4, atol=1e-5, err_msg=g.name)
+
+
+@pytest.mark.parametrize("name", ["hclt", "pd", "mixed"])
+def test_forward_on_batch_tiles_of_128(name, triton_device, monkeypatch):
+    """The sum forward on 128-sample tiles at batches of 1024 or more (triton_engine.FWD_BB_LARGE,
+    a probe knob), a partial last tile included, against the reference."""
+    monkeypatch.setattr(te, "FWD_BB_LARGE", 128)
+    c = CIRCUITS[name]()
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    x, miss = data_for(c, 1030, seed=3, p_missing=0.2)
+    with torch.no_grad():
+        ll = m(x, miss).cpu().double().numpy()
+    ref = ev.log_likelihood(c, x, miss)
+    fin = np.isfinite(ref)
+    assert np.array_equal(fin, np.isfinite(ll))
+    np.testing.assert_allclose(ll[fin], ref[fin], rtol=1e-4, atol=1e-4)

@@ -67,6 +67,9 @@ FUSE_MM_MAX_TILES = 1.0
 FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob)
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
+# batch tile of the sum forward at batches of at least 1024 (64: as every other launch; the
+# probe's variant "fbb128" tries 128)
+FWD_BB_LARGE = 64
 # leaf rows and categories (at most) per program of the categorical counts by matrix product,
 # and its warps. H200, bench/kernel_probe.py (seventh session, input_stats): 64 rows instead of
 # 32 took hclt-128's counts from 0.396 to 0.216 ms; 256 categories instead of 128, 0.262 (hclt-512
@@ -278,6 +281,8 @@ class TritonEngine:
         """One sum layer's forward launch."""
         B = V.shape[1]
         BB = self._tile_for(L, L.n_fwd, L.max_k, B)
+        if BB == 64 and B >= 1024:
+            BB = FWD_BB_LARGE
         name = "sum_fwdt" if BB >= TRANS_FWD_MIN_BB else "sum_fwd"
         fn = getattr(self.k, f"{name}_v{L.variant}{L.sfx}")
         fn[(L.n_fwd, triton_cdiv(B, BB))](
