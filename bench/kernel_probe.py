@@ -61,6 +61,7 @@ KNOBS = {
     "cw8": (te, "COUNT_WARPS", 8),
     "fbb128": (te, "FWD_BB_LARGE", 128),
     "nochain": (te, "CHAIN_TILES", 0.0),
+    "chain": (te, "CHAIN_TILES", 1.0),
     "chain4": (te, "CHAIN_TILES", 4.0),
     "nobchain": (te, "BWD_CHAIN", False),
     "chain01": (te, "CHAIN_TILES", 0.125),

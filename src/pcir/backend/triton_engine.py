@@ -70,8 +70,8 @@ TRANS_FWD_MIN_BB = 64
 # runs of at least CHAIN_MIN_LAYERS consecutive small sum layers (contiguous gathers, one tile
 # shape, at most CHAIN_TILES node tiles per SM each) run their forward as one persistent launch
 # (codegen's sum_fwd_chain: one program per SM, a grid-wide barrier between layers) instead of
-# one launch per layer; 0 turns chains off
-CHAIN_TILES = 1.0
+# one launch per layer; 0 turns chains off (off until measured on a GPU: the probe's "chain")
+CHAIN_TILES = 0.0
 CHAIN_MIN_LAYERS = 2
 # programs per SM of a chain launch, at most: as many as the compiled kernel's registers, shared
 # memory and warps let the SM hold at once (every program must be resident for the barrier); the
