@@ -60,13 +60,6 @@ KNOBS = {
     "cbc256": (te, "COUNT_BC_MAX", 256),
     "cw8": (te, "COUNT_WARPS", 8),
     "fbb128": (te, "FWD_BB_LARGE", 128),
-    "nochain": (te, "CHAIN_TILES", 0.0),
-    "chain": (te, "CHAIN_TILES", 1.0),
-    "chain4": (te, "CHAIN_TILES", 4.0),
-    "nobchain": (te, "BWD_CHAIN", False),
-    "chain01": (te, "CHAIN_TILES", 0.125),
-    "occ2": (te, "CHAIN_OCC_MAX", 2),
-    "occ4": (te, "CHAIN_OCC_MAX", 4),
 }
 
 

@@ -110,24 +110,23 @@ def test_dense_loops_are_detected_exactly(triton_device, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "contig, static, small, dense, fused, chain",
+    "contig, static, small, dense, fused",
     [
-        (True, True, 0, False, True, 1e9),
-        (False, True, 0, False, True, 1e9),
-        (True, False, 0, False, True, 1e9),
-        (True, True, 1e9, False, True, 1e9),
-        (True, True, 0, True, True, 1e9),
-        (False, False, 0, True, True, 0),
-        (True, True, 0, False, False, 0),  # the backward's four separate launches
-        (False, False, 1e9, False, False, 0),
+        (True, True, 0, False, True),
+        (False, True, 0, False, True),
+        (True, False, 0, False, True),
+        (True, True, 1e9, False, True),
+        (True, True, 0, True, True),
+        (False, False, 0, True, True),
+        (True, True, 0, False, False),  # the backward's four separate launches
+        (False, False, 1e9, False, False),
     ],
 )
 @pytest.mark.parametrize("batch", [5, 70])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_gathers_and_forward_layouts_match_reference(
-    name, batch, contig, static, small, dense, fused, chain, triton_device, monkeypatch
+    name, batch, contig, static, small, dense, fused, triton_device, monkeypatch
 ):
-    monkeypatch.setattr(te, "CHAIN_TILES", chain)  # 1e9: every run of small enough layers chained
     monkeypatch.setattr(te, "BWD_FUSED", fused)
     monkeypatch.setattr(te, "FUSE_MM_MAX_TILES", float("inf") if batch > 8 else -1.0)  # both forms
     monkeypatch.setattr(te, "DENSE_LOOP", dense)
@@ -142,13 +141,6 @@ def test_gathers_and_forward_layouts_match_reference(
     assert [L.contig for L in layers] == [contig and not t for t in table]
     # exactly the table-driven layers take the unrolled kernels, and only when asked to
     assert [L.sfx for L in layers] == ["s" if static and t else "" for t in table]
-    eng = m._engine()
-    if not chain or not contig:
-        assert not eng.chains and not eng.bchains
-    elif name in ("hclt", "hmm", "block_sparse"):  # runs of contiguous sum layers: chained
-        assert eng.chains and all(c.n >= 2 for c in eng.chains)
-        # the backward too where sum_backward would fuse the products (batch > 8 here)
-        assert bool(eng.bchains) == (fused and batch > 8)
     if not dense:
         assert not any(L.dense_fwd or L.dense_col for L in layers)
     elif name in ("hclt", "hmm", "pd"):
@@ -256,23 +248,3 @@ def test_forward_on_batch_tiles_of_128(name, triton_device, monkeypatch):
     fin = np.isfinite(ref)
     assert np.array_equal(fin, np.isfinite(ll))
     np.testing.assert_allclose(ll[fin], ref[fin], rtol=1e-4, atol=1e-4)
-
-
-def test_resident_programs_follow_the_occupancy_rules(monkeypatch):
-    """How many programs of a chain kernel one SM holds (every program of a chain launch must be
-    resident for its barrier): the least of the register, thread and shared-memory limits."""
-    from types import SimpleNamespace
-
-    props = SimpleNamespace(
-        regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048, shared_memory_per_multiprocessor=233472
-    )
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)
-
-    def ker(regs, shared):
-        return SimpleNamespace(n_regs=regs, metadata=SimpleNamespace(shared=shared))
-
-    assert te.resident_programs(ker(64, 32768), 4, "cuda") == 6  # shared memory: 233472 // 33792
-    assert te.resident_programs(ker(64, 0), 4, "cuda") == 8  # registers: 64 x 32 per warp -> 32 warps
-    assert te.resident_programs(ker(250, 0), 8, "cuda") == 1  # 256 per thread rounded: 8 warps of 8192
-    assert te.resident_programs(ker(32, 0), 4, "cuda") == 16  # threads: 2048 // 128
-    assert te.resident_programs(ker(255, 200000), 8, "cuda") == 1

@@ -288,12 +288,12 @@ V{i}_BK = tl.constexpr({bk})
 
 SUM_KERNELS = '''
 @triton.jit
-def sum_tile_fwd_v{i}(
-    V, W, COLS, TAB, LIST, M, t, pb, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+def sum_fwd_v{i}(
+    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
-    """Sum layer forward of node tile t, batch tile pb: out[s, b] = log sum_k W[s, k] exp(c[k, b]),
-    c = fused product values."""
-    b = pb * BB + tl.arange(0, BB)
+    """Sum layer forward: out[s, b] = log sum_k W[s, k] exp(c[k, b]), c = fused product values."""
+    t = tl.program_id(0)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
     row = tl.load(TAB + t * 9 + 0)
     units = tl.load(TAB + t * 9 + 1)
@@ -331,21 +331,14 @@ def sum_tile_fwd_v{i}(
 
 
 @triton.jit
-def sum_fwd_v{i}(
+def sum_fwdt_v{i}(
     V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
-    """sum_tile_fwd alone, one program per (node tile, batch tile)."""
-    sum_tile_fwd_v{i}(V, W, COLS, TAB, LIST, M, tl.program_id(0), tl.program_id(1), B, A, BB, CG, DENSE)
-
-
-@triton.jit
-def sum_tile_fwdt_v{i}(
-    V, W, COLS, TAB, LIST, M, t, pb, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
-):
-    """sum_tile_fwd batch-major: out[b, s] = log sum_k exp(c[b, k]) W[s, k]; the operand computed in
+    """sum_fwd batch-major: out[b, s] = log sum_k exp(c[b, k]) W[s, k]; the operand computed in
     registers (exp of the gathered columns) is the product's left one, the one Hopper's
     tensor-core instruction (wgmma) may take from registers rather than shared memory."""
-    b = pb * BB + tl.arange(0, BB)
+    t = tl.program_id(0)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
     row = tl.load(TAB + t * 9 + 0)
     units = tl.load(TAB + t * 9 + 1)
@@ -380,14 +373,6 @@ def sum_tile_fwdt_v{i}(
     tl.store(V + (row + s)[None, :] * B + b[:, None], out, mask=bm[:, None] & sm[None, :])
     # the group's max over all its columns (node tiles of a block-sparse group see different ones)
     tl.atomic_max(M + grp * B + b, mx, mask=bm, sem="relaxed")
-
-
-@triton.jit
-def sum_fwdt_v{i}(
-    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
-):
-    """sum_tile_fwdt alone, one program per (node tile, batch tile)."""
-    sum_tile_fwdt_v{i}(V, W, COLS, TAB, LIST, M, tl.program_id(0), tl.program_id(1), B, A, BB, CG, DENSE)
 
 
 @triton.jit
@@ -491,101 +476,6 @@ def sum_bwd_mm_v{i}(
     else:
         if pb * BC < B:
             sum_tile_cols_v{i}(F, W, E, COLS, TABC, LIST, t - NP, pb, B, A, BC, EXCL, CG, DENSE)
-'''
-
-
-# A grid-wide barrier for the persistent kernels below: every program of the launch arrives
-# (one relaxed count each, after its threads' stores), then waits until ``target`` programs have.
-# All programs must be resident at once: the engine launches at most one per SM.
-GRID_SYNC = """
-@triton.jit
-def _grid_sync(SYNC, target):
-    tl.debug_barrier()
-    tl.atomic_add(SYNC, 1, sem="release", scope="gpu")
-    n = tl.atomic_add(SYNC, 0, sem="acquire", scope="gpu")
-    while n < target:
-        n = tl.atomic_add(SYNC, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
-"""
-
-# Consecutive small sum layers of one tile shape in one launch (contiguous layers only; the arity
-# a runtime value of each layer).
-SUM_CHAIN = '''
-@triton.jit
-def sum_fwd_chain_v{i}(
-    V, W, COLS, TAB, LIST, M, LAYERS, NL, SYNC, NPROG, B,
-    BB: tl.constexpr, T: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
-):
-    """The forward of NL consecutive sum layers in one persistent launch of NPROG programs: layer
-    li's (node tile, batch tile) pairs are shared out among the programs, then all of them meet at
-    a grid-wide barrier before layer li + 1, whose gathers read layer li's rows. TAB, COLS and LIST
-    are the layers' tables end to end; LAYERS[li] = (first tile, tiles, arity). SYNC: a zeroed
-    counter."""
-    pid = tl.program_id(0)
-    nb = tl.cdiv(B, BB)
-    for li in range(0, NL):
-        t0 = tl.load(LAYERS + li * 3 + 0)
-        nt = tl.load(LAYERS + li * 3 + 1)
-        A = tl.load(LAYERS + li * 3 + 2)
-        for w in range(pid, nt * nb, NPROG):
-            if T:  # batch-major (sum_fwdt)
-                sum_tile_fwdt_v{i}(V, W, COLS, TAB, LIST, M, t0 + w // nb, w % nb, B, A, BB, CG, DENSE)
-            else:
-                sum_tile_fwd_v{i}(V, W, COLS, TAB, LIST, M, t0 + w // nb, w % nb, B, A, BB, CG, DENSE)
-        _grid_sync(SYNC, NPROG * (li + 1))
-'''
-
-
-# The backward of consecutive small sum layers in one launch (see SUM_CHAIN): per layer, from the
-# top one down, its two preparations, a barrier, its two products, a barrier.
-SUM_BWD_CHAIN = '''
-@triton.jit
-def sum_bwd_chain_v{i}(
-    V, F, W, E, PF, M, COLS, TABN, TABC, TABP, LIST, LAYERS, NL, SYNC, NPROG, TP, B,
-    BB: tl.constexpr, BC: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
-):
-    """The backward of NL sum layers (sum_bwd_prep and sum_bwd_mm of each, in order) in one
-    persistent launch of NPROG programs, with a grid-wide barrier after each half. LAYERS[li] =
-    (first node tile, node tiles, first column tile, column tiles, first parameter tile, parameter
-    tiles, arity, first entry of COLS, first entry of LIST) into the tables joined end to end; the
-    parameter flows' sample chunks as sum_backward's (about TP programs in all)."""
-    pid = tl.program_id(0)
-    nb = tl.cdiv(B, BB)
-    nbc = tl.cdiv(B, BC)
-    for li in range(0, NL):
-        row = LAYERS + li * 9
-        tn0 = tl.load(row + 0)
-        nn = tl.load(row + 1)
-        tc0 = tl.load(row + 2)
-        nc = tl.load(row + 3)
-        tp0 = tl.load(row + 4)
-        npf = tl.load(row + 5)
-        A = tl.load(row + 6)
-        cb = tl.load(row + 7)
-        lb = tl.load(row + 8)
-        for w in range(pid, (nn + nc) * nb, NPROG):
-            t = w // nb
-            if t < nn:
-                _prep_nodes_tile_v{i}(V, F, TABN + tn0 * 9, M, t, w % nb, B, BB)
-            else:
-                sum_tile_prep_cols_v{i}(V, E, COLS + cb, TABC + tc0 * 9, M, t - nn, w % nb, B, A, BB, CG)
-        _grid_sync(SYNC, NPROG * (2 * li + 1))
-        chunks = tl.maximum(1, tl.minimum(nb, tl.cdiv(TP, tl.maximum(npf, 1))))
-        ch = tl.cdiv(nb, chunks) * BB
-        nbp = tl.cdiv(B, ch)
-        nbm = tl.maximum(nbp, nbc)
-        for w in range(pid, (npf + nc) * nbm, NPROG):
-            t = w // nbm
-            pb = w % nbm
-            if t < npf:
-                if pb < nbp:
-                    _params_tile_v{i}(F, E, W, TABP + tp0 * 9, PF, t, pb, B, ch, BB)
-            else:
-                if pb < nbc:
-                    sum_tile_cols_v{i}(
-                        F, W, E, COLS + cb, TABC + tc0 * 9, LIST + lb, t - npf, pb, B, A, BC, EXCL, CG, DENSE
-                    )
-        _grid_sync(SYNC, NPROG * (2 * li + 2))
 '''
 
 
@@ -806,7 +696,7 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     if any(layer.kind == "product" for layer in plan.layers):
         parts.append(PRODUCT_KERNELS)
     dot = DOT[precision]
-    static_gather = grid_sync = False
+    static_gather = False
     if vs:
         parts.append(COL_ROWS)
         parts.append(GATHER)
@@ -821,12 +711,6 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
         parts.append(text)
         parts.append(SUM_KERNELS_NO_GATHER.format(i=i, dot_ge=dot.format(a="g", b="tl.trans(e)")))
         mine = [layer for layer in plan.layers if layer.kind == "sum" and layer_variant[layer.index] == i]
-        if any(layer.contiguous() for layer in mine):
-            if not grid_sync:
-                parts.append(GRID_SYNC)
-                grid_sync = True
-            parts.append(SUM_CHAIN.format(i=i))
-            parts.append(SUM_BWD_CHAIN.format(i=i))
         if not all(layer.contiguous() for layer in mine):  # table-driven layers: the arity unrolled
             if not static_gather:
                 parts.append(static_arity(GATHER))

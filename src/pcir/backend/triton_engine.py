@@ -67,19 +67,6 @@ FUSE_MM_MAX_TILES = 1.0
 FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob)
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
-# runs of at least CHAIN_MIN_LAYERS consecutive small sum layers (contiguous gathers, one tile
-# shape, at most CHAIN_TILES node tiles per SM each) run their forward as one persistent launch
-# (codegen's sum_fwd_chain: one program per SM, a grid-wide barrier between layers) instead of
-# one launch per layer; 0 turns chains off (off until measured on a GPU: the probe's "chain")
-CHAIN_TILES = 0.0
-CHAIN_MIN_LAYERS = 2
-# programs per SM of a chain launch, at most: as many as the compiled kernel's registers, shared
-# memory and warps let the SM hold at once (every program must be resident for the barrier); the
-# first launch of a chain kernel runs one per SM, later ones use its measured resources. 1: one
-# per SM, which is resident whatever the driver's shared-memory carve-out (the probe's "occ2")
-CHAIN_OCC_MAX = 1
-# the backward of runs of such layers (whose products sum_backward fuses) as one launch too
-BWD_CHAIN = True
 # batch tile of the sum forward at batches of at least 1024 (64: as every other launch; the
 # probe's variant "fbb128" tries 128)
 FWD_BB_LARGE = 64
@@ -121,21 +108,6 @@ def row_tiles(runs, device) -> list[tuple[int, int, torch.Tensor, int]]:
         tab = np.concatenate(tabs)
         out.append((br, bk, torch.as_tensor(tab.reshape(-1), device=device), len(tab)))
     return out
-
-
-def resident_programs(kernel, num_warps: int, device) -> int:
-    """How many programs of a compiled Triton kernel one SM holds at once, from its registers per
-    thread, shared memory and warps (the occupancy rules, rounded down)."""
-    props = torch.cuda.get_device_properties(device)
-    regs_sm = getattr(props, "regs_per_multiprocessor", 65536)
-    threads_sm = getattr(props, "max_threads_per_multi_processor", 2048)
-    smem_sm = getattr(props, "shared_memory_per_multiprocessor", 0) or 228 * 1024
-    regs_warp = -(-max(int(kernel.n_regs), 1) * 32 // 256) * 256  # allocated per warp, by 256
-    by_regs = (regs_sm // regs_warp) // num_warps
-    by_threads = threads_sm // (32 * num_warps)
-    shared = int(getattr(kernel.metadata, "shared", 0) or 0)
-    by_smem = smem_sm // (shared + 1024)  # 1 KiB reserved per program
-    return max(0, min(by_regs, by_threads, by_smem, 32))
 
 
 def _batch_tile(B: int) -> int:
@@ -187,79 +159,9 @@ class _SumLayer:
         self.exclusive = layer.exclusive
         self.cols = lt(np.concatenate(cols)).to(torch.int32)
         self.fwd, self.fwd_list = lt(fwd), lt(fwd_list or [0])
-        # host copies of the forward's tables, for the chains (TritonEngine._chains)
-        self.host_fwd = (
-            np.concatenate(cols),
-            np.asarray(fwd, dtype=np.int64).reshape(-1, 9),
-            np.asarray(fwd_list, dtype=np.int64),
-        )
-        self.host_bwd = (
-            np.asarray(col_tab, np.int64).reshape(-1, 9),
-            np.asarray(col_list, np.int64),
-            np.asarray(pf_tab, np.int64).reshape(-1, 9),
-        )
         self.col, self.col_list = lt(col_tab), lt(col_list or [0])
         self.pf = lt(pf_tab)
         self.n_fwd, self.n_col, self.n_pf = len(fwd), len(col_tab), len(pf_tab)
-
-
-class _Chain:
-    """Consecutive sum layers ``[start, end)`` of ``TritonEngine.layers`` whose forward is one
-    launch: their forward tables end to end (column offsets and tile-list starts shifted) and
-    ``layers`` rows ``(first tile, tiles, arity)``."""
-
-    def __init__(self, index: int, start: int, members: list[_SumLayer], device):
-        self.index = index  # its barrier counter in the forward's S
-        self.start, self.end = start, start + len(members)
-        self.first = members[0]
-        cols, tabs, lists, rows = [], [], [], []
-        nc = nl = nt = 0
-        for L in members:
-            c, tab, lst = L.host_fwd
-            tab = tab.copy()
-            tab[:, 4] += nc  # col_off into the joined COLS
-            tab[:, 6] += nl  # start of the tile list in the joined LIST
-            cols.append(c)
-            tabs.append(tab)
-            lists.append(lst)
-            rows.append((nt, len(tab), L.arity))
-            nc, nl, nt = nc + len(c), nl + len(lst), nt + len(tab)
-        lt = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64).reshape(-1), device=device)
-        self.cols = lt(np.concatenate(cols)).to(torch.int32)
-        self.tab = lt(np.concatenate(tabs))
-        self.list = lt(np.concatenate(lists) if nl else [0])
-        self.layers = lt(rows)
-        self.n = len(members)
-
-
-class _BwdChain:
-    """Consecutive sum layers ``[start, end)`` whose backward is one launch (codegen's
-    sum_bwd_chain), the top one first: their backward tables end to end, unshifted (each layer's
-    rows say where its own start), and ``layers`` rows (first node / column / parameter tile and
-    counts, arity, first entries of COLS and LIST)."""
-
-    def __init__(self, index: int, start: int, members: list[_SumLayer], device):
-        self.index = index
-        self.start, self.end = start, start + len(members)
-        self.first = members[0]
-        cols, tn, tc, tp, lists, rows = [], [], [], [], [], []
-        n = [0, 0, 0, 0, 0]  # node, column, parameter tiles; COLS, LIST entries so far
-        for L in reversed(members):
-            c, fwd, _ = L.host_fwd
-            col, col_list, pf = L.host_bwd
-            rows.append((n[0], len(fwd), n[1], len(col), n[2], len(pf), L.arity, n[3], n[4]))
-            cols.append(c)
-            tn.append(fwd)
-            tc.append(col)
-            tp.append(pf)
-            lists.append(col_list)
-            n = [n[0] + len(fwd), n[1] + len(col), n[2] + len(pf), n[3] + len(c), n[4] + len(col_list)]
-        lt = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64).reshape(-1), device=device)
-        self.cols = lt(np.concatenate(cols)).to(torch.int32)
-        self.tabn, self.tabc, self.tabp = lt(np.concatenate(tn)), lt(np.concatenate(tc)), lt(np.concatenate(tp))
-        self.list = lt(np.concatenate(lists) if n[4] else [0])
-        self.layers = lt(rows)
-        self.n = len(members)
 
 
 class _ProductLayer:
@@ -329,11 +231,6 @@ class TritonEngine:
         self.target_programs = 4 * self.sms
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
         self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
-        self.chains = self._chains(device)
-        self.bchains = self._chains(device, backward=True)
-        self.bchain_top = {c.end - 1: c for c in self.bchains}
-        self.chain_programs: dict[tuple, int] = {}  # (kind, variant, batch tiles) -> programs
-        self.chain_at = {c.start: c for c in self.chains}
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
         if device.type == "cuda":  # the row-wise parameter kernels do not depend on the batch
@@ -365,95 +262,12 @@ class TritonEngine:
                 k.input_gaussian[grid](V, xT, var, index, gauss.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
             else:
                 k.input_indicator[grid](V, xT, var, index, b.row, b.count, B, BU=BU, BB=BB)
-        S = torch.zeros(max(1, len(self.chains)), dtype=torch.int32, device=xf.device) if self.chains else None
-        i = 0
-        while i < len(self.layers):
-            L = self.layers[i]
-            chain = self.chain_at.get(i)
-            if chain is not None:
-                self.chain_forward(chain, V, W, M, S[chain.index :])
-                i = chain.end
-                continue
+        for L in self.layers:
             if isinstance(L, _SumLayer):
                 self.sum_forward(L, V, W, M)
             else:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
-            i += 1
         return V, M
-
-    def _chain_key(self, L) -> tuple | None:
-        """Layers of one key may share a chain; None: never chained."""
-        if not isinstance(L, _SumLayer) or L.sfx or not L.contig or L.n_fwd > CHAIN_TILES * self.sms:
-            return None
-        # the same batch tile at every batch (see _tile_for)
-        small = L.n_fwd < SMALL_LAYER * self.sms and L.max_k <= SMALL_LAYER_LOOP
-        return (L.variant, L.dense_fwd, L.num_warps, small)
-
-    def _bwd_chain_key(self, i: int) -> tuple | None:
-        """Layers of one key may share a backward chain; None: never chained."""
-        L = self.layers[i]
-        key = self._chain_key(L)
-        if key is None or not BWD_CHAIN or not BWD_FUSED or self.plan.recompute.get(i):
-            return None
-        if L.n_pf + L.n_col > FUSE_MM_MAX_TILES * self.sms:
-            return None
-        # the same node-flow batch tile at every batch (see _tile_for)
-        small_col = L.n_col < SMALL_LAYER * self.sms and L.max_units <= SMALL_LAYER_LOOP
-        return (*key, L.exclusive, L.dense_col, small_col)
-
-    def _chains(self, device, backward: bool = False) -> list:
-        out, i = [], 0
-        key_of = self._bwd_chain_key if backward else (lambda j: self._chain_key(self.layers[j]))
-        make = _BwdChain if backward else _Chain
-        while i < len(self.layers):
-            key = key_of(i)
-            j = i + 1
-            while key is not None and j < len(self.layers) and key_of(j) == key:
-                j += 1
-            if key is not None and j - i >= max(2, CHAIN_MIN_LAYERS):
-                out.append(make(len(out), i, self.layers[i:j], device))
-            i = j
-        return out
-
-    def _chain_launch(self, key, fn, args: tuple, num_warps: int, device, **meta) -> None:
-        """``fn`` on one program per SM the first time, then on as many as the SM holds at once
-        (at most CHAIN_OCC_MAX per SM); one program on the CPU interpreter. ``None`` in ``args``
-        stands for the number of programs."""
-        cuda = device.type == "cuda"
-        nprog = self.chain_programs.get(key, self.sms) if cuda else 1
-        ker = fn[(nprog,)](*(nprog if a is None else a for a in args), **meta, num_warps=num_warps)
-        if cuda and key not in self.chain_programs and getattr(ker, "n_regs", 0):
-            per_sm = resident_programs(ker, num_warps, device)
-            self.chain_programs[key] = self.sms * max(1, min(CHAIN_OCC_MAX, per_sm))
-
-    def chain_forward(self, chain: _Chain, V, W, M, S) -> None:
-        """One launch for the forward of ``chain``'s layers: one program per SM (all resident at
-        once, as the barrier between layers needs), or one on the CPU interpreter, which runs
-        programs one after the other."""
-        L = chain.first
-        B = V.shape[1]
-        BB = self._tile_for(L, L.n_fwd, L.max_k, B)
-        self._chain_launch(
-            ("fwd", L.variant, BB),
-            getattr(self.k, f"sum_fwd_chain_v{L.variant}"),
-            (V, W, chain.cols, chain.tab, chain.list, M, chain.layers, chain.n, S, None, B),
-            L.num_warps, V.device, BB=BB, T=BB >= TRANS_FWD_MIN_BB, CG=True, DENSE=L.dense_fwd,
-        )  # fmt: skip
-
-    def chain_backward(self, chain: _BwdChain, V, F, W, M, PF, E, S) -> None:
-        """One launch for the backward of ``chain``'s layers (each as sum_backward's two fused
-        launches would do it)."""
-        L = chain.first
-        B = V.shape[1]
-        BB = _batch_tile(B)
-        CB = self._tile_for(L, L.n_col, L.max_units, B)
-        self._chain_launch(
-            ("bwd", L.variant, BB, CB),
-            getattr(self.k, f"sum_bwd_chain_v{L.variant}"),
-            (V, F, W, E, PF, M, chain.cols, chain.tabn, chain.tabc, chain.tabp, chain.list, chain.layers, chain.n,
-             S, None, self.target_programs, B),
-            L.num_warps, V.device, BB=BB, BC=CB, EXCL=L.exclusive, CG=True, DENSE=L.dense_col,
-        )  # fmt: skip
 
     def _tile_for(self, L: _SumLayer, tiles: int, loop: int, B: int) -> int:
         """The batch tile of a launch of sum layer ``L`` over ``tiles`` (node or column) tiles
@@ -498,14 +312,7 @@ class TritonEngine:
         if PF is None:  # else accumulate into the given buffer (the model's flows)
             PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
         E = torch.empty((self.max_columns, B), dtype=torch.float32, device=V.device)
-        S = torch.zeros(len(self.bchains), dtype=torch.int32, device=V.device) if self.bchains else None
-        t = len(self.layers) - 1
-        while t >= 0:
-            chain = self.bchain_top.get(t)
-            if chain is not None:  # no recompute inside a chain (see _bwd_chain_key)
-                self.chain_backward(chain, V, F, W, M, PF, E, S[chain.index :])
-                t = chain.start - 1
-                continue
+        for t in range(len(self.layers) - 1, -1, -1):
             L = self.layers[t]
             for j in plan.recompute.get(t, ()):  # scratch products read from here down: recompute
                 P = self.layers[j]
@@ -515,7 +322,6 @@ class TritonEngine:
                 self.sum_backward(L, V, F, W, M, PF, E)
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
-            t -= 1
         F[0] = 0.0
         return F, PF
 
