@@ -66,6 +66,16 @@ def _sum_layers(m) -> list:
     return [L for L in m._engine().layers if isinstance(L, te._SumLayer)]
 
 
+def _assert_ll_matches_reference(m, c, x, miss) -> None:
+    """The model's log-likelihoods against the reference evaluator's (the same samples finite)."""
+    with torch.no_grad():
+        ll = m(x, miss).cpu().double().numpy()
+    ref = ev.log_likelihood(c, x, miss)
+    fin = np.isfinite(ref)
+    assert np.array_equal(fin, np.isfinite(ll))
+    np.testing.assert_allclose(ll[fin], ref[fin], rtol=1e-4, atol=1e-4)
+
+
 def _contig_layers(m) -> list[bool]:
     return [L.contig for L in _sum_layers(m)]
 
@@ -146,12 +156,7 @@ def test_gathers_and_forward_layouts_match_reference(
     elif name in ("hclt", "hmm", "pd"):
         assert all(L.dense_fwd and L.dense_col for L in layers)
     x, miss = data_for(c, batch, seed=batch, p_missing=0.2)
-    with torch.no_grad():
-        ll = m(x, miss).cpu().double().numpy()
-    ref = ev.log_likelihood(c, x, miss)
-    fin = np.isfinite(ref)
-    assert np.array_equal(fin, np.isfinite(ll))
-    np.testing.assert_allclose(ll[fin], ref[fin], rtol=1e-4, atol=1e-4)
+    _assert_ll_matches_reference(m, c, x, miss)
     m.zero_flows()
     m.forward_backward(x, miss)
     for pname, pf in ev.flows(c, x, miss).param.items():
@@ -242,9 +247,4 @@ def test_forward_on_batch_tiles_of_128(name, triton_device, monkeypatch):
     c = CIRCUITS[name]()
     m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
     x, miss = data_for(c, 1030, seed=3, p_missing=0.2)
-    with torch.no_grad():
-        ll = m(x, miss).cpu().double().numpy()
-    ref = ev.log_likelihood(c, x, miss)
-    fin = np.isfinite(ref)
-    assert np.array_equal(fin, np.isfinite(ll))
-    np.testing.assert_allclose(ll[fin], ref[fin], rtol=1e-4, atol=1e-4)
+    _assert_ll_matches_reference(m, c, x, miss)

@@ -57,9 +57,10 @@ DENSE_LOOP = False
 # each sum layer's backward in two launches (codegen's sum_bwd_prep: node and column preparations;
 # sum_bwd_mm: parameter and node flows) instead of four, the two halves of each launch on disjoint
 # program ranges; False: the four separate kernels (the probe's variant "nofuse"). H200, probe,
-# backward over all layers fused: hclt-32 0.86 -> 0.56 ms, hmm-64 0.46 -> 0.24, hclt-128 1.86 ->
-# 1.46, pd-128 equal, but hclt-512 8.27 -> 9.02 and hmm-2048 6.07 -> 6.20: the products fused
-# into one kernel hold both halves' shared memory and registers, so only small layers fuse them
+# backward: hclt-32 0.86 -> 0.56 ms, hmm-64 0.46 -> 0.24, hclt-128 1.86 -> 1.46, hclt-512 8.26 ->
+# 7.80, hmm-2048 6.10 -> 5.90, pd-128 4.37 -> 4.31. Fusing the products of every layer was slower
+# on the large ones (hclt-512 9.06, hmm-2048 6.24: the fused kernel holds both halves' shared
+# memory and registers), hence FUSE_MM_MAX_TILES
 BWD_FUSED = True
 # the products fuse when the layer has at most this many parameter and column tiles per SM
 # (independent of the batch, so that precompile.same_specialisation's batch warms the same kernels)
@@ -71,7 +72,7 @@ TRANS_FWD_MIN_BB = 64
 # probe's variant "fbb128" tries 128)
 FWD_BB_LARGE = 64
 # leaf rows and categories (at most) per program of the categorical counts by matrix product,
-# and its warps. H200, bench/kernel_probe.py (seventh session, input_stats): 64 rows instead of
+# and its warps. H200, bench/kernel_probe.py (sixth session, input_stats): 64 rows instead of
 # 32 took hclt-128's counts from 0.396 to 0.216 ms; 256 categories instead of 128, 0.262 (hclt-512
 # 1.53 -> 1.01, pd-128 0.40 -> 0.26); 8 warps were slower (0.60)
 COUNT_BU = 64
