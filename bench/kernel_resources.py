@@ -30,14 +30,22 @@ ARG_TYPES = {
     "F": "*fp32",
     "M": "*fp32",
     "PF": "*fp32",
+    "E": "*fp32",
     "COLS": "*i32",
     "TAB": "*i64",
+    "TABN": "*i64",
+    "TABC": "*i64",
+    "TABP": "*i64",
     "LIST": "*i64",
     "B": "i32",
     "A": "i32",
     "CH": "i32",
+    "NN": "i32",
+    "NP": "i32",
 }
-KINDS = ("sum_fwd", "sum_bwd_cols", "sum_bwd_params")
+# the sum kernels the engine launches (sum_bwd_prep / sum_bwd_mm: two steps in one launch)
+KINDS = ("sum_fwd", "sum_fwdt", "sum_bwd_prep", "sum_bwd_mm", "sum_bwd_params", "sum_bwd_cols")
+BACKWARD = ("sum_bwd_prep", "sum_bwd_mm", "sum_bwd_params", "sum_bwd_cols")
 
 
 def circuit_for(name: str):
@@ -71,7 +79,7 @@ def main(argv=None) -> int:
     from pcir.backend.codegen import generate, variants
     from pcir.backend.loader import load_source
     from pcir.backend.plan import lower
-    from pcir.backend.triton_engine import _batch_tile
+    from pcir.backend.triton_engine import BWD_STAGES, WARPS_LARGE_TILE, _batch_tile
 
     backend, arch = args.target.split(":")
     target = GPUTarget(backend, int(arch), 32)
@@ -82,13 +90,28 @@ def main(argv=None) -> int:
         mod = load_source(generate(plan, args.precision), plan.source_hash, args.precision)
         bb = _batch_tile(cfg.batch)
         for i, variant in enumerate(variants(plan)):
+            mine = [layer for layer in plan.layers if layer.kind == "sum" and (layer.block_m, layer.block_k) == variant]
+            # the launch options and compile-time flags the engine gives this variant's layers
+            warps = WARPS_LARGE_TILE if variant[0] * variant[1] >= 64 * 64 else 4
+            flags = {
+                "BB": bb,
+                "BC": bb,
+                "T": bb >= 64,
+                "CG": any(layer.contiguous() for layer in mine),
+                "DENSE": False,
+                "EXCL": all(layer.exclusive for layer in mine),
+            }
             for kind in KINDS:
                 fn = getattr(mod, f"{kind}_v{i}", None)
                 if fn is None:
                     continue
                 try:
-                    sig = {a: ("constexpr" if a == "BB" else ARG_TYPES[a]) for a in fn.arg_names}
-                    k = triton.compile(ASTSource(fn, sig, constexprs={"BB": bb}), target=target)
+                    sig = {a: ("constexpr" if a in flags else ARG_TYPES[a]) for a in fn.arg_names}
+                    const = {a: v for a, v in flags.items() if a in fn.arg_names}
+                    opts = {"num_warps": warps}
+                    if kind in BACKWARD:
+                        opts["num_stages"] = BWD_STAGES
+                    k = triton.compile(ASTSource(fn, sig, constexprs=const), target=target, options=opts)
                     md = k.metadata
                     flag = " OVER" if md.shared > args.limit else ""
                     over += bool(flag)

@@ -199,3 +199,27 @@ def test_kernel_probe_layer_shape_describes_the_engine_layer():
         assert sh["tiles_fwd"] == L.n_fwd and sh["tiles_col"] == L.n_col and sh["tiles_pf"] == L.n_pf
         assert sh["contig"] is True and sh["dense"] == [False, False]  # HCLT; dense loops are off
         assert sh["max_k"] == max(g.k for g in layer.groups)
+
+
+def test_kernel_resources_compiles_every_sum_kernel_for_the_gpu():
+    """bench/kernel_resources.py compiles each generated sum kernel for an H100/H200 (sm_90)
+    without a GPU and prints its shared memory: every kernel the engine launches compiles for the
+    real backend (the interpreter never lowers them), and none is over the limit. It runs in a
+    process of its own without TRITON_INTERPRET, under which Triton returns interpreted kernels."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "kernel_resources.py"), "hclt-32", "pd-32"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    for kind in ("sum_fwd ", "sum_fwdt", "sum_bwd_prep", "sum_bwd_mm", "sum_bwd_params", "sum_bwd_cols"):
+        assert sum(kind in line and "shared=" in line for line in lines) >= 2, (kind, out.stdout)

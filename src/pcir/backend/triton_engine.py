@@ -59,8 +59,10 @@ DENSE_LOOP = False
 # program ranges; False: the four separate kernels (the probe's variant "nofuse"). H200, probe,
 # backward: hclt-32 0.86 -> 0.56 ms, hmm-64 0.46 -> 0.24, hclt-128 1.86 -> 1.46, hclt-512 8.26 ->
 # 7.80, hmm-2048 6.10 -> 5.90, pd-128 4.37 -> 4.31. Fusing the products of every layer was slower
-# on the large ones (hclt-512 9.06, hmm-2048 6.24: the fused kernel holds both halves' shared
-# memory and registers), hence FUSE_MM_MAX_TILES
+# on the large ones (hclt-512 9.06, hmm-2048 6.24), hence FUSE_MM_MAX_TILES. Not for shared
+# memory (bench/kernel_resources.py: the fused kernel takes the larger half's, 32 KiB on 64x64
+# tiles); the fused grid is a rectangle whose parameter part idles where its sample chunks are
+# fewer than the node flows' batch tiles, which may be why (not measured)
 BWD_FUSED = True
 # the products fuse when the layer has at most this many parameter and column tiles per SM
 # (independent of the batch, so that precompile.same_specialisation's batch warms the same kernels)
