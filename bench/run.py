@@ -75,6 +75,13 @@ def parse_args(argv=None):
         default=300.0,
         help="abandon a configuration after this many seconds (SIGALRM; its partial row is kept; 0: never)",
     )
+    ap.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run each configuration in a process of its own with empty Triton and pcir caches, so that "
+        "both sides' compile times are cold (in one process, later configurations reuse kernels that "
+        "earlier ones compiled: PyJuice's in memory, pcir's from Triton's disk cache)",
+    )
     ap.add_argument("--label", default="", help="free text recorded in the JSON (commit, what changed)")
     ap.add_argument("--from-json", metavar="FILE", help="only print the tables of an earlier run's JSON")
     return ap.parse_args(argv)
@@ -255,7 +262,12 @@ def tables(doc: dict) -> str:
         f"torch {doc['env']['torch']}, triton {doc['env']['triton']}. {doc['env'].get('label', '')}",
         "",
         "Times in ms (median), ratios = pcir / PyJuice with CUDA graphs ('!' = target missed), "
-        "roof = card floor / measured train step.",
+        "roof = card floor / measured train step. Compile: "
+        + (
+            "each configuration in a process of its own with empty caches (--isolate), cold on both sides."
+            if doc["args"].get("isolate")
+            else "one process; later configurations reuse kernels that earlier ones compiled."
+        ),
         "",
         report.speed_table(rows),
         "",
@@ -277,7 +289,54 @@ def tables(doc: dict) -> str:
     return "\n".join(out)
 
 
+def isolated_row(cfg, args, argv: list[str], work: Path) -> dict:
+    """``cfg``'s row from a child ``run.py`` of its own (the same arguments, this configuration
+    only), whose Triton and pcir caches are new, empty folders: cold compiles on both sides."""
+    import os
+    import shutil
+    import subprocess
+
+    child = work / cfg.name
+    env = dict(os.environ, TRITON_CACHE_DIR=str(child / "triton"), PCIR_CACHE_DIR=str(child / "pcir"))
+    keep, skip = [], False
+    for a in argv:  # the parent's arguments less the selection, the outputs and --isolate
+        if skip:
+            skip = False
+            continue
+        if a in ("--isolate", "--quick"):
+            continue
+        if a in ("--only", "--configs", "--skip", "--json", "--md", "--budget-s"):
+            skip = True
+            continue
+        if a.split("=")[0] in ("--only", "--configs", "--skip", "--json", "--md", "--budget-s"):
+            continue
+        keep.append(a)
+    out = child / "row.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), *keep, "--configs", cfg.name, "--json", str(out)]
+    limit = (args.config_timeout_s or 3600) * 2 + 120  # the child's own alarm, its setup and card measurement
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"config": cfg.name, "pcir": {"error": f"isolated run killed after {limit:.0f} s"}, "isolated": {}}
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    if proc.returncode != 0 or not rows:
+        tail = (proc.stdout + proc.stderr)[-400:]
+        return {
+            "config": cfg.name,
+            "pcir": {"error": f"isolated run failed (rc {proc.returncode}): {tail}"},
+            "isolated": {},
+        }
+    row = rows[0]
+    # what the child wrote into its empty caches (its compiles were cold); then they go
+    row["isolated"] = {
+        f"{name}_cache_files": sum(1 for f in (child / name).rglob("*") if f.is_file()) for name in ("pcir", "triton")
+    }
+    shutil.rmtree(child, ignore_errors=True)
+    return row
+
+
 def main(argv=None) -> int:
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.from_json:
         print(tables(json.loads(Path(args.from_json).read_text())))
@@ -297,12 +356,25 @@ def main(argv=None) -> int:
     doc = {"card": card, "env": environment(juice_info, args), "args": vars(args), "rows": [], "skipped": []}
     print(json.dumps({"card": card, "env": doc["env"]}), flush=True)
     ctx = Context(device=device, pyjuice=juice)
+    work = None
+    if args.isolate:
+        import tempfile
+
+        work = Path(tempfile.mkdtemp(prefix="pcir-bench-"))
     for cfg in configs:
         if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
             doc["skipped"].append(f"{cfg.name} (time budget {args.budget_s:.0f} s spent)")
             print(f"skip {cfg.name}: time budget spent", flush=True)
             continue
         t0 = time.perf_counter()
+        if work is not None:
+            row = isolated_row(cfg, args, raw_argv, work)
+            row["wall_s"] = round(time.perf_counter() - t0, 1)
+            doc["rows"].append(row)
+            doc["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+            write(doc, json_path)
+            print(summary_line(row) + f" [{row['wall_s']} s, own process]", flush=True)
+            continue
         row: dict = {"config": cfg.name, "family": cfg.family, "latents": cfg.latents, "batch": cfg.batch}
         if args.config_timeout_s:
             signal.signal(signal.SIGALRM, _alarm)
@@ -328,6 +400,10 @@ def main(argv=None) -> int:
         doc["elapsed_s"] = round(time.perf_counter() - t_start, 1)
         write(doc, json_path)
         print(summary_line(row) + f" [{row['wall_s']} s]", flush=True)
+    if work is not None:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     text = tables(doc)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(text + "\n")

@@ -223,3 +223,31 @@ def test_kernel_resources_compiles_every_sum_kernel_for_the_gpu():
     lines = out.stdout.splitlines()
     for kind in ("sum_fwd ", "sum_fwdt", "sum_bwd_prep", "sum_bwd_mm", "sum_bwd_params", "sum_bwd_cols"):
         assert sum(kind in line and "shared=" in line for line in lines) >= 2, (kind, out.stdout)
+
+
+def test_isolated_runs_give_each_configuration_its_own_process_and_caches(tmp_path):
+    """``run.py --isolate``: every configuration runs in a child ``run.py`` of its own with new,
+    empty Triton and pcir cache folders (cold compiles on both sides); the parent gathers the rows
+    and says so in the table."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "iso.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run(
+        [sys.executable, str(root / "bench" / "run.py"), "--smoke", "--device", "cpu", "--no-pyjuice",
+         "--only", "smoke-(hclt|hmm)", "--isolate", "--target-s", "0.01", "--max-iters", "2", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    assert [row["config"] for row in rows] == [c.name for c in SMOKE if c.family in ("hclt", "hmm")]
+    assert all("error" not in row["pcir"] and row["pcir"]["train_ms"] > 0 for row in rows)
+    # each child compiled into caches of its own, empty before it started
+    assert all(row["isolated"]["pcir_cache_files"] >= 1 for row in rows)
+    assert "own process" in r.stdout
+    assert "--isolate" in out.with_suffix(".md").read_text()
