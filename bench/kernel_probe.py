@@ -15,7 +15,8 @@ of 64 run the batch-major ``sum_fwdt``); ``bm128``/``bk128``: node/column tiles 
 ``stages<N>``/``warps4``: launch options on every sum launch; ``fs<N>``: ``num_stages`` of the
 sum forward only; ``ab_a1``/``ab_noexp``/``ab_now``: ablations (wrong results, timing only) that
 drop the gathers of all but one row per column, the exponentials, or the weight loads;
-``dense``: dense layers loop over the tile index, not a tile list; ``scatter``: every categorical
+``dense``: dense layers loop over the tile index, not a tile list; ``nobmm``: no layer by
+batched matrix product (triton_engine.BMM); ``bmm0``/``bmm4m``: its edge threshold 0 / 4M; ``scatter``: every categorical
 table's expected counts by scatter (one atomic add per leaf and sample) instead of the one-hot
 product (``stats_ms``). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
@@ -55,6 +56,9 @@ KNOBS = {
     "fusemm0": (te, "FUSE_MM_MAX_TILES", -1.0),
     "fusemm1": (te, "FUSE_MM_MAX_TILES", 1.0),
     "fusemm4": (te, "FUSE_MM_MAX_TILES", 4.0),
+    "nobmm": (te, "BMM", False),
+    "bmm0": (te, "BMM_MIN_EDGES", 0),
+    "bmm4m": (te, "BMM_MIN_EDGES", 1 << 22),
     "cbu32": (te, "COUNT_BU", 32),
     "cbu128": (te, "COUNT_BU", 128),
     "cbc256": (te, "COUNT_BC_MAX", 256),
@@ -231,12 +235,13 @@ def main() -> int:
                     if li >= len(sums):
                         continue
                     L = eng.layers[sums[li]]
-                    one = functools.partial(eng.sum_forward, L, V, W, M)
+                    one = functools.partial(eng.sum_forward, L, V, W, M, E)
                     per[li] = round(time_graph(one, 200) * 1000, 1)
                     if args.layers == "all":
                         back = functools.partial(eng.sum_backward, L, V, F, W, M, PF, E)
                         per_bwd[li] = round(time_graph(back, 100) * 1000, 1)
                         shape[li] = layer_shape(model.plan.layers[sums[li]], L)
+                        shape[li]["bmm"] = bool(getattr(eng, "use_bmm", lambda *a: False)(L, B))
                 row = {
                     "config": cfg.name,
                     "B": B,

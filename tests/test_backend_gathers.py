@@ -184,8 +184,8 @@ def test_batch_tile_of_sum_launches(monkeypatch):
 
 
 def test_backward_launches_of_a_sum_layer(monkeypatch):
-    class _L:  # what _bwd_shape reads of a layer
-        contig, max_units = False, 64
+    class _L:  # what _bwd_shape reads of a layer (not one for batched products)
+        contig, max_units, bmm = False, 64, None
 
         def __init__(self, n_pf, n_col):
             self.n_pf, self.n_col = n_pf, n_col

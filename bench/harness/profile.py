@@ -106,7 +106,11 @@ def per_layer(model, x, device, step) -> dict:
     em_ms = mid.elapsed_time(e)
     # each layer's backward launches: 1 for products, 2-4 for sums (triton_engine.bwd_launches)
     n_bwd = [eng.bwd_launches(L, B) if layer.kind == "sum" else 1 for L, layer in zip(eng.layers, layers, strict=True)]
-    expected = n_in + len(layers) + sum(n_bwd) + n_stats
+    n_fwd = [
+        eng.fwd_launches(L, B) if layer.kind == "sum" and hasattr(eng, "fwd_launches") else 1
+        for L, layer in zip(eng.layers, layers, strict=True)
+    ]
+    expected = n_in + sum(n_fwd) + sum(n_bwd) + n_stats
     if len(times) != expected:  # the engine launches differently from what this mapping knows
         by_name: dict[str, list[float]] = {}
         for name, _, t in times:
@@ -123,9 +127,10 @@ def per_layer(model, x, device, step) -> dict:
     i = 0
     fwd_in = sum(t for _, _, t in times[i : i + n_in])
     i += n_in
-    for layer in layers:
-        name, grid, t = times[i]
-        i += 1
+    for layer, nf in zip(layers, n_fwd, strict=True):
+        name, grid, _ = times[i]
+        t = sum(tt for _, _, tt in times[i : i + nf])
+        i += nf
         rows.append(
             {
                 "layer": layer.index,

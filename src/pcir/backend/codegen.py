@@ -277,6 +277,79 @@ def _gather(V, COLS, col_off, k, km, b, bm, A, B, BK: tl.constexpr, BB: tl.const
     return tl.where(m2, c, float("-inf"))
 """
 
+# Dense sum layers by batched matrix product (triton_engine.BMM_*): the fused loop of sum_fwd(t)
+# re-gathers and re-exponentiates each column tile once per node tile and runs its products on
+# 64x64 tiles, at 21-25 TFLOP/s on HCLT's big layers (H200). There instead the columns' factors
+# are written once (sum_cols_exp), a library batched product (torch.bmm) computes W E per group,
+# and sum_log_rows takes the log; the backward's node flows go back to the children through
+# sum_cols_scatter. G[t] = (K, col_off, group) per sum group.
+BMM_KERNELS = """
+@triton.jit
+def sum_cols_exp(V, E, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr, MAX: tl.constexpr):
+    \"\"\"Group t's column factors for a batch tile: E[col_off / A + k, b] = exp(c[k, b] - m[b]),
+    c the fused products' values; with MAX, m is the max over the group's columns (a first pass
+    over them), stored in M[group]; else m is read from M (the backward).\"\"\"
+    t = tl.program_id(0)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    bm = b < B
+    K = tl.load(G + t * 3 + 0)
+    col_off = tl.load(G + t * 3 + 1)
+    grp = tl.load(G + t * 3 + 2)
+    if MAX:
+        mx = tl.full([BB], float("-inf"), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            k = k0 + tl.arange(0, BK)
+            c = _gather(V, COLS, col_off, k, k < K, b, bm, A, B, BK, BB, CG, False)
+            mx = tl.maximum(mx, tl.max(c, axis=0))
+        tl.store(M + grp * B + b, mx, mask=bm)
+    else:
+        mx = tl.load(M + grp * B + b, mask=bm, other=0.0)
+    m = tl.where(mx == float("-inf"), 0.0, mx)
+    for k0 in range(0, K, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < K
+        c = _gather(V, COLS, col_off, k, km, b, bm, A, B, BK, BB, CG, False)
+        tl.store(E + (col_off // A + k)[:, None] * B + b[None, :], tl.exp(c - m[None, :]), mask=km[:, None] & bm[None, :])
+
+
+@triton.jit
+def sum_log_rows(V, M, row0, N, U, grp0, B, BU: tl.constexpr, BB: tl.constexpr):
+    \"\"\"After the product: V[row0 + u, b] = log V[row0 + u, b] + m[b] of the node's group
+    (grp0 + u // N, N nodes per group; m = 0 where the group's max is -inf).\"\"\"
+    u = tl.program_id(0) * BU + tl.arange(0, BU)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    um = u < U
+    bm = b < B
+    m2 = um[:, None] & bm[None, :]
+    m = tl.load(M + (grp0 + u // N)[:, None] * B + b[None, :], mask=m2, other=0.0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    p = (row0 + u).to(tl.int64)[:, None] * B + b[None, :]
+    tl.store(V + p, tl.log(tl.load(V + p, mask=m2, other=1.0)) + m, mask=m2)
+
+
+@triton.jit
+def sum_cols_scatter(F, E, T, COLS, G, B, A, BK: tl.constexpr, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr):
+    \"\"\"The node flows of group t's columns, fc = E * T (T = W^T G by the batched product),
+    sent to every child row of the fused product in each column (as sum_tile_cols).\"\"\"
+    t = tl.program_id(0)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    bm = b < B
+    K = tl.load(G + t * 3 + 0)
+    col_off = tl.load(G + t * 3 + 1)
+    for k0 in range(0, K, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < K
+        m2 = km[:, None] & bm[None, :]
+        e = (col_off // A + k)[:, None] * B + b[None, :]
+        fc = tl.load(E + e, mask=m2, other=0.0) * tl.load(T + e, mask=m2, other=0.0)
+        for a in range(0, A):
+            r = _col_rows(COLS, col_off, k, km, a, A, CG)
+            if EXCL:
+                tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
+            else:
+                tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")
+"""
+
 # Tile tables (int64 rows), see triton_engine:
 #   forward / parameter tiles T[t] = (row, units, w_off, K, col_off, m_tile, list_start, list_len, group)
 #   column tiles            C[t] = (row, units, w_off, K, col_off, k_tile, list_start, list_len, group)
@@ -700,6 +773,7 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     if vs:
         parts.append(COL_ROWS)
         parts.append(GATHER)
+        parts.append(BMM_KERNELS)
     for i, (bm, bk) in enumerate(vs):
         parts.append(SUM_TILES.format(i=i, bm=bm, bk=bk))
         text = SUM_KERNELS.format(

@@ -36,6 +36,8 @@ class _WarmupLaunch:
 class WarmupKernels:
     """A view of a generated kernel module whose ``@triton.jit`` functions only compile."""
 
+    warming = True  # the engines skip their library (torch) products while this is their module
+
     def __init__(self, module):
         self._module = module
 

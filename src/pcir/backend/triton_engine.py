@@ -12,6 +12,7 @@ flows ``F exp(m - V)`` that the sum kernels consumed (see :meth:`TritonEngine.su
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -85,6 +86,16 @@ SCATTER_BU = 32  # leaf rows per program of the counts by scatter
 # unit and sample) instead of the one-hot tensor-core product, whose work grows with k: HMM
 # emissions over a 33,279-word vocabulary spent 55 of 80 ms per train step there (H200 profile)
 COUNT_SCATTER_K = 1024
+# dense sum layers by batched matrix product (codegen.BMM_KERNELS: the columns' factors once,
+# torch.bmm, then the log): layers whose groups are all dense and of one shape, with consecutive
+# rows, weights and group indices, of at least BMM_MIN_EDGES edges, at batches of at least
+# BMM_MIN_BATCH (precompile's replay batch, see precompile.same_specialisation, takes the same
+# path), in tf32 or fp32. BMM_BK x BMM_BB: the column kernels' tile
+BMM = True
+BMM_MIN_EDGES = 1 << 20
+BMM_MIN_BATCH = 64
+BMM_BK = 64
+BMM_BB = 32
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 
 
@@ -165,6 +176,22 @@ class _SumLayer:
         self.col, self.col_list = lt(col_tab), lt(col_list or [0])
         self.pf = lt(pf_tab)
         self.n_fwd, self.n_col, self.n_pf = len(fwd), len(col_tab), len(pf_tab)
+        # the batched-product form (TritonEngine.use_bmm): (groups, nodes, columns, first row,
+        # first weight, first group index) where every group is dense, of one shape, and the
+        # groups' rows, weights and indices follow each other; else None
+        gs = layer.groups
+        g0 = gs[0]
+        N, K = g0.units, g0.k
+        full = -(-N // layer.block_m) * -(-K // layer.block_k)
+        regular = all(
+            g.units == N and g.k == K and len(g.tiles) == full and g.row == g0.row + i * N
+            and g.w_off == g0.w_off + i * N * K and g.index == g0.index + i
+            for i, g in enumerate(gs)
+        )  # fmt: skip
+        self.bmm = (len(gs), N, K, g0.row, g0.w_off, g0.index) if regular else None
+        self.edges = sum(g.units * g.k for g in gs)
+        offs = np.cumsum([0] + [g.k * A for g in gs])[:-1]
+        self.gtab = lt([(g.k, int(o), g.index) for g, o in zip(gs, offs, strict=True)])
 
 
 class _ProductLayer:
@@ -265,9 +292,11 @@ class TritonEngine:
                 k.input_gaussian[grid](V, xT, var, index, gauss.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
             else:
                 k.input_indicator[grid](V, xT, var, index, b.row, b.count, B, BU=BU, BB=BB)
+        bmm_cols = [L.columns for L in self.layers if isinstance(L, _SumLayer) and self.use_bmm(L, B)]
+        E = torch.empty((max(bmm_cols), B), dtype=torch.float32, device=xf.device) if bmm_cols else None
         for L in self.layers:
             if isinstance(L, _SumLayer):
-                self.sum_forward(L, V, W, M)
+                self.sum_forward(L, V, W, M, E)
             else:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         return V, M
@@ -280,9 +309,64 @@ class TritonEngine:
             return 32
         return BB
 
-    def sum_forward(self, L: _SumLayer, V, W, M) -> None:
-        """One sum layer's forward launch."""
+    def use_bmm(self, L: _SumLayer, B: int) -> bool:
+        """Whether sum layer ``L`` runs as a batched matrix product at batch ``B`` (see BMM)."""
+        return (
+            BMM and L.bmm is not None and B >= BMM_MIN_BATCH and L.edges >= BMM_MIN_EDGES
+            and self.precision in ("tf32", "fp32")
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _matmul_precision(self):
+        """torch's fp32 matrix products in the engine's precision (tf32 or IEEE fp32) for the
+        duration, the caller's setting restored after."""
+        mm = torch.backends.cuda.matmul
+        if hasattr(mm, "fp32_precision"):  # torch >= 2.9; reading allow_tf32 may raise there
+            old = mm.fp32_precision
+            mm.fp32_precision = "tf32" if self.precision == "tf32" else "ieee"
+            try:
+                yield
+            finally:
+                mm.fp32_precision = old
+        else:  # pragma: no cover (older torch)
+            old = mm.allow_tf32
+            mm.allow_tf32 = self.precision == "tf32"
+            try:
+                yield
+            finally:
+                mm.allow_tf32 = old
+
+    def _warming(self) -> bool:
+        """True while precompile replays the passes (kernels compile, nothing runs): the library
+        products are skipped then (their buffers are placeholders)."""
+        return getattr(self.k, "warming", False)
+
+    def bmm_views(self, L: _SumLayer, X, B: int | None = None):
+        """``X`` (a ``[rows, B]`` buffer, or the flat weight layout when ``B`` is None) viewed as
+        ``[groups, nodes, B]`` on ``L``'s rows (``[groups, nodes, columns]`` on its weights)."""
+        G, N, K, row0, w0, _ = L.bmm
+        if B is None:
+            return X[w0 : w0 + G * N * K].view(G, N, K)
+        return X[row0 : row0 + G * N].view(G, N, B)
+
+    def sum_forward(self, L: _SumLayer, V, W, M, E=None) -> None:
+        """One sum layer's forward launch (three for a batched-product layer, which use ``E``,
+        a ``[columns, B]`` scratch, allocated here when not given)."""
         B = V.shape[1]
+        if self.use_bmm(L, B):
+            G, N, K, _, _, grp0 = L.bmm
+            if E is None:
+                E = torch.empty((L.columns, B), dtype=torch.float32, device=V.device)
+            self.k.sum_cols_exp[(G, triton_cdiv(B, BMM_BB))](
+                V, E, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig, MAX=True
+            )
+            if not self._warming():
+                with self._matmul_precision():
+                    torch.bmm(self.bmm_views(L, W.detach()), E[: G * K].view(G, K, B), out=self.bmm_views(L, V, B))
+            self.k.sum_log_rows[(triton_cdiv(G * N, BU), triton_cdiv(B, 64))](
+                V, M, L.bmm[3], N, G * N, grp0, B, BU=BU, BB=64
+            )
+            return
         BB = self._tile_for(L, L.n_fwd, L.max_k, B)
         if BB == 64 and B >= 1024:
             BB = FWD_BB_LARGE
@@ -337,8 +421,15 @@ class TritonEngine:
         CB = self._tile_for(L, L.n_col, L.max_units, B)
         return ch, CB, BWD_FUSED and L.n_pf + L.n_col <= FUSE_MM_MAX_TILES * self.sms
 
+    def fwd_launches(self, L: _SumLayer, B: int) -> int:
+        """Triton launches of sum layer ``L``'s forward at batch ``B`` (the profile's mapping; a
+        batched-product layer's library product between its two is not one)."""
+        return 2 if self.use_bmm(L, B) else 1
+
     def bwd_launches(self, L: _SumLayer, B: int) -> int:
-        """Kernel launches of sum layer ``L``'s backward at batch ``B`` (the profile's mapping)."""
+        """Triton launches of sum layer ``L``'s backward at batch ``B`` (the profile's mapping)."""
+        if self.use_bmm(L, B):
+            return 2
         if not BWD_FUSED:
             return 4
         return 2 if self._bwd_shape(L, B)[2] else 3
@@ -355,6 +446,9 @@ class TritonEngine:
         nb = triton_cdiv(B, BB)
         v, sfx = L.variant, L.sfx
         opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
+        if self.use_bmm(L, B):
+            self._bmm_backward(L, V, F, W, M, PF, E)
+            return
         ch, CB, fuse_mm = self._bwd_shape(L, B)
         nbp, nbc = triton_cdiv(B, ch), triton_cdiv(B, CB)
         if BWD_FUSED:
@@ -377,6 +471,29 @@ class TritonEngine:
             F, W, E, L.cols, L.col, L.col_list, B, L.arity,
             BB=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, **opts,
         )  # fmt: skip
+
+    def _bmm_backward(self, L: _SumLayer, V, F, W, M, PF, E) -> None:
+        """A batched-product layer's backward: both preparations as in sum_backward (one launch),
+        then per group the parameter flows ``PF += W * (G E^T)`` and the column flows
+        ``E * (W^T G)`` by library products, the latter sent to the children by
+        ``sum_cols_scatter``. The two products' results are temporaries of the layer's weight
+        size and of ``E``'s size, one after the other."""
+        k = self.k
+        B = V.shape[1]
+        BB = _batch_tile(B)
+        G, N, K, _, _, _ = L.bmm
+        getattr(k, f"sum_bwd_prep_v{L.variant}{L.sfx}")[(L.n_fwd + L.n_col, triton_cdiv(B, BB))](
+            V, F, E, L.cols, L.fwd, L.col, M, L.n_fwd, B, L.arity, BB=BB, CG=L.contig
+        )
+        T = E  # a placeholder while the kernels only compile
+        if not self._warming():
+            Gv, Wv, Ev = self.bmm_views(L, F, B), self.bmm_views(L, W.detach()), E[: G * K].view(G, K, B)
+            with self._matmul_precision():
+                self.bmm_views(L, PF).addcmul_(Wv, torch.bmm(Gv, Ev.transpose(1, 2)))
+                T = torch.bmm(Wv.transpose(1, 2), Gv).view(G * K, B)
+        k.sum_cols_scatter[(G, triton_cdiv(B, BMM_BB))](
+            F, E, T, L.cols, L.gtab, B, L.arity, BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig
+        )
 
     def input_stats(self, F, xf, gauss, cat=None):
         """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows;

@@ -1,0 +1,120 @@
+"""Dense sum layers by batched matrix product (``triton_engine.BMM``): the columns' factors once
+(``sum_cols_exp``), ``torch.bmm``, the log (``sum_log_rows``); backward by two products and
+``sum_cols_scatter``. Every case runs with the thresholds at zero, so every eligible layer of
+these small circuits takes that path, against the reference evaluator and against the fused
+kernels (which other tests check against the reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_backend_gathers import CIRCUITS, _sum_layers
+from test_backend_helpers import data_for
+
+from pcir import knobs
+from pcir.backend import compile as pc_compile
+from pcir.backend import precompile as pre
+from pcir.backend import triton_engine as te
+from pcir.ir import evaluator as ev
+
+
+@pytest.fixture
+def triton_device(device):
+    if device == "cpu" and not knobs.get().triton_interpret:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
+    return device
+
+
+def _run(c, device, x, miss, bmm: bool, monkeypatch):
+    """(engine, V, M, F, PF) of one forward and backward with the batched products on or off."""
+    monkeypatch.setattr(te, "BMM", bmm)
+    monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
+    monkeypatch.setattr(te, "BMM_MIN_BATCH", 1)
+    m = pc_compile(c, engine="triton", device=device, precision="fp32")
+    xf, _ = m._prepare(x, miss, defer=True)
+    m._normalised_cached()
+    _, _, logp, W = m._cache
+    eng = m._engine()
+    with torch.no_grad():
+        V, M = eng.forward(W, logp, m.gauss, xf, precompile=False)
+        ones = torch.ones((m.plan.root_units, xf.shape[0]), device=xf.device)
+        F, PF = eng.backward(W, V, M, xf, ones)
+    return m, eng, V, M, F, PF
+
+
+# circuits with a layer that qualifies (dense groups of one shape): HCLT, HMM, PD; mixed has one
+BMM_CASES = ["hclt", "hmm", "pd", "mixed"]
+
+
+@pytest.mark.parametrize("name", BMM_CASES)
+def test_batched_product_layers_match_the_fused_kernels(name, triton_device, monkeypatch):
+    c = CIRCUITS[name]()
+    x, miss = data_for(c, 70, seed=5, p_missing=0.2)  # 70: partial batch tiles of 32 and 64
+    m, eng, *on = _run(c, triton_device, x, miss, True, monkeypatch)
+    uses = [eng.use_bmm(L, 70) for L in _sum_layers(m)]
+    assert any(uses), f"no layer of {name} took the batched product"
+    _, eng_off, *off = _run(c, triton_device, x, miss, False, monkeypatch)
+    assert not any(eng_off.use_bmm(L, 70) for L in _sum_layers(m))
+    for what, a, b in zip(("V", "M", "F", "PF"), on, off, strict=True):
+        a, b = a.cpu().double().numpy(), b.cpu().double().numpy()
+        assert np.array_equal(np.isfinite(a), np.isfinite(b)), what
+        fin = np.isfinite(a)
+        np.testing.assert_allclose(a[fin], b[fin], rtol=2e-4, atol=1e-5, err_msg=what)
+    # and the root's log-likelihood against the reference evaluator
+    V = on[0].cpu().double().numpy()
+    ref = ev.log_likelihood(c, x, miss)
+    ll = V[m.plan.root_row]
+    fin = np.isfinite(ref)
+    assert np.array_equal(fin, np.isfinite(ll))
+    np.testing.assert_allclose(ll[fin], ref[fin], rtol=1e-4, atol=1e-4)
+
+
+def test_which_layers_qualify(triton_device, monkeypatch):
+    """Dense groups of one shape qualify; block-sparse groups do not; the thresholds apply."""
+    monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
+    monkeypatch.setattr(te, "BMM_MIN_BATCH", 64)
+    hclt = pc_compile(CIRCUITS["hclt"](), engine="triton", device=triton_device, precision="fp32")
+    layers = _sum_layers(hclt)
+    eng = hclt._engine()
+    assert all(L.bmm is not None for L in layers)
+    G, N, K, row0, w0, grp0 = layers[0].bmm
+    assert (N, K) == (4, 4) and G >= 1
+    assert eng.use_bmm(layers[0], 64) and not eng.use_bmm(layers[0], 63)
+    # precompile replays a batch of same_specialisation(B) rows: the same path as B itself
+    for B in (1, 16, 63, 64, 65, 100, 512, 1000):
+        assert eng.use_bmm(layers[0], B) == eng.use_bmm(layers[0], pre.same_specialisation(B))
+    monkeypatch.setattr(te, "BMM_MIN_EDGES", layers[0].edges + 1)
+    assert not eng.use_bmm(layers[0], 512)
+    sparse = pc_compile(CIRCUITS["block_sparse"](), engine="triton", device=triton_device, precision="fp32")
+    assert [L.bmm is None for L in _sum_layers(sparse)][:2] == [True, True]
+    tf32x3 = pc_compile(CIRCUITS["hclt"](), engine="triton", device=triton_device, precision="tf32x3")
+    monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
+    assert not tf32x3._engine().use_bmm(_sum_layers(tf32x3)[0], 512)  # no library tf32x3 product
+
+
+def test_the_callers_matmul_precision_is_restored(triton_device, monkeypatch):
+    c = CIRCUITS["hclt"]()
+    x, miss = data_for(c, 8, seed=1)
+    mm = torch.backends.cuda.matmul
+    before = mm.fp32_precision
+    _run(c, triton_device, x, miss, True, monkeypatch)
+    assert mm.fp32_precision == before
+
+
+def test_training_with_batched_products(triton_device, monkeypatch):
+    """Two EM steps with the batched products give the parameters of two steps without them."""
+    c = CIRCUITS["hclt"]()
+    x, miss = data_for(c, 96, seed=7, p_missing=0.1)
+    out = []
+    for bmm in (True, False):
+        monkeypatch.setattr(te, "BMM", bmm)
+        monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
+        monkeypatch.setattr(te, "BMM_MIN_BATCH", 1)
+        m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+        m.cuda_graphs = False
+        for _ in range(2):
+            m.forward_backward(x, miss)
+            m.em_step(0.5, 0.01)
+        out.append(torch.cat([p.detach().flatten().cpu() for p in m.parameters()]).double().numpy())
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-4, atol=1e-6)
