@@ -30,6 +30,7 @@ def _run(c, device, x, miss, bmm: bool, monkeypatch):
     """(engine, V, M, F, PF) of one forward and backward with the batched products on or off."""
     monkeypatch.setattr(te, "BMM", bmm)
     monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
+    monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
     monkeypatch.setattr(te, "BMM_MIN_BATCH", 1)
     m = pc_compile(c, engine="triton", device=device, precision="fp32")
     xf, _ = m._prepare(x, miss, defer=True)
@@ -44,7 +45,7 @@ def _run(c, device, x, miss, bmm: bool, monkeypatch):
 
 
 # circuits with a layer that qualifies (dense groups of one shape): HCLT, HMM, PD; mixed has one
-BMM_CASES = ["hclt", "hmm", "pd", "mixed"]
+BMM_CASES = ["hclt", "hmm", "pd", "mixed", "block_sparse"]
 
 
 @pytest.mark.parametrize("name", BMM_CASES)
@@ -86,8 +87,14 @@ def test_which_layers_qualify(triton_device, monkeypatch):
         assert eng.use_bmm(layers[0], B) == eng.use_bmm(layers[0], pre.same_specialisation(B))
     monkeypatch.setattr(te, "BMM_MIN_EDGES", layers[0].edges + 1)
     assert not eng.use_bmm(layers[0], 512)
+    monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
+    assert eng.use_bmm(layers[0], 512, backward=True)  # the backward's own threshold
     sparse = pc_compile(CIRCUITS["block_sparse"](), engine="triton", device=triton_device, precision="fp32")
-    assert [L.bmm is None for L in _sum_layers(sparse)][:2] == [True, True]
+    # block-diagonal 2x2 tiles are half full: they qualify at BMM_MIN_FILL 0.5, not above
+    assert [L.bmm is not None for L in _sum_layers(sparse)][:1] == [True]
+    monkeypatch.setattr(te, "BMM_MIN_FILL", 0.51)
+    sparse = pc_compile(CIRCUITS["block_sparse"](), engine="triton", device=triton_device, precision="fp32")
+    assert [L.bmm is None for L in _sum_layers(sparse)][:1] == [True]
     tf32x3 = pc_compile(CIRCUITS["hclt"](), engine="triton", device=triton_device, precision="tf32x3")
     monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
     assert not tf32x3._engine().use_bmm(_sum_layers(tf32x3)[0], 512)  # no library tf32x3 product
@@ -110,6 +117,7 @@ def test_training_with_batched_products(triton_device, monkeypatch):
     for bmm in (True, False):
         monkeypatch.setattr(te, "BMM", bmm)
         monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
+        monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
         monkeypatch.setattr(te, "BMM_MIN_BATCH", 1)
         m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
         m.cuda_graphs = False

@@ -564,7 +564,9 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
     edge_chunks: list[np.ndarray] = []
     explicit_parts: list[np.ndarray] = []
     w_size_extra = 0
-    sum_groups = [n for n in stored_groups if isinstance(circuit.group(n), SumGroup)]
+    # in launch order, so that a layer's groups with parameters of their own read consecutive
+    # weights (the engine's batched products view a layer's weights as one [groups, N, K] block)
+    sum_groups = [n for layer in layers for n in layer.groups if isinstance(circuit.group(n), SumGroup)]
     for n in sum_groups:
         g = circuit.group(n)
         assert isinstance(g, SumGroup)

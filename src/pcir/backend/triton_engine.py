@@ -87,12 +87,19 @@ SCATTER_BU = 32  # leaf rows per program of the counts by scatter
 # emissions over a 33,279-word vocabulary spent 55 of 80 ms per train step there (H200 profile)
 COUNT_SCATTER_K = 1024
 # dense sum layers by batched matrix product (codegen.BMM_KERNELS: the columns' factors once,
-# torch.bmm, then the log): layers whose groups are all dense and of one shape, with consecutive
-# rows, weights and group indices, of at least BMM_MIN_EDGES edges, at batches of at least
-# BMM_MIN_BATCH (precompile's replay batch, see precompile.same_specialisation, takes the same
-# path), in tf32 or fp32. BMM_BK x BMM_BB: the column kernels' tile
+# torch.bmm, then the log): layers whose groups are of one shape, with at least BMM_MIN_FILL of
+# their tiles occupied (the product runs over the whole block; weights off the edges are 0), with
+# consecutive rows, weights and group indices, of at least BMM_MIN_EDGES edges in the forward
+# (BMM_MIN_EDGES_BWD in the backward), at batches of at least BMM_MIN_BATCH (precompile's replay
+# batch, see precompile.same_specialisation, takes the same path), in tf32 or fp32. H200
+# (bench/kernel_probe.py, eighth session): hmm-2048 forward 5.15 -> 4.80 ms, backward 5.90 ->
+# 3.31; with every layer so, hmm-512's backward 1.27 -> 0.91 but its forward 0.82 -> 1.19 and
+# hclt-128's both 2-3% slower (small layers), hence the thresholds. BMM_BK x BMM_BB: the column
+# kernels' tile
 BMM = True
 BMM_MIN_EDGES = 1 << 20
+BMM_MIN_EDGES_BWD = 1 << 18
+BMM_MIN_FILL = 0.5
 BMM_MIN_BATCH = 64
 BMM_BK = 64
 BMM_BB = 32
@@ -184,7 +191,7 @@ class _SumLayer:
         N, K = g0.units, g0.k
         full = -(-N // layer.block_m) * -(-K // layer.block_k)
         regular = all(
-            g.units == N and g.k == K and len(g.tiles) == full and g.row == g0.row + i * N
+            g.units == N and g.k == K and len(g.tiles) >= BMM_MIN_FILL * full and g.row == g0.row + i * N
             and g.w_off == g0.w_off + i * N * K and g.index == g0.index + i
             for i, g in enumerate(gs)
         )  # fmt: skip
@@ -309,10 +316,12 @@ class TritonEngine:
             return 32
         return BB
 
-    def use_bmm(self, L: _SumLayer, B: int) -> bool:
-        """Whether sum layer ``L`` runs as a batched matrix product at batch ``B`` (see BMM)."""
+    def use_bmm(self, L: _SumLayer, B: int, backward: bool = False) -> bool:
+        """Whether sum layer ``L``'s forward (backward) runs as batched matrix products at batch
+        ``B`` (see BMM)."""
         return (
-            BMM and L.bmm is not None and B >= BMM_MIN_BATCH and L.edges >= BMM_MIN_EDGES
+            BMM and L.bmm is not None and B >= BMM_MIN_BATCH
+            and L.edges >= (BMM_MIN_EDGES_BWD if backward else BMM_MIN_EDGES)
             and self.precision in ("tf32", "fp32")
         )  # fmt: skip
 
@@ -428,7 +437,7 @@ class TritonEngine:
 
     def bwd_launches(self, L: _SumLayer, B: int) -> int:
         """Triton launches of sum layer ``L``'s backward at batch ``B`` (the profile's mapping)."""
-        if self.use_bmm(L, B):
+        if self.use_bmm(L, B, backward=True):
             return 2
         if not BWD_FUSED:
             return 4
@@ -446,7 +455,7 @@ class TritonEngine:
         nb = triton_cdiv(B, BB)
         v, sfx = L.variant, L.sfx
         opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
-        if self.use_bmm(L, B):
+        if self.use_bmm(L, B, backward=True):
             self._bmm_backward(L, V, F, W, M, PF, E)
             return
         ch, CB, fuse_mm = self._bwd_shape(L, B)
