@@ -31,6 +31,7 @@ def _run(c, device, x, miss, bmm: bool, monkeypatch):
     monkeypatch.setattr(te, "BMM", bmm)
     monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
     monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
+    monkeypatch.setattr(te, "BMM_MIN_UNITS", 0)
     monkeypatch.setattr(te, "BMM_MIN_BATCH", 1)
     m = pc_compile(c, engine="triton", device=device, precision="fp32")
     xf, _ = m._prepare(x, miss, defer=True)
@@ -74,6 +75,7 @@ def test_batched_product_layers_match_the_fused_kernels(name, triton_device, mon
 def test_which_layers_qualify(triton_device, monkeypatch):
     """Dense groups of one shape qualify; block-sparse groups do not; the thresholds apply."""
     monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
+    monkeypatch.setattr(te, "BMM_MIN_UNITS", 0)
     monkeypatch.setattr(te, "BMM_MIN_BATCH", 64)
     hclt = pc_compile(CIRCUITS["hclt"](), engine="triton", device=triton_device, precision="fp32")
     layers = _sum_layers(hclt)
@@ -85,6 +87,9 @@ def test_which_layers_qualify(triton_device, monkeypatch):
     # precompile replays a batch of same_specialisation(B) rows: the same path as B itself
     for B in (1, 16, 63, 64, 65, 100, 512, 1000):
         assert eng.use_bmm(layers[0], B) == eng.use_bmm(layers[0], pre.same_specialisation(B))
+    monkeypatch.setattr(te, "BMM_MIN_UNITS", 5)  # groups of 4 nodes
+    assert not eng.use_bmm(layers[0], 64)
+    monkeypatch.setattr(te, "BMM_MIN_UNITS", 0)
     monkeypatch.setattr(te, "BMM_MIN_EDGES", layers[0].edges + 1)
     assert not eng.use_bmm(layers[0], 512)
     monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
@@ -118,6 +123,7 @@ def test_training_with_batched_products(triton_device, monkeypatch):
         monkeypatch.setattr(te, "BMM", bmm)
         monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
         monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
+        monkeypatch.setattr(te, "BMM_MIN_UNITS", 0)
         monkeypatch.setattr(te, "BMM_MIN_BATCH", 1)
         m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
         m.cuda_graphs = False

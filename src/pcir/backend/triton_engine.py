@@ -100,6 +100,10 @@ BMM = True
 BMM_MIN_EDGES = 1 << 20
 BMM_MIN_EDGES_BWD = 1 << 18
 BMM_MIN_FILL = 0.5
+# ... and of at least this many nodes per group: on groups of 32 and 64 (pd-32, pd-64, hclt-64)
+# the batched products were slower than the fused loops (suite run s8-bench-bmm: pd-64 train
+# 3.12 -> 3.64 ms, pd-32 1.64 -> 1.93, hclt-64 1.77 -> 1.84)
+BMM_MIN_UNITS = 128
 BMM_MIN_BATCH = 64
 BMM_BK = 64
 BMM_BB = 32
@@ -320,7 +324,7 @@ class TritonEngine:
         """Whether sum layer ``L``'s forward (backward) runs as batched matrix products at batch
         ``B`` (see BMM)."""
         return (
-            BMM and L.bmm is not None and B >= BMM_MIN_BATCH
+            BMM and L.bmm is not None and B >= BMM_MIN_BATCH and L.bmm[1] >= BMM_MIN_UNITS
             and L.edges >= (BMM_MIN_EDGES_BWD if backward else BMM_MIN_EDGES)
             and self.precision in ("tf32", "fp32")
         )  # fmt: skip
