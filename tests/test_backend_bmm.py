@@ -27,8 +27,10 @@ def triton_device(device):
 
 
 def _run(c, device, x, miss, bmm: bool, monkeypatch):
-    """(engine, V, M, F, PF) of one forward and backward with the batched products on or off."""
+    """(engine, V, M, F, PF) of one forward and backward with the batched products on or off
+    (every layer at least half full qualifies)."""
     monkeypatch.setattr(te, "BMM", bmm)
+    monkeypatch.setattr(te, "BMM_MIN_FILL", 0.5)
     monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
     monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
     monkeypatch.setattr(te, "BMM_MIN_UNITS", 0)
@@ -94,8 +96,9 @@ def test_which_layers_qualify(triton_device, monkeypatch):
     assert not eng.use_bmm(layers[0], 512)
     monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
     assert eng.use_bmm(layers[0], 512, backward=True)  # the backward's own threshold
-    sparse = pc_compile(CIRCUITS["block_sparse"](), engine="triton", device=triton_device, precision="fp32")
     # block-diagonal 2x2 tiles are half full: they qualify at BMM_MIN_FILL 0.5, not above
+    monkeypatch.setattr(te, "BMM_MIN_FILL", 0.5)
+    sparse = pc_compile(CIRCUITS["block_sparse"](), engine="triton", device=triton_device, precision="fp32")
     assert [L.bmm is not None for L in _sum_layers(sparse)][:1] == [True]
     monkeypatch.setattr(te, "BMM_MIN_FILL", 0.51)
     sparse = pc_compile(CIRCUITS["block_sparse"](), engine="triton", device=triton_device, precision="fp32")
