@@ -1,6 +1,7 @@
 """Runs the generated Triton module over a kernel plan: builds the per-device tile tables once,
 then launches one kernel per input family and per layer (forward), two or three per sum layer
-(backward: four steps, fused in pairs, see :meth:`TritonEngine.sum_backward`).
+(backward: four steps, fused in pairs, see :meth:`TritonEngine.sum_backward`); large dense sum
+layers as batched matrix products instead (``BMM``, :meth:`TritonEngine.use_bmm`).
 
 Buffers: ``V``/``F`` node-major ``[num_rows, B]`` float32 (row 0 is log 1), ``M`` ``[sum groups, B]``
 the per-sample max over each sum group's columns (written by the forward, read by the backward so
