@@ -19,6 +19,15 @@ import triton.language as tl
 
 
 @triton.jit
+def _cols(V, g, k, b, bm, K, B, A: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr):
+    c = tl.zeros([BK, BB], dtype=tl.float32)
+    for a in tl.static_range(A):
+        r = (g * A + a) * K + k
+        c += tl.load(V + r.to(tl.int64)[:, None] * B + b[None, :], mask=bm[None, :], other=0.0)
+    return c
+
+
+@triton.jit
 def cols_exp(V, E, M, G, K, B, A: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr):
     g = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
@@ -26,18 +35,10 @@ def cols_exp(V, E, M, G, K, B, A: tl.constexpr, BK: tl.constexpr, BB: tl.constex
     mx = tl.full([BB], float("-inf"), dtype=tl.float32)
     for k0 in range(0, K, BK):
         k = k0 + tl.arange(0, BK)
-        c = tl.zeros([BK, BB], dtype=tl.float32)
-        for a in tl.static_range(A):
-            r = (g * A + a) * K + k
-            c += tl.load(V + r.to(tl.int64)[:, None] * B + b[None, :], mask=bm[None, :], other=0.0)
-        mx = tl.maximum(mx, tl.max(c, axis=0))
+        mx = tl.maximum(mx, tl.max(_cols(V, g, k, b, bm, K, B, A, BK, BB), axis=0))
     for k0 in range(0, K, BK):
         k = k0 + tl.arange(0, BK)
-        c = tl.zeros([BK, BB], dtype=tl.float32)
-        for a in tl.static_range(A):
-            r = (g * A + a) * K + k
-            c += tl.load(V + r.to(tl.int64)[:, None] * B + b[None, :], mask=bm[None, :], other=0.0)
-        e = tl.exp(c - mx[None, :])
+        e = tl.exp(_cols(V, g, k, b, bm, K, B, A, BK, BB) - mx[None, :])
         tl.store(E + (g * K + k).to(tl.int64)[:, None] * B + b[None, :], e, mask=bm[None, :])
     tl.store(M + g * B + b, mx, mask=bm)
 
@@ -84,21 +85,10 @@ def gemm_log(
 
 
 def timeit(fn, reps=30):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(reps):
-        g.replay()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / reps * 1000.0
+    """Microseconds per CUDA-graph replay of ``fn`` (kernel_probe's timer)."""
+    from kernel_probe import time_graph
+
+    return time_graph(fn, reps) * 1000.0
 
 
 def probe_shape(shp: str, B: int, tiles: str, dev: str = "cuda") -> dict:

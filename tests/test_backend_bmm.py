@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from test_backend_gathers import CIRCUITS, _sum_layers
-from test_backend_helpers import data_for
+from test_backend_helpers import data_for, engine_pass
 
 from pcir import knobs
 from pcir.backend import compile as pc_compile
@@ -26,25 +26,22 @@ def triton_device(device):
     return device
 
 
-def _run(c, device, x, miss, bmm: bool, monkeypatch):
-    """(engine, V, M, F, PF) of one forward and backward with the batched products on or off
-    (every layer at least half full qualifies)."""
+def _every_layer(monkeypatch, bmm: bool = True) -> None:
+    """The batched products on (off) for every layer at least half full, at any batch."""
     monkeypatch.setattr(te, "BMM", bmm)
     monkeypatch.setattr(te, "BMM_MIN_FILL", 0.5)
     monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
     monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
     monkeypatch.setattr(te, "BMM_MIN_UNITS", 0)
     monkeypatch.setattr(te, "BMM_MIN_BATCH", 1)
+
+
+def _run(c, device, x, miss, bmm: bool, monkeypatch):
+    """(model, engine, V, M, F, PF) of one forward and backward with the batched products on or
+    off (_every_layer)."""
+    _every_layer(monkeypatch, bmm)
     m = pc_compile(c, engine="triton", device=device, precision="fp32")
-    xf, _ = m._prepare(x, miss, defer=True)
-    m._normalised_cached()
-    _, _, logp, W = m._cache
-    eng = m._engine()
-    with torch.no_grad():
-        V, M = eng.forward(W, logp, m.gauss, xf, precompile=False)
-        ones = torch.ones((m.plan.root_units, xf.shape[0]), device=xf.device)
-        F, PF = eng.backward(W, V, M, xf, ones)
-    return m, eng, V, M, F, PF
+    return (m, m._engine(), *engine_pass(m, x, miss))
 
 
 # circuits with a layer that qualifies (dense groups of one shape): HCLT, HMM, PD; mixed has one
@@ -123,11 +120,7 @@ def test_training_with_batched_products(triton_device, monkeypatch):
     x, miss = data_for(c, 96, seed=7, p_missing=0.1)
     out = []
     for bmm in (True, False):
-        monkeypatch.setattr(te, "BMM", bmm)
-        monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
-        monkeypatch.setattr(te, "BMM_MIN_EDGES_BWD", 0)
-        monkeypatch.setattr(te, "BMM_MIN_UNITS", 0)
-        monkeypatch.setattr(te, "BMM_MIN_BATCH", 1)
+        _every_layer(monkeypatch, bmm)
         m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
         m.cuda_graphs = False
         for _ in range(2):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_backend_helpers import CASES, data_for
+from test_backend_helpers import CASES, data_for, engine_pass
 
 from pcir import knobs, structures
 from pcir.backend import compile as pc_compile
@@ -217,14 +217,7 @@ def test_flows_buffer_after_the_backward(name, fused, triton_device, monkeypatch
     c = CIRCUITS[name]()
     m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
     x, miss = data_for(c, 6, seed=2, p_missing=0.2)
-    xf, _ = m._prepare(x, miss, defer=True)
-    m._normalised_cached()
-    _, _, logp, W = m._cache
-    eng = m._engine()
-    with torch.no_grad():
-        V, M = eng.forward(W, logp, m.gauss, xf, precompile=False)
-        ones = torch.ones((m.plan.root_units, xf.shape[0]), device=xf.device)
-        F, _ = eng.backward(W, V, M, xf, ones)
+    V, M, F, _ = engine_pass(m, x, miss)
     ref = ev.flows(c, x, miss)
     F, V, M = (t.detach().cpu().double().numpy() for t in (F, V, M))
     for b in m.plan.inputs:

@@ -195,3 +195,17 @@ def torch_reference_ll(model, x: np.ndarray, miss: np.ndarray):
             vals[g.name] = torch.logsumexp(cat[:, None, :] + logw[None], dim=2)
     root = vals[c.roots[0]]
     return (root[:, 0] if root.shape[1] == 1 else root), leaves
+
+
+def engine_pass(m, x: np.ndarray, miss: np.ndarray | None):
+    """(V, M, F, PF): the engine's forward and backward of compiled model ``m`` on ``x`` with flow
+    1 at the root, outside autograd and without the module's graphs."""
+    xf, _ = m._prepare(x, miss, defer=True)
+    m._normalised_cached()
+    _, _, logp, W = m._cache
+    eng = m._engine()
+    with torch.no_grad():
+        V, M = eng.forward(W, logp, m.gauss, xf, precompile=False)
+        ones = torch.ones((m.plan.root_units, xf.shape[0]), device=xf.device)
+        F, PF = eng.backward(W, V, M, xf, ones)
+    return V, M, F, PF
