@@ -60,6 +60,26 @@ DOT = {
     "bf16": "tl.dot({a}.to(tl.bfloat16), {b}.to(tl.bfloat16))",
 }
 
+# One row of a tile table (int64): every kernel over a table of 3 or 9 entries per tile reads
+# its row here (entries a kernel does not use are dead loads the compiler drops).
+TABLE_ROWS = """
+@triton.jit
+def _row3(TAB, t):
+    p = TAB + t * 3
+    return tl.load(p), tl.load(p + 1), tl.load(p + 2)
+
+
+@triton.jit
+def _tile_row(TAB, t):
+    \"\"\"(row, units, w_off, K, col_off, node or column tile, list start, list length, group) of
+    forward / column tile t; parameter tiles hold (..., node tile, column tile, E row, group).\"\"\"
+    p = TAB + t * 9
+    return (
+        tl.load(p), tl.load(p + 1), tl.load(p + 2), tl.load(p + 3), tl.load(p + 4),
+        tl.load(p + 5), tl.load(p + 6), tl.load(p + 7), tl.load(p + 8),
+    )
+"""
+
 INPUT_KERNELS = {
     "categorical": '''
 @triton.jit
@@ -209,9 +229,7 @@ def product_fwd(V, IDX, TAB, B, NT, A: tl.constexpr, BU: tl.constexpr, BB: tl.co
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
-    row = tl.load(TAB + t * 3 + 0)
-    units = tl.load(TAB + t * 3 + 1)
-    ioff = tl.load(TAB + t * 3 + 2)
+    row, units, ioff = _row3(TAB, t)
     for u0 in range(0, units, BU):
         u = u0 + tl.arange(0, BU)
         um = u < units
@@ -229,9 +247,7 @@ def product_bwd(F, IDX, TAB, B, NT, A: tl.constexpr, BU: tl.constexpr, BB: tl.co
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
-    row = tl.load(TAB + t * 3 + 0)
-    units = tl.load(TAB + t * 3 + 1)
-    ioff = tl.load(TAB + t * 3 + 2)
+    row, units, ioff = _row3(TAB, t)
     for u0 in range(0, units, BU):
         u = u0 + tl.arange(0, BU)
         um = u < units
@@ -292,9 +308,7 @@ def sum_cols_exp(V, E, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG:
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
-    K = tl.load(G + t * 3 + 0)
-    col_off = tl.load(G + t * 3 + 1)
-    grp = tl.load(G + t * 3 + 2)
+    K, col_off, grp = _row3(G, t)
     if MAX:
         mx = tl.full([BB], float("-inf"), dtype=tl.float32)
         for k0 in range(0, K, BK):
@@ -334,8 +348,7 @@ def sum_cols_scatter(F, E, T, COLS, G, B, A, BK: tl.constexpr, BB: tl.constexpr,
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
-    K = tl.load(G + t * 3 + 0)
-    col_off = tl.load(G + t * 3 + 1)
+    K, col_off, _ = _row3(G, t)
     for k0 in range(0, K, BK):
         k = k0 + tl.arange(0, BK)
         km = k < K
@@ -368,15 +381,7 @@ def sum_fwd_v{i}(
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
-    row = tl.load(TAB + t * 9 + 0)
-    units = tl.load(TAB + t * 9 + 1)
-    w_off = tl.load(TAB + t * 9 + 2)
-    K = tl.load(TAB + t * 9 + 3)
-    col_off = tl.load(TAB + t * 9 + 4)
-    mt = tl.load(TAB + t * 9 + 5)
-    l0 = tl.load(TAB + t * 9 + 6)
-    nl = tl.load(TAB + t * 9 + 7)
-    grp = tl.load(TAB + t * 9 + 8)
+    row, units, w_off, K, col_off, mt, l0, nl, grp = _tile_row(TAB, t)
     s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
     sm = s < units
     acc = tl.zeros([V{i}_BM, BB], dtype=tl.float32)
@@ -413,15 +418,7 @@ def sum_fwdt_v{i}(
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
-    row = tl.load(TAB + t * 9 + 0)
-    units = tl.load(TAB + t * 9 + 1)
-    w_off = tl.load(TAB + t * 9 + 2)
-    K = tl.load(TAB + t * 9 + 3)
-    col_off = tl.load(TAB + t * 9 + 4)
-    mt = tl.load(TAB + t * 9 + 5)
-    l0 = tl.load(TAB + t * 9 + 6)
-    nl = tl.load(TAB + t * 9 + 7)
-    grp = tl.load(TAB + t * 9 + 8)
+    row, units, w_off, K, col_off, mt, l0, nl, grp = _tile_row(TAB, t)
     s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
     sm = s < units
     acc = tl.zeros([BB, V{i}_BM], dtype=tl.float32)
@@ -454,10 +451,7 @@ def sum_tile_prep_cols_v{i}(V, E, COLS, TAB, M, t, pb, B, A, BB: tl.constexpr, C
     TAB as sum_bwd_cols): E[col_off / A + k, b] = exp(c[k, b] - m[b])."""
     b = pb * BB + tl.arange(0, BB)
     bm = b < B
-    K = tl.load(TAB + t * 9 + 3)
-    col_off = tl.load(TAB + t * 9 + 4)
-    kt = tl.load(TAB + t * 9 + 5)
-    grp = tl.load(TAB + t * 9 + 8)
+    _, _, _, K, col_off, kt, _, _, grp = _tile_row(TAB, t)
     k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
     km = k < K
     m = tl.load(M + grp * B + b, mask=bm, other=0.0)
@@ -493,14 +487,7 @@ def sum_tile_cols_v{i}(
     column k."""
     b = pb * BB + tl.arange(0, BB)
     bm = b < B
-    row = tl.load(TAB + t * 9 + 0)
-    units = tl.load(TAB + t * 9 + 1)
-    w_off = tl.load(TAB + t * 9 + 2)
-    K = tl.load(TAB + t * 9 + 3)
-    col_off = tl.load(TAB + t * 9 + 4)
-    kt = tl.load(TAB + t * 9 + 5)
-    l0 = tl.load(TAB + t * 9 + 6)
-    nl = tl.load(TAB + t * 9 + 7)
+    row, units, w_off, K, col_off, kt, l0, nl, _ = _tile_row(TAB, t)
     k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
     km = k < K
     acc = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
@@ -560,10 +547,7 @@ def _prep_nodes_tile_v{i}(V, F, TAB, M, t, pb, B, BB: tl.constexpr):
     TAB as sum_fwd): F[s, b] <- G[s, b] = F[s, b] exp(m[b] - V[s, b]) (0 where F or exp(V) is 0)."""
     b = pb * BB + tl.arange(0, BB)
     bm = b < B
-    row = tl.load(TAB + t * 9 + 0)
-    units = tl.load(TAB + t * 9 + 1)
-    mt = tl.load(TAB + t * 9 + 5)
-    grp = tl.load(TAB + t * 9 + 8)
+    row, units, _, _, _, mt, _, _, grp = _tile_row(TAB, t)
     s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
     ms = (s < units)[:, None] & bm[None, :]
     m = tl.load(M + grp * B + b, mask=bm, other=0.0)
@@ -586,13 +570,7 @@ def _params_tile_v{i}(F, E, W, TAB, PF, t, pc, B, CH, BB: tl.constexpr):
     """Parameter flows of (node tile, column tile) t over sample chunk pc:
     PF[s,k] += W[s,k] sum_b G[s,b] E[k,b] (G, E: _prep_nodes_tile, sum_tile_prep_cols);
     TAB[t][7] is the tile's first row of E."""
-    row = tl.load(TAB + t * 9 + 0)
-    units = tl.load(TAB + t * 9 + 1)
-    w_off = tl.load(TAB + t * 9 + 2)
-    K = tl.load(TAB + t * 9 + 3)
-    mt = tl.load(TAB + t * 9 + 5)
-    kt = tl.load(TAB + t * 9 + 6)
-    e_off = tl.load(TAB + t * 9 + 7)
+    row, units, w_off, K, _, mt, kt, e_off, _ = _tile_row(TAB, t)
     s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
     sm = s < units
     k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
@@ -628,9 +606,7 @@ def em_sum_rows(W, PF, LOGIT, EDGE, TAB, ARGS, BR: tl.constexpr, BK: tl.constexp
     """Mini-batch EM of dense sum rows: on edges upd = (pf + pc/deg) / (sum pf + pc);
     W <- (1 - s) W + s upd where the row has mass, else W; LOGIT <- log W (-inf off edges)."""
     t = tl.program_id(0)
-    base = tl.load(TAB + t * 3 + 0)
-    n = tl.load(TAB + t * 3 + 1)
-    rows = tl.load(TAB + t * 3 + 2)
+    base, n, rows = _row3(TAB, t)
     s = tl.load(ARGS + 0)
     pc = tl.load(ARGS + 1)
     r = tl.arange(0, BR)
@@ -667,9 +643,7 @@ def em_cat_rows(LOGP, CNT, LOGIT, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr)
     """Mini-batch EM of categorical tables: upd = (cnt + pc/k) / (sum cnt + pc);
     LOGP, LOGIT <- log((1 - s) p + s upd) where the row has mass, else unchanged."""
     t = tl.program_id(0)
-    base = tl.load(TAB + t * 3 + 0)
-    n = tl.load(TAB + t * 3 + 1)
-    rows = tl.load(TAB + t * 3 + 2)
+    base, n, rows = _row3(TAB, t)
     s = tl.load(ARGS + 0)
     pc = tl.load(ARGS + 1)
     r = tl.arange(0, BR)
@@ -700,9 +674,7 @@ def em_cat_rows(LOGP, CNT, LOGIT, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr)
 def normalise_rows(X, OUT, TAB, BR: tl.constexpr, BK: tl.constexpr, LOG: tl.constexpr):
     """OUT = row-wise log_softmax (LOG) or softmax of X (online max and sum over the row)."""
     t = tl.program_id(0)
-    base = tl.load(TAB + t * 3 + 0)
-    n = tl.load(TAB + t * 3 + 1)
-    rows = tl.load(TAB + t * 3 + 2)
+    base, n, rows = _row3(TAB, t)
     r = tl.arange(0, BR)
     rm = r < rows
     start = base + r.to(tl.int64) * n
@@ -759,6 +731,7 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
         layer.index: vs.index((layer.block_m, layer.block_k)) for layer in plan.layers if layer.kind == "sum"
     }
     parts = [HEADER.format(hash=plan.source_hash[:16], version=1, precision=precision, layer_variant=layer_variant)]
+    parts.append(TABLE_ROWS)
     for fam in ("categorical", "gaussian", "indicator"):
         if any(b.family == fam and b.count for b in plan.inputs):
             parts.append(INPUT_KERNELS[fam])

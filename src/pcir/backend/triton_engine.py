@@ -107,6 +107,9 @@ BMM_MIN_FILL = 0.75
 # the batched products were slower than the fused loops (suite run s8-bench-bmm: pd-64 train
 # 3.12 -> 3.64 ms, pd-32 1.64 -> 1.93, hclt-64 1.77 -> 1.84)
 BMM_MIN_UNITS = 128
+# with precision tf32x3 (three tf32 products per dot, float32 accuracy) the library product runs
+# in IEEE fp32 (no tensor cores, more accurate than tf32x3)
+BMM_TF32X3 = False
 BMM_MIN_BATCH = 64
 BMM_BK = 64
 BMM_BB = 32
@@ -329,7 +332,7 @@ class TritonEngine:
         return (
             BMM and L.bmm is not None and B >= BMM_MIN_BATCH and L.bmm[1] >= BMM_MIN_UNITS
             and L.edges >= (BMM_MIN_EDGES_BWD if backward else BMM_MIN_EDGES)
-            and self.precision in ("tf32", "fp32")
+            and (self.precision in ("tf32", "fp32") or (BMM_TF32X3 and self.precision == "tf32x3"))
         )  # fmt: skip
 
     @contextlib.contextmanager
