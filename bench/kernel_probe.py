@@ -17,7 +17,8 @@ sum forward only; ``ab_a1``/``ab_noexp``/``ab_now``: ablations (wrong results, t
 drop the gathers of all but one row per column, the exponentials, or the weight loads;
 ``dense``: dense layers loop over the tile index, not a tile list; ``nobmm``: no layer by
 batched matrix product (triton_engine.BMM); ``bmm0``/``bmm4m``: its edge threshold 0 / 4M; ``fill1``: full groups only; ``units0``: groups
-of any size; ``bmm3``: batched products also at precision tf32x3 (IEEE fp32 library product); ``scatter``: every categorical
+of any size; ``nobmm3``: no batched products at precision tf32x3; ``nosplit``: the
+categorical counts with tl.dot's tf32x3 instead of two tf32 products; ``scatter``: every categorical
 table's expected counts by scatter (one atomic add per leaf and sample) instead of the one-hot
 product (``stats_ms``). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
@@ -62,7 +63,8 @@ KNOBS = {
     "bmm4m": (te, "BMM_MIN_EDGES", 1 << 22),
     "fill1": (te, "BMM_MIN_FILL", 1.0),
     "units0": (te, "BMM_MIN_UNITS", 0),
-    "bmm3": (te, "BMM_TF32X3", True),
+    "nobmm3": (te, "BMM_TF32X3", False),
+    "nosplit": (codegen, "COUNTS_SPLIT", False),
     "cbu32": (te, "COUNT_BU", 32),
     "cbu128": (te, "COUNT_BU", 128),
     "cbc256": (te, "COUNT_BC_MAX", 256),

@@ -100,9 +100,33 @@ def test_which_layers_qualify(triton_device, monkeypatch):
     monkeypatch.setattr(te, "BMM_MIN_FILL", 0.51)
     sparse = pc_compile(CIRCUITS["block_sparse"](), engine="triton", device=triton_device, precision="fp32")
     assert [L.bmm is None for L in _sum_layers(sparse)][:1] == [True]
-    tf32x3 = pc_compile(CIRCUITS["hclt"](), engine="triton", device=triton_device, precision="tf32x3")
     monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)
-    assert not tf32x3._engine().use_bmm(_sum_layers(tf32x3)[0], 512)  # no library tf32x3 product
+    bf16 = pc_compile(CIRCUITS["hclt"](), engine="triton", device=triton_device, precision="bf16")
+    assert not bf16._engine().use_bmm(_sum_layers(bf16)[0], 512)  # no library bf16 product here
+    tf32x3 = pc_compile(CIRCUITS["hclt"](), engine="triton", device=triton_device, precision="tf32x3")
+    assert tf32x3._engine().use_bmm(_sum_layers(tf32x3)[0], 512)  # as IEEE fp32 products
+    monkeypatch.setattr(te, "BMM_TF32X3", False)
+    assert not tf32x3._engine().use_bmm(_sum_layers(tf32x3)[0], 512)
+
+
+@pytest.mark.parametrize("precision, want", [("tf32", "tf32"), ("tf32x3", "ieee"), ("fp32", "ieee")])
+def test_library_products_run_in_the_engines_precision(precision, want, triton_device, monkeypatch):
+    """torch's fp32 matmul setting while each library product runs: tf32 for tf32, IEEE fp32 for
+    tf32x3 (at least as accurate) and fp32."""
+    _every_layer(monkeypatch)
+    seen = []
+    bmm = torch.bmm
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.matmul.fp32_precision)
+        return bmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", spy)
+    c = CIRCUITS["hclt"]()
+    x, miss = data_for(c, 8, seed=1)
+    m = pc_compile(c, engine="triton", device=triton_device, precision=precision)
+    engine_pass(m, x, miss)
+    assert seen and set(seen) == {want}
 
 
 def test_the_callers_matmul_precision_is_restored(triton_device, monkeypatch):

@@ -87,6 +87,25 @@ def test_large_vocabulary_tied_hmm(engine, device, request):
     check_em(m, c, x, miss, 1.0, 0.0)  # a second step from the updated buffers
 
 
+@pytest.mark.parametrize("precision", ["tf32x3", "fp32"])
+def test_counts_by_product_to_float32_accuracy(precision, device, triton_ok):
+    """The one-hot product's counts at tf32x3 (two tf32 products, codegen.COUNTS_SPLIT) and fp32
+    against the reference, tightly enough that one tf32 product (1e-3 relative) would fail on a
+    GPU (the interpreter computes every dot in float32)."""
+    from pcir.backend.codegen import generate
+
+    c = CASES["mixed"]()
+    m = pc_compile(c, engine="triton", device=device, precision=precision)
+    assert m._engine().count_n > 0
+    assert ("_tf32_hi(f)" in generate(m.plan, precision)) == (precision == "tf32x3")
+    x, miss = data_for(c, 300, seed=6, p_missing=0.1)
+    m.forward_backward(x, miss)
+    ref = ev.flows(c, x, miss)
+    for pname, cnt in reference_counts(c, x, miss, ref).items():
+        got = m.param_flows(pname).cpu().double().numpy()
+        np.testing.assert_allclose(got, cnt, rtol=5e-5, atol=1e-6, err_msg=pname)
+
+
 @pytest.mark.parametrize("case", ["mixed", "tied_bernoulli", "zero_probs", "product_root"])
 def test_scatter_counts_match_reference(case, device, triton_ok, monkeypatch):
     """Every categorical/bernoulli table counted by the scatter kernel."""

@@ -80,6 +80,21 @@ def _tile_row(TAB, t):
     )
 """
 
+# The categorical counts' product at precision tf32x3: the one-hot operand is exact in tf32, so
+# two tf32 products (the flows' top 11 significant bits, then the rest) give tf32x3's accuracy;
+# Triton's tf32x3 dot took that kernel 11x the time of a tf32 one on an H200 (hclt-512, 8.74 vs
+# 0.80 ms, bench/kernel_probe.py stats_ms, seventh session). COUNTS_SPLIT = False: tl.dot's tf32x3.
+COUNTS_SPLIT = True
+DOT_COUNTS_SPLIT = (
+    "tl.dot(_tf32_hi({a}), {b}, input_precision='tf32') + tl.dot({a} - _tf32_hi({a}), {b}, input_precision='tf32')"
+)
+TF32_HI = """
+@triton.jit
+def _tf32_hi(x):
+    \"\"\"x with its 13 low mantissa bits cleared: exact in tf32, and x - _tf32_hi(x) exact in fp32.\"\"\"
+    return (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+"""
+
 INPUT_KERNELS = {
     "categorical": '''
 @triton.jit
@@ -736,9 +751,11 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
         if any(b.family == fam and b.count for b in plan.inputs):
             parts.append(INPUT_KERNELS[fam])
             if fam == "categorical":
-                parts.append(
-                    INPUT_KERNELS["categorical_counts"].format(dot_fo=DOT[precision].format(a="f", b="onehot"))
-                )
+                split = COUNTS_SPLIT and precision == "tf32x3"
+                dot_fo = (DOT_COUNTS_SPLIT if split else DOT[precision]).format(a="f", b="onehot")
+                if split:
+                    parts.append(TF32_HI)
+                parts.append(INPUT_KERNELS["categorical_counts"].format(dot_fo=dot_fo))
     if any(layer.kind == "product" for layer in plan.layers):
         parts.append(PRODUCT_KERNELS)
     dot = DOT[precision]

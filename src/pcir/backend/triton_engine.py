@@ -107,9 +107,12 @@ BMM_MIN_FILL = 0.75
 # the batched products were slower than the fused loops (suite run s8-bench-bmm: pd-64 train
 # 3.12 -> 3.64 ms, pd-32 1.64 -> 1.93, hclt-64 1.77 -> 1.84)
 BMM_MIN_UNITS = 128
-# with precision tf32x3 (three tf32 products per dot, float32 accuracy) the library product runs
-# in IEEE fp32 (no tensor cores, more accurate than tf32x3)
-BMM_TF32X3 = False
+# with precision tf32x3 (pcir's default: three tf32 products per dot, float32 accuracy) the
+# library product runs in IEEE fp32 (no tensor cores; at least as accurate). H200,
+# bench/kernel_probe.py --precision tf32x3, variant bmm3 (seventh session): forward / backward
+# hclt-512 15.1 / 16.7 -> 8.1 / 10.5 ms, pd-256 11.9 / 18.1 -> 8.5 / 15.1, hmm-2048 10.4 / 12.3
+# -> 7.1 / 7.6, rat-d5-r16-256 7.1 / 17.5 -> 4.1 / 14.1, hclt-128 1.64 / 2.09 -> 1.54 / 1.85
+BMM_TF32X3 = True
 BMM_MIN_BATCH = 64
 BMM_BK = 64
 BMM_BB = 32
