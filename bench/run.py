@@ -63,7 +63,7 @@ def parse_args(argv=None):
         metavar="REGEX",
         help="per-layer kernel times, launch counts and top kernels (all configurations, or those matching)",
     )
-    ap.add_argument("--precision", default="tf32", choices=["tf32", "fp32", "bf16"])
+    ap.add_argument("--precision", default="tf32", choices=["tf32", "tf32x3", "fp32", "bf16"])
     ap.add_argument("--pipeline", default=None, help="pass pipeline for pcir.compile (default: none)")
     ap.add_argument("--device", default=None, help="default cuda")
     ap.add_argument("--budget-s", type=float, default=None, help="start no configuration after this many seconds")

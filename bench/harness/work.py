@@ -78,6 +78,8 @@ def circuit_work(circuit: Circuit, batch: int) -> dict:
 def floor_ms(work: dict, card: dict, phase: str, precision: str) -> dict:
     """The card's floor for ``phase`` ("fwd" or "train"): max of FLOP time and byte time."""
     rate = card.get(f"{precision}_TFLOPs")
+    if precision == "tf32x3" and card.get("tf32_TFLOPs"):  # three tf32 products per product
+        rate = card["tf32_TFLOPs"] / 3
     fp32 = card.get("fp32_TFLOPs")
     bw = card.get("copy_TBps")
     if not rate or not fp32 or not bw:
