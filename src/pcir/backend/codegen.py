@@ -310,33 +310,40 @@ def _gather(V, COLS, col_off, k, km, b, bm, A, B, BK: tl.constexpr, BB: tl.const
 
 # Dense sum layers by batched matrix product (triton_engine.BMM_*): the fused loop of sum_fwd(t)
 # re-gathers and re-exponentiates each column tile once per node tile and runs its products on
-# 64x64 tiles, at 21-25 TFLOP/s on HCLT's big layers (H200). There instead the columns' factors
-# are written once (sum_cols_exp), a library batched product (torch.bmm) computes W E per group,
-# and sum_log_rows takes the log; the backward's node flows go back to the children through
-# sum_cols_scatter. G[t] = (K, col_off, group) per sum group.
+# 64x64 tiles, at 21-25 TFLOP/s on HCLT's big layers (H200). There instead the groups' column
+# maxima (sum_cols_max) and the columns' factors (sum_cols_exp) are computed once per column, a
+# library batched product (torch.bmm) computes W E per group, and sum_log_rows takes the log; the
+# backward's node flows go back to the children through sum_cols_scatter. One program per (group,
+# column tile, batch tile), so a layer of one group still fills the card. G[t] = (K, col_off,
+# group) per sum group.
 BMM_KERNELS = """
 @triton.jit
-def sum_cols_exp(V, E, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr, MAX: tl.constexpr):
-    \"\"\"Group t's column factors for a batch tile: E[col_off / A + k, b] = exp(c[k, b] - m[b]),
-    c the fused products' values; with MAX, m is the max over the group's columns (a first pass
-    over them), stored in M[group]; else m is read from M (the backward).\"\"\"
+def sum_cols_max(V, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr):
+    \"\"\"Column tile program_id(1) of group program_id(0) (G[t] = (K, col_off, group)), batch tile
+    program_id(2): M[group, b] = max(M[group, b], max_k c[k, b]) (M starts at -inf).\"\"\"
     t = tl.program_id(0)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    b = tl.program_id(2) * BB + tl.arange(0, BB)
     bm = b < B
     K, col_off, grp = _row3(G, t)
-    if MAX:
-        mx = tl.full([BB], float("-inf"), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            k = k0 + tl.arange(0, BK)
-            c = _gather(V, COLS, col_off, k, k < K, b, bm, A, B, BK, BB, CG, False)
-            mx = tl.maximum(mx, tl.max(c, axis=0))
-        tl.store(M + grp * B + b, mx, mask=bm)
-    else:
-        mx = tl.load(M + grp * B + b, mask=bm, other=0.0)
-    m = tl.where(mx == float("-inf"), 0.0, mx)
-    for k0 in range(0, K, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < K
+    k = tl.program_id(1) * BK + tl.arange(0, BK)
+    if tl.program_id(1) * BK < K:
+        c = _gather(V, COLS, col_off, k, k < K, b, bm, A, B, BK, BB, CG, False)
+        tl.atomic_max(M + grp * B + b, tl.max(c, axis=0), mask=bm, sem="relaxed")
+
+
+@triton.jit
+def sum_cols_exp(V, E, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr):
+    \"\"\"The column factors of one (group, column tile, batch tile) as sum_cols_max's grid:
+    E[col_off / A + k, b] = exp(c[k, b] - m[b]), m = M[group] (0 where it is -inf).\"\"\"
+    t = tl.program_id(0)
+    b = tl.program_id(2) * BB + tl.arange(0, BB)
+    bm = b < B
+    K, col_off, grp = _row3(G, t)
+    k = tl.program_id(1) * BK + tl.arange(0, BK)
+    km = k < K
+    if tl.program_id(1) * BK < K:
+        m = tl.load(M + grp * B + b, mask=bm, other=0.0)
+        m = tl.where(m == float("-inf"), 0.0, m)
         c = _gather(V, COLS, col_off, k, km, b, bm, A, B, BK, BB, CG, False)
         tl.store(E + (col_off // A + k)[:, None] * B + b[None, :], tl.exp(c - m[None, :]), mask=km[:, None] & bm[None, :])
 
@@ -358,15 +365,16 @@ def sum_log_rows(V, M, row0, N, U, grp0, B, BU: tl.constexpr, BB: tl.constexpr):
 
 @triton.jit
 def sum_cols_scatter(F, E, T, COLS, G, B, A, BK: tl.constexpr, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr):
-    \"\"\"The node flows of group t's columns, fc = E * T (T = W^T G by the batched product),
-    sent to every child row of the fused product in each column (as sum_tile_cols).\"\"\"
+    \"\"\"The node flows of one (group, column tile, batch tile) as sum_cols_max's grid,
+    fc = E * T (T = W^T G by the batched product), sent to every child row of the fused product in
+    each column (as sum_tile_cols).\"\"\"
     t = tl.program_id(0)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    b = tl.program_id(2) * BB + tl.arange(0, BB)
     bm = b < B
     K, col_off, _ = _row3(G, t)
-    for k0 in range(0, K, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < K
+    k = tl.program_id(1) * BK + tl.arange(0, BK)
+    km = k < K
+    if tl.program_id(1) * BK < K:
         m2 = km[:, None] & bm[None, :]
         e = (col_off // A + k)[:, None] * B + b[None, :]
         fc = tl.load(E + e, mask=m2, other=0.0) * tl.load(T + e, mask=m2, other=0.0)

@@ -371,6 +371,11 @@ class TritonEngine:
             return X[w0 : w0 + G * N * K].view(G, N, K)
         return X[row0 : row0 + G * N].view(G, N, B)
 
+    def _bmm_grid(self, L: _SumLayer, B: int) -> tuple[int, int, int]:
+        """(groups, column tiles, batch tiles): the grid of the batched-product layers' kernels."""
+        G, _, K, _, _, _ = L.bmm
+        return (G, triton_cdiv(K, BMM_BK), triton_cdiv(B, BMM_BB))
+
     def sum_forward(self, L: _SumLayer, V, W, M, E=None) -> None:
         """One sum layer's forward launch (three for a batched-product layer, which use ``E``,
         a ``[columns, B]`` scratch, allocated here when not given)."""
@@ -379,9 +384,9 @@ class TritonEngine:
             G, N, K, _, _, grp0 = L.bmm
             if E is None:
                 E = torch.empty((L.columns, B), dtype=torch.float32, device=V.device)
-            self.k.sum_cols_exp[(G, triton_cdiv(B, BMM_BB))](
-                V, E, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig, MAX=True
-            )
+            grid = self._bmm_grid(L, B)
+            self.k.sum_cols_max[grid](V, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig)
+            self.k.sum_cols_exp[grid](V, E, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig)
             if not self._warming():
                 with self._matmul_precision():
                     torch.bmm(self.bmm_views(L, W.detach()), E[: G * K].view(G, K, B), out=self.bmm_views(L, V, B))
@@ -445,8 +450,8 @@ class TritonEngine:
 
     def fwd_launches(self, L: _SumLayer, B: int) -> int:
         """Triton launches of sum layer ``L``'s forward at batch ``B`` (the profile's mapping; a
-        batched-product layer's library product between its two is not one)."""
-        return 2 if self.use_bmm(L, B) else 1
+        batched-product layer's library product between its three is not one)."""
+        return 3 if self.use_bmm(L, B) else 1
 
     def bwd_launches(self, L: _SumLayer, B: int) -> int:
         """Triton launches of sum layer ``L``'s backward at batch ``B`` (the profile's mapping)."""
@@ -513,7 +518,7 @@ class TritonEngine:
             with self._matmul_precision():
                 self.bmm_views(L, PF).addcmul_(Wv, torch.bmm(Gv, Ev.transpose(1, 2)))
                 T = torch.bmm(Wv.transpose(1, 2), Gv).view(G * K, B)
-        k.sum_cols_scatter[(G, triton_cdiv(B, BMM_BB))](
+        k.sum_cols_scatter[self._bmm_grid(L, B)](
             F, E, T, L.cols, L.gtab, B, L.arity, BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig
         )
 
