@@ -95,10 +95,13 @@ COUNT_SCATTER_K = 1024
 # batch, see precompile.same_specialisation, takes the same path), in tf32 or fp32. H200
 # (bench/kernel_probe.py, eighth session): hmm-2048 forward 5.15 -> 4.80 ms, backward 5.90 ->
 # 3.31; with every layer so, hmm-512's backward 1.27 -> 0.91 but its forward 0.82 -> 1.19 and
-# hclt-128's both 2-3% slower (small layers), hence the thresholds. BMM_BK x BMM_BB: the column
-# kernels' tile
+# hclt-128's both 2-3% slower (small layers), hence the thresholds. Since the column kernels run
+# one tile per program (a one-group layer fills the card): hmm-2048 forward 4.80 -> 2.03 ms,
+# backward 3.31 -> 2.42; hmm-512's forward with its 262K-edge layers as products 0.81 -> 0.74
+# (so the forward's threshold came down from 1M to 256K edges), hclt-128's with every layer so
+# 1.04 -> 1.41 (layers of 2-3 groups, 9.9 -> 16.5 us). BMM_BK x BMM_BB: the column kernels' tile
 BMM = True
-BMM_MIN_EDGES = 1 << 20
+BMM_MIN_EDGES = 1 << 18
 BMM_MIN_EDGES_BWD = 1 << 18
 # (pd-128, bench/kernel_probe.py --layers all: groups 80% full were faster as products, forward
 # 309 -> 273 us, 67% and less full slower, 252 -> 281 us and worse)
