@@ -92,8 +92,8 @@ COUNT_SCATTER_K = 1024
 # their tiles occupied (the product runs over the whole block; weights off the edges are 0), with
 # consecutive rows, weights and group indices, of at least BMM_MIN_EDGES edges in the forward
 # (BMM_MIN_EDGES_BWD in the backward), at batches of at least BMM_MIN_BATCH (precompile's replay
-# batch, see precompile.same_specialisation, takes the same path), in tf32 or fp32. H200
-# (bench/kernel_probe.py, eighth session): hmm-2048 forward 5.15 -> 4.80 ms, backward 5.90 ->
+# batch, see precompile.same_specialisation, takes the same path), in tf32, fp32 or tf32x3
+# (BMM_TF32X3). H200 (bench/kernel_probe.py, seventh session): hmm-2048 forward 5.15 -> 4.80 ms, backward 5.90 ->
 # 3.31; with every layer so, hmm-512's backward 1.27 -> 0.91 but its forward 0.82 -> 1.19 and
 # hclt-128's both 2-3% slower (small layers), hence the thresholds. Since the column kernels run
 # one tile per program (a one-group layer fills the card): hmm-2048 forward 4.80 -> 2.03 ms,
@@ -200,8 +200,8 @@ class _SumLayer:
         self.pf = lt(pf_tab)
         self.n_fwd, self.n_col, self.n_pf = len(fwd), len(col_tab), len(pf_tab)
         # the batched-product form (TritonEngine.use_bmm): (groups, nodes, columns, first row,
-        # first weight, first group index) where every group is dense, of one shape, and the
-        # groups' rows, weights and indices follow each other; else None
+        # first weight, first group index) where the groups are of one shape, at least
+        # BMM_MIN_FILL full, and their rows, weights and indices follow each other; else None
         gs = layer.groups
         g0 = gs[0]
         N, K = g0.units, g0.k
