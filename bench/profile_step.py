@@ -131,6 +131,7 @@ def profile_config(cfg, ctx, device, args) -> dict:
     except Exception as e:  # noqa: BLE001
         row["per_layer"] = {"error": f"{type(e).__name__}: {e}"[:300]}
     row["prof_train_eager"] = count_launches(lambda: step(x), device, top=15)
+    row["prof_fwd_eager"] = count_launches(lambda: fwd(x), device, top=8)
     row["prof_fb_eager"] = count_launches(lambda: model.forward_backward(x), device, top=8)
     row["prof_em_eager"] = count_launches(lambda: model.em_step(STEP, PC), device, top=8)
     model.cuda_graphs = True
@@ -165,7 +166,7 @@ def show(row: dict) -> None:
         print("    ", r)
     for k, v in pl.get("by_kernel", {}).items():
         print("    ", k, v)
-    for key in ("prof_train_eager", "prof_fb_eager", "prof_em_eager", "prof_train_graphs"):
+    for key in ("prof_train_eager", "prof_fwd_eager", "prof_fb_eager", "prof_em_eager", "prof_train_graphs"):
         d = row[key]
         print(f"  {key}: kernels {d['kernels']} device {d['kernel_ms']} ms wall {d['wall_ms_profiled']} ms")
         for t in d["top"]:

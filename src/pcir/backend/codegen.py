@@ -318,16 +318,24 @@ def _gather(V, COLS, col_off, k, km, b, bm, A, B, BK: tl.constexpr, BB: tl.const
 # group) per sum group.
 BMM_KERNELS = """
 @triton.jit
+def _col_tile(G, B, BK: tl.constexpr, BB: tl.constexpr):
+    \"\"\"The tile of a batched-product layer's column kernels: group program_id(0) (its table row
+    G[t] = (K, col_off, group)), column tile program_id(1), batch tile program_id(2). Returns
+    (b, b mask, k, k mask, col_off, group, live); live is False where the tile lies past the group's
+    K columns (the grid covers the widest group).\"\"\"
+    b = tl.program_id(2) * BB + tl.arange(0, BB)
+    K, col_off, grp = _row3(G, tl.program_id(0))
+    k = tl.program_id(1) * BK + tl.arange(0, BK)
+    return b, b < B, k, k < K, col_off, grp, tl.program_id(1) * BK < K
+
+
+@triton.jit
 def sum_cols_max(V, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr):
     \"\"\"Column tile program_id(1) of group program_id(0) (G[t] = (K, col_off, group)), batch tile
     program_id(2): M[group, b] = max(M[group, b], max_k c[k, b]) (M starts at -inf).\"\"\"
-    t = tl.program_id(0)
-    b = tl.program_id(2) * BB + tl.arange(0, BB)
-    bm = b < B
-    K, col_off, grp = _row3(G, t)
-    k = tl.program_id(1) * BK + tl.arange(0, BK)
-    if tl.program_id(1) * BK < K:
-        c = _gather(V, COLS, col_off, k, k < K, b, bm, A, B, BK, BB, CG, False)
+    b, bm, k, km, col_off, grp, live = _col_tile(G, B, BK, BB)
+    if live:
+        c = _gather(V, COLS, col_off, k, km, b, bm, A, B, BK, BB, CG, False)
         tl.atomic_max(M + grp * B + b, tl.max(c, axis=0), mask=bm, sem="relaxed")
 
 
@@ -335,13 +343,8 @@ def sum_cols_max(V, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG: tl
 def sum_cols_exp(V, E, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr):
     \"\"\"The column factors of one (group, column tile, batch tile) as sum_cols_max's grid:
     E[col_off / A + k, b] = exp(c[k, b] - m[b]), m = M[group] (0 where it is -inf).\"\"\"
-    t = tl.program_id(0)
-    b = tl.program_id(2) * BB + tl.arange(0, BB)
-    bm = b < B
-    K, col_off, grp = _row3(G, t)
-    k = tl.program_id(1) * BK + tl.arange(0, BK)
-    km = k < K
-    if tl.program_id(1) * BK < K:
+    b, bm, k, km, col_off, grp, live = _col_tile(G, B, BK, BB)
+    if live:
         m = tl.load(M + grp * B + b, mask=bm, other=0.0)
         m = tl.where(m == float("-inf"), 0.0, m)
         c = _gather(V, COLS, col_off, k, km, b, bm, A, B, BK, BB, CG, False)
@@ -368,13 +371,8 @@ def sum_cols_scatter(F, E, T, COLS, G, B, A, BK: tl.constexpr, BB: tl.constexpr,
     \"\"\"The node flows of one (group, column tile, batch tile) as sum_cols_max's grid,
     fc = E * T (T = W^T G by the batched product), sent to every child row of the fused product in
     each column (as sum_tile_cols).\"\"\"
-    t = tl.program_id(0)
-    b = tl.program_id(2) * BB + tl.arange(0, BB)
-    bm = b < B
-    K, col_off, _ = _row3(G, t)
-    k = tl.program_id(1) * BK + tl.arange(0, BK)
-    km = k < K
-    if tl.program_id(1) * BK < K:
+    b, bm, k, km, col_off, _, live = _col_tile(G, B, BK, BB)
+    if live:
         m2 = km[:, None] & bm[None, :]
         e = (col_off // A + k)[:, None] * B + b[None, :]
         fc = tl.load(E + e, mask=m2, other=0.0) * tl.load(T + e, mask=m2, other=0.0)
