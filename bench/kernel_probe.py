@@ -15,6 +15,7 @@ of 64 run the batch-major ``sum_fwdt``); ``bm128``/``bk128``: node/column tiles 
 ``stages<N>``/``warps4``: launch options on every sum launch; ``fs<N>``: ``num_stages`` of the
 sum forward only; ``ab_a1``/``ab_noexp``/``ab_now``: ablations (wrong results, timing only) that
 drop the gathers of all but one row per column, the exponentials, or the weight loads;
+``ab_noatomic``: the column flows of non-exclusive layers stored instead of added atomically;
 ``dense``: dense layers loop over the tile index, not a tile list; ``nobmm``: no layer by
 batched matrix product (triton_engine.BMM); ``bmm0``/``bmm4m``: its edge threshold 0 / 4M; ``fill1``: full groups only; ``units0``: groups
 of any size; ``nobmm3``: no batched products at precision tf32x3; ``nosplit``: the
@@ -83,6 +84,14 @@ ABLATIONS = {
         "SUM_KERNELS": [
             ("e = tl.exp(c - safe[None, :])", "e = c - safe[None, :]"),
             ("e = tl.exp(c - safe[:, None])", "e = c - safe[:, None]"),
+        ]
+    },
+    "ab_noatomic": {  # the column flows stored, not added atomically (shared child rows: wrong)
+        "SUM_KERNELS": [
+            (
+                'tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")',
+                "tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))",
+            )
         ]
     },
     "ab_now": {  # no weight loads in the forward (masked off)

@@ -78,6 +78,17 @@ def _tile_row(TAB, t):
         tl.load(p), tl.load(p + 1), tl.load(p + 2), tl.load(p + 3), tl.load(p + 4),
         tl.load(p + 5), tl.load(p + 6), tl.load(p + 7), tl.load(p + 8),
     )
+
+
+@triton.jit
+def _leaf_tile(B, BU: tl.constexpr, BB: tl.constexpr):
+    \"\"\"(leaf rows, samples) of an input program on a flat grid, batch tiles fastest: the programs
+    of one leaf tile run side by side, so a table row their samples gather from is read from DRAM
+    once, then from L2 (with leaf tiles fastest, each batch tile re-read the whole table: HCLT-128's
+    categorical leaves took 0.30 ms for 205 MB of output on an H200).\"\"\"
+    nb = tl.cdiv(B, BB)
+    t = tl.program_id(0)
+    return (t // nb) * BU + tl.arange(0, BU), (t % nb) * BB + tl.arange(0, BB)
 """
 
 # The categorical counts' product at precision tf32x3: the one-hot operand is exact in tf32, so
@@ -100,8 +111,7 @@ INPUT_KERNELS = {
 @triton.jit
 def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl.constexpr):
     """V[row0 + u, b] = log p_u(x[b, var_u]) (0 where x is missing, i.e. NaN)."""
-    u = tl.program_id(0) * BU + tl.arange(0, BU)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    u, b = _leaf_tile(B, BU, BB)
     um = u < U
     bm = b < B
     m2 = um[:, None] & bm[None, :]
@@ -168,8 +178,7 @@ def input_categorical_scatter(F, XT, TAB, CNT, B, BU: tl.constexpr, BB: tl.const
 @triton.jit
 def input_gaussian(V, XT, VAR, IDX, GP, row0, U, B, BU: tl.constexpr, BB: tl.constexpr):
     """Normal log-density; GP[r] = (mean, log std)."""
-    u = tl.program_id(0) * BU + tl.arange(0, BU)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    u, b = _leaf_tile(B, BU, BB)
     um = u < U
     bm = b < B
     m2 = um[:, None] & bm[None, :]
@@ -223,8 +232,7 @@ def input_gaussian_bwd(F, XT, VAR, IDX, GP, OUT, row0, U, B, BU: tl.constexpr, B
 @triton.jit
 def input_indicator(V, XT, VAR, IDX, row0, U, B, BU: tl.constexpr, BB: tl.constexpr):
     """Literals: 0 where x == value_u (or x is missing), else -inf."""
-    u = tl.program_id(0) * BU + tl.arange(0, BU)
-    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    u, b = _leaf_tile(B, BU, BB)
     um = u < U
     bm = b < B
     m2 = um[:, None] & bm[None, :]

@@ -22,6 +22,14 @@ import torch
 from .plan import KernelPlan, SumGroupPlan
 
 BU = 32  # leaf rows per input program
+# the backward's flow buffer is not zero-filled on rows that an exclusive layer's backward stores
+# (TritonEngine._flow_zero_rows) when at least this fraction of rows is such; the rest is zeroed
+# by row ranges (at most FLOW_ZERO_RUNS of them) or by one indexed fill. FLOW_POISON (tests): the
+# value the uninitialised rows get instead of whatever memory held, so a row that no launch
+# writes shows up.
+FLOW_SKIP_MIN = 0.25
+FLOW_ZERO_RUNS = 16
+FLOW_POISON: float | None = None
 # warps of the sum kernels of 64x64 tiles: a [64, 64] fp32 accumulator (and the tf32x3 split
 # operands) over 4 warps is 32+ registers per thread per tile, which limits occupancy; 8 warps
 # halve that. Smaller tiles keep Triton's default 4. Shared memory (bench/kernel_resources.py,
@@ -215,6 +223,18 @@ class _SumLayer:
         self.edges = sum(g.units * g.k for g in gs)
         offs = np.cumsum([0] + [g.k * A for g in gs])[:-1]
         self.gtab = lt([(g.k, int(o), g.index) for g, o in zip(gs, offs, strict=True)])
+        # rows whose flow the backward of an exclusive layer stores (not adds) for every sample:
+        # the children of every column of its occupied column tiles (the batched-product path
+        # stores every column, a superset); no other launch writes them (plan.exclusive)
+        self.stored_rows = np.zeros(0, dtype=np.int64)
+        if layer.exclusive:
+            parts = []
+            for g in gs:
+                kts = np.unique(g.tiles[:, 1])
+                ks = (kts[:, None] * layer.block_k + np.arange(layer.block_k)[None, :]).reshape(-1)
+                parts.append(np.asarray(g.cols)[ks[ks < g.k], : g.arity].reshape(-1))
+            rows = np.concatenate(parts).astype(np.int64)
+            self.stored_rows = rows[rows != 0]
 
 
 class _ProductLayer:
@@ -283,6 +303,7 @@ class TritonEngine:
         # parameter-flow programs split the batch until about this many run at once
         self.target_programs = 4 * self.sms
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
+        self.flow_zero = self._flow_zero_rows()
         self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
@@ -290,6 +311,46 @@ class TritonEngine:
             from .precompile import precompile_rows
 
             precompile_rows(self)
+
+    def _flow_zero_rows(self):
+        """The rows of the backward's flow buffer that must start at zero: all but those an
+        exclusive layer's backward stores (HCLT: every row but the root's). None: zero the whole
+        buffer (when most rows need it); else a list of row ranges, or a row-index tensor when the
+        ranges are many."""
+        plan = self.plan
+        stored = np.zeros(plan.num_rows, dtype=bool)
+        for L in self.layers:
+            if isinstance(L, _SumLayer):
+                stored[L.stored_rows] = True
+        stored[0] = False
+        stored[plan.root_row : plan.root_row + plan.root_units] = True  # set to the root flow
+        if stored.mean() < FLOW_SKIP_MIN:
+            return None
+        zero = np.flatnonzero(~stored)
+        if len(zero) == 0:
+            return []
+        cut = np.flatnonzero(np.diff(zero) != 1) + 1
+        runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(zero, cut)]
+        if len(runs) <= FLOW_ZERO_RUNS:
+            return runs
+        return torch.as_tensor(zero, dtype=torch.long, device=self.device)
+
+    def _flow_buffer(self, V, root_flow):
+        """The backward's flow buffer: uninitialised where an exclusive layer stores every
+        sample's flow, zero elsewhere, the root flow on the root's rows (``FLOW_POISON``: the
+        uninitialised rows filled with it instead, for tests)."""
+        plan = self.plan
+        if self.flow_zero is None:
+            F = torch.zeros_like(V)
+        else:
+            F = torch.empty_like(V) if FLOW_POISON is None else torch.full_like(V, FLOW_POISON)
+            if isinstance(self.flow_zero, torch.Tensor):
+                F.index_fill_(0, self.flow_zero, 0.0)
+            else:
+                for a, b in self.flow_zero:
+                    F[a:b].zero_()
+        F[plan.root_row : plan.root_row + plan.root_units] = root_flow
+        return F
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, W, cat_logp, gauss, xf, precompile: bool = True):
@@ -308,7 +369,7 @@ class TritonEngine:
         V[0] = 0.0
         M = torch.full((max(self.num_sum_groups, 1), B), -math.inf, dtype=torch.float32, device=xf.device)
         for b, var, index in self.inputs:
-            grid = (triton_cdiv(b.count, BU), nb)
+            grid = (triton_cdiv(b.count, BU) * nb,)  # flat, batch tiles fastest (codegen._leaf_tile)
             if b.family == "categorical":
                 k.input_categorical[grid](V, xT, var, index, cat_logp.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
             elif b.family == "gaussian":
@@ -424,8 +485,7 @@ class TritonEngine:
         B = V.shape[1]
         BB = _batch_tile(B)
         nb = triton_cdiv(B, BB)
-        F = torch.zeros_like(V)
-        F[plan.root_row : plan.root_row + plan.root_units] = root_flow
+        F = self._flow_buffer(V, root_flow)
         if PF is None:  # else accumulate into the given buffer (the model's flows)
             PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
         E = torch.empty((self.max_columns, B), dtype=torch.float32, device=V.device)
