@@ -89,7 +89,7 @@ ABLATIONS = {
     "ab_noatomic": {  # the column flows stored, not added atomically (shared child rows: wrong)
         "SUM_KERNELS": [
             (
-                'tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")',
+                'tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0), sem="relaxed")',
                 "tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))",
             )
         ]

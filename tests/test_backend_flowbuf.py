@@ -1,7 +1,7 @@
 """The backward's flow buffer is not zero-filled where an exclusive layer's backward stores every
 sample's flow (``TritonEngine._flow_zero_rows``). With those rows poisoned (``FLOW_POISON``: NaN
 instead of whatever memory held), every flow and parameter flow must equal the zero-filled
-buffer's exactly, on every circuit of the gather tests, with the batched products on and off."""
+buffer's (up to the order of atomic adds), on every circuit of the gather tests, with the batched products on and off."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def test_flows_without_the_zero_fill_equal_the_zero_filled(name, bmm, triton_dev
     for what, a, b in zip(("V", "M", "F", "PF"), skipped, filled, strict=True):
         a, b = a.cpu().numpy(), b.cpu().numpy()
         assert not np.isnan(a).any(), f"{what}: a row no launch writes kept the poison"
-        np.testing.assert_array_equal(a, b, err_msg=what)
+        # equal up to the order of the atomic adds of layers that share child rows (GPU)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=what)
 
 
 def _rows_left_unfilled(eng) -> int:

@@ -148,7 +148,7 @@ def input_categorical_counts(F, XT, TAB, CNT, B, BU: tl.constexpr, BC: tl.conste
         x = tl.load(XT + var * B + b, mask=bm, other=-1.0)
         onehot = tl.where(x[:, None] == c[None, :].to(tl.float32), 1.0, 0.0)
         acc += {dot_fo}
-    tl.atomic_add(CNT + off + u[:, None] * k + c[None, :], acc, mask=um[:, None] & cm[None, :] & (acc != 0.0), sem="relaxed")
+    tl.atomic_add(CNT + off + u[:, None] * k + c[None, :], acc, mask=um[:, None] & cm[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -278,7 +278,7 @@ def product_bwd(F, IDX, TAB, B, NT, A: tl.constexpr, BU: tl.constexpr, BB: tl.co
         f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=m2, other=0.0)
         for a in tl.static_range(A):
             r = tl.load(IDX + ioff + u * A + a, mask=um, other=0).to(tl.int64)
-            tl.atomic_add(F + r[:, None] * B + b[None, :], f, mask=m2 & (r[:, None] != 0) & (f != 0.0), sem="relaxed")
+            tl.atomic_add(F + r[:, None] * B + b[None, :], f, mask=m2 & (r[:, None] != 0), sem="relaxed")
 '''
 
 # Stored rows of input ``a`` of the fused products in columns ``k`` of a sum group. CG (contiguous
@@ -389,7 +389,7 @@ def sum_cols_scatter(F, E, T, COLS, G, B, A, BK: tl.constexpr, BB: tl.constexpr,
             if EXCL:
                 tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
             else:
-                tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")
+                tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0), sem="relaxed")
 """
 
 # Tile tables (int64 rows), see triton_engine:
@@ -537,7 +537,7 @@ def sum_tile_cols_v{i}(
         if EXCL:  # the plan proved no other gather reads these rows: a plain store
             tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
         else:
-            tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")
+            tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0), sem="relaxed")
 
 
 @triton.jit
