@@ -616,7 +616,7 @@ def _params_tile_v{i}(F, E, W, TAB, PF, t, pc, B, CH, BB: tl.constexpr):
         acc += {dot_ge}
     wm = sm[:, None] & km[None, :]
     w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=wm, other=0.0)
-    tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], w * acc, mask=wm & (w != 0.0), sem="relaxed")
+    tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], tl.where(w != 0.0, w * acc, 0.0), mask=wm, sem="relaxed")
 
 
 @triton.jit
