@@ -16,7 +16,7 @@ of 64 run the batch-major ``sum_fwdt``); ``bm128``/``bk128``: node/column tiles 
 sum forward only; ``ab_a1``/``ab_noexp``/``ab_now``: ablations (wrong results, timing only) that
 drop the gathers of all but one row per column, the exponentials, or the weight loads;
 ``ab_noatomic``: the column flows of non-exclusive layers stored instead of added atomically;
-``dense``: dense layers loop over the tile index, not a tile list; ``nobmm``: no layer by
+``dense``: dense layers loop over the tile index, not a tile list; ``leafnode``: leaf programs with leaf tiles fastest; ``nobmm``: no layer by
 batched matrix product (triton_engine.BMM); ``bmm0``/``bmm4m``: its edge threshold 0 / 4M; ``fill1``: full groups only; ``units0``: groups
 of any size; ``nobmm3``: no batched products at precision tf32x3; ``nosplit``: the
 categorical counts with tl.dot's tf32x3 instead of two tf32 products; ``scatter``: every categorical
@@ -59,6 +59,7 @@ KNOBS = {
     "fusemm0": (te, "FUSE_MM_MAX_TILES", -1.0),
     "fusemm1": (te, "FUSE_MM_MAX_TILES", 1.0),
     "fusemm4": (te, "FUSE_MM_MAX_TILES", 4.0),
+    "leafnode": (te, "LEAF_BATCH_FASTEST", False),
     "nobmm": (te, "BMM", False),
     "bmm0": (te, "BMM_MIN_EDGES", 0),
     "bmm4m": (te, "BMM_MIN_EDGES", 1 << 22),

@@ -241,3 +241,16 @@ def test_forward_on_batch_tiles_of_128(name, triton_device, monkeypatch):
     m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
     x, miss = data_for(c, 1030, seed=3, p_missing=0.2)
     _assert_ll_matches_reference(m, c, x, miss)
+
+
+@pytest.mark.parametrize("batch_fastest", [True, False])
+@pytest.mark.parametrize("name", sorted(CIRCUITS))
+def test_leaf_programs_in_either_grid_order(name, batch_fastest, triton_device, monkeypatch):
+    """The leaf kernels on a flat grid with batch tiles fastest, or on a (leaf tile, batch tile)
+    grid (triton_engine.LEAF_BATCH_FASTEST): the same log-likelihoods as the reference, at a batch
+    of two tiles."""
+    monkeypatch.setattr(te, "LEAF_BATCH_FASTEST", batch_fastest)
+    c = CIRCUITS[name]()
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    x, miss = data_for(c, 70, seed=4, p_missing=0.2)
+    _assert_ll_matches_reference(m, c, x, miss)

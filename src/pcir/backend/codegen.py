@@ -81,14 +81,16 @@ def _tile_row(TAB, t):
 
 
 @triton.jit
-def _leaf_tile(B, BU: tl.constexpr, BB: tl.constexpr):
-    \"\"\"(leaf rows, samples) of an input program on a flat grid, batch tiles fastest: the programs
-    of one leaf tile run side by side, so a table row their samples gather from is read from DRAM
-    once, then from L2 (with leaf tiles fastest, each batch tile re-read the whole table: HCLT-128's
-    categorical leaves took 0.30 ms for 205 MB of output on an H200).\"\"\"
-    nb = tl.cdiv(B, BB)
-    t = tl.program_id(0)
-    return (t // nb) * BU + tl.arange(0, BU), (t % nb) * BB + tl.arange(0, BB)
+def _leaf_tile(B, BU: tl.constexpr, BB: tl.constexpr, BF: tl.constexpr):
+    \"\"\"(leaf rows, samples) of an input program: BF, a flat grid with batch tiles fastest (the
+    programs of one leaf tile side by side); else leaf tile program_id(0), batch tile
+    program_id(1) (triton_engine.LEAF_BATCH_FASTEST).\"\"\"
+    if BF:
+        nb = tl.cdiv(B, BB)
+        t = tl.program_id(0)
+        return (t // nb) * BU + tl.arange(0, BU), (t % nb) * BB + tl.arange(0, BB)
+    else:
+        return tl.program_id(0) * BU + tl.arange(0, BU), tl.program_id(1) * BB + tl.arange(0, BB)
 """
 
 # The categorical counts' product at precision tf32x3: the one-hot operand is exact in tf32, so
@@ -109,9 +111,9 @@ def _tf32_hi(x):
 INPUT_KERNELS = {
     "categorical": '''
 @triton.jit
-def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl.constexpr):
+def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl.constexpr, BF: tl.constexpr):
     """V[row0 + u, b] = log p_u(x[b, var_u]) (0 where x is missing, i.e. NaN)."""
-    u, b = _leaf_tile(B, BU, BB)
+    u, b = _leaf_tile(B, BU, BB, BF)
     um = u < U
     bm = b < B
     m2 = um[:, None] & bm[None, :]
@@ -176,9 +178,9 @@ def input_categorical_scatter(F, XT, TAB, CNT, B, BU: tl.constexpr, BB: tl.const
 ''',
     "gaussian": '''
 @triton.jit
-def input_gaussian(V, XT, VAR, IDX, GP, row0, U, B, BU: tl.constexpr, BB: tl.constexpr):
+def input_gaussian(V, XT, VAR, IDX, GP, row0, U, B, BU: tl.constexpr, BB: tl.constexpr, BF: tl.constexpr):
     """Normal log-density; GP[r] = (mean, log std)."""
-    u, b = _leaf_tile(B, BU, BB)
+    u, b = _leaf_tile(B, BU, BB, BF)
     um = u < U
     bm = b < B
     m2 = um[:, None] & bm[None, :]
@@ -230,9 +232,9 @@ def input_gaussian_bwd(F, XT, VAR, IDX, GP, OUT, row0, U, B, BU: tl.constexpr, B
 ''',
     "indicator": '''
 @triton.jit
-def input_indicator(V, XT, VAR, IDX, row0, U, B, BU: tl.constexpr, BB: tl.constexpr):
+def input_indicator(V, XT, VAR, IDX, row0, U, B, BU: tl.constexpr, BB: tl.constexpr, BF: tl.constexpr):
     """Literals: 0 where x == value_u (or x is missing), else -inf."""
-    u, b = _leaf_tile(B, BU, BB)
+    u, b = _leaf_tile(B, BU, BB, BF)
     um = u < U
     bm = b < B
     m2 = um[:, None] & bm[None, :]

@@ -22,6 +22,9 @@ import torch
 from .plan import KernelPlan, SumGroupPlan
 
 BU = 32  # leaf rows per input program
+# leaf programs on a flat grid with batch tiles fastest (True) or leaf tiles fastest (codegen
+# _leaf_tile); see docs/backend.md for what each measured
+LEAF_BATCH_FASTEST = True
 # the backward's flow buffer is not zero-filled on rows that an exclusive layer's backward stores
 # (TritonEngine._flow_zero_rows) when at least this fraction of rows is such; the rest is zeroed
 # by row ranges (at most FLOW_ZERO_RUNS of them) or by one indexed fill. FLOW_POISON (tests): the
@@ -369,13 +372,16 @@ class TritonEngine:
         V[0] = 0.0
         M = torch.full((max(self.num_sum_groups, 1), B), -math.inf, dtype=torch.float32, device=xf.device)
         for b, var, index in self.inputs:
-            grid = (triton_cdiv(b.count, BU) * nb,)  # flat, batch tiles fastest (codegen._leaf_tile)
+            bf = LEAF_BATCH_FASTEST
+            grid = (triton_cdiv(b.count, BU) * nb,) if bf else (triton_cdiv(b.count, BU), nb)
             if b.family == "categorical":
-                k.input_categorical[grid](V, xT, var, index, cat_logp.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
+                k.input_categorical[grid](
+                    V, xT, var, index, cat_logp.contiguous(), b.row, b.count, B, BU=BU, BB=BB, BF=bf
+                )
             elif b.family == "gaussian":
-                k.input_gaussian[grid](V, xT, var, index, gauss.contiguous(), b.row, b.count, B, BU=BU, BB=BB)
+                k.input_gaussian[grid](V, xT, var, index, gauss.contiguous(), b.row, b.count, B, BU=BU, BB=BB, BF=bf)
             else:
-                k.input_indicator[grid](V, xT, var, index, b.row, b.count, B, BU=BU, BB=BB)
+                k.input_indicator[grid](V, xT, var, index, b.row, b.count, B, BU=BU, BB=BB, BF=bf)
         bmm_cols = [L.columns for L in self.layers if isinstance(L, _SumLayer) and self.use_bmm(L, B)]
         E = torch.empty((max(bmm_cols), B), dtype=torch.float32, device=xf.device) if bmm_cols else None
         for L in self.layers:
