@@ -254,27 +254,3 @@ def test_leaf_programs_in_either_grid_order(name, batch_fastest, triton_device, 
     m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
     x, miss = data_for(c, 70, seed=4, p_missing=0.2)
     _assert_ll_matches_reference(m, c, x, miss)
-
-
-@pytest.mark.parametrize("merge", [16, 0])
-def test_small_layers_take_a_larger_tile_shape(merge, triton_device, monkeypatch):
-    """A root layer (one node) whose 16-row tile no other layer uses runs on the other layers'
-    shape (plan.MERGE_VARIANT_UNITS): one tile shape, hence one set of kernels, fewer to compile,
-    and the same log-likelihoods as the reference; with the merge off it keeps its own."""
-    from pcir.backend import plan as plan_mod
-    from pcir.backend.codegen import variants
-
-    monkeypatch.setattr(plan_mod, "MERGE_VARIANT_UNITS", merge)
-    c = structures.hclt(np.random.default_rng(1).integers(0, 3, (200, 6)), num_latents=32)
-    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
-    sums = [L for L in m.plan.layers if L.kind == "sum"]
-    root = next(L for L in sums if any(g.name == m.plan.root for g in L.groups))
-    assert sum(g.units for g in root.groups) == 1
-    if merge:
-        assert variants(m.plan) == [(32, 32)]
-        assert (root.block_m, root.block_k) == (32, 32)
-    else:
-        assert sorted(variants(m.plan)) == [(16, 32), (32, 32)]
-        assert (root.block_m, root.block_k) == (16, 32)
-    x, miss = data_for(c, 40, seed=2, p_missing=0.2)
-    _assert_ll_matches_reference(m, c, x, miss)

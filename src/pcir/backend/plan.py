@@ -308,10 +308,6 @@ def contiguous_columns(cols: np.ndarray) -> bool:
 # the largest node and column tiles of a sum layer (powers of two)
 BLOCK_M_CAP = 64
 BLOCK_K_CAP = 64
-# a sum layer of at most this many nodes (a root) whose tile shape no larger layer uses takes the
-# smallest larger shape another layer uses instead: every tile shape is a set of kernels to
-# compile (about eight), and a cold compile is most of a first step (_merge_small_variants)
-MERGE_VARIANT_UNITS = 16
 
 
 def _tile(n: int, hint: int | None, lo: int, cap: int) -> int:
@@ -668,8 +664,6 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
             lay.arity = max(g.arity for g in plans)
         final_layers.append(lay)
 
-    _merge_small_variants(final_layers, emasks)
-
     # rows read by exactly one gather entry in the whole plan get their flow from one place: the
     # backward may store it instead of adding atomically
     refs = np.zeros(next_row, dtype=np.int64)
@@ -765,31 +759,6 @@ def _place_scratch(layers: list[Layer], num_rows: int):
     for lay, _a, _u in spans:
         recompute.setdefault(lay.live_end, []).append(lay.index)
     return base + size, base, size, sum(u for _l, _a, u in spans), recompute
-
-
-def _merge_small_variants(layers: list, emasks: dict) -> None:
-    """Re-tile small sum layers (at most MERGE_VARIANT_UNITS nodes) whose tile shape only small
-    layers use with the smallest shape of the other layers that is at least as large in both
-    sizes (a larger tile masks the rows and columns past the layer's: same results, one tile
-    shape fewer to compile). In place; layers without such a shape keep theirs."""
-    sums = [lay for lay in layers if lay.kind == "sum"]
-
-    def units(lay) -> int:
-        return sum(g.units for g in lay.groups)
-
-    small = {id(lay) for lay in sums if units(lay) <= MERGE_VARIANT_UNITS}
-    big_shapes = {(lay.block_m, lay.block_k) for lay in sums if id(lay) not in small}
-    for lay in sums:
-        shape = (lay.block_m, lay.block_k)
-        if id(lay) not in small or shape in big_shapes:
-            continue
-        larger = [t for t in big_shapes if t[0] >= shape[0] and t[1] >= shape[1]]
-        if not larger:
-            continue
-        lay.block_m, lay.block_k = min(larger, key=lambda t: (t[0] * t[1], t))
-        for g in lay.groups:
-            g.block_m, g.block_k = lay.block_m, lay.block_k
-            g.tiles = _occupied_tiles(emasks[g.name], lay.block_m, lay.block_k)
 
 
 def _occupied_tiles(emask: np.ndarray, block_m: int, block_k: int) -> np.ndarray:
