@@ -187,3 +187,39 @@ def test_same_specialisation_keeps_the_batch_class():
         s = pre.same_specialisation(B)
         assert s <= B and (s == 1) == (B == 1) and (s % 16 == 0) == (B % 16 == 0)
         assert min(s, 64) == min(B, 64) or (B > 64 and s >= 64)
+
+
+class _FakeKernel:
+    def __init__(self, fail: bool = False):
+        self.loaded = 0
+        self.fail = fail
+
+    def _init_handles(self):
+        self.loaded += 1
+        if self.fail:
+            raise RuntimeError("no launcher")
+
+
+def test_compiled_kernels_are_loaded_on_the_pool(monkeypatch):
+    """After the parallel compile, every compiled kernel's launcher is built and its binary
+    loaded on the same pool (precompile._load), once each; a failure there is left for the real
+    launch to report."""
+    from triton.runtime import _async_compile
+
+    fakes = [_FakeKernel(), _FakeKernel(fail=True), _FakeKernel()]
+
+    class Mode:
+        def __init__(self, pool):
+            self.future_kernels = {i: type("FK", (), {"kernel": k})() for i, k in enumerate(fakes)}
+            self.future_kernels["pending"] = type("FK", (), {"kernel": None})()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(_async_compile, "AsyncCompileMode", Mode)
+    with pre._async_compile(2, torch.device("cpu")):
+        assert [k.loaded for k in fakes] == [0, 0, 0]  # not before the compiles are done
+    assert [k.loaded for k in fakes] == [1, 1, 1]

@@ -7,8 +7,10 @@ counts), so that first step used to be most of ``compile`` time. :func:`precompi
 engine's own forward, backward and statistics passes with every launch turned into Triton's
 ``warmup`` (compile, do not run) under ``triton.runtime._async_compile.AsyncCompileMode`` with a
 thread pool: the compilations run concurrently (Triton's passes and ``ptxas`` release the GIL) and
-land in the kernels' caches, so the real launches that follow find them compiled. The buffers the
-replay allocates hold garbage and are dropped.
+land in the kernels' caches, so the real launches that follow find them compiled. Then the same
+pool does what each kernel's first launch would do one after the other: build its launcher (a C
+module compiled by the host compiler) and load its binary. The buffers the replay allocates hold
+garbage and are dropped.
 
 It is an optimisation only: on any error (another Triton version, an API change) it gives up
 quietly and the kernels compile on first launch as before.
@@ -47,11 +49,36 @@ class WarmupKernels:
 
 
 @contextmanager
-def _async_compile(threads: int):
+def _async_compile(threads: int, device: torch.device):
+    """Compile on a pool of ``threads``, then load every compiled kernel on the same pool
+    (:func:`_load`)."""
     from triton.runtime._async_compile import AsyncCompileMode
 
-    with ThreadPoolExecutor(max_workers=threads) as pool, AsyncCompileMode(pool):
-        yield
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        mode = AsyncCompileMode(pool)
+        with mode:
+            yield
+        kernels = [fk.kernel for fk in mode.future_kernels.values() if getattr(fk, "kernel", None) is not None]
+        list(pool.map(lambda k: _load(k, device), kernels))
+
+
+def _load(kernel, device: torch.device) -> None:
+    """What a compiled kernel's first launch does before it runs: build its launcher (a small C
+    module per argument signature, compiled by the host's C compiler, then cached by Triton) and
+    load its binary. One after the other at first launch, that was most of a cold first train
+    step that compiled nothing (hclt-32: 1.7 of 2.1 s, bench/compile_probe.py). Best effort: a
+    failure here happens again, and is reported, at the real launch."""
+    init = getattr(kernel, "_init_handles", None)
+    if init is None:
+        return
+    try:
+        if device.type == "cuda":
+            with torch.cuda.device(device):  # the pool's threads start on the default device
+                init()
+        else:
+            init()
+    except Exception:  # noqa: BLE001,S110  (the real launch raises it)
+        pass
 
 
 def compile_threads() -> int:
@@ -75,7 +102,7 @@ def _replay(engine, passes, threads: int | None) -> bool:
     kernels = engine.k
     try:
         engine.k = WarmupKernels(kernels)
-        with torch.no_grad(), _async_compile(threads or compile_threads()):
+        with torch.no_grad(), _async_compile(threads or compile_threads(), engine.device):
             passes()
         return True
     except Exception:  # noqa: BLE001  (an optimisation: the kernels then compile on first launch)
