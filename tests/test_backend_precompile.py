@@ -223,3 +223,35 @@ def test_compiled_kernels_are_loaded_on_the_pool(monkeypatch):
     with pre._async_compile(2, torch.device("cpu")):
         assert [k.loaded for k in fakes] == [0, 0, 0]  # not before the compiles are done
     assert [k.loaded for k in fakes] == [1, 1, 1]
+
+
+def test_launcher_imports_take_turns_while_loading():
+    """Triton imports each launcher under one module name; while the pool loads kernels those
+    imports are serialised (precompile._serial_module_loads), and the original is restored."""
+    import threading
+    import time
+
+    from triton.runtime import build
+
+    orig = build._load_module_from_path
+    inside, most = [0], [0]
+
+    def slow(*a, **k):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.02)
+        inside[0] -= 1
+        return a
+
+    build._load_module_from_path = slow
+    try:
+        with pre._serial_module_loads():
+            threads = [threading.Thread(target=build._load_module_from_path, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert most[0] == 1
+        assert build._load_module_from_path is slow
+    finally:
+        build._load_module_from_path = orig

@@ -59,7 +59,37 @@ def _async_compile(threads: int, device: torch.device):
         with mode:
             yield
         kernels = [fk.kernel for fk in mode.future_kernels.values() if getattr(fk, "kernel", None) is not None]
-        list(pool.map(lambda k: _load(k, device), kernels))
+        with _serial_module_loads():
+            list(pool.map(lambda k: _load(k, device), kernels))
+
+
+@contextmanager
+def _serial_module_loads():
+    """Triton imports every launcher as a module of the same name; two imports at once can bind
+    a kernel to another kernel's launcher (a GPU run raised "function takes exactly 25 arguments
+    (24 given)"). The C compiles stay parallel, the imports take turns."""
+    import threading
+
+    try:
+        from triton.runtime import build
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    orig = getattr(build, "_load_module_from_path", None)
+    if orig is None:  # pragma: no cover (another Triton: nothing to guard, _load then fails quietly)
+        yield
+        return
+    lock = threading.Lock()
+
+    def locked(*args, **kwargs):
+        with lock:
+            return orig(*args, **kwargs)
+
+    build._load_module_from_path = locked
+    try:
+        yield
+    finally:
+        build._load_module_from_path = orig
 
 
 def _load(kernel, device: torch.device) -> None:
