@@ -26,22 +26,26 @@ def triton_device(device):
     return device
 
 
-def _pass(c, device, x, miss, monkeypatch, skip: bool, bmm: bool):
-    """(engine, V, M, F, PF) with the zero-fill skipped on stored rows (poisoned) or not."""
+def _pass(c, device, x, miss, monkeypatch, skip: bool, bmm: bool, runs: int = 16):
+    """(engine, V, M, F, PF) with the zero-fill skipped on stored rows (poisoned) or not; the rows
+    to zero as ranges when at most ``runs`` of them, else as one indexed fill."""
     _every_layer(monkeypatch, bmm)
+    monkeypatch.setattr(te, "FLOW_ZERO_RUNS", runs)
     monkeypatch.setattr(te, "FLOW_SKIP_MIN", 0.0 if skip else 2.0)
     monkeypatch.setattr(te, "FLOW_POISON", math.nan if skip else None)
     m = pc_compile(c, engine="triton", device=device, precision="fp32")
     return (m._engine(), *engine_pass(m, x, miss))
 
 
+@pytest.mark.parametrize("runs", [16, 0])
 @pytest.mark.parametrize("bmm", [False, True])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
-def test_flows_without_the_zero_fill_equal_the_zero_filled(name, bmm, triton_device, monkeypatch):
+def test_flows_without_the_zero_fill_equal_the_zero_filled(name, bmm, runs, triton_device, monkeypatch):
     c = CIRCUITS[name]()
     x, miss = data_for(c, 37, seed=3, p_missing=0.2)
-    eng, *skipped = _pass(c, triton_device, x, miss, monkeypatch, skip=True, bmm=bmm)
+    eng, *skipped = _pass(c, triton_device, x, miss, monkeypatch, skip=True, bmm=bmm, runs=runs)
     assert eng.flow_zero is not None
+    assert isinstance(eng.flow_zero, torch.Tensor) == (runs == 0)
     eng0, *filled = _pass(c, triton_device, x, miss, monkeypatch, skip=False, bmm=bmm)
     assert eng0.flow_zero is None
     for what, a, b in zip(("V", "M", "F", "PF"), skipped, filled, strict=True):
