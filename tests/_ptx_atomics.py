@@ -4,7 +4,7 @@ without TRITON_INTERPRET (tests/test_backend_ptx.py): the interpreter replaces t
 
     python tests/_ptx_atomics.py [--value-mask]
 
-``--value-mask`` first puts back the per-value mask the ninth session removed (``& (fc != 0.0)``
+``--value-mask`` first puts back the per-value mask the eighth session removed (``& (fc != 0.0)``
 on the column flows), to show what it does to the instructions."""
 
 from __future__ import annotations

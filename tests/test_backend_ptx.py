@@ -1,6 +1,6 @@
 """The flow atomics compile to Hopper's vector atomics (``atom...add.v4.f32``): their masks
 depend only on positions, not on the values added (docs/backend.md). A per-value mask, such as
-the ``fc != 0`` one removed in the ninth session (pd-64's backward 1.82 -> 1.27 ms on an H200),
+the ``fc != 0`` one removed in the eighth session (pd-64's backward 1.82 -> 1.27 ms on an H200),
 makes Triton emit one scalar atomic per element. The kernels are lowered to sm_90 PTX on this
 machine, in a process without Triton's interpreter (tests/_ptx_atomics.py); no GPU is needed."""
 
