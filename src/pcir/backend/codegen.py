@@ -81,6 +81,15 @@ def _tile_row(TAB, t):
 
 
 @triton.jit
+def _count_tile(TAB, BU: tl.constexpr):
+    \"\"\"(row, var, table offset, k, leaf rows, their mask) of counts tile program_id(0):
+    TAB[t] = (row, units, var, table offset, k, leaf tile).\"\"\"
+    p = TAB + tl.program_id(0) * 6
+    u = tl.load(p + 5) * BU + tl.arange(0, BU)
+    return tl.load(p), tl.load(p + 2), tl.load(p + 3), tl.load(p + 4), u, u < tl.load(p + 1)
+
+
+@triton.jit
 def _leaf_tile(B, BU: tl.constexpr, BB: tl.constexpr, BF: tl.constexpr):
     \"\"\"(leaf rows, samples) of an input program: BF, a flat grid with batch tiles fastest (the
     programs of one leaf tile side by side); else leaf tile program_id(0), batch tile
@@ -131,15 +140,7 @@ def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl
 def input_categorical_counts(F, XT, TAB, CNT, B, BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
     """Expected counts as a matrix product: CNT[u, c] += sum_b F[u, b] [x[var, b] == c], for one
     (leaf group, node tile, category tile); TAB[t] = (row, units, var, table offset, k, u tile)."""
-    t = tl.program_id(0)
-    row = tl.load(TAB + t * 6 + 0)
-    units = tl.load(TAB + t * 6 + 1)
-    var = tl.load(TAB + t * 6 + 2)
-    off = tl.load(TAB + t * 6 + 3)
-    k = tl.load(TAB + t * 6 + 4)
-    ut = tl.load(TAB + t * 6 + 5)
-    u = ut * BU + tl.arange(0, BU)
-    um = u < units
+    row, var, off, k, u, um = _count_tile(TAB, BU)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < k
     acc = tl.zeros([BU, BC], dtype=tl.float32)
@@ -158,15 +159,7 @@ def input_categorical_scatter(F, XT, TAB, CNT, B, BU: tl.constexpr, BB: tl.const
     """Expected counts of large tables (k > COUNT_SCATTER_K) by scatter: CNT[u, x[var, b]] += F[u, b]
     for one (leaf group, node tile, batch tile); TAB as input_categorical_counts. One atomic per
     (unit, sample) instead of a one-hot product over all k categories."""
-    t = tl.program_id(0)
-    row = tl.load(TAB + t * 6 + 0)
-    units = tl.load(TAB + t * 6 + 1)
-    var = tl.load(TAB + t * 6 + 2)
-    off = tl.load(TAB + t * 6 + 3)
-    k = tl.load(TAB + t * 6 + 4)
-    ut = tl.load(TAB + t * 6 + 5)
-    u = ut * BU + tl.arange(0, BU)
-    um = u < units
+    row, var, off, k, u, um = _count_tile(TAB, BU)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
     x = tl.load(XT + var * B + b, mask=bm, other=0.0)
