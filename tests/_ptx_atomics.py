@@ -4,8 +4,9 @@ without TRITON_INTERPRET (tests/test_backend_ptx.py): the interpreter replaces t
 
     python tests/_ptx_atomics.py [--value-mask]
 
-``--value-mask`` first puts back the per-value mask the eighth session removed (``& (fc != 0.0)``
-on the column flows), to show what it does to the instructions."""
+``--value-mask`` first puts back the per-value masks the eighth session removed (``& (fc != 0.0)``
+on the column flows, ``& (f != 0.0)`` on the product flows), to show what they do to the
+instructions. The circuit has scratch products, so the module has ``product_bwd``."""
 
 from __future__ import annotations
 
@@ -42,16 +43,21 @@ KERNELS = {
         {"F": "*fp32", "E": "*fp32", "T": "*fp32", "COLS": "*i32", "G": "*i64", "B": "i32", "A": "i32"},
         {"BK": 64, "BB": 32, "EXCL": False, "CG": True},
     ),
+    "product_bwd": (
+        {"F": "*fp32", "IDX": "*i32", "TAB": "*i64", "B": "i32", "NT": "i32"},
+        {"A": 2, "BU": 32, "BB": 64},
+    ),
 }  # fmt: skip
 
 
 def main() -> int:
     value_mask = "--value-mask" in sys.argv
-    m = pc_compile(CIRCUITS["mixed"](), engine="triton", device="cpu", precision="fp32")
+    m = pc_compile(CIRCUITS["scratch_chain"](), engine="triton", device="cpu", precision="fp32")
     src = codegen.generate(m.plan, "fp32")
     if value_mask:
-        assert "fc, " + MASKED in src
+        assert "fc, " + MASKED in src and "f, " + MASKED in src
         src = src.replace("fc, " + MASKED, "fc, " + VALUE_MASKED)
+        src = src.replace("f, " + MASKED, "f, " + VALUE_MASKED.replace("fc != 0.0", "f != 0.0"))
     out = {}
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "ptx_kernels.py"

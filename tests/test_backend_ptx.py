@@ -1,5 +1,7 @@
-"""The flow atomics compile to Hopper's vector atomics (``atom...add.v4.f32``): their masks
-depend only on positions, not on the values added (docs/backend.md). A per-value mask, such as
+"""The flow atomics (column flows, batched-product scatter, product flows) compile to Hopper's
+vector atomics (``atom...add.v4.f32``): their masks depend only on positions, not on the values
+added (docs/backend.md). (The counts' and parameter flows' atomics stay scalar: their addresses
+come from the tile tables, so Triton cannot prove them 16-byte aligned.) A per-value mask, such as
 the ``fc != 0`` one removed in the eighth session (pd-64's backward 1.82 -> 1.27 ms on an H200),
 makes Triton emit one scalar atomic per element. The kernels are lowered to sm_90 PTX on this
 machine, in a process without Triton's interpreter (tests/_ptx_atomics.py); no GPU is needed."""
@@ -37,7 +39,7 @@ def _atomics(tmp_path, *args: str) -> dict[str, list[str]]:
 
 def test_flow_atomics_are_vector_atomics(tmp_path):
     got = _atomics(tmp_path)
-    assert set(got) == {"sum_bwd_cols_v0", "sum_cols_scatter"}
+    assert set(got) == {"sum_bwd_cols_v0", "sum_cols_scatter", "product_bwd"}
     for name, ops in got.items():
         assert "atom.global.gpu.relaxed.add.v4.f32" in ops, (name, ops)
         assert "atom.global.gpu.relaxed.add.f32" not in ops, (name, ops)
