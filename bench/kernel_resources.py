@@ -42,6 +42,8 @@ ARG_TYPES = {
     "CH": "i32",
     "NN": "i32",
     "NP": "i32",
+    "LE": "i32",
+    "SH": "i32",
 }
 # the sum kernels the engine launches (sum_bwd_prep / sum_bwd_mm: two steps in one launch)
 KINDS = ("sum_fwd", "sum_fwdt", "sum_bwd_prep", "sum_bwd_mm", "sum_bwd_params", "sum_bwd_cols")

@@ -36,11 +36,12 @@ VALUE_MASKED = 'mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")'
 KERNELS = {
     "sum_bwd_cols_v0": (
         {"F": "*fp32", "W": "*fp32", "E": "*fp32", "COLS": "*i32", "TAB": "*i64", "LIST": "*i64", "B": "i32",
-         "A": "i32"},
+         "A": "i32", "LE": "i32", "SH": "i32"},
         {"BB": 64, "EXCL": False, "CG": True, "DENSE": True},
     ),
     "sum_cols_scatter": (
-        {"F": "*fp32", "E": "*fp32", "T": "*fp32", "COLS": "*i32", "G": "*i64", "B": "i32", "A": "i32"},
+        {"F": "*fp32", "E": "*fp32", "T": "*fp32", "COLS": "*i32", "G": "*i64", "B": "i32", "A": "i32",
+         "LE": "i32", "SH": "i32"},
         {"BK": 64, "BB": 32, "EXCL": False, "CG": True},
     ),
     "product_bwd": (
@@ -70,9 +71,14 @@ def main() -> int:
             fn = getattr(mod, name)
             sig = {a: types.get(a, "constexpr") for a in fn.arg_names}
             d16 = [["tt.divisibility", 16]]
-            attrs = {(i,): d16 for i, a in enumerate(fn.arg_names) if a in types and a != "A"}
+            attrs = {(i,): d16 for i, a in enumerate(fn.arg_names) if a in types and a not in ("A", "LE", "SH")}
             k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32))
             out[name] = sorted(set(re.findall(r"\b(?:atom|red)\.[a-z0-9.]+", k.asm["ptx"])))
+            if "EXCL" in consts:  # the exclusive layers' plain stores (leaf rows shifted, _flow_row)
+                kx = triton.compile(
+                    ASTSource(fn, sig, {**consts, "EXCL": True}, attrs), target=GPUTarget("cuda", 90, 32)
+                )
+                out[name + ":excl"] = sorted(set(re.findall(r"\bst\.global\.[a-z0-9.]+", kx.asm["ptx"])))
     print(json.dumps(out))
     return 0
 

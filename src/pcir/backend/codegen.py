@@ -289,6 +289,14 @@ def _col_rows(COLS, col_off, k, km, a, A, CG: tl.constexpr):
     else:
         r = tl.load(COLS + col_off + k * A + a, mask=km, other=0).to(tl.int64)
     return r
+
+
+@triton.jit
+def _flow_row(r, LE, SH):
+    \"\"\"The flow buffer's row for the flow of stored row ``r``: rows below ``LE`` (leaves whose
+    flows the backward keeps in their value rows, TritonEngine.backward's ``leaf_alias``) are
+    ``SH`` rows lower, where ``F - SH`` rows is ``V``. ``LE = 0``: every row is its own.\"\"\"
+    return tl.where(r < LE, r - SH, r)
 """
 
 # The fused products' values of column tile ``k`` for samples ``b``: [BK, BB], or [BB, BK] when
@@ -369,8 +377,10 @@ def sum_log_rows(V, M, row0, N, U, grp0, B, BU: tl.constexpr, BB: tl.constexpr):
     tl.store(V + p, tl.log(tl.load(V + p, mask=m2, other=1.0)) + m, mask=m2)
 
 
-@triton.jit
-def sum_cols_scatter(F, E, T, COLS, G, B, A, BK: tl.constexpr, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr):
+@triton.jit(do_not_specialize=["LE", "SH"])
+def sum_cols_scatter(
+    F, E, T, COLS, G, B, A, LE, SH, BK: tl.constexpr, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr
+):
     \"\"\"The node flows of one (group, column tile, batch tile) as sum_cols_max's grid,
     fc = E * T (T = W^T G by the batched product), sent to every child row of the fused product in
     each column (as sum_tile_cols).\"\"\"
@@ -382,7 +392,7 @@ def sum_cols_scatter(F, E, T, COLS, G, B, A, BK: tl.constexpr, BB: tl.constexpr,
         for a in range(0, A):
             r = _col_rows(COLS, col_off, k, km, a, A, CG)
             if EXCL:
-                tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
+                tl.store(F + _flow_row(r, LE, SH)[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
             else:
                 tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0), sem="relaxed")
 """
@@ -504,7 +514,8 @@ def sum_bwd_prep_v{i}(V, F, E, COLS, TABN, TABC, M, NN, B, A, BB: tl.constexpr, 
 
 @triton.jit
 def sum_tile_cols_v{i}(
-    F, W, E, COLS, TAB, LIST, t, pb, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    F, W, E, COLS, TAB, LIST, t, pb, B, A, LE, SH,
+    BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
     """Flows of column tile t, batch tile pb: fc[k, b] = E[k, b] sum_s W[s, k] G[s, b] (G: the
     nodes' scaled flows, _prep_nodes_tile), sent to every child row of the (fused) product in
@@ -530,22 +541,22 @@ def sum_tile_cols_v{i}(
     for a in range(0, A):
         r = _col_rows(COLS, col_off, k, km, a, A, CG)
         if EXCL:  # the plan proved no other gather reads these rows: a plain store
-            tl.store(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
+            tl.store(F + _flow_row(r, LE, SH)[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
         else:
             tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0), sem="relaxed")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["LE", "SH"])
 def sum_bwd_cols_v{i}(
-    F, W, E, COLS, TAB, LIST, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    F, W, E, COLS, TAB, LIST, B, A, LE, SH, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
     """sum_tile_cols alone, one program per (column tile, batch tile)."""
-    sum_tile_cols_v{i}(F, W, E, COLS, TAB, LIST, tl.program_id(0), tl.program_id(1), B, A, BB, EXCL, CG, DENSE)
+    sum_tile_cols_v{i}(F, W, E, COLS, TAB, LIST, tl.program_id(0), tl.program_id(1), B, A, LE, SH, BB, EXCL, CG, DENSE)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["LE", "SH"])
 def sum_bwd_mm_v{i}(
-    F, W, E, PF, COLS, TABP, TABC, LIST, CH, NP, B, A, BB: tl.constexpr, BC: tl.constexpr,
+    F, W, E, PF, COLS, TABP, TABC, LIST, CH, NP, B, A, LE, SH, BB: tl.constexpr, BC: tl.constexpr,
     EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
     """Both products of a sum layer's backward in one launch (they read G and E and write
@@ -559,7 +570,7 @@ def sum_bwd_mm_v{i}(
             _params_tile_v{i}(F, E, W, TABP, PF, t, pb, B, CH, BB)
     else:
         if pb * BC < B:
-            sum_tile_cols_v{i}(F, W, E, COLS, TABC, LIST, t - NP, pb, B, A, BC, EXCL, CG, DENSE)
+            sum_tile_cols_v{i}(F, W, E, COLS, TABC, LIST, t - NP, pb, B, A, LE, SH, BC, EXCL, CG, DENSE)
 '''
 
 

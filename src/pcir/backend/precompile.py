@@ -166,9 +166,10 @@ def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) ->
     def passes():
         xs = xf[: same_specialisation(xf.shape[0])]  # a few rows: the replay's buffers stay small
         dummy = torch.zeros(1, dtype=torch.float32, device=xf.device)  # flows go nowhere
-        V, aux = engine.forward(W, cat_logp, gauss, xs, precompile=False)
+        alias = bool(engine.leaf_end)  # as the training step runs it (runtime, leaf_alias)
+        V, aux = engine.forward(W, cat_logp, gauss, xs, precompile=False, flow_rows=alias)
         ones = torch.ones((engine.plan.root_units, xs.shape[0]), dtype=torch.float32, device=xf.device)
-        F, _ = engine.backward(W, V, aux, xs, ones, PF=dummy)
-        engine.input_stats(F, xs, gauss, cat=dummy)
+        F, _ = engine.backward(W, V, aux, xs, ones, PF=dummy, leaf_alias=alias)
+        engine.input_stats(engine.leaf_flows(V, F, alias), xs, gauss, cat=dummy)
 
     return _replay(engine, passes, threads)

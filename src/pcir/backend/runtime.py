@@ -866,16 +866,21 @@ class CompiledCircuit(nn.Module):
         logp_true = logp
         if soft:
             logp = self._softened_logp(logp_true)
-        V, aux = eng.forward(W, logp, self.gauss, xf)
+        # the Triton engine keeps the leaves' flows in their value rows where the plan allows it
+        # (TritonEngine.backward's leaf_alias): V's leaf rows are flows after the backward
+        alias = bool(getattr(eng, "leaf_end", 0))
+        V, aux = eng.forward(W, logp, self.gauss, xf, **({"flow_rows": True} if alias else {}))
         ones = ok.expand(self.plan.root_units, xf.shape[0]).contiguous()
         n = self.plan.sum_param_size
         if self.plan.w_size == n:  # the kernels accumulate straight into the flow buffer
-            F, _ = eng.backward(W, V, aux, xf, ones, PF=self.sum_flows)
+            F, _ = eng.backward(W, V, aux, xf, ones, PF=self.sum_flows, **({"leaf_alias": True} if alias else {}))
         else:
-            F, PF = eng.backward(W, V, aux, xf, ones)
+            F, PF = eng.backward(W, V, aux, xf, ones, **({"leaf_alias": True} if alias else {}))
             t = self._tab()
             self.sum_flows += PF[:n]
             self.sum_flows.index_add_(0, t.explicit_dst, PF[n:][t.explicit_pos])
+        if alias:
+            F = eng.leaf_flows(V, F, True)
         if soft:  # counts of the values seen -> expected counts of the true values
             cat, g5 = eng.input_stats(F, xf, self.gauss)
             self.cat_flows += self._unsoften_counts(cat, logp_true, logp)

@@ -33,6 +33,9 @@ LEAF_BATCH_FASTEST = True
 FLOW_SKIP_MIN = 0.25
 FLOW_ZERO_RUNS = 16
 FLOW_POISON: float | None = None
+# the training step's backward keeps the leaves' flows in their value rows (backward's
+# ``leaf_alias``) where the plan allows it, so the flow buffer has no leaf rows
+LEAF_ALIAS = True
 # warps of the sum kernels of 64x64 tiles: a [64, 64] fp32 accumulator (and the tf32x3 split
 # operands) over 4 warps is 32+ registers per thread per tile, which limits occupancy; 8 warps
 # halve that. Smaller tiles keep Triton's default 4. Shared memory (bench/kernel_resources.py,
@@ -307,6 +310,7 @@ class TritonEngine:
         self.target_programs = 4 * self.sms
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
         self.flow_zero = self._flow_zero_rows()
+        self.leaf_end, self.flow_zero_alias = self._leaf_alias()
         self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
@@ -338,12 +342,58 @@ class TritonEngine:
             return runs
         return torch.as_tensor(zero, dtype=torch.long, device=self.device)
 
-    def _flow_buffer(self, V, root_flow):
+    def _leaf_alias(self):
+        """(leaf end, flow-buffer rows to zero) of the backward's leaf alias (``backward(...,
+        leaf_alias=True)``), or (0, None) where it does not apply: the leaves are rows ``[1, leaf
+        end)`` (plan.py places them first), and the alias needs every one of them stored (not
+        added) by an exclusive layer's backward, the only gather that reads it. The rows to zero
+        are those of ``flow_zero`` at or above the leaf end, as ranges."""
+        plan = self.plan
+        end = 1 + sum(b.count for b in plan.inputs)
+        if not LEAF_ALIAS or end <= 1 or any(b.count and not 1 <= b.row < end for b in plan.inputs):
+            return 0, None
+        stored = np.zeros(plan.num_rows, dtype=bool)
+        for L in self.layers:
+            if isinstance(L, _SumLayer):
+                stored[L.stored_rows] = True
+        if not stored[1:end].all() or not (plan.root_row >= end):
+            return 0, None
+        stored[:end] = True  # row 0 is never written (its flows are masked) nor read as a flow
+        stored[plan.root_row : plan.root_row + plan.root_units] = True
+        zero = np.flatnonzero(~stored)
+        if len(zero) == 0:
+            return end, []
+        cut = np.flatnonzero(np.diff(zero) != 1) + 1
+        runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(zero, cut)]
+        if len(runs) <= FLOW_ZERO_RUNS:
+            return end, runs
+        return end, torch.as_tensor(zero, dtype=torch.long, device=self.device)
+
+    def _alias_rows(self, B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward's buffer under the leaf alias: ``X [2 R - leaf end, B]``, ``V = X[:R]``;
+        the backward's flows are ``F = X[R - leaf end:]``, whose rows from the leaf end on follow
+        ``V`` and whose leaf rows are ``V``'s own (``codegen._flow_row``)."""
+        R, e = self.plan.num_rows, self.leaf_end
+        X = torch.empty((2 * R - e, B), dtype=torch.float32, device=device)
+        return X, X[:R]
+
+    def _flow_buffer(self, V, root_flow, alias: bool = False):
         """The backward's flow buffer: uninitialised where an exclusive layer stores every
         sample's flow, zero elsewhere, the root flow on the root's rows (``FLOW_POISON``: the
         uninitialised rows filled with it instead, for tests)."""
         plan = self.plan
-        if self.flow_zero is None:
+        if alias:
+            X, R, e = V._base, plan.num_rows, self.leaf_end
+            assert X is not None and X.shape[0] == 2 * R - e, "leaf alias: V must come from forward(flow_rows=True)"
+            F = X[R - e :]
+            if FLOW_POISON is not None:
+                F[e:].fill_(FLOW_POISON)
+            if isinstance(self.flow_zero_alias, torch.Tensor):
+                F.index_fill_(0, self.flow_zero_alias, 0.0)
+            else:
+                for a, b in self.flow_zero_alias:
+                    F[a:b].zero_()
+        elif self.flow_zero is None:
             F = torch.zeros_like(V)
         else:
             F = torch.empty_like(V) if FLOW_POISON is None else torch.full_like(V, FLOW_POISON)
@@ -356,7 +406,9 @@ class TritonEngine:
         return F
 
     # ---- forward -----------------------------------------------------------------------------
-    def forward(self, W, cat_logp, gauss, xf, precompile: bool = True):
+    def forward(self, W, cat_logp, gauss, xf, precompile: bool = True, flow_rows: bool = False):
+        """The forward pass: (V, M). ``flow_rows``: allocate ``V`` with the rows a leaf-alias
+        backward's flows take after it (when the plan allows the alias, ``self.leaf_end``)."""
         B = xf.shape[0]
         if precompile and self.device.type == "cuda" and B not in self.compiled_for:
             # first launch for this batch size: compile every kernel at once, in parallel
@@ -368,7 +420,10 @@ class TritonEngine:
         BB = _batch_tile(B)
         nb = triton_cdiv(B, BB)
         xT = xf.t().contiguous()
-        V = torch.empty((plan.num_rows, B), dtype=torch.float32, device=xf.device)
+        if flow_rows and self.leaf_end:
+            _X, V = self._alias_rows(B, xf.device)
+        else:
+            V = torch.empty((plan.num_rows, B), dtype=torch.float32, device=xf.device)
         V[0] = 0.0
         M = torch.full((max(self.num_sum_groups, 1), B), -math.inf, dtype=torch.float32, device=xf.device)
         for b, var, index in self.inputs:
@@ -486,12 +541,20 @@ class TritonEngine:
         )
 
     # ---- backward ----------------------------------------------------------------------------
-    def backward(self, W, V, M, xf, root_flow, PF=None):
+    def backward(self, W, V, M, xf, root_flow, PF=None, leaf_alias: bool = False):
+        """The flows pass: (F, PF). ``leaf_alias`` (needs ``V`` from ``forward(flow_rows=True)``
+        and ``self.leaf_end``): the leaves' flows are written over their values in ``V`` (each
+        leaf's value is read for the last time by the layer that then stores its flow), and ``F``
+        holds rows from ``self.leaf_end`` on only; the leaf statistics then read ``V``
+        (``leaf_flows``). Saves the leaves' rows of the flow buffer: 50-59% of its rows on the
+        benchmark's circuits."""
         plan, k = self.plan, self.k
         B = V.shape[1]
         BB = _batch_tile(B)
         nb = triton_cdiv(B, BB)
-        F = self._flow_buffer(V, root_flow)
+        alias = bool(leaf_alias and self.leaf_end)
+        F = self._flow_buffer(V, root_flow, alias)
+        le_sh = (self.leaf_end, plan.num_rows - self.leaf_end) if alias else (0, 0)
         if PF is None:  # else accumulate into the given buffer (the model's flows)
             PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
         E = torch.empty((self.max_columns, B), dtype=torch.float32, device=V.device)
@@ -502,11 +565,16 @@ class TritonEngine:
                 k.product_fwd[(P.n, nb)](V, P.idx, P.tab, B, P.n, A=P.arity, BU=BU, BB=BB)
                 F[P.row0 : P.row0 + P.rows].zero_()
             if isinstance(L, _SumLayer):
-                self.sum_backward(L, V, F, W, M, PF, E)
+                self.sum_backward(L, V, F, W, M, PF, E, le_sh)
             else:
                 k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
-        F[0] = 0.0
+        if not alias:
+            F[0] = 0.0
         return F, PF
+
+    def leaf_flows(self, V, F, leaf_alias: bool = False):
+        """The buffer holding the leaves' flows after ``backward(..., leaf_alias)``."""
+        return V if leaf_alias and self.leaf_end else F
 
     def _bwd_shape(self, L: _SumLayer, B: int) -> tuple[int, int, bool]:
         """(samples per parameter-flow program, batch tile of the node flows, whether the two
@@ -530,7 +598,7 @@ class TritonEngine:
             return 4
         return 2 if self._bwd_shape(L, B)[2] else 3
 
-    def sum_backward(self, L: _SumLayer, V, F, W, M, PF, E) -> None:
+    def sum_backward(self, L: _SumLayer, V, F, W, M, PF, E, le_sh: tuple[int, int] = (0, 0)) -> None:
         """One sum layer's backward launches: its nodes' flows scaled in place (``F`` holds
         ``G = F exp(m - V)`` on those rows afterwards), its columns' factors ``exp(c - m)`` into
         the scratch ``E``, then the parameter flows into ``PF`` and the node flows of its columns'
@@ -543,7 +611,7 @@ class TritonEngine:
         v, sfx = L.variant, L.sfx
         opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
         if self.use_bmm(L, B, backward=True):
-            self._bmm_backward(L, V, F, W, M, PF, E)
+            self._bmm_backward(L, V, F, W, M, PF, E, le_sh)
             return
         ch, CB, fuse_mm = self._bwd_shape(L, B)
         nbp, nbc = triton_cdiv(B, ch), triton_cdiv(B, CB)
@@ -556,19 +624,20 @@ class TritonEngine:
             getattr(k, f"sum_bwd_prep_cols_v{v}{sfx}")[(L.n_col, nb)](
                 V, E, L.cols, L.col, M, B, L.arity, BB=BB, CG=L.contig
             )
+        le, sh = le_sh
         if fuse_mm:
             getattr(k, f"sum_bwd_mm_v{v}{sfx}")[(L.n_pf + L.n_col, max(nbp, nbc))](
-                F, W, E, PF, L.cols, L.pf, L.col, L.col_list, ch, L.n_pf, B, L.arity,
+                F, W, E, PF, L.cols, L.pf, L.col, L.col_list, ch, L.n_pf, B, L.arity, le, sh,
                 BB=BB, BC=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, **opts,
             )  # fmt: skip
             return
         getattr(k, f"sum_bwd_params_v{v}")[(L.n_pf, nbp)](F, E, W, L.pf, PF, B, ch, BB=BB, **opts)
         getattr(k, f"sum_bwd_cols_v{v}{sfx}")[(L.n_col, nbc)](
-            F, W, E, L.cols, L.col, L.col_list, B, L.arity,
+            F, W, E, L.cols, L.col, L.col_list, B, L.arity, le, sh,
             BB=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, **opts,
         )  # fmt: skip
 
-    def _bmm_backward(self, L: _SumLayer, V, F, W, M, PF, E) -> None:
+    def _bmm_backward(self, L: _SumLayer, V, F, W, M, PF, E, le_sh: tuple[int, int] = (0, 0)) -> None:
         """A batched-product layer's backward: both preparations as in sum_backward (one launch),
         then per group the parameter flows ``PF += W * (G E^T)`` and the column flows
         ``E * (W^T G)`` by library products, the latter sent to the children by
@@ -587,8 +656,9 @@ class TritonEngine:
             with self._matmul_precision():
                 self.bmm_views(L, PF).addcmul_(Wv, torch.bmm(Gv, Ev.transpose(1, 2)))
                 T = torch.bmm(Wv.transpose(1, 2), Gv).view(G * K, B)
+        le, sh = le_sh
         k.sum_cols_scatter[self._bmm_grid(L, B)](
-            F, E, T, L.cols, L.gtab, B, L.arity, BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig
+            F, E, T, L.cols, L.gtab, B, L.arity, le, sh, BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig
         )
 
     def input_stats(self, F, xf, gauss, cat=None):

@@ -1,0 +1,135 @@
+"""The training step's backward keeps the leaves' flows in their value rows (``TritonEngine.backward``
+with ``leaf_alias``, ``codegen._flow_row``): the forward allocates ``X [2R - leaf end, B]``, ``V``
+is its first ``R`` rows, and the flows ``F`` start ``leaf end`` rows before ``V`` ends, so the flow
+buffer has no leaf rows. It applies where every leaf is stored (not added) by an exclusive layer's
+backward. With the rows that no launch should need poisoned, every flow, parameter flow and leaf
+statistic must equal the plain backward's, on every circuit of the gather tests, with the batched
+products on and off; and the training step's flows must be the same with the alias on and off."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_backend_bmm import _every_layer
+from test_backend_gathers import CIRCUITS
+from test_backend_helpers import data_for, engine_pass
+
+from pcir import knobs
+from pcir.backend import compile as pc_compile
+from pcir.backend import triton_engine as te
+
+
+@pytest.fixture
+def triton_device(device):
+    if device == "cpu" and not knobs.get().triton_interpret:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
+    return device
+
+
+def _alias_pass(m, x, miss):
+    """(V, M, F, PF, cat, g5) of the engine's leaf-alias forward and backward (as the training
+    step runs them), flow 1 at the root."""
+    xf, _ = m._prepare(x, miss, defer=True)
+    m._normalised_cached()
+    _, _, logp, W = m._cache
+    eng = m._engine()
+    with torch.no_grad():
+        V, M = eng.forward(W, logp, m.gauss, xf, precompile=False, flow_rows=True)
+        ones = torch.ones((m.plan.root_units, xf.shape[0]), device=xf.device)
+        F, PF = eng.backward(W, V, M, xf, ones, leaf_alias=True)
+        cat, g5 = eng.input_stats(eng.leaf_flows(V, F, True), xf, m.gauss)
+    return V, M, F, PF, cat, g5
+
+
+def _plain_stats(m, x, miss, F):
+    xf, _ = m._prepare(x, miss, defer=True)
+    with torch.no_grad():
+        return m._engine().input_stats(F, xf, m.gauss)
+
+
+# circuits whose leaves all have one reader, an exclusive layer (the others share leaves)
+ALIASED = {"block_sparse", "hclt", "hmm", "pd", "product_root", "zero_probs"}
+
+
+@pytest.mark.parametrize("bmm", [False, True])
+@pytest.mark.parametrize("name", sorted(CIRCUITS))
+def test_leaf_alias_equals_the_plain_backward(name, bmm, triton_device, monkeypatch):
+    c = CIRCUITS[name]()
+    x, miss = data_for(c, 37, seed=4, p_missing=0.2)
+    _every_layer(monkeypatch, bmm)
+    monkeypatch.setattr(te, "FLOW_POISON", None)
+    m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    V0, M0, F0, PF0 = engine_pass(m0, x, miss)
+    cat0, g50 = _plain_stats(m0, x, miss, F0)
+    monkeypatch.setattr(te, "FLOW_POISON", math.nan)
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    eng = m._engine()
+    le, R = eng.leaf_end, m.plan.num_rows
+    assert bool(le) == (name in ALIASED), f"{name}: leaf end {le}"
+    V, M, F, PF, cat, g5 = _alias_pass(m, x, miss)
+
+    def close(a, b, what):
+        a, b = a.cpu().numpy(), b.cpu().numpy()
+        assert not np.isnan(a).any(), f"{what}: a row no launch writes kept the poison"
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=what)
+
+    close(M, M0, "M")
+    close(PF, PF0, "PF")
+    close(cat, cat0, "categorical counts")
+    close(g5, g50, "gaussian statistics")
+    if le:
+        assert V._base is not None and V._base.shape[0] == 2 * R - le  # the flows' rows follow V's
+        assert F.data_ptr() == V._base[R - le :].data_ptr()
+        close(V[1:le], F0[1:le], "leaf flows (in V)")
+        close(V[le:], V0[le:], "values above the leaves (untouched)")
+        close(F[le:], F0[le:], "flows above the leaves")
+    else:
+        close(V, V0, "V")
+        close(F, F0, "F")
+
+
+def test_a_missing_shift_shows(triton_device, monkeypatch):
+    """The check above can fail: the leaves' flows written to ``F``'s own rows below the leaf
+    end (no shift) land on values above the leaves, and leave the leaf rows holding values."""
+    c = CIRCUITS["hclt"]()
+    x, miss = data_for(c, 11, seed=2)
+    m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    _, _, F0, _ = engine_pass(m0, x, miss)
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    eng = m._engine()
+    assert eng.leaf_end
+    real = te.TritonEngine.sum_backward
+    monkeypatch.setattr(te.TritonEngine, "sum_backward", lambda self, *a: real(self, *a[:7]))  # le_sh dropped
+    V, *_ = _alias_pass(m, x, miss)
+    le = eng.leaf_end
+    assert not np.allclose(V[1:le].cpu().numpy(), F0[1:le].cpu().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_the_alias_needs_every_leaf_stored(triton_device, monkeypatch):
+    """A leaf whose flow a layer adds (not stores), or the switch off: no alias."""
+    c = CIRCUITS["hclt"]()
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    assert m._engine().leaf_end == 1 + sum(b.count for b in m.plan.inputs)
+    m.plan.layers[0].exclusive = False  # the plan as if a leaf had two readers
+    assert te.TritonEngine(m.plan, m.device, m._kernels, "fp32").leaf_end == 0
+    monkeypatch.setattr(te, "LEAF_ALIAS", False)
+    m2 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    assert m2._engine().leaf_end == 0
+
+
+@pytest.mark.parametrize("name", ["hclt", "pd", "mixed"])
+def test_training_flows_equal_with_and_without_the_alias(name, triton_device, monkeypatch):
+    c = CIRCUITS[name]()
+    x, miss = data_for(c, 29, seed=5, p_missing=0.2)
+    out = []
+    for on in (True, False):
+        monkeypatch.setattr(te, "LEAF_ALIAS", on)
+        m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+        m.cuda_graphs = False
+        ll = m.forward_backward(x, miss)
+        out.append([t.detach().cpu().numpy().copy() for t in (ll, m.sum_flows, m.cat_flows, m.gauss_stats)])
+    for what, a, b in zip(("ll", "sum flows", "cat flows", "gauss stats"), *out, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=what)
