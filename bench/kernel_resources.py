@@ -103,13 +103,18 @@ def main(argv=None) -> int:
                 "DENSE": False,
                 "EXCL": all(layer.exclusive for layer in mine),
             }
-            for kind in KINDS:
-                fn = getattr(mod, f"{kind}_v{i}", None)
+            # table-driven layers run the kernels with the arity a compile-time constant (suffix s)
+            arity = max(layer.arity for layer in mine)
+            for kind, sfx in [(k, s) for k in KINDS for s in ("", "s")]:
+                fn = getattr(mod, f"{kind}_v{i}{sfx}", None)
                 if fn is None:
                     continue
+                fl = {**flags, "A": arity} if sfx else flags
                 try:
-                    sig = {a: ("constexpr" if a in flags else ARG_TYPES[a]) for a in fn.arg_names}
-                    const = {a: v for a, v in flags.items() if a in fn.arg_names}
+                    # constant exactly where the kernel declares it (a value for each from fl)
+                    declared = {p.name for p in fn.params if p.is_constexpr}
+                    sig = {a: ("constexpr" if a in declared else ARG_TYPES[a]) for a in fn.arg_names}
+                    const = {a: fl[a] for a in fn.arg_names if a in declared}
                     opts = {"num_warps": warps}
                     if kind in BACKWARD:
                         opts["num_stages"] = BWD_STAGES
@@ -118,12 +123,12 @@ def main(argv=None) -> int:
                     flag = " OVER" if md.shared > args.limit else ""
                     over += bool(flag)
                     print(
-                        f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kind:<15s} "
+                        f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kind + sfx:<16s} "
                         f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
                     )
                 except Exception as e:  # noqa: BLE001  (report and go on)
                     over += 1
-                    print(f"{name:>16s} v{i} {kind}: {type(e).__name__}: {str(e)[:200]}")
+                    print(f"{name:>16s} v{i} {kind}{sfx}: {type(e).__name__}: {str(e)[:200]}")
     return 1 if over else 0
 
 

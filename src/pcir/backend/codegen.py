@@ -514,8 +514,8 @@ def sum_bwd_prep_v{i}(V, F, E, COLS, TABN, TABC, M, NN, B, A, BB: tl.constexpr, 
 
 @triton.jit
 def sum_tile_cols_v{i}(
-    F, W, E, COLS, TAB, LIST, t, pb, B, A, LE, SH,
-    BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    F, W, E, COLS, TAB, LIST, t, pb, LE, SH, B, A, BB: tl.constexpr,
+    EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
     """Flows of column tile t, batch tile pb: fc[k, b] = E[k, b] sum_s W[s, k] G[s, b] (G: the
     nodes' scaled flows, _prep_nodes_tile), sent to every child row of the (fused) product in
@@ -548,15 +548,15 @@ def sum_tile_cols_v{i}(
 
 @triton.jit(do_not_specialize=["LE", "SH"])
 def sum_bwd_cols_v{i}(
-    F, W, E, COLS, TAB, LIST, B, A, LE, SH, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    F, W, E, COLS, TAB, LIST, LE, SH, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
     """sum_tile_cols alone, one program per (column tile, batch tile)."""
-    sum_tile_cols_v{i}(F, W, E, COLS, TAB, LIST, tl.program_id(0), tl.program_id(1), B, A, LE, SH, BB, EXCL, CG, DENSE)
+    sum_tile_cols_v{i}(F, W, E, COLS, TAB, LIST, tl.program_id(0), tl.program_id(1), LE, SH, B, A, BB, EXCL, CG, DENSE)
 
 
 @triton.jit(do_not_specialize=["LE", "SH"])
 def sum_bwd_mm_v{i}(
-    F, W, E, PF, COLS, TABP, TABC, LIST, CH, NP, B, A, LE, SH, BB: tl.constexpr, BC: tl.constexpr,
+    F, W, E, PF, COLS, TABP, TABC, LIST, CH, NP, LE, SH, B, A, BB: tl.constexpr, BC: tl.constexpr,
     EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
     """Both products of a sum layer's backward in one launch (they read G and E and write
@@ -570,7 +570,7 @@ def sum_bwd_mm_v{i}(
             _params_tile_v{i}(F, E, W, TABP, PF, t, pb, B, CH, BB)
     else:
         if pb * BC < B:
-            sum_tile_cols_v{i}(F, W, E, COLS, TABC, LIST, t - NP, pb, B, A, LE, SH, BC, EXCL, CG, DENSE)
+            sum_tile_cols_v{i}(F, W, E, COLS, TABC, LIST, t - NP, pb, LE, SH, B, A, BC, EXCL, CG, DENSE)
 '''
 
 

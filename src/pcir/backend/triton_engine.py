@@ -627,13 +627,13 @@ class TritonEngine:
         le, sh = le_sh
         if fuse_mm:
             getattr(k, f"sum_bwd_mm_v{v}{sfx}")[(L.n_pf + L.n_col, max(nbp, nbc))](
-                F, W, E, PF, L.cols, L.pf, L.col, L.col_list, ch, L.n_pf, B, L.arity, le, sh,
+                F, W, E, PF, L.cols, L.pf, L.col, L.col_list, ch, L.n_pf, le, sh, B, L.arity,
                 BB=BB, BC=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, **opts,
             )  # fmt: skip
             return
         getattr(k, f"sum_bwd_params_v{v}")[(L.n_pf, nbp)](F, E, W, L.pf, PF, B, ch, BB=BB, **opts)
         getattr(k, f"sum_bwd_cols_v{v}{sfx}")[(L.n_col, nbc)](
-            F, W, E, L.cols, L.col, L.col_list, B, L.arity, le, sh,
+            F, W, E, L.cols, L.col, L.col_list, le, sh, B, L.arity,
             BB=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, **opts,
         )  # fmt: skip
 
