@@ -41,7 +41,7 @@ KERNELS = {
     ),
     "sum_cols_scatter": (
         {"F": "*fp32", "E": "*fp32", "T": "*fp32", "COLS": "*i32", "G": "*i64", "B": "i32", "A": "i32",
-         "LE": "i32", "SH": "i32"},
+         "E0": "i32", "LE": "i32", "SH": "i32"},
         {"BK": 64, "BB": 32, "EXCL": False, "CG": True},
     ),
     "product_bwd": (
@@ -71,7 +71,7 @@ def main() -> int:
             fn = getattr(mod, name)
             sig = {a: types.get(a, "constexpr") for a in fn.arg_names}
             d16 = [["tt.divisibility", 16]]
-            attrs = {(i,): d16 for i, a in enumerate(fn.arg_names) if a in types and a not in ("A", "LE", "SH")}
+            attrs = {(i,): d16 for i, a in enumerate(fn.arg_names) if a in types and a not in ("A", "E0", "LE", "SH")}
             k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32))
             out[name] = sorted(set(re.findall(r"\b(?:atom|red)\.[a-z0-9.]+", k.asm["ptx"])))
             if "EXCL" in consts:  # the exclusive layers' plain stores (leaf rows shifted, _flow_row)

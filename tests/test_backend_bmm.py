@@ -48,13 +48,19 @@ def _run(c, device, x, miss, bmm: bool, monkeypatch):
 BMM_CASES = ["hclt", "hmm", "pd", "mixed", "block_sparse"]
 
 
+@pytest.mark.parametrize("chunk", [0, 1])
 @pytest.mark.parametrize("name", BMM_CASES)
-def test_batched_product_layers_match_the_fused_kernels(name, triton_device, monkeypatch):
+def test_batched_product_layers_match_the_fused_kernels(name, chunk, triton_device, monkeypatch):
+    """``chunk``: BMM_CHUNK_BYTES, 0 (each layer at once) or 1 (one group at a time)."""
     c = CIRCUITS[name]()
     x, miss = data_for(c, 70, seed=5, p_missing=0.2)  # 70: partial batch tiles of 32 and 64
+    monkeypatch.setattr(te, "BMM_CHUNK_BYTES", chunk)
     m, eng, *on = _run(c, triton_device, x, miss, True, monkeypatch)
     uses = [eng.use_bmm(L, 70) for L in _sum_layers(m)]
     assert any(uses), f"no layer of {name} took the batched product"
+    chunks = [len(eng._bmm_chunks(L, 70)) for L, u in zip(_sum_layers(m), uses, strict=True) if u]
+    groups = [L.bmm[0] for L, u in zip(_sum_layers(m), uses, strict=True) if u]
+    assert chunks == (groups if chunk else [1] * len(groups)), (chunks, groups)
     _, eng_off, *off = _run(c, triton_device, x, miss, False, monkeypatch)
     assert not any(eng_off.use_bmm(L, 70) for L in _sum_layers(m))
     for what, a, b in zip(("V", "M", "F", "PF"), on, off, strict=True):

@@ -54,12 +54,15 @@ def _plain_stats(m, x, miss, F):
 ALIASED = {"block_sparse", "hclt", "hmm", "pd", "product_root", "zero_probs"}
 
 
-@pytest.mark.parametrize("bmm", [False, True])
+@pytest.mark.parametrize("bmm", ["off", "on", "chunked"])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_leaf_alias_equals_the_plain_backward(name, bmm, triton_device, monkeypatch):
+    """``bmm``: the batched products off, on (each layer at once), or on a group at a time (a
+    chunk's scatter writes its leaves' flows over values no later chunk reads)."""
     c = CIRCUITS[name]()
     x, miss = data_for(c, 37, seed=4, p_missing=0.2)
-    _every_layer(monkeypatch, bmm)
+    _every_layer(monkeypatch, bmm != "off")
+    monkeypatch.setattr(te, "BMM_CHUNK_BYTES", 1 if bmm == "chunked" else 0)
     monkeypatch.setattr(te, "FLOW_POISON", None)
     m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
     V0, M0, F0, PF0 = engine_pass(m0, x, miss)

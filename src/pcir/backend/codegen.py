@@ -350,16 +350,18 @@ def sum_cols_max(V, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG: tl
         tl.atomic_max(M + grp * B + b, tl.max(c, axis=0), mask=bm, sem="relaxed")
 
 
-@triton.jit
-def sum_cols_exp(V, E, COLS, G, M, B, A, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr):
+@triton.jit(do_not_specialize=["E0"])
+def sum_cols_exp(V, E, COLS, G, M, B, A, E0, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr):
     \"\"\"The column factors of one (group, column tile, batch tile) as sum_cols_max's grid:
-    E[col_off / A + k, b] = exp(c[k, b] - m[b]), m = M[group] (0 where it is -inf).\"\"\"
+    E[col_off / A + k - E0, b] = exp(c[k, b] - m[b]), m = M[group] (0 where it is -inf); ``E0``:
+    the layer's first column in ``E`` (a chunk of the layer's groups at a time, TritonEngine.BMM_CHUNK).\"\"\"
     b, bm, k, km, col_off, grp, live = _col_tile(G, B, BK, BB)
     if live:
         m = tl.load(M + grp * B + b, mask=bm, other=0.0)
         m = tl.where(m == float("-inf"), 0.0, m)
         c = _gather(V, COLS, col_off, k, km, b, bm, A, B, BK, BB, CG, False)
-        tl.store(E + (col_off // A + k)[:, None] * B + b[None, :], tl.exp(c - m[None, :]), mask=km[:, None] & bm[None, :])
+        e = (col_off // A + k - E0)[:, None] * B + b[None, :]
+        tl.store(E + e, tl.exp(c - m[None, :]), mask=km[:, None] & bm[None, :])
 
 
 @triton.jit
@@ -377,9 +379,9 @@ def sum_log_rows(V, M, row0, N, U, grp0, B, BU: tl.constexpr, BB: tl.constexpr):
     tl.store(V + p, tl.log(tl.load(V + p, mask=m2, other=1.0)) + m, mask=m2)
 
 
-@triton.jit(do_not_specialize=["LE", "SH"])
+@triton.jit(do_not_specialize=["E0", "LE", "SH"])
 def sum_cols_scatter(
-    F, E, T, COLS, G, B, A, LE, SH, BK: tl.constexpr, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr
+    F, E, T, COLS, G, B, A, E0, LE, SH, BK: tl.constexpr, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr
 ):
     \"\"\"The node flows of one (group, column tile, batch tile) as sum_cols_max's grid,
     fc = E * T (T = W^T G by the batched product), sent to every child row of the fused product in
@@ -387,7 +389,7 @@ def sum_cols_scatter(
     b, bm, k, km, col_off, _, live = _col_tile(G, B, BK, BB)
     if live:
         m2 = km[:, None] & bm[None, :]
-        e = (col_off // A + k)[:, None] * B + b[None, :]
+        e = (col_off // A + k - E0)[:, None] * B + b[None, :]
         fc = tl.load(E + e, mask=m2, other=0.0) * tl.load(T + e, mask=m2, other=0.0)
         for a in range(0, A):
             r = _col_rows(COLS, col_off, k, km, a, A, CG)

@@ -6,7 +6,8 @@ layers as batched matrix products instead (``BMM``, :meth:`TritonEngine.use_bmm`
 Buffers: ``V``/``F`` node-major ``[num_rows, B]`` float32 (row 0 is log 1), ``M`` ``[sum groups, B]``
 the per-sample max over each sum group's columns (written by the forward, read by the backward so
 both passes exponentiate against the same shift), ``W`` and ``PF`` in the kernel weight layout,
-``E`` ``[max_columns, B]`` the backward's scratch of one layer's column factors. After a backward,
+``E`` ``[columns, B]`` the scratch of one layer's column factors (of a chunk of its groups, for
+batched-product layers). After a backward,
 ``F`` holds flows on the rows of inputs and products, and on the rows of sum nodes the scaled
 flows ``F exp(m - V)`` that the sum kernels consumed (see :meth:`TritonEngine.sum_backward`).
 """
@@ -133,6 +134,12 @@ BMM_TF32X3 = True
 BMM_MIN_BATCH = 64
 BMM_BK = 64
 BMM_BB = 32
+# a batched-product layer runs a chunk of its groups at a time, as many as keep the chunk's
+# column factors (E, columns x batch) and the backward's product temporaries (the chunk's weight
+# size, then E's) at most this many bytes each (at least one group): the scratch of the layer at
+# once was 7-15% of the train step's peak on PD-128/256, RAT-256 and HCLT-512
+# (bench/memory_probe.py, tenth session). 0: the whole layer at once.
+BMM_CHUNK_BYTES = 32 << 20
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 
 
@@ -437,7 +444,7 @@ class TritonEngine:
                 k.input_gaussian[grid](V, xT, var, index, gauss.contiguous(), b.row, b.count, B, BU=BU, BB=BB, BF=bf)
             else:
                 k.input_indicator[grid](V, xT, var, index, b.row, b.count, B, BU=BU, BB=BB, BF=bf)
-        bmm_cols = [L.columns for L in self.layers if isinstance(L, _SumLayer) and self.use_bmm(L, B)]
+        bmm_cols = [self._chunk_cols(L, B) for L in self.layers if isinstance(L, _SumLayer) and self.use_bmm(L, B)]
         E = torch.empty((max(bmm_cols), B), dtype=torch.float32, device=xf.device) if bmm_cols else None
         for L in self.layers:
             if isinstance(L, _SumLayer):
@@ -501,20 +508,43 @@ class TritonEngine:
         G, _, K, _, _, _ = L.bmm
         return (G, triton_cdiv(K, BMM_BK), triton_cdiv(B, BMM_BB))
 
+    def _bmm_chunks(self, L: _SumLayer, B: int) -> list[tuple[int, int]]:
+        """The group ranges ``[g0, g1)`` a batched-product layer runs at a time (BMM_CHUNK_BYTES)."""
+        G, N, K, _, _, _ = L.bmm
+        per = 4 * K * max(B, N)  # bytes per group: its column factors, its weights' temporary
+        n = G if BMM_CHUNK_BYTES <= 0 else max(1, min(G, BMM_CHUNK_BYTES // per))
+        return [(g0, min(G, g0 + n)) for g0 in range(0, G, n)]
+
+    def _chunk_cols(self, L: _SumLayer, B: int) -> int:
+        """Rows of ``E`` a batched-product layer's chunks need."""
+        return max(g1 - g0 for g0, g1 in self._bmm_chunks(L, B)) * L.bmm[2]
+
+    def _col_grid(self, n: int, L: _SumLayer, B: int) -> tuple[int, int, int]:
+        """(groups, column tiles, batch tiles): the column kernels' grid over ``n`` groups."""
+        return (n, triton_cdiv(L.bmm[2], BMM_BK), triton_cdiv(B, BMM_BB))
+
     def sum_forward(self, L: _SumLayer, V, W, M, E=None) -> None:
-        """One sum layer's forward launch (three for a batched-product layer, which use ``E``,
-        a ``[columns, B]`` scratch, allocated here when not given)."""
+        """One sum layer's forward launch (for a batched-product layer: the columns' maxima, then
+        per chunk of groups their factors into ``E``, a ``[columns, B]`` scratch allocated here when
+        not given, and the product; then the log)."""
         B = V.shape[1]
         if self.use_bmm(L, B):
             G, N, K, _, _, grp0 = L.bmm
             if E is None:
-                E = torch.empty((L.columns, B), dtype=torch.float32, device=V.device)
-            grid = self._bmm_grid(L, B)
-            self.k.sum_cols_max[grid](V, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig)
-            self.k.sum_cols_exp[grid](V, E, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig)
-            if not self._warming():
-                with self._matmul_precision():
-                    torch.bmm(self.bmm_views(L, W.detach()), E[: G * K].view(G, K, B), out=self.bmm_views(L, V, B))
+                E = torch.empty((self._chunk_cols(L, B), B), dtype=torch.float32, device=V.device)
+            self.k.sum_cols_max[self._bmm_grid(L, B)](
+                V, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig
+            )
+            warming = self._warming()
+            for g0, g1 in self._bmm_chunks(L, B):
+                n, gt = g1 - g0, L.gtab[3 * g0 : 3 * g1]
+                self.k.sum_cols_exp[self._col_grid(n, L, B)](
+                    V, E, L.cols, gt, M, B, L.arity, g0 * K, BK=BMM_BK, BB=BMM_BB, CG=L.contig
+                )
+                if not warming:
+                    Wv, Vv = self.bmm_views(L, W.detach()), self.bmm_views(L, V, B)
+                    with self._matmul_precision():
+                        torch.bmm(Wv[g0:g1], E[: n * K].view(n, K, B), out=Vv[g0:g1])
             self.k.sum_log_rows[(triton_cdiv(G * N, BU), triton_cdiv(B, 64))](
                 V, M, L.bmm[3], N, G * N, grp0, B, BU=BU, BB=64
             )
@@ -557,7 +587,7 @@ class TritonEngine:
         le_sh = (self.leaf_end, plan.num_rows - self.leaf_end) if alias else (0, 0)
         if PF is None:  # else accumulate into the given buffer (the model's flows)
             PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
-        E = torch.empty((self.max_columns, B), dtype=torch.float32, device=V.device)
+        E = torch.empty((self._bwd_e_rows(B), B), dtype=torch.float32, device=V.device)
         for t in range(len(self.layers) - 1, -1, -1):
             L = self.layers[t]
             for j in plan.recompute.get(t, ()):  # scratch products read from here down: recompute
@@ -571,6 +601,15 @@ class TritonEngine:
         if not alias:
             F[0] = 0.0
         return F, PF
+
+    def _bwd_e_rows(self, B: int) -> int:
+        """Rows of the backward's scratch ``E``: a layer's columns, a chunk's for batched-product
+        layers."""
+        return max(
+            [self._chunk_cols(L, B) if self.use_bmm(L, B, backward=True) else L.columns
+             for L in self.layers if isinstance(L, _SumLayer)],
+            default=1,
+        )  # fmt: skip
 
     def leaf_flows(self, V, F, leaf_alias: bool = False):
         """The buffer holding the leaves' flows after ``backward(..., leaf_alias)``."""
@@ -587,13 +626,13 @@ class TritonEngine:
 
     def fwd_launches(self, L: _SumLayer, B: int) -> int:
         """Triton launches of sum layer ``L``'s forward at batch ``B`` (the profile's mapping; a
-        batched-product layer's library product between its three is not one)."""
-        return 3 if self.use_bmm(L, B) else 1
+        batched-product layer's library products between them are not)."""
+        return 2 + len(self._bmm_chunks(L, B)) if self.use_bmm(L, B) else 1
 
     def bwd_launches(self, L: _SumLayer, B: int) -> int:
         """Triton launches of sum layer ``L``'s backward at batch ``B`` (the profile's mapping)."""
         if self.use_bmm(L, B, backward=True):
-            return 2
+            return 1 + 2 * len(self._bmm_chunks(L, B))
         if not BWD_FUSED:
             return 4
         return 2 if self._bwd_shape(L, B)[2] else 3
@@ -638,28 +677,35 @@ class TritonEngine:
         )  # fmt: skip
 
     def _bmm_backward(self, L: _SumLayer, V, F, W, M, PF, E, le_sh: tuple[int, int] = (0, 0)) -> None:
-        """A batched-product layer's backward: both preparations as in sum_backward (one launch),
-        then per group the parameter flows ``PF += W * (G E^T)`` and the column flows
-        ``E * (W^T G)`` by library products, the latter sent to the children by
-        ``sum_cols_scatter``. The two products' results are temporaries of the layer's weight
-        size and of ``E``'s size, one after the other."""
+        """A batched-product layer's backward: its nodes' flows scaled in place (as in
+        sum_backward), then per chunk of groups (BMM_CHUNK_BYTES) the columns' factors into ``E``,
+        the parameter flows ``PF += W * (G E^T)`` and the column flows ``E * (W^T G)`` by library
+        products, the latter sent to the children by ``sum_cols_scatter``. The products' results
+        are temporaries of the chunk's weight size and of its ``E``'s, one after the other."""
         k = self.k
         B = V.shape[1]
         BB = _batch_tile(B)
         G, N, K, _, _, _ = L.bmm
-        getattr(k, f"sum_bwd_prep_v{L.variant}{L.sfx}")[(L.n_fwd + L.n_col, triton_cdiv(B, BB))](
-            V, F, E, L.cols, L.fwd, L.col, M, L.n_fwd, B, L.arity, BB=BB, CG=L.contig
-        )
-        T = E  # a placeholder while the kernels only compile
-        if not self._warming():
-            Gv, Wv, Ev = self.bmm_views(L, F, B), self.bmm_views(L, W.detach()), E[: G * K].view(G, K, B)
-            with self._matmul_precision():
-                self.bmm_views(L, PF).addcmul_(Wv, torch.bmm(Gv, Ev.transpose(1, 2)))
-                T = torch.bmm(Wv.transpose(1, 2), Gv).view(G * K, B)
         le, sh = le_sh
-        k.sum_cols_scatter[self._bmm_grid(L, B)](
-            F, E, T, L.cols, L.gtab, B, L.arity, le, sh, BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig
-        )
+        getattr(k, f"sum_bwd_prep_nodes_v{L.variant}")[(L.n_fwd, triton_cdiv(B, BB))](V, F, L.fwd, M, B, BB=BB)
+        warming = self._warming()  # PF is then a placeholder: no views of it
+        if not warming:
+            Gv, Wv, PFv = self.bmm_views(L, F, B), self.bmm_views(L, W.detach()), self.bmm_views(L, PF)
+        for g0, g1 in self._bmm_chunks(L, B):
+            n, gt = g1 - g0, L.gtab[3 * g0 : 3 * g1]
+            grid = self._col_grid(n, L, B)
+            Ec = E[: n * K]
+            k.sum_cols_exp[grid](V, Ec, L.cols, gt, M, B, L.arity, g0 * K, BK=BMM_BK, BB=BMM_BB, CG=L.contig)
+            T = Ec  # a placeholder while the kernels only compile
+            if not warming:
+                Ev = Ec.view(n, K, B)
+                with self._matmul_precision():
+                    PFv[g0:g1].addcmul_(Wv[g0:g1], torch.bmm(Gv[g0:g1], Ev.transpose(1, 2)))
+                    T = torch.bmm(Wv[g0:g1].transpose(1, 2), Gv[g0:g1]).view(n * K, B)
+            k.sum_cols_scatter[grid](
+                F, Ec, T, L.cols, gt, B, L.arity, g0 * K, le, sh,
+                BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig,
+            )  # fmt: skip
 
     def input_stats(self, F, xf, gauss, cat=None):
         """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows;
