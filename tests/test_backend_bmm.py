@@ -51,16 +51,20 @@ BMM_CASES = ["hclt", "hmm", "pd", "mixed", "block_sparse"]
 @pytest.mark.parametrize("chunk", [0, 1])
 @pytest.mark.parametrize("name", BMM_CASES)
 def test_batched_product_layers_match_the_fused_kernels(name, chunk, triton_device, monkeypatch):
-    """``chunk``: BMM_CHUNK_BYTES, 0 (each layer at once) or 1 (one group at a time)."""
+    """``chunk``: BMM_CHUNK_BYTES, 0 (each layer at once) or 1 (one group at a time, in both
+    passes: no room from the other layers, BMM_CHUNK_ROOM)."""
     c = CIRCUITS[name]()
     x, miss = data_for(c, 70, seed=5, p_missing=0.2)  # 70: partial batch tiles of 32 and 64
     monkeypatch.setattr(te, "BMM_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(te, "BMM_CHUNK_ROOM", False)
     m, eng, *on = _run(c, triton_device, x, miss, True, monkeypatch)
     uses = [eng.use_bmm(L, 70) for L in _sum_layers(m)]
     assert any(uses), f"no layer of {name} took the batched product"
-    chunks = [len(eng._bmm_chunks(L, 70)) for L, u in zip(_sum_layers(m), uses, strict=True) if u]
     groups = [L.bmm[0] for L, u in zip(_sum_layers(m), uses, strict=True) if u]
-    assert chunks == (groups if chunk else [1] * len(groups)), (chunks, groups)
+    for fwd in (True, False):
+        cap = eng._chunk_caps(70)[0 if fwd else 1]
+        chunks = [len(eng._bmm_chunks(L, 70, cap)) for L, u in zip(_sum_layers(m), uses, strict=True) if u]
+        assert chunks == (groups if chunk else [1] * len(groups)), (fwd, chunks, groups)
     _, eng_off, *off = _run(c, triton_device, x, miss, False, monkeypatch)
     assert not any(eng_off.use_bmm(L, 70) for L in _sum_layers(m))
     for what, a, b in zip(("V", "M", "F", "PF"), on, off, strict=True):
@@ -158,3 +162,23 @@ def test_training_with_batched_products(triton_device, monkeypatch):
             m.em_step(0.5, 0.01)
         out.append(torch.cat([p.detach().flatten().cpu() for p in m.parameters()]).double().numpy())
     np.testing.assert_allclose(out[0], out[1], rtol=1e-4, atol=1e-6)
+
+
+def test_chunk_sizes_follow_the_room_of_the_other_layers(triton_device, monkeypatch):
+    """The backward's chunks take BMM_CHUNK_BYTES, or half the largest column scratch of the
+    layers that are not batched products where that is more; the forward's the room the
+    backward's scratch takes anyway (plus the flow buffer's when the forward does not allocate it)."""
+    c = CIRCUITS["pd"]()
+    monkeypatch.setattr(te, "BMM_CHUNK_BYTES", 64)
+    m, eng, *_ = _run(c, triton_device, *data_for(c, 8, seed=1), True, monkeypatch)
+    B = 70
+    sums = _sum_layers(m)
+    other = max([4 * L.columns * B for L in sums if not eng.use_bmm(L, B, backward=True)], default=0)
+    fwd, bwd = eng._chunk_caps(B)
+    assert bwd == max(64, other // 2)
+    rows = max(eng._chunk_cols(L, B, bwd) if eng.use_bmm(L, B, backward=True) else L.columns for L in sums)
+    assert fwd == 4 * rows * B + bwd + 4 * m.plan.num_rows * B
+    assert eng._chunk_caps(B, aliased=True)[0] == 4 * rows * B + bwd
+    monkeypatch.setattr(te, "BMM_CHUNK_ROOM", False)
+    eng2 = te.TritonEngine(m.plan, m.device, m._kernels, "fp32")
+    assert eng2._chunk_caps(B) == (64, 64)

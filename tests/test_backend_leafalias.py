@@ -63,6 +63,7 @@ def test_leaf_alias_equals_the_plain_backward(name, bmm, triton_device, monkeypa
     x, miss = data_for(c, 37, seed=4, p_missing=0.2)
     _every_layer(monkeypatch, bmm != "off")
     monkeypatch.setattr(te, "BMM_CHUNK_BYTES", 1 if bmm == "chunked" else 0)
+    monkeypatch.setattr(te, "BMM_CHUNK_ROOM", False)
     monkeypatch.setattr(te, "FLOW_POISON", None)
     m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
     V0, M0, F0, PF0 = engine_pass(m0, x, miss)

@@ -134,12 +134,16 @@ BMM_TF32X3 = True
 BMM_MIN_BATCH = 64
 BMM_BK = 64
 BMM_BB = 32
-# a batched-product layer runs a chunk of its groups at a time, as many as keep the chunk's
-# column factors (E, columns x batch) and the backward's product temporaries (the chunk's weight
-# size, then E's) at most this many bytes each (at least one group): the scratch of the layer at
-# once was 7-15% of the train step's peak on PD-128/256, RAT-256 and HCLT-512
-# (bench/memory_probe.py, tenth session). 0: the whole layer at once.
+# a batched-product layer's backward runs a chunk of its groups at a time, as many as keep the
+# chunk's column factors (E, columns x batch) and its product temporaries (the chunk's weight
+# size, then E's) at most this many bytes each (at least one group), or half the largest E of the
+# other layers where that is more: the scratch of a layer at once was 7-15% of the train step's
+# peak on PD-128/256, RAT-256 and HCLT-512 (bench/memory_probe.py, tenth session). The forward
+# chunks only past the room the backward's scratch takes anyway (TritonEngine._chunk_caps): each
+# chunk is five launches, and 32 MiB chunks throughout cost pd-256 1.7 ms of 16 per train step
+# (H200). 0: each layer at once. BMM_CHUNK_ROOM False: chunks of BMM_CHUNK_BYTES in both passes.
 BMM_CHUNK_BYTES = 32 << 20
+BMM_CHUNK_ROOM = True
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 
 
@@ -319,6 +323,7 @@ class TritonEngine:
         self.flow_zero = self._flow_zero_rows()
         self.leaf_end, self.flow_zero_alias = self._leaf_alias()
         self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
+        self._caps: dict = {}  # (batch, aliased) -> _chunk_caps
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
         if device.type == "cuda":  # the row-wise parameter kernels do not depend on the batch
@@ -444,11 +449,12 @@ class TritonEngine:
                 k.input_gaussian[grid](V, xT, var, index, gauss.contiguous(), b.row, b.count, B, BU=BU, BB=BB, BF=bf)
             else:
                 k.input_indicator[grid](V, xT, var, index, b.row, b.count, B, BU=BU, BB=BB, BF=bf)
-        bmm_cols = [self._chunk_cols(L, B) for L in self.layers if isinstance(L, _SumLayer) and self.use_bmm(L, B)]
+        cap = self._chunk_caps(B, aliased=flow_rows and bool(self.leaf_end))[0]
+        bmm_cols = [self._chunk_cols(L, B, cap) for L in self.layers if isinstance(L, _SumLayer) and self.use_bmm(L, B)]
         E = torch.empty((max(bmm_cols), B), dtype=torch.float32, device=xf.device) if bmm_cols else None
         for L in self.layers:
             if isinstance(L, _SumLayer):
-                self.sum_forward(L, V, W, M, E)
+                self.sum_forward(L, V, W, M, E, cap)
             else:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
         return V, M
@@ -508,35 +514,65 @@ class TritonEngine:
         G, _, K, _, _, _ = L.bmm
         return (G, triton_cdiv(K, BMM_BK), triton_cdiv(B, BMM_BB))
 
-    def _bmm_chunks(self, L: _SumLayer, B: int) -> list[tuple[int, int]]:
-        """The group ranges ``[g0, g1)`` a batched-product layer runs at a time (BMM_CHUNK_BYTES)."""
+    def _bmm_chunks(self, L: _SumLayer, B: int, cap: float | None = None) -> list[tuple[int, int]]:
+        """The group ranges ``[g0, g1)`` a batched-product layer runs at a time: as many groups as
+        keep each of the chunk's buffers within ``cap`` bytes (None: the backward's, see
+        BMM_CHUNK_BYTES and _chunk_caps)."""
         G, N, K, _, _, _ = L.bmm
+        if cap is None:
+            cap = self._chunk_caps(B)[1]
         per = 4 * K * max(B, N)  # bytes per group: its column factors, its weights' temporary
-        n = G if BMM_CHUNK_BYTES <= 0 else max(1, min(G, BMM_CHUNK_BYTES // per))
+        n = G if cap == math.inf else max(1, min(G, int(cap // per)))
         return [(g0, min(G, g0 + n)) for g0 in range(0, G, n)]
 
-    def _chunk_cols(self, L: _SumLayer, B: int) -> int:
+    def _chunk_cols(self, L: _SumLayer, B: int, cap: float | None = None) -> int:
         """Rows of ``E`` a batched-product layer's chunks need."""
-        return max(g1 - g0 for g0, g1 in self._bmm_chunks(L, B)) * L.bmm[2]
+        return max(g1 - g0 for g0, g1 in self._bmm_chunks(L, B, cap)) * L.bmm[2]
+
+    def _chunk_caps(self, B: int, aliased: bool = False) -> tuple[float, float]:
+        """(forward, backward) bytes a batched-product layer's chunk may take at batch ``B``. The
+        backward's: BMM_CHUNK_BYTES, or half the largest ``E`` of the layers that are not batched
+        products where that is more. The forward's: the room the backward's scratch (``E`` and one
+        temporary) takes anyway, and the flow buffer's unless the training step's forward
+        allocates it (``aliased``, see backward's leaf_alias)."""
+        key = (B, aliased)
+        if key not in self._caps:
+            if BMM_CHUNK_BYTES <= 0:
+                self._caps[key] = (math.inf, math.inf)
+            elif not BMM_CHUNK_ROOM:
+                self._caps[key] = (BMM_CHUNK_BYTES, BMM_CHUNK_BYTES)
+            else:
+                sums = [L for L in self.layers if isinstance(L, _SumLayer)]
+                other = max([4 * L.columns * B for L in sums if not self.use_bmm(L, B, backward=True)], default=0)
+                bwd = max(BMM_CHUNK_BYTES, other // 2)
+                rows = max(
+                    [self._chunk_cols(L, B, bwd) if self.use_bmm(L, B, backward=True) else L.columns for L in sums],
+                    default=1,
+                )
+                fwd = 4 * rows * B + bwd + (0 if aliased else 4 * self.plan.num_rows * B)
+                self._caps[key] = (fwd, bwd)
+        return self._caps[key]
 
     def _col_grid(self, n: int, L: _SumLayer, B: int) -> tuple[int, int, int]:
         """(groups, column tiles, batch tiles): the column kernels' grid over ``n`` groups."""
         return (n, triton_cdiv(L.bmm[2], BMM_BK), triton_cdiv(B, BMM_BB))
 
-    def sum_forward(self, L: _SumLayer, V, W, M, E=None) -> None:
+    def sum_forward(self, L: _SumLayer, V, W, M, E=None, cap: float | None = None) -> None:
         """One sum layer's forward launch (for a batched-product layer: the columns' maxima, then
-        per chunk of groups their factors into ``E``, a ``[columns, B]`` scratch allocated here when
-        not given, and the product; then the log)."""
+        per chunk of groups (``cap`` bytes, see _chunk_caps) their factors into ``E``, a
+        ``[columns, B]`` scratch allocated here when not given, and the product; then the log)."""
         B = V.shape[1]
         if self.use_bmm(L, B):
             G, N, K, _, _, grp0 = L.bmm
+            if cap is None:
+                cap = self._chunk_caps(B)[0]
             if E is None:
-                E = torch.empty((self._chunk_cols(L, B), B), dtype=torch.float32, device=V.device)
+                E = torch.empty((self._chunk_cols(L, B, cap), B), dtype=torch.float32, device=V.device)
             self.k.sum_cols_max[self._bmm_grid(L, B)](
                 V, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig
             )
             warming = self._warming()
-            for g0, g1 in self._bmm_chunks(L, B):
+            for g0, g1 in self._bmm_chunks(L, B, cap):
                 n, gt = g1 - g0, L.gtab[3 * g0 : 3 * g1]
                 self.k.sum_cols_exp[self._col_grid(n, L, B)](
                     V, E, L.cols, gt, M, B, L.arity, g0 * K, BK=BMM_BK, BB=BMM_BB, CG=L.contig
@@ -627,7 +663,7 @@ class TritonEngine:
     def fwd_launches(self, L: _SumLayer, B: int) -> int:
         """Triton launches of sum layer ``L``'s forward at batch ``B`` (the profile's mapping; a
         batched-product layer's library products between them are not)."""
-        return 2 + len(self._bmm_chunks(L, B)) if self.use_bmm(L, B) else 1
+        return 2 + len(self._bmm_chunks(L, B, self._chunk_caps(B, bool(self.leaf_end))[0])) if self.use_bmm(L, B) else 1
 
     def bwd_launches(self, L: _SumLayer, B: int) -> int:
         """Triton launches of sum layer ``L``'s backward at batch ``B`` (the profile's mapping)."""
