@@ -246,7 +246,7 @@ def main() -> int:
                 per, per_bwd, shape = {}, {}, {}
                 chosen = range(len(sums)) if args.layers == "all" else [int(s) for s in args.layers.split(",")]
                 PF = torch.zeros(model.plan.w_size, device=dev)
-                E = torch.empty((eng.max_columns, B), device=dev)
+                E = torch.empty((max(eng.max_columns, eng._bwd_e_rows(B)), B), device=dev)
                 for li in chosen:
                     if li >= len(sums):
                         continue

@@ -176,9 +176,30 @@ def test_chunk_sizes_follow_the_room_of_the_other_layers(triton_device, monkeypa
     other = max([4 * L.columns * B for L in sums if not eng.use_bmm(L, B, backward=True)], default=0)
     fwd, bwd = eng._chunk_caps(B)
     assert bwd == max(64, other // 2)
-    rows = max(eng._chunk_cols(L, B, bwd) if eng.use_bmm(L, B, backward=True) else L.columns for L in sums)
-    assert fwd == 4 * rows * B + bwd + 4 * m.plan.num_rows * B
-    assert eng._chunk_caps(B, aliased=True)[0] == 4 * rows * B + bwd
+    # the backward's E: a layer's columns, or a chunk's and its temporaries'
+    rows = max(2 * eng._chunk_cols(L, B, bwd) if eng.use_bmm(L, B, backward=True) else L.columns for L in sums)
+    assert rows == eng._bwd_e_rows(B)
+    assert fwd == 4 * rows * B + 4 * m.plan.num_rows * B
+    assert eng._chunk_caps(B, aliased=True)[0] == 4 * rows * B
     monkeypatch.setattr(te, "BMM_CHUNK_ROOM", False)
     eng2 = te.TritonEngine(m.plan, m.device, m._kernels, "fp32")
     assert eng2._chunk_caps(B) == (64, 64)
+
+
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_groups_of_more_nodes_than_samples(chunk, triton_device, monkeypatch):
+    """The backward's weight-sized temporary fits in ``E``'s spare rows only where a group has no
+    more nodes than the batch has samples; past that it is a temporary of its own. Both ways agree
+    with the fused kernels (HCLT's groups of 4 nodes at a batch of 3)."""
+    c = CIRCUITS["hclt"]()
+    x, miss = data_for(c, 3, seed=7, p_missing=0.2)
+    monkeypatch.setattr(te, "BMM_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(te, "BMM_CHUNK_ROOM", False)
+    m, eng, *on = _run(c, triton_device, x, miss, True, monkeypatch)
+    assert any(eng.use_bmm(L, 3, backward=True) and L.bmm[1] > 3 for L in _sum_layers(m))
+    _, _, *off = _run(c, triton_device, x, miss, False, monkeypatch)
+    for what, a, b in zip(("V", "M", "F", "PF"), on, off, strict=True):
+        a, b = a.cpu().double().numpy(), b.cpu().double().numpy()
+        fin = np.isfinite(a)
+        assert np.array_equal(fin, np.isfinite(b)), what
+        np.testing.assert_allclose(a[fin], b[fin], rtol=2e-4, atol=1e-5, err_msg=what)

@@ -136,8 +136,9 @@ BMM_BK = 64
 BMM_BB = 32
 # a batched-product layer's backward runs a chunk of its groups at a time, as many as keep the
 # chunk's column factors (E, columns x batch) and its product temporaries (the chunk's weight
-# size, then E's) at most this many bytes each (at least one group), or half the largest E of the
-# other layers where that is more: the scratch of a layer at once was 7-15% of the train step's
+# size, then E's; they go to E's rows past the chunk's) at most this many bytes each (at least one
+# group), or half the largest E of the other layers where that is more (the chunk and its
+# temporaries then fit in that E): the scratch of a layer at once was 7-15% of the train step's
 # peak on PD-128/256, RAT-256 and HCLT-512 (bench/memory_probe.py, tenth session). The forward
 # chunks only past the room the backward's scratch takes anyway (TritonEngine._chunk_caps): each
 # chunk is five launches, and 32 MiB chunks throughout cost pd-256 1.7 ms of 16 per train step
@@ -533,7 +534,7 @@ class TritonEngine:
         """(forward, backward) bytes a batched-product layer's chunk may take at batch ``B``. The
         backward's: BMM_CHUNK_BYTES, or half the largest ``E`` of the layers that are not batched
         products where that is more. The forward's: the room the backward's scratch (``E`` and one
-        temporary) takes anyway, and the flow buffer's unless the training step's forward
+        temporaries, in E) takes anyway, and the flow buffer's unless the training step's forward
         allocates it (``aliased``, see backward's leaf_alias)."""
         key = (B, aliased)
         if key not in self._caps:
@@ -546,10 +547,10 @@ class TritonEngine:
                 other = max([4 * L.columns * B for L in sums if not self.use_bmm(L, B, backward=True)], default=0)
                 bwd = max(BMM_CHUNK_BYTES, other // 2)
                 rows = max(
-                    [self._chunk_cols(L, B, bwd) if self.use_bmm(L, B, backward=True) else L.columns for L in sums],
+                    [2 * self._chunk_cols(L, B, bwd) if self.use_bmm(L, B, backward=True) else L.columns for L in sums],
                     default=1,
                 )
-                fwd = 4 * rows * B + bwd + (0 if aliased else 4 * self.plan.num_rows * B)
+                fwd = 4 * rows * B + (0 if aliased else 4 * self.plan.num_rows * B)
                 self._caps[key] = (fwd, bwd)
         return self._caps[key]
 
@@ -639,10 +640,10 @@ class TritonEngine:
         return F, PF
 
     def _bwd_e_rows(self, B: int) -> int:
-        """Rows of the backward's scratch ``E``: a layer's columns, a chunk's for batched-product
-        layers."""
+        """Rows of the backward's scratch ``E``: a layer's columns; for batched-product layers
+        twice a chunk's (its column factors, then its products' temporaries, _bmm_backward)."""
         return max(
-            [self._chunk_cols(L, B) if self.use_bmm(L, B, backward=True) else L.columns
+            [2 * self._chunk_cols(L, B) if self.use_bmm(L, B, backward=True) else L.columns
              for L in self.layers if isinstance(L, _SumLayer)],
             default=1,
         )  # fmt: skip
@@ -717,7 +718,9 @@ class TritonEngine:
         sum_backward), then per chunk of groups (BMM_CHUNK_BYTES) the columns' factors into ``E``,
         the parameter flows ``PF += W * (G E^T)`` and the column flows ``E * (W^T G)`` by library
         products, the latter sent to the children by ``sum_cols_scatter``. The products' results
-        are temporaries of the chunk's weight size and of its ``E``'s, one after the other."""
+        (of the chunk's weight size, then of its ``E``'s) go to ``E``'s rows past the chunk's (it
+        has twice a chunk's rows, _bwd_e_rows), the first to a temporary where the chunk's weights
+        are more than its column factors (groups of more nodes than the batch)."""
         k = self.k
         B = V.shape[1]
         BB = _batch_tile(B)
@@ -732,12 +735,14 @@ class TritonEngine:
             grid = self._col_grid(n, L, B)
             Ec = E[: n * K]
             k.sum_cols_exp[grid](V, Ec, L.cols, gt, M, B, L.arity, g0 * K, BK=BMM_BK, BB=BMM_BB, CG=L.contig)
-            T = Ec  # a placeholder while the kernels only compile
+            T = E[n * K : 2 * n * K]  # the temporaries' room (a placeholder while the kernels only compile)
             if not warming:
                 Ev = Ec.view(n, K, B)
+                flat = T.reshape(-1)  # a view: E is contiguous
+                tmp = flat[: n * N * K].view(n, N, K) if N <= B else None
                 with self._matmul_precision():
-                    PFv[g0:g1].addcmul_(Wv[g0:g1], torch.bmm(Gv[g0:g1], Ev.transpose(1, 2)))
-                    T = torch.bmm(Wv[g0:g1].transpose(1, 2), Gv[g0:g1]).view(n * K, B)
+                    PFv[g0:g1].addcmul_(Wv[g0:g1], torch.bmm(Gv[g0:g1], Ev.transpose(1, 2), out=tmp))
+                    torch.bmm(Wv[g0:g1].transpose(1, 2), Gv[g0:g1], out=T.view(n, K, B))
             k.sum_cols_scatter[grid](
                 F, Ec, T, L.cols, gt, B, L.arity, g0 * K, le, sh,
                 BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig,
