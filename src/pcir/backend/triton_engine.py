@@ -337,15 +337,25 @@ class TritonEngine:
         exclusive layer's backward stores (HCLT: every row but the root's). None: zero the whole
         buffer (when most rows need it); else a list of row ranges, or a row-index tensor when the
         ranges are many."""
+        stored = self._stored_mask()
+        stored[0] = False
+        if stored.mean() < FLOW_SKIP_MIN:
+            return None
+        return self._zero_rows(stored)
+
+    def _stored_mask(self) -> np.ndarray:
+        """Per row: whether an exclusive layer's backward stores its flow for every sample, or it
+        is the root's (set to the root flow)."""
         plan = self.plan
         stored = np.zeros(plan.num_rows, dtype=bool)
         for L in self.layers:
             if isinstance(L, _SumLayer):
                 stored[L.stored_rows] = True
-        stored[0] = False
-        stored[plan.root_row : plan.root_row + plan.root_units] = True  # set to the root flow
-        if stored.mean() < FLOW_SKIP_MIN:
-            return None
+        stored[plan.root_row : plan.root_row + plan.root_units] = True
+        return stored
+
+    def _zero_rows(self, stored: np.ndarray):
+        """The rows not ``stored``, as row ranges (at most FLOW_ZERO_RUNS) or a row-index tensor."""
         zero = np.flatnonzero(~stored)
         if len(zero) == 0:
             return []
@@ -365,22 +375,11 @@ class TritonEngine:
         end = 1 + sum(b.count for b in plan.inputs)
         if not LEAF_ALIAS or end <= 1 or any(b.count and not 1 <= b.row < end for b in plan.inputs):
             return 0, None
-        stored = np.zeros(plan.num_rows, dtype=bool)
-        for L in self.layers:
-            if isinstance(L, _SumLayer):
-                stored[L.stored_rows] = True
-        if not stored[1:end].all() or not (plan.root_row >= end):
+        stored = self._stored_mask()
+        if not stored[1:end].all() or plan.root_row < end:
             return 0, None
         stored[:end] = True  # row 0 is never written (its flows are masked) nor read as a flow
-        stored[plan.root_row : plan.root_row + plan.root_units] = True
-        zero = np.flatnonzero(~stored)
-        if len(zero) == 0:
-            return end, []
-        cut = np.flatnonzero(np.diff(zero) != 1) + 1
-        runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(zero, cut)]
-        if len(runs) <= FLOW_ZERO_RUNS:
-            return end, runs
-        return end, torch.as_tensor(zero, dtype=torch.long, device=self.device)
+        return end, self._zero_rows(stored)
 
     def _alias_rows(self, B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward's buffer under the leaf alias: ``X [2 R - leaf end, B]``, ``V = X[:R]``;
@@ -533,9 +532,9 @@ class TritonEngine:
     def _chunk_caps(self, B: int, aliased: bool = False) -> tuple[float, float]:
         """(forward, backward) bytes a batched-product layer's chunk may take at batch ``B``. The
         backward's: BMM_CHUNK_BYTES, or half the largest ``E`` of the layers that are not batched
-        products where that is more. The forward's: the room the backward's scratch (``E`` and one
-        temporaries, in E) takes anyway, and the flow buffer's unless the training step's forward
-        allocates it (``aliased``, see backward's leaf_alias)."""
+        products where that is more. The forward's: the room the backward's scratch (``E``, which
+        holds the products' temporaries too) takes anyway, and the flow buffer's unless the
+        training step's forward allocates it (``aliased``, see backward's leaf_alias)."""
         key = (B, aliased)
         if key not in self._caps:
             if BMM_CHUNK_BYTES <= 0:
@@ -662,8 +661,8 @@ class TritonEngine:
         return ch, CB, BWD_FUSED and L.n_pf + L.n_col <= FUSE_MM_MAX_TILES * self.sms
 
     def fwd_launches(self, L: _SumLayer, B: int) -> int:
-        """Triton launches of sum layer ``L``'s forward at batch ``B`` (the profile's mapping; a
-        batched-product layer's library products between them are not)."""
+        """Triton launches of sum layer ``L``'s forward at batch ``B`` in the training step (the
+        profile's mapping; a batched-product layer's library products between them are not)."""
         return 2 + len(self._bmm_chunks(L, B, self._chunk_caps(B, bool(self.leaf_end))[0])) if self.use_bmm(L, B) else 1
 
     def bwd_launches(self, L: _SumLayer, B: int) -> int:
