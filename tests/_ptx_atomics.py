@@ -45,7 +45,7 @@ KERNELS = {
         {"BK": 64, "BB": 32, "EXCL": False, "CG": True},
     ),
     "product_bwd": (
-        {"F": "*fp32", "IDX": "*i32", "TAB": "*i64", "B": "i32", "NT": "i32"},
+        {"F": "*fp32", "IDX": "*i32", "TAB": "*i64", "B": "i32", "NT": "i32", "LE": "i32", "SH": "i32"},
         {"A": 2, "BU": 32, "BB": 64},
     ),
 }  # fmt: skip

@@ -137,3 +137,44 @@ def test_training_flows_equal_with_and_without_the_alias(name, triton_device, mo
         out.append([t.detach().cpu().numpy().copy() for t in (ll, m.sum_flows, m.cat_flows, m.gauss_stats)])
     for what, a, b in zip(("ll", "sum flows", "cat flows", "gauss stats"), *out, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=what)
+
+
+STORED_PRODUCTS = "collapse-nodes,partition-blocks,group-layers{fuse=none}"
+
+
+@pytest.mark.parametrize("name", ["pd", "rat", "zero_probs", "hclt"])
+def test_leaves_read_by_one_product_layer(name, triton_device, monkeypatch):
+    """With the products stored (a scratch layer each, recomputed in the backward) the leaves of
+    PD, a small RAT-SPN and zero_probs are read by one product layer, which adds their flows: the
+    backward zeroes the leaves' rows of ``V`` just before that layer's backward (after its
+    recompute) and the flows land there (RAT-SPN's first layer in the benchmark is such a layer).
+    HCLT's leaves are read by products of many layers: no alias."""
+    import pcir
+    from pcir import structures as st
+
+    make = CIRCUITS.get(name) or (lambda: st.rat_spn(8, 4, 2, 2, input_dist="categorical(k=3)"))
+    c = make()
+    x, miss = data_for(c, 29, seed=6, p_missing=0.2)
+    monkeypatch.setattr(te, "FLOW_POISON", None)
+    m0 = pcir.compile(c, engine="triton", device=triton_device, precision="fp32", pipeline=STORED_PRODUCTS)
+    V0, M0, F0, PF0 = engine_pass(m0, x, miss)
+    cat0, g50 = _plain_stats(m0, x, miss, F0)
+    monkeypatch.setattr(te, "FLOW_POISON", math.nan)
+    m = pcir.compile(c, engine="triton", device=triton_device, precision="fp32", pipeline=STORED_PRODUCTS)
+    eng = m._engine()
+    if name == "hclt":
+        assert eng.leaf_end == 0
+        return
+    assert eng.leaf_end and eng.leaf_zero_at >= 0
+    assert m.plan.layers[eng.leaf_zero_at].kind == "product" and m.plan.layers[eng.leaf_zero_at].scratch
+    le = eng.leaf_end
+    V, M, F, PF, cat, g5 = _alias_pass(m, x, miss)
+    for what, a, b in (
+        ("PF", PF, PF0),
+        ("categorical counts", cat, cat0),
+        ("leaf flows (in V)", V[1:le], F0[1:le]),
+        ("flows above the leaves", F[le:], F0[le:]),
+    ):
+        a, b = a.cpu().numpy(), b.cpu().numpy()
+        assert not np.isnan(a).any(), what
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=what)

@@ -259,9 +259,10 @@ def product_fwd(V, IDX, TAB, B, NT, A: tl.constexpr, BU: tl.constexpr, BB: tl.co
         tl.store(V + (row + u)[:, None] * B + b[None, :], acc, mask=m2)
 
 
-@triton.jit
-def product_bwd(F, IDX, TAB, B, NT, A: tl.constexpr, BU: tl.constexpr, BB: tl.constexpr):
-    """F[idx[u, a]] += F[row + u] (a product passes its flow to every child)."""
+@triton.jit(do_not_specialize=["LE", "SH"])
+def product_bwd(F, IDX, TAB, B, NT, LE, SH, A: tl.constexpr, BU: tl.constexpr, BB: tl.constexpr):
+    """F[idx[u, a]] += F[row + u] (a product passes its flow to every child); children below LE
+    (leaves under the leaf alias) SH rows lower, on their values (as _flow_row)."""
     t = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
@@ -273,7 +274,8 @@ def product_bwd(F, IDX, TAB, B, NT, A: tl.constexpr, BU: tl.constexpr, BB: tl.co
         f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=m2, other=0.0)
         for a in tl.static_range(A):
             r = tl.load(IDX + ioff + u * A + a, mask=um, other=0).to(tl.int64)
-            tl.atomic_add(F + r[:, None] * B + b[None, :], f, mask=m2 & (r[:, None] != 0), sem="relaxed")
+            fr = tl.where(r < LE, r - SH, r)
+            tl.atomic_add(F + fr[:, None] * B + b[None, :], f, mask=m2 & (r[:, None] != 0), sem="relaxed")
 '''
 
 # Stored rows of input ``a`` of the fused products in columns ``k`` of a sum group. CG (contiguous

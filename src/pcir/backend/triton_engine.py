@@ -322,7 +322,7 @@ class TritonEngine:
         self.target_programs = 4 * self.sms
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
         self.flow_zero = self._flow_zero_rows()
-        self.leaf_end, self.flow_zero_alias = self._leaf_alias()
+        self.leaf_end, self.flow_zero_alias, self.leaf_zero_at = self._leaf_alias()
         self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
         self._caps: dict = {}  # (batch, aliased) -> _chunk_caps
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
@@ -366,20 +366,35 @@ class TritonEngine:
         return torch.as_tensor(zero, dtype=torch.long, device=self.device)
 
     def _leaf_alias(self):
-        """(leaf end, flow-buffer rows to zero) of the backward's leaf alias (``backward(...,
-        leaf_alias=True)``), or (0, None) where it does not apply: the leaves are rows ``[1, leaf
-        end)`` (plan.py places them first), and the alias needs every one of them stored (not
-        added) by an exclusive layer's backward, the only gather that reads it. The rows to zero
+        """(leaf end, flow-buffer rows to zero, layer) of the backward's leaf alias
+        (``backward(..., leaf_alias=True)``), or (0, None, -1) where it does not apply. The
+        leaves are rows ``[1, leaf end)`` (plan.py places them first); the alias needs that no
+        launch reads a leaf's value after the first one writes its flow. Either every leaf is
+        stored (not added) by an exclusive layer's backward, the only gather that reads it (HCLT,
+        HMM, PD; layer -1); or every leaf is read by one product layer only (RAT-SPN's first
+        layer), whose backward adds the flows after the leaves' rows of ``V`` are zeroed (the
+        layer returned; its recompute, if it is a scratch layer, runs before). The rows to zero
         are those of ``flow_zero`` at or above the leaf end, as ranges."""
         plan = self.plan
         end = 1 + sum(b.count for b in plan.inputs)
         if not LEAF_ALIAS or end <= 1 or any(b.count and not 1 <= b.row < end for b in plan.inputs):
-            return 0, None
+            return 0, None, -1
+        if plan.root_row < end:
+            return 0, None, -1
         stored = self._stored_mask()
-        if not stored[1:end].all() or plan.root_row < end:
-            return 0, None
+        zero_at = -1
+        if not stored[1:end].all():
+
+            def reads_leaves(lay) -> bool:
+                tabs = (g.cols if lay.kind == "sum" else g.idx for g in lay.groups)
+                return any(bool(np.any((t >= 1) & (t < end))) for t in tabs)
+
+            readers = [i for i, lay in enumerate(plan.layers) if reads_leaves(lay)]
+            if len(readers) != 1 or plan.layers[readers[0]].kind != "product":
+                return 0, None, -1
+            zero_at = readers[0]
         stored[:end] = True  # row 0 is never written (its flows are masked) nor read as a flow
-        return end, self._zero_rows(stored)
+        return end, self._zero_rows(stored), zero_at
 
     def _alias_rows(self, B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward's buffer under the leaf alias: ``X [2 R - leaf end, B]``, ``V = X[:R]``;
@@ -633,7 +648,9 @@ class TritonEngine:
             if isinstance(L, _SumLayer):
                 self.sum_backward(L, V, F, W, M, PF, E, le_sh)
             else:
-                k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
+                if alias and t == self.leaf_zero_at:  # the leaves' values are read: their flows start
+                    V[1 : self.leaf_end].zero_()
+                k.product_bwd[(L.n, nb)](F, L.idx, L.tab, B, L.n, *le_sh, A=L.arity, BU=BU, BB=BB)
         if not alias:
             F[0] = 0.0
         return F, PF
