@@ -135,6 +135,31 @@ def test_per_layer_profile_maps_every_launch_to_the_plan(monkeypatch):
     assert all(r["fwd_ms"] >= 0 and r["bwd_ms"] >= 0 for r in out["layers"])
 
 
+def test_memory_probe_finds_what_is_live_at_the_peak():
+    """bench/memory_probe.py replays an allocator trace: the peak is the largest running total of
+    allocations less completed frees, the live set is what was allocated and not yet freed at
+    that moment, named by the innermost pcir frame (else the innermost Python frame)."""
+    import memory_probe
+
+    def ev(action, addr, size, where="x.py"):
+        return {"action": action, "addr": addr, "size": size, "frames": [{"filename": where, "line": 7, "name": "f"}]}
+
+    pc = "/a/src/pcir/backend/triton_engine.py"
+    trace = [
+        ev("alloc", 1, 100, pc),
+        ev("alloc", 2, 50),
+        ev("free_requested", 2, 50),  # not yet free: still counted
+        ev("alloc", 3, 30, pc),  # 180: the peak
+        ev("free_completed", 2, 50),
+        ev("free_completed", 1, 100),
+        ev("alloc", 4, 120),  # 150: below the peak
+    ]
+    peak, live = memory_probe.peak_live(trace)
+    assert peak == 180
+    assert live == [(100, "triton_engine.py:7 f"), (50, "x.py:7 f"), (30, "triton_engine.py:7 f")]
+    assert memory_probe.peak_live([]) == (0, [])
+
+
 def test_kernel_probe_knobs_are_set_and_restored():
     import kernel_probe as kp
 
