@@ -139,7 +139,7 @@ BMM_BB = 32
 # size, then E's; they go to E's rows past the chunk's) at most this many bytes each (at least one
 # group), or half the largest E of the other layers where that is more (the chunk and its
 # temporaries then fit in that E): the scratch of a layer at once was 7-15% of the train step's
-# peak on PD-128/256, RAT-256 and HCLT-512 (bench/memory_probe.py, tenth session). The forward
+# peak on PD-128/256, RAT-256 and HCLT-512 (bench/memory_probe.py, ninth session). The forward
 # chunks only past the room the backward's scratch takes anyway (TritonEngine._chunk_caps): each
 # chunk is five launches, and 32 MiB chunks throughout cost pd-256 1.7 ms of 16 per train step
 # (H200). 0: each layer at once. BMM_CHUNK_ROOM False: chunks of BMM_CHUNK_BYTES in both passes.
