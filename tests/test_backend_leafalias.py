@@ -178,3 +178,34 @@ def test_leaves_read_by_one_product_layer(name, triton_device, monkeypatch):
         a, b = a.cpu().numpy(), b.cpu().numpy()
         assert not np.isnan(a).any(), what
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=what)
+
+
+@pytest.mark.parametrize("name", ["hclt", "pd", "mixed", "hmm"])
+def test_step_buffers_are_the_buffers_the_step_allocates(name, triton_device, monkeypatch):
+    """``TritonEngine.step_buffers`` (``pcir info --plan --batch B``) lists the training step's
+    buffers: each listed size is the size of a tensor the engine's forward and backward really
+    allocate (recorded by a dispatch mode), with the batched products on and chunked."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    _every_layer(monkeypatch, True)
+    monkeypatch.setattr(te, "BMM_CHUNK_BYTES", 1)
+    monkeypatch.setattr(te, "BMM_CHUNK_ROOM", False)
+    c = CIRCUITS[name]()
+    x, miss = data_for(c, 70, seed=2)
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    eng = m._engine()
+    sizes: list[int] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.__name__.startswith(("empty", "zeros", "full", "new_")) and isinstance(out, torch.Tensor):
+                sizes.append(out.numel() * out.element_size())
+            return out
+
+    with Record():
+        _alias_pass(m, x, miss)
+    listed = eng.step_buffers(70)
+    assert ("values and flows" in listed) == bool(eng.leaf_end)
+    for what, b in listed.items():
+        assert b in sizes, (what, b, sorted(set(sizes))[-8:])

@@ -234,3 +234,30 @@ def test_checkpoints_of_a_pipeline_run_need_that_pipeline(tmp_path, capsys):
     )
     assert rc == 0, err
     assert json.loads(stdout)["splits"]["test"]["mean_ll"] == pytest.approx(ref, abs=1e-5)
+
+
+def test_info_lists_a_training_steps_memory(capsys):
+    """``pcir info --plan --batch B``: the model's tensors and the training step's buffers on the
+    Triton engine, and their total (the sizes are TritonEngine.step_buffers, which a backend test
+    checks against the tensors the step really allocates)."""
+    import re
+    from pathlib import Path
+
+    hclt = Path(__file__).resolve().parents[1] / "examples" / "hclt.pc"
+    rc, out, err = cli(capsys, "info", hclt, "--plan", "--batch", 512)
+    assert rc == 0, err
+    lines = [ln.strip() for ln in out.splitlines()]
+    head = next(ln for ln in lines if ln.startswith("memory"))
+    assert "a training step at batch 512 on the Triton engine" in head, head
+    model = next(ln for ln in lines if ln.startswith("model tensors"))
+    step = next(ln for ln in lines if ln.startswith("step buffers"))
+    assert "sum logits" in model and "kernel weights" in model and "cat flows" in model, model
+    assert "values and flows (the leaves' flows in their value rows)" in step and "column factors E" in step, step
+
+    def kib(text: str) -> float:
+        n, unit = re.match(r"([\d.]+) (B|KiB|MiB|GiB)", text).groups()
+        return float(n) * {"B": 1 / 1024, "KiB": 1, "MiB": 1024, "GiB": 1024**2}[unit]
+
+    total = kib(head.split("about ")[1])
+    parts = kib(model.split("model tensors ")[1]) + kib(step.split("step buffers ")[1])
+    assert abs(total - parts) <= 0.1 + 1e-3 * total, (total, parts)

@@ -664,6 +664,33 @@ class TritonEngine:
             default=1,
         )  # fmt: skip
 
+    def step_buffers(self, B: int) -> dict[str, int]:
+        """Bytes of the buffers a training step (``forward_backward``) allocates at batch ``B``
+        besides the model's tensors (which ``pcir info --plan`` lists next to these): the values
+        and flows (one buffer under the leaf alias), the column scratch ``E`` (with the batched
+        products' temporaries in it), the temporaries that do not fit there, the groups' maxima,
+        and the kernel-layout parameter flows where explicit sums need them. Not counted: the
+        inputs' copies (a few bytes per sample and variable) and library workspaces."""
+        plan = self.plan
+        R = plan.num_rows
+        out: dict[str, int] = {}
+        if self.leaf_end:
+            out["values and flows"] = 4 * (2 * R - self.leaf_end) * B
+        else:
+            out["values"] = out["flows"] = 4 * R * B
+        out["column factors E"] = 4 * self._bwd_e_rows(B) * B
+        own = [
+            max(g1 - g0 for g0, g1 in self._bmm_chunks(L, B)) * L.bmm[1] * L.bmm[2]
+            for L in self.layers
+            if isinstance(L, _SumLayer) and self.use_bmm(L, B, backward=True) and L.bmm[1] > B
+        ]
+        if own:
+            out["product temporaries"] = 4 * max(own)
+        out["group maxima M"] = 4 * max(self.num_sum_groups, 1) * B
+        if plan.w_size > plan.sum_param_size:
+            out["parameter flows (kernel layout)"] = 4 * plan.w_size
+        return out
+
     def leaf_flows(self, V, F, leaf_alias: bool = False):
         """The buffer holding the leaves' flows after ``backward(..., leaf_alias)``."""
         return V if leaf_alias and self.leaf_end else F

@@ -16,6 +16,12 @@ def add_arguments(p):
     p.add_argument("--plan", action="store_true", help="compile and print the backend's kernel plan (layers)")
     p.add_argument("--device", help="device to compile for with --plan (default: cpu)")
     p.add_argument(
+        "--batch",
+        type=int,
+        metavar="B",
+        help="with --plan: the buffers a training step allocates at this batch on the Triton engine",
+    )
+    p.add_argument(
         "--pipeline", help="pass pipeline to run before compiling (--plan) or that the checkpoint was trained with"
     )
     p.add_argument(
@@ -97,6 +103,50 @@ def describe_plan(model) -> list[str]:
     return lines
 
 
+def describe_memory(model, batch: int) -> list[str]:
+    """The model's tensors and the buffers a training step allocates at ``batch`` on the Triton
+    engine (TritonEngine.step_buffers)."""
+    import torch
+
+    kernels = getattr(model, "_kernels", None)
+    if kernels is None:
+        return ["memory      (no Triton kernels were generated: Triton is not importable here)"]
+    from ..backend.triton_engine import TritonEngine
+
+    eng = model._engine()
+    if getattr(eng, "name", "") != "triton":
+        eng = TritonEngine(model.plan, torch.device("cpu"), kernels, model.precision)
+    plan = model.plan
+    tensors = {
+        n.replace("_", " "): t.numel() * t.element_size()
+        for n, t in [*model.named_parameters(), *model.named_buffers()]
+    }
+    tensors["kernel weights"] = 4 * plan.w_size  # the normalised, linear weights the kernels read
+    if plan.cat_size != plan.cat_norm_size:  # else the log-probabilities live in cat_logits' storage
+        tensors["categorical log-probabilities"] = 4 * plan.cat_size
+    tensors = {n: b for n, b in tensors.items() if b}
+    step = eng.step_buffers(batch)
+    if eng.leaf_end:
+        note = " (the leaves' flows in their value rows)"
+        step = {n + (note if n == "values and flows" else ""): b for n, b in step.items()}
+    pad = " " * 14
+    return [
+        f"memory      a training step at batch {batch} on the Triton engine ({model.precision}): "
+        f"about {_size(sum(tensors.values()) + sum(step.values()))}",
+        f"{pad}model tensors {_size(sum(tensors.values()))}: "
+        + ", ".join(f"{n} {_size(b)}" for n, b in tensors.items()),
+        f"{pad}step buffers {_size(sum(step.values()))}: " + ", ".join(f"{n} {_size(b)}" for n, b in step.items()),
+        f"{pad}(not counted: the inputs' copies, library workspaces)",
+    ]
+
+
+def _size(b: int) -> str:
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= k:
+            return f"{b / k:.1f} {unit}"
+    return f"{b} B"
+
+
 def run(args) -> int:
     from ..api import load
     from ..checkpoint import load_checkpoint
@@ -113,6 +163,9 @@ def run(args) -> int:
         )
         for line in describe_plan(model):
             print(f"  {line}")
+        if args.batch:
+            for line in describe_memory(model, args.batch):
+                print(f"  {line}")
     if args.checkpoint:
         from ..train import apply_pipeline
 
