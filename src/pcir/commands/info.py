@@ -141,7 +141,7 @@ def describe_memory(model, batch: int) -> list[str]:
 
 
 def _size(b: int) -> str:
-    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, k in (("MiB", 2**20), ("KiB", 2**10)):
         if b >= k:
             return f"{b / k:.1f} {unit}"
     return f"{b} B"
