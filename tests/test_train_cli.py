@@ -261,3 +261,16 @@ def test_info_lists_a_training_steps_memory(capsys):
     total = kib(head.split("about ")[1])
     parts = kib(model.split("model tensors ")[1]) + kib(step.split("step buffers ")[1])
     assert abs(total - parts) <= 0.1 + 1e-3 * total, (total, parts)
+
+
+def test_info_batch_implies_the_plan_and_a_bad_batch_is_a_diagnostic(capsys):
+    from pathlib import Path
+
+    hclt = Path(__file__).resolve().parents[1] / "examples" / "hclt.pc"
+    rc, out, err = cli(capsys, "info", hclt, "--batch", 8)
+    assert rc == 0, err
+    assert "plan        rows" in out and "a training step at batch 8 on the Triton engine" in out
+    rc, out, err = cli(capsys, "info", hclt, "--batch", 0)
+    assert rc != 0
+    assert "batch 0: a training step's batch size is an integer of at least 1" in err
+    assert "Traceback" not in err

@@ -89,6 +89,9 @@ def run(
     out["layers"] = s["layers"]
     out["launches_fwd_plan"] = s["launches_forward"]
     out["kernel_variants"] = len(codegen.variants(model.plan))
+    if hasattr(model, "train_memory"):  # the memory the plan lists for a training step (pcir info --batch)
+        mem = model.train_memory(cfg.batch)
+        out["listed_mib"] = round(sum(sum(part.values()) for part in mem.values()) / 2**20, 1)
     x0 = batches[0]
 
     def step(x):

@@ -941,6 +941,29 @@ class CompiledCircuit(nn.Module):
             xgrad.index_add_(1, var, (-fo * z * isd).t())
         return xgrad
 
+    def train_memory(self, batch: int) -> dict[str, dict[str, int]]:
+        """Bytes of GPU memory a training step (``forward_backward`` + ``em_step``) at ``batch``
+        takes on the Triton engine, from the plan: ``{"model": the module's tensors and the
+        normalised buffers the kernels read, "step": the buffers the step allocates}`` (see
+        :meth:`TritonEngine.step_buffers`; not counted: the inputs' copies and library
+        workspaces). Computed without running anything, on any device (``pcir info --plan
+        --batch``)."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise PcirError(f"batch {batch!r}: a training step's batch size is an integer of at least 1")
+        if self._kernels is None:
+            raise PcirError("no Triton kernels were generated (Triton is not importable here)")
+        from .triton_engine import TritonEngine
+
+        eng = self._engine()
+        if getattr(eng, "name", "") != "triton":
+            eng = TritonEngine(self.plan, torch.device("cpu"), self._kernels, self.precision)
+        plan = self.plan
+        model = {n: t.numel() * t.element_size() for n, t in [*self.named_parameters(), *self.named_buffers()]}
+        model["kernel_weights"] = 4 * plan.w_size  # the normalised, linear weights the kernels read
+        if not (SHARE_CAT_STORE and plan.cat_size == plan.cat_norm_size):  # else in cat_logits' storage
+            model["categorical_logprobs"] = 4 * plan.cat_size
+        return {"model": {n: b for n, b in model.items() if b}, "step": eng.step_buffers(batch)}
+
     @torch.no_grad()
     def em_step(self, step_size: float = 1.0, pseudocount: float = 0.0, entropy: float = 0.0) -> None:
         """Apply the accumulated flows (one EM / mini-batch EM step), then zero them.

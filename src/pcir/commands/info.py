@@ -1,4 +1,5 @@
-"""pcir info MODEL [--checkpoint DIR] [--plan]: sizes, parameters, layer plan, checkpoint state."""
+"""pcir info MODEL [--checkpoint DIR] [--plan] [--batch B]: sizes, parameters, layer plan, a training
+step's memory, checkpoint state."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def add_arguments(p):
         "--batch",
         type=int,
         metavar="B",
-        help="with --plan: the buffers a training step allocates at this batch on the Triton engine",
+        help="the GPU memory of a training step at this batch on the Triton engine (implies --plan)",
     )
     p.add_argument(
         "--pipeline", help="pass pipeline to run before compiling (--plan) or that the checkpoint was trained with"
@@ -105,30 +106,14 @@ def describe_plan(model) -> list[str]:
 
 def describe_memory(model, batch: int) -> list[str]:
     """The model's tensors and the buffers a training step allocates at ``batch`` on the Triton
-    engine (TritonEngine.step_buffers)."""
-    import torch
-
-    kernels = getattr(model, "_kernels", None)
-    if kernels is None:
+    engine (``CompiledCircuit.train_memory``)."""
+    if getattr(model, "_kernels", None) is None:
         return ["memory      (no Triton kernels were generated: Triton is not importable here)"]
-    from ..backend.triton_engine import TritonEngine
-
-    eng = model._engine()
-    if getattr(eng, "name", "") != "triton":
-        eng = TritonEngine(model.plan, torch.device("cpu"), kernels, model.precision)
-    plan = model.plan
-    tensors = {
-        n.replace("_", " "): t.numel() * t.element_size()
-        for n, t in [*model.named_parameters(), *model.named_buffers()]
-    }
-    tensors["kernel weights"] = 4 * plan.w_size  # the normalised, linear weights the kernels read
-    if plan.cat_size != plan.cat_norm_size:  # else the log-probabilities live in cat_logits' storage
-        tensors["categorical log-probabilities"] = 4 * plan.cat_size
-    tensors = {n: b for n, b in tensors.items() if b}
-    step = eng.step_buffers(batch)
-    if eng.leaf_end:
-        note = " (the leaves' flows in their value rows)"
-        step = {n + (note if n == "values and flows" else ""): b for n, b in step.items()}
+    mem = model.train_memory(batch)  # a bad batch raises a diagnostic
+    tensors = {n.replace("_", " "): b for n, b in mem["model"].items()}
+    step = mem["step"]
+    note = " (the leaves' flows in their value rows)"  # the one buffer of the leaf alias
+    step = {n + (note if n == "values and flows" else ""): b for n, b in step.items()}
     pad = " " * 14
     return [
         f"memory      a training step at batch {batch} on the Triton engine ({model.precision}): "
@@ -155,7 +140,7 @@ def run(args) -> int:
     print(f"{args.model}")
     for line in describe(circuit):
         print(f"  {line}")
-    if args.plan:
+    if args.plan or args.batch is not None:  # --batch implies --plan
         from ..train import check_device, compile_model
 
         model = compile_model(
@@ -163,7 +148,7 @@ def run(args) -> int:
         )
         for line in describe_plan(model):
             print(f"  {line}")
-        if args.batch:
+        if args.batch is not None:
             for line in describe_memory(model, args.batch):
                 print(f"  {line}")
     if args.checkpoint:
