@@ -869,13 +869,14 @@ class CompiledCircuit(nn.Module):
         # the Triton engine keeps the leaves' flows in their value rows where the plan allows it
         # (TritonEngine.backward's leaf_alias): V's leaf rows are flows after the backward
         alias = bool(getattr(eng, "leaf_end", 0))
-        V, aux = eng.forward(W, logp, self.gauss, xf, **({"flow_rows": True} if alias else {}))
+        fwd_kw, bwd_kw = ({"flow_rows": True}, {"leaf_alias": True}) if alias else ({}, {})
+        V, aux = eng.forward(W, logp, self.gauss, xf, **fwd_kw)
         ones = ok.expand(self.plan.root_units, xf.shape[0]).contiguous()
         n = self.plan.sum_param_size
         if self.plan.w_size == n:  # the kernels accumulate straight into the flow buffer
-            F, _ = eng.backward(W, V, aux, xf, ones, PF=self.sum_flows, **({"leaf_alias": True} if alias else {}))
+            F, _ = eng.backward(W, V, aux, xf, ones, PF=self.sum_flows, **bwd_kw)
         else:
-            F, PF = eng.backward(W, V, aux, xf, ones, **({"leaf_alias": True} if alias else {}))
+            F, PF = eng.backward(W, V, aux, xf, ones, **bwd_kw)
             t = self._tab()
             self.sum_flows += PF[:n]
             self.sum_flows.index_add_(0, t.explicit_dst, PF[n:][t.explicit_pos])
