@@ -217,6 +217,19 @@ def stepwise_em(trainer, model, n_train: int, num_vars: int) -> None:
 
     trainer._run_epoch = _run_epoch
     model.em_step = _em_step
+    _step_through_em_step(model)
+
+
+def _step_through_em_step(model) -> None:
+    """Make ``model.train_step`` (which the training loop calls for mini-batch EM) the two calls
+    ``forward_backward`` and ``model.em_step``, so that a replaced ``em_step`` takes effect."""
+
+    def train_step(x, step_size: float = 1.0, pseudocount: float = 0.0, missing=None, **kw):
+        ll = model.forward_backward(x) if missing is None else model.forward_backward(x, missing)
+        model.em_step(step_size=step_size, pseudocount=pseudocount, **kw)
+        return ll
+
+    model.train_step = train_step
 
 
 def full_batch_pseudocount(trainer, model, pseudocount: float) -> None:
@@ -236,6 +249,7 @@ def full_batch_pseudocount(trainer, model, pseudocount: float) -> None:
     pc = float(pseudocount)
     trainer._run_epoch = _run_epoch
     model.em_step = _em_step
+    _step_through_em_step(model)
 
 
 def run_one(task: dict) -> dict:

@@ -5,7 +5,7 @@ was highest, by size, each with the line of pcir (or torch) that allocated it.
     python bench/memory_probe.py --configs hclt-512 --top 12 --json out.json
 
 Circuits and data are built exactly as ``bench/run.py`` builds them (``harness.suite``). The
-step (``forward_backward`` + ``em_step``) runs eagerly (the module's CUDA graphs off, so every
+step (``train_step``, as ``bench/run.py`` times it) runs eagerly (the module's CUDA graphs off, so every
 allocation is seen) after two warm-up steps, under ``torch.cuda.memory._record_memory_history``;
 the trace is replayed to find the moment of the peak. ``bench/run.py``'s peak column is the same
 step's ``max_memory_allocated`` (with graphs), which this should match within the graphs'
@@ -63,9 +63,8 @@ def probe(cfg, ctx, device, top: int) -> dict:
     model.cuda_graphs = False
     x = ctx.batches(cfg)[0]
 
-    def step():
-        model.forward_backward(x)
-        model.em_step(STEP, PC)
+    def step():  # as bench/run.py's train step
+        model.train_step(x, STEP, PC)
 
     for _ in range(2):
         step()

@@ -1,5 +1,5 @@
 """Where one train step goes, per phase: forward, forward_backward, em_step (CUDA graphs on and
-off), the top CUDA kernels of one eager train step (torch.profiler), per-layer kernel times, and
+off; the train step is ``train_step``, as ``bench/run.py`` times it), the top CUDA kernels of one eager train step (torch.profiler), per-layer kernel times, and
 the kernel plan (layers, tiles, exclusive flags, variants, parameter runs).
 
     python bench/profile_step.py                                  # pd-32, hmm-2048, hmm-64, hclt-128
@@ -93,9 +93,8 @@ def profile_config(cfg, ctx, device, args) -> dict:
     row["compile_s"] = round(time.perf_counter() - t0, 2)
     row["plan"] = plan_info(model)
 
-    def step(x):
-        model.forward_backward(x)
-        model.em_step(STEP, PC)
+    def step(x):  # as bench/run.py's train step
+        model.train_step(x, STEP, PC)
 
     def fwd(x):
         with torch.no_grad():

@@ -251,8 +251,12 @@ def test_info_lists_a_training_steps_memory(capsys):
     assert "a training step at batch 512 on the Triton engine" in head, head
     model = next(ln for ln in lines if ln.startswith("model tensors"))
     step = next(ln for ln in lines if ln.startswith("step buffers"))
-    assert "sum logits" in model and "kernel weights" in model and "cat flows" in model, model
+    assert "sum logits" in model and "kernel weights" in model, model
+    # the step (train_step) keeps no flow buffer of the parameters' size: the sums' flows go to the
+    # logits' storage, the tables are updated from the leaves' flows (only their row totals)
+    assert "flows" not in model and "counts" not in model, model
     assert "values and flows (the leaves' flows in their value rows)" in step and "column factors E" in step, step
+    assert "table row flows" in step, step
 
     def kib(text: str) -> float:
         n, unit = re.match(r"([\d.]+) (B|KiB|MiB)", text).groups()

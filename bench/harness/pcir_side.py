@@ -94,9 +94,8 @@ def run(
         out["listed_mib"] = round(sum(sum(part.values()) for part in mem.values()) / 2**20, 1)
     x0 = batches[0]
 
-    def step(x):
-        model.forward_backward(x)
-        model.em_step(STEP_SIZE, PSEUDOCOUNT)
+    def step(x):  # one step of mini-batch EM (train_step: the tables updated inside the step)
+        model.train_step(x, STEP_SIZE, PSEUDOCOUNT)
 
     with Stopwatch(device) as sw:
         with torch.no_grad():

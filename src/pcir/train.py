@@ -413,11 +413,18 @@ class Trainer:
             idx = perm[s : s + cfg.batch_size] if perm is not None else slice(s, s + cfg.batch_size)
             # distributed: this rank's part of the global batch (the union is the 1-process batch)
             xb, mb = train.batch(comm.shard(idx, train.n))
+            fused = mode == "mini" and comm.world_size == 1 and hasattr(self.model, "train_step")
             if xb.shape[0]:
-                ll = self.model.forward_backward(xb, mb) if mb is not None else self.model.forward_backward(xb)
+                if fused:  # forward_backward + em_step in one call (no counts buffer: docs/backend.md)
+                    ent = {"entropy": cfg.entropy} if cfg.entropy else {}
+                    ll = self.model.train_step(xb, step, cfg.pseudocount, mb, **ent)
+                elif mb is not None:
+                    ll = self.model.forward_backward(xb, mb)
+                else:
+                    ll = self.model.forward_backward(xb)
                 total += ll.detach().double().sum()
                 count += int(xb.shape[0])
-            if mode == "mini":
+            if mode == "mini" and not (fused and xb.shape[0]):
                 comm.em_step(self.model, step_size=step, pseudocount=cfg.pseudocount, entropy=cfg.entropy)
             if bar is not None:
                 bar.update(min(cfg.batch_size, train.n - s))

@@ -70,6 +70,12 @@ def _row3(TAB, t):
 
 
 @triton.jit
+def _row4(TAB, t):
+    p = TAB + t * 4
+    return tl.load(p), tl.load(p + 1), tl.load(p + 2), tl.load(p + 3)
+
+
+@triton.jit
 def _tile_row(TAB, t):
     \"\"\"(row, units, w_off, K, col_off, node or column tile, list start, list length, group) of
     forward / column tile t; parameter tiles hold (..., node tile, column tile, E row, group).\"\"\"
@@ -82,11 +88,24 @@ def _tile_row(TAB, t):
 
 @triton.jit
 def _count_tile(TAB, BU: tl.constexpr):
-    \"\"\"(row, var, table offset, k, leaf rows, their mask) of counts tile program_id(0):
-    TAB[t] = (row, units, var, table offset, k, leaf tile).\"\"\"
-    p = TAB + tl.program_id(0) * 6
-    u = tl.load(p + 5) * BU + tl.arange(0, BU)
-    return tl.load(p), tl.load(p + 2), tl.load(p + 3), tl.load(p + 4), u, u < tl.load(p + 1)
+    \"\"\"(row, var, table offset, k, leaf rows, their mask, the table row of the tile's first
+    unit) of counts tile program_id(0): TAB[t] = (row, units, var, table offset, k, leaf tile,
+    table row of unit 0).\"\"\"
+    p = TAB + tl.program_id(0) * 7
+    t = tl.load(p + 5)
+    u = t * BU + tl.arange(0, BU)
+    return tl.load(p), tl.load(p + 2), tl.load(p + 3), tl.load(p + 4), u, u < tl.load(p + 1), tl.load(p + 6)
+
+
+@triton.jit
+def _em_scale(S, ARGS, r, m):
+    \"\"\"The training step's fused EM of categorical tables (TritonEngine.em_cat_fused): per table
+    row ``r``, (whether the row is updated, s / (S[r] + pc)); S: the row's total flow, ARGS: (s, pc).
+    A row is updated where it has mass (S + pc > 0, as em_cat_rows) and s > 0.\"\"\"
+    s = tl.load(ARGS + 0)
+    den = tl.load(S + r, mask=m, other=0.0) + tl.load(ARGS + 1)
+    live = m & (den > 0) & (tl.zeros_like(den) + s > 0)  # (a scalar & a block fails in the interpreter)
+    return live, tl.where(live, s / tl.where(live, den, 1.0), 0.0)
 
 
 @triton.jit
@@ -137,10 +156,14 @@ def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl
 ''',
     "categorical_counts": '''
 @triton.jit
-def input_categorical_counts(F, XT, TAB, CNT, B, BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
+def input_categorical_counts(
+    F, XT, TAB, CNT, S, ARGS, B, BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr, SCALED: tl.constexpr
+):
     """Expected counts as a matrix product: CNT[u, c] += sum_b F[u, b] [x[var, b] == c], for one
-    (leaf group, node tile, category tile); TAB[t] = (row, units, var, table offset, k, u tile)."""
-    row, var, off, k, u, um = _count_tile(TAB, BU)
+    (leaf group, node tile, category tile); TAB[t] = (row, units, var, table offset, k, u tile,
+    table row). SCALED (the training step's fused EM): CNT is the new tables in linear space and
+    each count is added times _em_scale, on the rows it updates."""
+    row, var, off, k, u, um, srow = _count_tile(TAB, BU)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < k
     acc = tl.zeros([BU, BC], dtype=tl.float32)
@@ -151,15 +174,20 @@ def input_categorical_counts(F, XT, TAB, CNT, B, BU: tl.constexpr, BC: tl.conste
         x = tl.load(XT + var * B + b, mask=bm, other=-1.0)
         onehot = tl.where(x[:, None] == c[None, :].to(tl.float32), 1.0, 0.0)
         acc += {dot_fo}
-    tl.atomic_add(CNT + off + u[:, None] * k + c[None, :], acc, mask=um[:, None] & cm[None, :], sem="relaxed")
+    m2 = um[:, None] & cm[None, :]
+    if SCALED:
+        live, sc = _em_scale(S, ARGS, srow + u, um)
+        acc = acc * sc[:, None]
+        m2 = m2 & live[:, None]
+    tl.atomic_add(CNT + off + u[:, None] * k + c[None, :], acc, mask=m2, sem="relaxed")
 
 
 @triton.jit
-def input_categorical_scatter(F, XT, TAB, CNT, B, BU: tl.constexpr, BB: tl.constexpr):
+def input_categorical_scatter(F, XT, TAB, CNT, S, ARGS, B, BU: tl.constexpr, BB: tl.constexpr, SCALED: tl.constexpr):
     """Expected counts of large tables (k > COUNT_SCATTER_K) by scatter: CNT[u, x[var, b]] += F[u, b]
-    for one (leaf group, node tile, batch tile); TAB as input_categorical_counts. One atomic per
-    (unit, sample) instead of a one-hot product over all k categories."""
-    row, var, off, k, u, um = _count_tile(TAB, BU)
+    for one (leaf group, node tile, batch tile); TAB and SCALED as input_categorical_counts. One
+    atomic per (unit, sample) instead of a one-hot product over all k categories."""
+    row, var, off, k, u, um, srow = _count_tile(TAB, BU)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
     x = tl.load(XT + var * B + b, mask=bm, other=0.0)
@@ -167,7 +195,28 @@ def input_categorical_scatter(F, XT, TAB, CNT, B, BU: tl.constexpr, BB: tl.const
     xi = tl.where(ok, x, 0.0).to(tl.int64)
     m2 = um[:, None] & ok[None, :]
     f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=m2, other=0.0)
+    if SCALED:
+        live, sc = _em_scale(S, ARGS, srow + u, um)
+        f = f * sc[:, None]
+        m2 = m2 & live[:, None]
     tl.atomic_add(CNT + off + u[:, None] * k + xi[None, :], f, mask=m2 & (f != 0.0), sem="relaxed")
+
+
+@triton.jit
+def input_categorical_rowsum(F, XT, TAB, S, B, BU: tl.constexpr, BB: tl.constexpr):
+    """S[table row of u] += sum of F[u, b] over the samples b where x[var, b] is observed, for one
+    (leaf group, node tile) of a counts or scatter table: the rows' total flows, which the training
+    step's fused EM divides by (tied tables: several groups add to one row)."""
+    row, var, off, k, u, um, srow = _count_tile(TAB, BU)
+    acc = tl.zeros([BU], dtype=tl.float32)
+    for b0 in range(0, B, BB):
+        b = b0 + tl.arange(0, BB)
+        bm = b < B
+        x = tl.load(XT + var * B + b, mask=bm, other=0.0)
+        ok = bm & (x == x)
+        f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=um[:, None] & ok[None, :], other=0.0)
+        acc += tl.sum(f, axis=1)
+    tl.atomic_add(S + srow + u, acc, mask=um, sem="relaxed")
 ''',
     "gaussian": '''
 @triton.jit
@@ -705,6 +754,45 @@ def em_cat_rows(LOGP, CNT, LOGIT, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr)
         cnt = tl.load(CNT + idx, mask=m2, other=0.0)
         upd = (cnt + prior) / den[:, None]
         new = tl.where(live[:, None], tl.log((1.0 - s) * tl.exp(lp) + s * upd), lp)
+        tl.store(LOGIT + idx, new, mask=m2)
+        tl.store(LOGP + idx, new, mask=m2)
+
+
+@triton.jit
+def em_cat_prep(LOGP, S, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr):
+    """The training step's fused EM of categorical tables, first pass (TAB[t] = (first entry,
+    row length, rows, first table row)): each row it updates (_em_scale) becomes, in linear space,
+    (1 - s) p + s (pc / k) / (S + pc); the scaled counts are added to it next, then em_cat_log
+    takes the log. Rows it does not update stay as they are (log space)."""
+    t = tl.program_id(0)
+    base, n, rows, srow = _row4(TAB, t)
+    r = tl.arange(0, BR)
+    live, sc = _em_scale(S, ARGS, srow + r, r < rows)
+    s = tl.load(ARGS + 0)
+    prior = (tl.load(ARGS + 1) / n.to(tl.float32)) * sc
+    start = base + r.to(tl.int64) * n
+    for j0 in range(0, n, BK):
+        j = j0 + tl.arange(0, BK)
+        m2 = live[:, None] & (j < n)[None, :]
+        idx = start[:, None] + j[None, :]
+        lp = tl.load(LOGP + idx, mask=m2, other=0.0)
+        tl.store(LOGP + idx, (1.0 - s) * tl.exp(lp) + prior[:, None], mask=m2)
+
+
+@triton.jit
+def em_cat_log(LOGP, LOGIT, S, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr):
+    """The fused EM's last pass: LOGP, LOGIT <- log of the linear tables on the rows em_cat_prep
+    updated (the same rows: _em_scale of the same S and ARGS)."""
+    t = tl.program_id(0)
+    base, n, rows, srow = _row4(TAB, t)
+    r = tl.arange(0, BR)
+    live, sc = _em_scale(S, ARGS, srow + r, r < rows)
+    start = base + r.to(tl.int64) * n
+    for j0 in range(0, n, BK):
+        j = j0 + tl.arange(0, BK)
+        m2 = live[:, None] & (j < n)[None, :]
+        idx = start[:, None] + j[None, :]
+        new = tl.log(tl.load(LOGP + idx, mask=m2, other=1.0))
         tl.store(LOGIT + idx, new, mask=m2)
         tl.store(LOGP + idx, new, mask=m2)
 

@@ -152,6 +152,8 @@ def precompile_rows(engine, *, threads: int | None = None) -> bool:
 
     def passes():
         engine.em_rows(f, f, f, edge, f, f, f, f)
+        engine.em_cat_pass(f, None, f, f)  # the training step's table update (train_step)
+        engine.em_cat_pass(f, f, f, f)
         engine.normalise_rows("sum", f, f, False)
         engine.normalise_rows("cat", f, f, True)
 
@@ -160,7 +162,7 @@ def precompile_rows(engine, *, threads: int | None = None) -> bool:
 
 def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) -> bool:
     """Compile the kernels ``engine`` launches for a batch shaped like ``xf`` (forward, backward,
-    leaf statistics). Returns whether the parallel compile ran (False: it was skipped or failed,
+    leaf statistics, the training step's table update). Returns whether the parallel compile ran (False: it was skipped or failed,
     and nothing changed)."""
 
     def passes():
@@ -170,6 +172,9 @@ def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) ->
         V, aux = engine.forward(W, cat_logp, gauss, xs, precompile=False, flow_rows=alias)
         ones = torch.ones((engine.plan.root_units, xs.shape[0]), dtype=torch.float32, device=xf.device)
         F, _ = engine.backward(W, V, aux, xs, ones, PF=dummy, leaf_alias=alias)
-        engine.input_stats(engine.leaf_flows(V, F, alias), xs, gauss, cat=dummy)
+        leaf = engine.leaf_flows(V, F, alias)
+        engine.input_stats(leaf, xs, gauss, cat=dummy)
+        # the training step's fused table update (CompiledCircuit.train_step)
+        engine.input_stats(leaf, xs, gauss, em=(dummy, dummy, torch.zeros(2, device=xf.device)))
 
     return _replay(engine, passes, threads)

@@ -346,6 +346,7 @@ class CompiledCircuit(nn.Module):
         self._em_args_host: tuple[float, float] | None = None
         self.cuda_graphs = True  # capture forward / forward_backward / em_step per batch shape on CUDA
         self._soften = 1.0  # data softening of forward_backward (see the ``soften`` property)
+        self._pending = False  # forward_backward accumulated flows that no em_step has applied yet
         # the initial values are written into host arrays, one slot at a time, and become the
         # parameters in one transfer each (big circuits have thousands of slots)
         stores = {
@@ -389,8 +390,11 @@ class CompiledCircuit(nn.Module):
             self.leaf_params = nn.Parameter(torch.from_numpy(stores["leaf"]))
         else:  # no table family with parameters: not a Parameter (DDP rejects unused ones)
             self.register_buffer("leaf_params", torch.zeros(0), persistent=False)
-        self.register_buffer("sum_flows", torch.zeros(plan.sum_param_size), persistent=False)
-        self.register_buffer("cat_flows", torch.zeros(plan.cat_size), persistent=False)
+        # the flow buffers of the sums and the categorical tables are allocated on first use
+        # (_flows, _counts): the training step (train_step) needs neither, and each is the size
+        # of its parameters (pd-256: 0.8 GiB of sum flows)
+        self.register_buffer("sum_flows", torch.zeros(0), persistent=False)
+        self.register_buffer("cat_flows", torch.zeros(0), persistent=False)
         self.register_buffer("gauss_stats", torch.zeros(plan.gauss_rows, 3), persistent=False)
 
     # ---- basics ----------------------------------------------------------------------------
@@ -594,16 +598,16 @@ class CompiledCircuit(nn.Module):
         slot = self._slot(name)
         n = int(np.prod(slot.shape))
         if slot.kind == "sum":
-            return self.sum_flows[slot.offset : slot.offset + n].reshape(slot.shape).clone()
+            return self._flows()[slot.offset : slot.offset + n].reshape(slot.shape).clone()
         if slot.kind == "categorical":
-            return self.cat_flows[slot.offset : slot.offset + n].reshape(slot.shape).clone()
+            return self._counts()[slot.offset : slot.offset + n].reshape(slot.shape).clone()
         if slot.kind == "bernoulli":
-            return self.cat_flows[slot.offset : slot.offset + 2 * n].reshape(n, 2).clone()
+            return self._counts()[slot.offset : slot.offset + 2 * n].reshape(n, 2).clone()
         if slot.kind == "gaussian":
             return self.gauss_stats[slot.offset : slot.offset + slot.shape[0]].clone()
         if slot.kind in TABLE_PARAM_WIDTH:  # per-value flow counts (units, k)
             u = int(slot.shape[0])
-            return self.cat_flows[slot.offset : slot.offset + u * slot.k].reshape(u, slot.k).clone()
+            return self._counts()[slot.offset : slot.offset + u * slot.k].reshape(u, slot.k).clone()
         raise BackendError(f"parameter '{slot.name}' (indicator values) has no flows")
 
     def to_circuit(self) -> Circuit:
@@ -765,18 +769,35 @@ class CompiledCircuit(nn.Module):
     # ---- EM --------------------------------------------------------------------------------
     def zero_flows(self) -> None:
         self.sum_flows.zero_()
-        self.cat_flows.zero_()
+        self.cat_flows.zero_()  # (nothing while the counts are not allocated)
         self.gauss_stats.zero_()
+        self._pending = False
+
+    def _counts(self) -> torch.Tensor:
+        """The categorical counts buffer ``cat_flows`` [cat_size], allocated (zero) on first use."""
+        if self.cat_flows.numel() != self.plan.cat_size:
+            self.cat_flows = torch.zeros(self.plan.cat_size, dtype=torch.float32, device=self.gauss_stats.device)
+        return self.cat_flows
+
+    def _flows(self) -> torch.Tensor:
+        """The sums' parameter flow buffer ``sum_flows`` [sum_param_size], allocated (zero) on
+        first use."""
+        if self.sum_flows.numel() != self.plan.sum_param_size:
+            self.sum_flows = torch.zeros(self.plan.sum_param_size, dtype=torch.float32, device=self.gauss_stats.device)
+        return self.sum_flows
 
     def flow_tensors(self) -> list[torch.Tensor]:
         """The flow buffers that ``forward_backward`` accumulates into and ``em_step`` reads: the
         tensors themselves (contiguous float32), to be modified only in place. Data-parallel EM
         sums them over ranks between the two (:mod:`pcir.distributed`)."""
-        return [self.sum_flows, self.cat_flows, self.gauss_stats]
+        return [self._flows(), self._counts(), self.gauss_stats]
 
     @torch.no_grad()
     def forward_backward(self, x, missing=None) -> torch.Tensor:
         """Forward, then PC flows (root flow 1 per sample) accumulated into the flow buffers."""
+        self._flows()  # allocated before a CUDA graph captures the step
+        self._counts()
+        self._pending = True
         if missing is None:
             # the value check inside the (graphed) step: no launches of its own before the replay
             xf = self._to_device(x)
@@ -859,7 +880,9 @@ class CompiledCircuit(nn.Module):
             out[off : off + n] = c.reshape(-1)
         return out
 
-    def _forward_backward_core(self, xf, ok):
+    def _forward_backward_core(self, xf, ok, em=None):
+        """The step's forward and backward; ``em`` (``train_step``: (s, pc) on the device): the
+        tables' EM from the leaf flows instead of counts into ``cat_flows``."""
         _, _, logp, W = self._cache  # type: ignore[misc]
         eng = self._engine()
         soft = self._soften < 1.0
@@ -873,7 +896,14 @@ class CompiledCircuit(nn.Module):
         V, aux = eng.forward(W, logp, self.gauss, xf, **fwd_kw)
         ones = ok.expand(self.plan.root_units, xf.shape[0]).contiguous()
         n = self.plan.sum_param_size
-        if self.plan.w_size == n:  # the kernels accumulate straight into the flow buffer
+        if em is not None and self._fuse_sums():
+            # train_step: the parameter flows accumulate in the logits' storage, which em_sum_rows
+            # then rewrites from W and the flows alone (the logits are log W after an EM step);
+            # left as they are for bad data (ok 0: root flow 0, nothing is added)
+            PF = self.sum_logits.data
+            PF.masked_fill_(ok > 0, 0.0)
+            F, _ = eng.backward(W, V, aux, xf, ones, PF=PF, **bwd_kw)
+        elif self.plan.w_size == n:  # the kernels accumulate straight into the flow buffer
             F, _ = eng.backward(W, V, aux, xf, ones, PF=self.sum_flows, **bwd_kw)
         else:
             F, PF = eng.backward(W, V, aux, xf, ones, **bwd_kw)
@@ -882,7 +912,9 @@ class CompiledCircuit(nn.Module):
             self.sum_flows.index_add_(0, t.explicit_dst, PF[n:][t.explicit_pos])
         if alias:
             F = eng.leaf_flows(V, F, True)
-        if soft:  # counts of the values seen -> expected counts of the true values
+        if em is not None:
+            _, g5 = eng.input_stats(F, xf, self.gauss, em=(logp, self.cat_logits.data, em))
+        elif soft:  # counts of the values seen -> expected counts of the true values
             cat, g5 = eng.input_stats(F, xf, self.gauss)
             self.cat_flows += self._unsoften_counts(cat, logp_true, logp)
         else:
@@ -943,12 +975,13 @@ class CompiledCircuit(nn.Module):
         return xgrad
 
     def train_memory(self, batch: int) -> dict[str, dict[str, int]]:
-        """Bytes of GPU memory a training step (``forward_backward`` + ``em_step``) at ``batch``
-        takes on the Triton engine, from the plan: ``{"model": the module's tensors and the
-        normalised buffers the kernels read, "step": the buffers the step allocates}`` (see
+        """Bytes of GPU memory a training step (``train_step``) at ``batch`` takes on the Triton
+        engine, from the plan: ``{"model": the module's tensors and the normalised buffers the
+        kernels read, "step": the buffers the step allocates}`` (see
         :meth:`TritonEngine.step_buffers`; not counted: the inputs' copies and library
-        workspaces). Computed without running anything, on any device (``pcir info --plan
-        --batch``)."""
+        workspaces). The categorical counts are listed where the step needs them (it does not
+        where it updates the tables itself; ``forward_backward`` always does). Computed without
+        running anything, on any device (``pcir info --plan --batch``)."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise PcirError(f"batch {batch!r}: a training step's batch size is an integer of at least 1")
         if self._kernels is None:
@@ -959,11 +992,20 @@ class CompiledCircuit(nn.Module):
         if getattr(eng, "name", "") != "triton":
             eng = TritonEngine(self.plan, torch.device("cpu"), self._kernels, self.precision)
         plan = self.plan
-        model = {n: t.numel() * t.element_size() for n, t in [*self.named_parameters(), *self.named_buffers()]}
+        tensors = [*self.named_parameters(), *self.named_buffers()]
+        model = {n: t.numel() * t.element_size() for n, t in tensors if n not in ("sum_flows", "cat_flows")}
         model["kernel_weights"] = 4 * plan.w_size  # the normalised, linear weights the kernels read
         if not (SHARE_CAT_STORE and plan.cat_size == plan.cat_norm_size):  # else in cat_logits' storage
             model["categorical_logprobs"] = 4 * plan.cat_size
-        return {"model": {n: b for n, b in model.items() if b}, "step": eng.step_buffers(batch)}
+        step = eng.step_buffers(batch)
+        fused = self._fusable(0.0, pending=False, triton=True)
+        if not (fused and self._fuse_sums()):
+            model["sum_flows"] = 4 * plan.sum_param_size
+        if not fused:
+            model["categorical_counts"] = 4 * plan.cat_size
+        elif plan.cat_size:
+            step["table row flows"] = 4 * plan.cat_num_rows
+        return {"model": {n: b for n, b in model.items() if b}, "step": step}
 
     @torch.no_grad()
     def em_step(self, step_size: float = 1.0, pseudocount: float = 0.0, entropy: float = 0.0) -> None:
@@ -977,17 +1019,97 @@ class CompiledCircuit(nn.Module):
         """
         if not (entropy >= 0 and math.isfinite(entropy)):
             raise PcirError(f"entropy = {entropy!r}: the entropy regularisation weight must be finite and >= 0")
+        self._flows()
+        self._counts()
         if entropy > 0:
             self._regularise_flows(float(entropy), float(pseudocount))
         self._normalised_cached()
-        args = (float(step_size), float(pseudocount))
-        if self._em_args is None or self._em_args.device != self.device or self._em_args_host != args:
-            # written only when they change: no copies to the device on a steady schedule
-            self._em_args = torch.tensor(args, dtype=torch.float32, device=self.device)
-            self._em_args_host = args
-        self._maybe_graphed(("em",), self._em_core, self._em_args)
+        self._maybe_graphed(("em",), self._em_core, self._em_args_for(step_size, pseudocount))
+        self._pending = False  # (zero_flows inside a replayed graph runs no Python)
         # the normalised buffers were refreshed inside: mark them fresh for the new versions
         self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
+
+    def _em_args_for(self, step_size: float, pseudocount: float) -> torch.Tensor:
+        """(step size, pseudocount) on the device, written only when they change: no copies to
+        the device on a steady schedule."""
+        args = (float(step_size), float(pseudocount))
+        if self._em_args is None or self._em_args.device != self.device or self._em_args_host != args:
+            self._em_args = torch.tensor(args, dtype=torch.float32, device=self.device)
+            self._em_args_host = args
+        return self._em_args
+
+    @torch.no_grad()
+    def train_step(self, x, step_size: float = 1.0, pseudocount: float = 0.0, missing=None, entropy: float = 0.0):
+        """One step of mini-batch EM on the batch ``x``: the root log-likelihoods of
+        ``forward_backward(x, missing)``, then ``em_step(step_size, pseudocount, entropy)``; the
+        same parameters as those two calls, up to float rounding.
+
+        On the Triton engine the categorical and bernoulli tables are updated inside the step,
+        straight from the leaves' flows (:meth:`TritonEngine.input_stats` with ``em``), so the
+        step never allocates the counts buffer ``cat_flows``, the size of the tables (HCLT-128:
+        98 MiB of a 0.8 GiB step; it is allocated by the first ``forward_backward``); and the
+        sums' parameter flows accumulate in the logits' storage, which the EM update rewrites
+        from the weights and the flows, so ``sum_flows`` (the size of the sums' parameters) is
+        not allocated either (where every sum is dense or block-sparse). This applies
+        where no flows from an earlier ``forward_backward`` are waiting for their ``em_step``,
+        ``entropy`` is 0, ``soften`` is 1 and the model has no binomial, discrete-logistic or
+        literal leaves; otherwise the step is the two calls. Bad data raises the
+        :class:`DataError` of ``forward_backward`` and changes no parameter."""
+        if not self._fusable(entropy):
+            out = self.forward_backward(x, missing)
+            self.em_step(step_size, pseudocount, entropy)
+            return out
+        args = self._em_args_for(step_size, pseudocount)
+        self._normalised_cached()
+        if not self._fuse_sums():  # the sums' flows go to their buffer
+            self._flows()
+        if missing is None:
+            xf = self._to_device(x)
+            out, good = self._maybe_graphed(("train-checked", tuple(xf.shape)), self._checked_train_core, xf, args)
+            if not bool(good):  # nothing was accumulated or updated (root flow 0, step size 0)
+                self._prepare(x)  # raises the DataError that names the first bad entry
+                raise BackendError("internal error: the data check in the step disagrees with the eager one")
+        else:
+            xf, check = self._prepare(x, missing, defer=True)
+            out = self._maybe_graphed(("train", tuple(xf.shape)), self._train_core, xf, check.ok, args)
+            check.raise_if_bad()
+        self._maybe_graphed(("em-nocat",), self._em_core_nocat, args)
+        self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
+        return out
+
+    def _fusable(self, entropy: float, pending: bool = True, triton: bool = False) -> bool:
+        """Whether ``train_step`` can update the tables inside the step (see there); ``pending``
+        False: whatever flows are waiting; ``triton``: as if the engine were the Triton one."""
+        plan = self.plan
+        return (
+            entropy == 0
+            and not (pending and self._pending)
+            and self._soften == 1.0
+            and (triton or getattr(self._engine(), "name", "") == "triton")
+            and not plan.table_slots
+            and plan.cat_size == plan.cat_norm_size
+        )
+
+    def _checked_train_core(self, xf, args):
+        """``train_step``'s forward, backward and table update with the value check in one
+        function (one CUDA graph): bad data gives a zero root flow and a zero step size."""
+        ok = self._values_ok(xf)
+        good = ok.all()
+        xf = torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
+        return self._train_core(xf, good.to(torch.float32), args), good
+
+    def _train_core(self, xf, ok, args):
+        gated = args * torch.stack((ok, torch.ones_like(ok)))  # step size 0 for bad data: no update
+        return self._forward_backward_core(xf, ok, em=gated)
+
+    def _fuse_sums(self) -> bool:
+        """Whether ``train_step`` accumulates the sums' parameter flows in the logits' storage:
+        every sum row is a uniform run that ``em_sum_rows`` updates (no explicit sums)."""
+        plan = self.plan
+        return plan.w_size == plan.sum_param_size and all(r for _, _, r in plan.runs("sum"))
+
+    def _em_core_nocat(self, args):
+        return self._em_core(args, cat=False, pf=self.sum_logits.data if self._fuse_sums() else None)
 
     def _regularise_flows(self, tau: float, pc: float) -> None:
         """Rewrite the accumulated counts so that the plain M-step lands on the entropy-regularised
@@ -1019,10 +1141,12 @@ class CompiledCircuit(nn.Module):
                 deg = torch.full((1, 1), float(row_len), device=cnt.device)
                 cnt.copy_(regularised_counts(cnt, every, deg, tau, pc, dense))
 
-    def _em_core(self, args):
+    def _em_core(self, args, cat: bool = True, pf=None):
         """One fused pass per row chunk: read flows and the current (normalised) weights, write
         the new logits and the new normalised buffers (the EM result is normalised already, so
-        no second normalisation pass)."""
+        no second normalisation pass). ``cat`` False: the categorical and bernoulli tables were
+        updated already (``train_step``); ``pf``: the sums' parameter flows are there (the logits'
+        storage, ``train_step``) instead of in ``sum_flows``."""
         t = self._tab()
         plan = self.plan
         s = args[0]
@@ -1031,7 +1155,15 @@ class CompiledCircuit(nn.Module):
         fused = getattr(self._engine(), "em_rows", None)
         if fused is not None:  # the generated row kernels: one launch per tile shape, not per run
             fused(
-                W, self.sum_flows, self.sum_logits.data, t.sum_edge_u8, logp, self.cat_flows, self.cat_logits.data, args
+                W,
+                self.sum_flows if pf is None else pf,
+                self.sum_logits.data,
+                t.sum_edge_u8,
+                logp,
+                self.cat_flows,
+                self.cat_logits.data,
+                args,
+                cat=cat,
             )
         for off, n, row_len in t.sum_seg.runs:
             if row_len:
@@ -1057,7 +1189,7 @@ class CompiledCircuit(nn.Module):
                 new = torch.where(tot + pc > 0, (1.0 - s) * old + s * upd, old)
                 self.sum_logits[off : off + n] = torch.where(edge, torch.log(new), -math.inf)
                 old.copy_(new)
-        for off, n, row_len in t.cat_seg.runs if fused is None else ():  # categorical, bernoulli: uniform rows
+        for off, n, row_len in t.cat_seg.runs if fused is None and cat else ():  # categorical, bernoulli: uniform rows
             for a, b in _row_ranges(off, n, row_len):
                 lp = logp[a:b].view(-1, row_len)
                 old = torch.exp(lp)

@@ -148,12 +148,13 @@ BMM_CHUNK_ROOM = True
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 
 
-def row_tiles(runs, device) -> list[tuple[int, int, torch.Tensor, int]]:
+def row_tiles(runs, device, row_id=None) -> list[tuple[int, int, torch.Tensor, int]]:
     """Tile tables of the row-wise kernels over the uniform runs ``(offset, length, row_len)`` of a
     flat parameter store (``plan.runs``; ragged runs, ``row_len == 0``, are left to torch): one
     launch per tile shape ``(BR rows, BK columns per chunk)``, ``BK`` the row length rounded up to
     a power of two (16..1024), one row ``(first entry, row_len, rows)`` per tile of at most ``BR``
-    consecutive rows of one run. Returns ``[(BR, BK, table, tiles)]``."""
+    consecutive rows of one run, and with ``row_id`` (the store's ``RowIds``) the row number of the
+    tile's first row as a fourth entry. Returns ``[(BR, BK, table, tiles)]``."""
     by: dict[tuple[int, int], list[np.ndarray]] = {}
     for off, n, row_len in runs:
         if not row_len or not n:
@@ -164,7 +165,10 @@ def row_tiles(runs, device) -> list[tuple[int, int, torch.Tensor, int]]:
         br = max(2, ROW_TILE // bk)
         rows = n // row_len
         r0 = np.arange(0, rows, br, dtype=np.int64)
-        tab = np.stack([off + r0 * row_len, np.full_like(r0, row_len), np.minimum(br, rows - r0)], axis=1)
+        cols = [off + r0 * row_len, np.full_like(r0, row_len), np.minimum(br, rows - r0)]
+        if row_id is not None:  # a run's rows are consecutive row numbers
+            cols.append(int(row_id[off : off + 1][0]) + r0)
+        tab = np.stack(cols, axis=1)
         by.setdefault((br, bk), []).append(tab)
     out = []
     for (br, bk), tabs in sorted(by.items()):
@@ -299,8 +303,10 @@ class TritonEngine:
                 off = int(b.index[i])
                 k = plan.params[plan.group_param[name]].k
                 dest = scatter if k > COUNT_SCATTER_K else rows
-                for ut in range(-(-units // (SCATTER_BU if k > COUNT_SCATTER_K else COUNT_BU))):
-                    dest.append((row, units, var, off, k, ut))
+                bu = SCATTER_BU if k > COUNT_SCATTER_K else COUNT_BU
+                trow = int(plan.cat_row_id[off : off + 1][0])  # the table's rows are consecutive
+                for ut in range(-(-units // bu)):
+                    dest.append((row, units, var, off, k, ut, trow + ut * bu))
                 if k <= COUNT_SCATTER_K:
                     while self.count_bc < min(k, COUNT_BC_MAX):
                         self.count_bc *= 2
@@ -311,6 +317,9 @@ class TritonEngine:
         self.scatter_n = len(scatter)
         # row-wise EM and normalisation of the uniform runs of the parameter stores
         self.row_tiles = {"sum": row_tiles(plan.runs("sum"), device), "cat": row_tiles(plan.runs("cat"), device)}
+        # the training step's fused EM of the tables (em_cat_fused): the same tiles with each
+        # tile's first table row, the index of its rows' total flows
+        self.cat_em_tiles = row_tiles(plan.runs("cat"), device, plan.cat_row_id)
         self.layers = []
         for layer in plan.layers:
             if layer.kind == "sum":
@@ -791,43 +800,83 @@ class TritonEngine:
                 BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig,
             )  # fmt: skip
 
-    def input_stats(self, F, xf, gauss, cat=None):
+    def input_stats(self, F, xf, gauss, cat=None, em=None):
         """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows;
         ``cat``: accumulate the counts into this buffer (the model's flows) instead of a new one
-        (the kernels add atomically, so this saves a table-sized temporary per step)."""
+        (the kernels add atomically, so this saves a table-sized temporary per step).
+
+        ``em = (logp, cat_logits, args)``: the training step's fused EM instead of counts. The
+        categorical and bernoulli tables are updated straight from the flows, as ``em_rows`` would
+        from the counts (``args`` = (s, pc) on the device), and ``cat`` is not used:
+        1. ``input_categorical_rowsum``: each table row's total flow ``S`` (a row-sized buffer);
+        2. ``em_cat_prep``: ``logp`` <- ``(1 - s) p + s (pc / k) / (S + pc)`` in linear space;
+        3. the count kernels add each count times ``s / (S + pc)`` to it (``SCALED``);
+        4. ``em_cat_log``: ``logp``, ``cat_logits`` <- the log.
+        Only the rows with mass (``S + pc > 0``) change, and none where ``s`` is 0 (the runtime
+        passes ``s`` 0 for a batch that failed its value check). Equal to ``em_rows`` on the counts
+        up to float rounding (the sum is formed in another order)."""
         plan, k = self.plan, self.k
         B = xf.shape[0]
         BB = _batch_tile(B)
         xT = xf.t().contiguous()
-        if cat is None:
-            cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
+        if em is not None:
+            logp, cat_logits, args = em
+            S = torch.zeros(max(plan.cat_num_rows, 1), dtype=torch.float32, device=F.device)
+            for tab, n, bu in (
+                (self.count_tab, self.count_n, COUNT_BU),
+                (self.scatter_tab, self.scatter_n, SCATTER_BU),
+            ):
+                if n:
+                    k.input_categorical_rowsum[(n,)](F, xT, tab, S, B, BU=bu, BB=BB)
+            self.em_cat_pass(logp, None, S, args)
+            cat, scaled = logp, True
+        else:
+            S = args = F  # (unused: SCALED is off)
+            scaled = False
+            if cat is None:
+                cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
         g5 = torch.zeros((plan.gauss_rows, 5), dtype=torch.float32, device=F.device)
         for b, var, index in self.inputs:
             if b.family == "categorical":
                 if self.count_n:
                     grid = (self.count_n, triton_cdiv(self.count_cmax, self.count_bc))
                     k.input_categorical_counts[grid](
-                        F, xT, self.count_tab, cat, B, BU=COUNT_BU, BC=self.count_bc, BB=BB, num_warps=COUNT_WARPS
-                    )
+                        F, xT, self.count_tab, cat, S, args, B,
+                        BU=COUNT_BU, BC=self.count_bc, BB=BB, SCALED=scaled, num_warps=COUNT_WARPS,
+                    )  # fmt: skip
                 if self.scatter_n:
                     grid = (self.scatter_n, triton_cdiv(B, BB))
-                    k.input_categorical_scatter[grid](F, xT, self.scatter_tab, cat, B, BU=SCATTER_BU, BB=BB)
+                    k.input_categorical_scatter[grid](
+                        F, xT, self.scatter_tab, cat, S, args, B, BU=SCATTER_BU, BB=BB, SCALED=scaled
+                    )
             elif b.family == "gaussian":
                 out = torch.empty((b.count, 5), dtype=torch.float32, device=F.device)
                 k.input_gaussian_bwd[(triton_cdiv(b.count, BU),)](
                     F, xT, var, index, gauss.detach().contiguous(), out, b.row, b.count, B, BU=BU, BB=BB
                 )
                 g5.index_add_(0, index, out)
+        if em is not None:
+            self.em_cat_pass(logp, cat_logits, S, args)
+            cat = None
         return cat, g5
 
     # ---- row-wise passes over the parameter stores (uniform runs only) ---------------------
-    def em_rows(self, W, sum_flows, sum_logits, sum_edge, logp, cat_flows, cat_logits, args) -> None:
-        """The EM update of every dense/block sum row and categorical/bernoulli table row, one
-        launch per tile shape (the ragged rows of explicit sums are the caller's)."""
+    def em_cat_pass(self, logp, cat_logits, S, args) -> None:
+        """The fused table update's row passes (``input_stats`` with ``em``): ``em_cat_prep``
+        (``cat_logits`` None), else ``em_cat_log``."""
+        for br, bk, tab, n in self.cat_em_tiles:
+            if cat_logits is None:
+                self.k.em_cat_prep[(n,)](logp, S, tab, args, BR=br, BK=bk)
+            else:
+                self.k.em_cat_log[(n,)](logp, cat_logits, S, tab, args, BR=br, BK=bk)
+
+    def em_rows(self, W, sum_flows, sum_logits, sum_edge, logp, cat_flows, cat_logits, args, cat=True) -> None:
+        """The EM update of every dense/block sum row and (``cat``) categorical/bernoulli table
+        row, one launch per tile shape (the ragged rows of explicit sums are the caller's)."""
         k = self.k
         for br, bk, tab, n in self.row_tiles["sum"]:
             k.em_sum_rows[(n,)](W, sum_flows, sum_logits, sum_edge, tab, args, BR=br, BK=bk)
-        for br, bk, tab, n in self.row_tiles["cat"]:
+        for br, bk, tab, n in self.row_tiles["cat"] if cat else ():
             k.em_cat_rows[(n,)](logp, cat_flows, cat_logits, tab, args, BR=br, BK=bk)
 
     def normalise_rows(self, store: str, x, out, log: bool) -> None:
