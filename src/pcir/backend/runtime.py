@@ -347,6 +347,7 @@ class CompiledCircuit(nn.Module):
         self.cuda_graphs = True  # capture forward / forward_backward / em_step per batch shape on CUDA
         self._soften = 1.0  # data softening of forward_backward (see the ``soften`` property)
         self._pending = False  # forward_backward accumulated flows that no em_step has applied yet
+        self._fusion_plan: tuple[bool, bool] | None = None  # see _fusion
         # the initial values are written into host arrays, one slot at a time, and become the
         # parameters in one transfer each (big circuits have thousands of slots)
         stores = {
@@ -1080,15 +1081,24 @@ class CompiledCircuit(nn.Module):
     def _fusable(self, entropy: float, pending: bool = True, triton: bool = False) -> bool:
         """Whether ``train_step`` can update the tables inside the step (see there); ``pending``
         False: whatever flows are waiting; ``triton``: as if the engine were the Triton one."""
-        plan = self.plan
         return (
             entropy == 0
             and not (pending and self._pending)
             and self._soften == 1.0
             and (triton or getattr(self._engine(), "name", "") == "triton")
-            and not plan.table_slots
-            and plan.cat_size == plan.cat_norm_size
+            and self._fusion()[0]
         )
+
+    def _fusion(self) -> tuple[bool, bool]:
+        """(no table-family leaves, every sum a uniform run): what ``train_step`` may fuse, from
+        the plan alone, computed once (walking the plan's parameters every step cost PD-32 several
+        milliseconds of host time per step)."""
+        if self._fusion_plan is None:
+            plan = self.plan
+            tables = not plan.table_slots and plan.cat_size == plan.cat_norm_size
+            sums = plan.w_size == plan.sum_param_size and all(r for _, _, r in plan.runs("sum"))
+            self._fusion_plan = (tables, sums)
+        return self._fusion_plan
 
     def _checked_train_core(self, xf, args):
         """``train_step``'s forward, backward and table update with the value check in one
@@ -1105,8 +1115,7 @@ class CompiledCircuit(nn.Module):
     def _fuse_sums(self) -> bool:
         """Whether ``train_step`` accumulates the sums' parameter flows in the logits' storage:
         every sum row is a uniform run that ``em_sum_rows`` updates (no explicit sums)."""
-        plan = self.plan
-        return plan.w_size == plan.sum_param_size and all(r for _, _, r in plan.runs("sum"))
+        return self._fusion()[1]
 
     def _em_core_nocat(self, args):
         return self._em_core(args, cat=False, pf=self.sum_logits.data if self._fuse_sums() else None)

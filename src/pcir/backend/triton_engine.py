@@ -306,7 +306,7 @@ class TritonEngine:
                 bu = SCATTER_BU if k > COUNT_SCATTER_K else COUNT_BU
                 trow = int(plan.cat_row_id[off : off + 1][0])  # the table's rows are consecutive
                 for ut in range(-(-units // bu)):
-                    dest.append((row, units, var, off, k, ut, trow + ut * bu))
+                    dest.append((row, units, var, off, k, ut, trow))
                 if k <= COUNT_SCATTER_K:
                     while self.count_bc < min(k, COUNT_BC_MAX):
                         self.count_bc *= 2
