@@ -206,17 +206,55 @@ def input_categorical_scatter(F, XT, TAB, CNT, S, ARGS, B, BU: tl.constexpr, BB:
 def input_categorical_rowsum(F, XT, TAB, S, B, BU: tl.constexpr, BB: tl.constexpr):
     """S[table row of u] += sum of F[u, b] over the samples b where x[var, b] is observed, for one
     (leaf group, node tile) of a counts or scatter table: the rows' total flows, which the training
-    step's fused EM divides by (tied tables: several groups add to one row)."""
+    step's fused EM divides by (tied tables: several groups add to one row). Summed by the counts'
+    own product (a one-hot of "observed" in column 0), so that S is the sum of the counts in every
+    precision (a tf32 product rounds the flows) and the updated rows stay normalised."""
     row, var, off, k, u, um, srow = _count_tile(TAB, BU)
-    acc = tl.zeros([BU], dtype=tl.float32)
+    acc = tl.zeros([BU, 16], dtype=tl.float32)
     for b0 in range(0, B, BB):
         b = b0 + tl.arange(0, BB)
         bm = b < B
-        x = tl.load(XT + var * B + b, mask=bm, other=0.0)
-        ok = bm & (x == x)
-        f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=um[:, None] & ok[None, :], other=0.0)
-        acc += tl.sum(f, axis=1)
-    tl.atomic_add(S + srow + u, acc, mask=um, sem="relaxed")
+        x = tl.load(XT + var * B + b, mask=bm, other=float("nan"))
+        f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=um[:, None] & bm[None, :], other=0.0)
+        obs = tl.where((x == x)[:, None] & (tl.arange(0, 16) == 0)[None, :], 1.0, 0.0)
+        acc += {dot_fobs}
+    tl.atomic_add(S + srow + u, tl.sum(acc, axis=1), mask=um, sem="relaxed")
+
+
+@triton.jit
+def input_categorical_em(F, XT, TAB, LOGP, LOGIT, ARGS, B, BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
+    """The training step's fused EM of a table that one leaf group reads (no other group adds to
+    its counts), in one pass: the counts of a (node tile, category tile) as
+    input_categorical_counts, the rows' total flows as input_categorical_rowsum, both in the same
+    loop over the batch, then em_cat_rows' update of the tile in place (LOGP and LOGIT). No counts
+    buffer, no other pass; a row without mass (S + pc = 0) or step size 0 keeps its values.
+    TAB as input_categorical_counts."""
+    row, var, off, k, u, um, srow = _count_tile(TAB, BU)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = c < k
+    acc = tl.zeros([BU, BC], dtype=tl.float32)
+    tot16 = tl.zeros([BU, 16], dtype=tl.float32)
+    for b0 in range(0, B, BB):
+        b = b0 + tl.arange(0, BB)
+        bm = b < B
+        f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=um[:, None] & bm[None, :], other=0.0)
+        x = tl.load(XT + var * B + b, mask=bm, other=float("nan"))
+        onehot = tl.where(x[:, None] == c[None, :].to(tl.float32), 1.0, 0.0)
+        acc += {dot_fo}
+        obs = tl.where((x == x)[:, None] & (tl.arange(0, 16) == 0)[None, :], 1.0, 0.0)
+        tot16 += {dot_fobs}
+    s = tl.load(ARGS + 0)
+    pc = tl.load(ARGS + 1)
+    den = tl.sum(tot16, axis=1) + pc
+    live = um & (den > 0) & (tl.zeros_like(den) + s > 0)
+    den = tl.where(live, den, 1.0)
+    m2 = live[:, None] & cm[None, :]
+    idx = off + u[:, None] * k + c[None, :]
+    lp = tl.load(LOGP + idx, mask=m2, other=0.0)
+    upd = (acc + pc / k.to(tl.float32)) / den[:, None]
+    new = tl.log((1.0 - s) * tl.exp(lp) + s * upd)
+    tl.store(LOGIT + idx, new, mask=m2)
+    tl.store(LOGP + idx, new, mask=m2)
 ''',
     "gaussian": '''
 @triton.jit
@@ -864,10 +902,14 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
             parts.append(INPUT_KERNELS[fam])
             if fam == "categorical":
                 split = COUNTS_SPLIT and precision == "tf32x3"
-                dot_fo = (DOT_COUNTS_SPLIT if split else DOT[precision]).format(a="f", b="onehot")
+                dot = DOT_COUNTS_SPLIT if split else DOT[precision]
                 if split:
                     parts.append(TF32_HI)
-                parts.append(INPUT_KERNELS["categorical_counts"].format(dot_fo=dot_fo))
+                parts.append(
+                    INPUT_KERNELS["categorical_counts"].format(
+                        dot_fo=dot.format(a="f", b="onehot"), dot_fobs=dot.format(a="f", b="obs")
+                    )
+                )
     if any(layer.kind == "product" for layer in plan.layers):
         parts.append(PRODUCT_KERNELS)
     dot = DOT[precision]

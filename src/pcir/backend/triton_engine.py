@@ -148,6 +148,35 @@ BMM_CHUNK_ROOM = True
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 
 
+def _overlapping(spans: list[tuple[int, int]]) -> set[int]:
+    """The starts of the spans ``[a, e)`` that overlap another span."""
+    out: set[int] = set()
+    cluster: list[int] = []
+    end = -1
+    for a, e in sorted(spans):
+        if a >= end:
+            if len(cluster) > 1:
+                out.update(cluster)
+            cluster = []
+        cluster.append(a)
+        end = max(end, e)
+    if len(cluster) > 1:
+        out.update(cluster)
+    return out
+
+
+def _union_runs(runs) -> list[tuple[int, int, int]]:
+    """``(offset, length, row_len)`` runs of a flat store merged where they overlap or touch
+    (tied tables: several groups read one table)."""
+    out: list[list[int]] = []
+    for off, n, k in sorted(runs):
+        if out and off <= out[-1][0] + out[-1][1] and out[-1][2] == k:
+            out[-1][1] = max(out[-1][1], off + n - out[-1][0])
+        else:
+            out.append([off, n, k])
+    return [tuple(r) for r in out]  # type: ignore[misc]
+
+
 def row_tiles(runs, device, row_id=None) -> list[tuple[int, int, torch.Tensor, int]]:
     """Tile tables of the row-wise kernels over the uniform runs ``(offset, length, row_len)`` of a
     flat parameter store (``plan.runs``; ragged runs, ``row_len == 0``, are left to torch): one
@@ -291,7 +320,7 @@ class TritonEngine:
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
         # categorical counts: one entry per (leaf group, node tile); tables of at most
         # COUNT_SCATTER_K categories as matrix products, larger ones by scatter
-        rows, scatter = [], []
+        groups = []  # (row, units, var, table offset, k, first table row)
         self.count_bc = 16
         self.count_cmax = 1
         for b in plan.inputs:
@@ -299,27 +328,34 @@ class TritonEngine:
                 continue
             for name, row, units in b.groups:
                 i = row - b.row
-                var = int(b.var[i])
                 off = int(b.index[i])
                 k = plan.params[plan.group_param[name]].k
-                dest = scatter if k > COUNT_SCATTER_K else rows
-                bu = SCATTER_BU if k > COUNT_SCATTER_K else COUNT_BU
                 trow = int(plan.cat_row_id[off : off + 1][0])  # the table's rows are consecutive
-                for ut in range(-(-units // bu)):
-                    dest.append((row, units, var, off, k, ut, trow))
+                groups.append((row, units, int(b.var[i]), off, k, trow))
                 if k <= COUNT_SCATTER_K:
                     while self.count_bc < min(k, COUNT_BC_MAX):
                         self.count_bc *= 2
                     self.count_cmax = max(self.count_cmax, k)
-        self.count_tab = torch.as_tensor(np.asarray(rows, dtype=np.int64).reshape(-1), device=device)
-        self.count_n = len(rows)
-        self.scatter_tab = torch.as_tensor(np.asarray(scatter, dtype=np.int64).reshape(-1), device=device)
-        self.scatter_n = len(scatter)
+        # the training step's table update (input_stats with em): a table that one group reads
+        # in one pass (input_categorical_em); tied tables (their rows' counts come from several
+        # groups) and tables counted by scatter in four (row totals, prior, scaled counts, log)
+        shared = _overlapping([(g[3], g[3] + g[1] * g[4]) for g in groups])
+
+        def tab(sel, bu):
+            out = [(r, u, v, o, k, t, tr) for r, u, v, o, k, tr in groups if sel(o, k) for t in range(-(-u // bu))]
+            return torch.as_tensor(np.asarray(out, dtype=np.int64).reshape(-1), device=device), len(out)
+
+        dense = lambda o, k: k <= COUNT_SCATTER_K  # noqa: E731
+        self.count_tab, self.count_n = tab(dense, COUNT_BU)
+        self.scatter_tab, self.scatter_n = tab(lambda o, k: not dense(o, k), SCATTER_BU)
+        self.em1_tab, self.em1_n = tab(lambda o, k: dense(o, k) and o not in shared, COUNT_BU)
+        self.tied_tab, self.tied_n = tab(lambda o, k: dense(o, k) and o in shared, COUNT_BU)
+        four = {(o, u * k, k) for _r, u, _v, o, k, _t in groups if not dense(o, k) or o in shared}
         # row-wise EM and normalisation of the uniform runs of the parameter stores
         self.row_tiles = {"sum": row_tiles(plan.runs("sum"), device), "cat": row_tiles(plan.runs("cat"), device)}
-        # the training step's fused EM of the tables (em_cat_fused): the same tiles with each
-        # tile's first table row, the index of its rows' total flows
-        self.cat_em_tiles = row_tiles(plan.runs("cat"), device, plan.cat_row_id)
+        # the four-pass update's row passes: the tiles of those tables, with each tile's first
+        # table row (the index of its rows' total flows)
+        self.cat_em_tiles = row_tiles(_union_runs(four), device, plan.cat_row_id)
         self.layers = []
         for layer in plan.layers:
             if layer.kind == "sum":
@@ -807,41 +843,51 @@ class TritonEngine:
 
         ``em = (logp, cat_logits, args)``: the training step's fused EM instead of counts. The
         categorical and bernoulli tables are updated straight from the flows, as ``em_rows`` would
-        from the counts (``args`` = (s, pc) on the device), and ``cat`` is not used:
+        from the counts (``args`` = (s, pc) on the device), and ``cat`` is not used. A table that
+        one group reads is updated in one pass (``input_categorical_em``: counts, row totals and
+        the update per tile). Tied tables and tables counted by scatter take four:
         1. ``input_categorical_rowsum``: each table row's total flow ``S`` (a row-sized buffer);
         2. ``em_cat_prep``: ``logp`` <- ``(1 - s) p + s (pc / k) / (S + pc)`` in linear space;
         3. the count kernels add each count times ``s / (S + pc)`` to it (``SCALED``);
         4. ``em_cat_log``: ``logp``, ``cat_logits`` <- the log.
         Only the rows with mass (``S + pc > 0``) change, and none where ``s`` is 0 (the runtime
-        passes ``s`` 0 for a batch that failed its value check). Equal to ``em_rows`` on the counts
-        up to float rounding (the sum is formed in another order)."""
+        passes ``s`` 0 for a batch that failed its value check). The row totals are summed by the
+        counts' own product, so the rows stay normalised in every precision. Equal to ``em_rows``
+        on the counts up to float rounding."""
         plan, k = self.plan, self.k
         B = xf.shape[0]
         BB = _batch_tile(B)
         xT = xf.t().contiguous()
+        four = em is not None and bool(self.tied_n or self.scatter_n)
         if em is not None:
             logp, cat_logits, args = em
-            S = torch.zeros(max(plan.cat_num_rows, 1), dtype=torch.float32, device=F.device)
-            for tab, n, bu in (
-                (self.count_tab, self.count_n, COUNT_BU),
-                (self.scatter_tab, self.scatter_n, SCATTER_BU),
-            ):
+            S = torch.zeros(max(plan.cat_num_rows, 1) if four else 1, dtype=torch.float32, device=F.device)
+            for tab, n, bu in ((self.tied_tab, self.tied_n, COUNT_BU), (self.scatter_tab, self.scatter_n, SCATTER_BU)):
                 if n:
                     k.input_categorical_rowsum[(n,)](F, xT, tab, S, B, BU=bu, BB=BB)
-            self.em_cat_pass(logp, None, S, args)
+            if four:
+                self.em_cat_pass(logp, None, S, args)
             cat, scaled = logp, True
+            dense_tab, dense_n = self.tied_tab, self.tied_n
         else:
             S = args = F  # (unused: SCALED is off)
             scaled = False
             if cat is None:
                 cat = torch.zeros(plan.cat_size, dtype=torch.float32, device=F.device)
+            dense_tab, dense_n = self.count_tab, self.count_n
         g5 = torch.zeros((plan.gauss_rows, 5), dtype=torch.float32, device=F.device)
         for b, var, index in self.inputs:
             if b.family == "categorical":
-                if self.count_n:
-                    grid = (self.count_n, triton_cdiv(self.count_cmax, self.count_bc))
+                if em is not None and self.em1_n:
+                    grid = (self.em1_n, triton_cdiv(self.count_cmax, self.count_bc))
+                    k.input_categorical_em[grid](
+                        F, xT, self.em1_tab, logp, cat_logits, args, B,
+                        BU=COUNT_BU, BC=self.count_bc, BB=BB, num_warps=COUNT_WARPS,
+                    )  # fmt: skip
+                if dense_n:
+                    grid = (dense_n, triton_cdiv(self.count_cmax, self.count_bc))
                     k.input_categorical_counts[grid](
-                        F, xT, self.count_tab, cat, S, args, B,
+                        F, xT, dense_tab, cat, S, args, B,
                         BU=COUNT_BU, BC=self.count_bc, BB=BB, SCALED=scaled, num_warps=COUNT_WARPS,
                     )  # fmt: skip
                 if self.scatter_n:
@@ -856,7 +902,8 @@ class TritonEngine:
                 )
                 g5.index_add_(0, index, out)
         if em is not None:
-            self.em_cat_pass(logp, cat_logits, S, args)
+            if four:
+                self.em_cat_pass(logp, cat_logits, S, args)
             cat = None
         return cat, g5
 
