@@ -214,3 +214,18 @@ def test_updated_tables_stay_normalised_in_tf32(name, triton_device):
         n = int(np.prod(slot.shape))
         p = torch.exp(m.cat_logits.detach()[slot.offset : slot.offset + n].double()).view(-1, slot.k)
         np.testing.assert_allclose(p.sum(1).cpu().numpy(), 1.0, atol=3e-6, err_msg=slot.name)
+
+
+def test_long_tied_rows_over_several_column_chunks(triton_device):
+    """An HMM whose tied emission rows (1,500 categories) are longer than the row passes' column
+    chunk (1,024): counted by scatter, updated in four passes, each row over two programs."""
+    c = structures.hmm(3, 4, 1500)
+    ref, m = _pair(c, triton_device)
+    eng = m._engine()
+    assert eng.scatter_n and any(chunks == 2 for *_, chunks in eng.cat_em_tiles), eng.cat_em_tiles
+    for step in range(2):
+        x, miss = data_for(c, 50, seed=30 + step, p_missing=0.1)
+        ref.forward_backward(x, miss)
+        ref.em_step(0.6, 0.05)
+        m.train_step(x, 0.6, 0.05, miss)
+        _assert_same_params(m, ref, f"step {step}")

@@ -798,41 +798,37 @@ def em_cat_rows(LOGP, CNT, LOGIT, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr)
 
 @triton.jit
 def em_cat_prep(LOGP, S, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr):
-    """The training step's fused EM of categorical tables, first pass (TAB[t] = (first entry,
-    row length, rows, first table row)): each row it updates (_em_scale) becomes, in linear space,
+    """The training step's fused EM of categorical tables, first pass, on (row tile
+    program_id(0), column chunk program_id(1)) (TAB[t] = (first entry, row length, rows, first
+    table row)): each row it updates (_em_scale) becomes, in linear space,
     (1 - s) p + s (pc / k) / (S + pc); the scaled counts are added to it next, then em_cat_log
-    takes the log. Rows it does not update stay as they are (log space)."""
-    t = tl.program_id(0)
-    base, n, rows, srow = _row4(TAB, t)
+    takes the log. Rows it does not update stay as they are (log space). Element-wise given S,
+    so long rows (HMM's 33,279 categories) are split over programs, not looped."""
+    base, n, rows, srow = _row4(TAB, tl.program_id(0))
     r = tl.arange(0, BR)
     live, sc = _em_scale(S, ARGS, srow + r, r < rows)
     s = tl.load(ARGS + 0)
     prior = (tl.load(ARGS + 1) / n.to(tl.float32)) * sc
-    start = base + r.to(tl.int64) * n
-    for j0 in range(0, n, BK):
-        j = j0 + tl.arange(0, BK)
-        m2 = live[:, None] & (j < n)[None, :]
-        idx = start[:, None] + j[None, :]
-        lp = tl.load(LOGP + idx, mask=m2, other=0.0)
-        tl.store(LOGP + idx, (1.0 - s) * tl.exp(lp) + prior[:, None], mask=m2)
+    j = tl.program_id(1) * BK + tl.arange(0, BK)
+    m2 = live[:, None] & (j < n)[None, :]
+    idx = (base + r.to(tl.int64) * n)[:, None] + j[None, :]
+    lp = tl.load(LOGP + idx, mask=m2, other=0.0)
+    tl.store(LOGP + idx, (1.0 - s) * tl.exp(lp) + prior[:, None], mask=m2)
 
 
 @triton.jit
 def em_cat_log(LOGP, LOGIT, S, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr):
-    """The fused EM's last pass: LOGP, LOGIT <- log of the linear tables on the rows em_cat_prep
-    updated (the same rows: _em_scale of the same S and ARGS)."""
-    t = tl.program_id(0)
-    base, n, rows, srow = _row4(TAB, t)
+    """The fused EM's last pass, on em_cat_prep's grid: LOGP, LOGIT <- log of the linear tables
+    on the rows em_cat_prep updated (the same rows: _em_scale of the same S and ARGS)."""
+    base, n, rows, srow = _row4(TAB, tl.program_id(0))
     r = tl.arange(0, BR)
     live, sc = _em_scale(S, ARGS, srow + r, r < rows)
-    start = base + r.to(tl.int64) * n
-    for j0 in range(0, n, BK):
-        j = j0 + tl.arange(0, BK)
-        m2 = live[:, None] & (j < n)[None, :]
-        idx = start[:, None] + j[None, :]
-        new = tl.log(tl.load(LOGP + idx, mask=m2, other=1.0))
-        tl.store(LOGIT + idx, new, mask=m2)
-        tl.store(LOGP + idx, new, mask=m2)
+    j = tl.program_id(1) * BK + tl.arange(0, BK)
+    m2 = live[:, None] & (j < n)[None, :]
+    idx = (base + r.to(tl.int64) * n)[:, None] + j[None, :]
+    new = tl.log(tl.load(LOGP + idx, mask=m2, other=1.0))
+    tl.store(LOGIT + idx, new, mask=m2)
+    tl.store(LOGP + idx, new, mask=m2)
 
 
 @triton.jit

@@ -148,6 +148,14 @@ BMM_CHUNK_ROOM = True
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 
 
+def _row_bk(row_len: int) -> int:
+    """The column chunk of the row-wise kernels for rows of ``row_len``: a power of two, 16..1024."""
+    bk = 16
+    while bk < min(row_len, 1024):
+        bk *= 2
+    return bk
+
+
 def _overlapping(spans: list[tuple[int, int]]) -> set[int]:
     """The starts of the spans ``[a, e)`` that overlap another span."""
     out: set[int] = set()
@@ -188,9 +196,7 @@ def row_tiles(runs, device, row_id=None) -> list[tuple[int, int, torch.Tensor, i
     for off, n, row_len in runs:
         if not row_len or not n:
             continue
-        bk = 16
-        while bk < min(row_len, 1024):
-            bk *= 2
+        bk = _row_bk(row_len)
         br = max(2, ROW_TILE // bk)
         rows = n // row_len
         r0 = np.arange(0, rows, br, dtype=np.int64)
@@ -355,7 +361,11 @@ class TritonEngine:
         self.row_tiles = {"sum": row_tiles(plan.runs("sum"), device), "cat": row_tiles(plan.runs("cat"), device)}
         # the four-pass update's row passes: the tiles of those tables, with each tile's first
         # table row (the index of its rows' total flows)
-        self.cat_em_tiles = row_tiles(_union_runs(four), device, plan.cat_row_id)
+        runs = _union_runs(four)
+        self.cat_em_tiles = [
+            (br, bk, t, n, triton_cdiv(max(r[2] for r in runs if _row_bk(r[2]) == bk), bk))
+            for br, bk, t, n in row_tiles(runs, device, plan.cat_row_id)
+        ]  # (BR, BK, table, tiles, column chunks of the longest row)
         self.layers = []
         for layer in plan.layers:
             if layer.kind == "sum":
@@ -911,11 +921,11 @@ class TritonEngine:
     def em_cat_pass(self, logp, cat_logits, S, args) -> None:
         """The fused table update's row passes (``input_stats`` with ``em``): ``em_cat_prep``
         (``cat_logits`` None), else ``em_cat_log``."""
-        for br, bk, tab, n in self.cat_em_tiles:
+        for br, bk, tab, n, chunks in self.cat_em_tiles:
             if cat_logits is None:
-                self.k.em_cat_prep[(n,)](logp, S, tab, args, BR=br, BK=bk)
+                self.k.em_cat_prep[(n, chunks)](logp, S, tab, args, BR=br, BK=bk)
             else:
-                self.k.em_cat_log[(n,)](logp, cat_logits, S, tab, args, BR=br, BK=bk)
+                self.k.em_cat_log[(n, chunks)](logp, cat_logits, S, tab, args, BR=br, BK=bk)
 
     def em_rows(self, W, sum_flows, sum_logits, sum_edge, logp, cat_flows, cat_logits, args, cat=True) -> None:
         """The EM update of every dense/block sum row and (``cat``) categorical/bernoulli table
