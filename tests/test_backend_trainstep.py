@@ -130,7 +130,8 @@ def test_bad_data_changes_no_parameter(with_mask, name, triton_device):
         m.train_step(bad, 0.5, 0.1, miss if with_mask else None)
     for n, v in _params(m).items():
         assert np.array_equal(v, before[n]), f"{n} changed on bad data"
-    assert float(m.sum_flows.abs().sum()) == 0.0, "bad data left flows behind"
+    # (the flows of a fused step live in the logits' storage, checked above; no buffer appeared)
+    assert m.sum_flows.numel() == 0 and m.cat_flows.numel() == 0
     m.train_step(x, 0.5, 0.1, miss if with_mask else None)  # and training goes on
     assert not np.array_equal(_params(m)["cat_logits"], before["cat_logits"])
 
