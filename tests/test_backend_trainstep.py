@@ -230,3 +230,28 @@ def test_long_tied_rows_over_several_column_chunks(triton_device):
         ref.em_step(0.6, 0.05)
         m.train_step(x, 0.6, 0.05, miss)
         _assert_same_params(m, ref, f"step {step}")
+
+
+def test_an_error_inside_the_step_keeps_the_distributions(triton_device, monkeypatch):
+    """The sums' logits hold flows while a fused step runs: an error there (here the leaf
+    statistics raise) rebuilds them from W before it propagates, so every sum keeps its
+    distribution; the tables, not yet touched, keep theirs."""
+    c = CIRCUITS["pd"]()
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    x, miss = data_for(c, 20, seed=8, p_missing=0.1)
+    m.train_step(x, 0.5, 0.1, miss)
+    before = _params(m)
+    eng = m._engine()
+
+    def boom(*a, **kw):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(eng, "input_stats", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        m.train_step(x, 0.5, 0.1, miss)
+    after = _params(m)
+    np.testing.assert_allclose(np.exp(after["sum_logits"]), np.exp(before["sum_logits"]), rtol=1e-6, atol=1e-7)
+    assert np.array_equal(after["cat_logits"], before["cat_logits"])
+    monkeypatch.undo()
+    m.train_step(x, 0.5, 0.1, miss)  # and the model trains on
+    assert np.isfinite(_params(m)["sum_logits"][np.isfinite(before["sum_logits"])]).all()

@@ -1055,7 +1055,8 @@ class CompiledCircuit(nn.Module):
         where no flows from an earlier ``forward_backward`` are waiting for their ``em_step``,
         ``entropy`` is 0, ``soften`` is 1 and the model has no binomial, discrete-logistic or
         literal leaves; otherwise the step is the two calls. Bad data raises the
-        :class:`DataError` of ``forward_backward`` and changes no parameter."""
+        :class:`DataError` of ``forward_backward`` and changes no parameter; any other error
+        inside the step leaves the same distributions (the sums' logits are rebuilt from ``W``)."""
         if not self._fusable(entropy):
             out = self.forward_backward(x, missing)
             self.em_step(step_size, pseudocount, entropy)
@@ -1066,17 +1067,32 @@ class CompiledCircuit(nn.Module):
             self._flows()
         if missing is None:
             xf = self._to_device(x)
-            out, good = self._maybe_graphed(("train-checked", tuple(xf.shape)), self._checked_train_core, xf, args)
+            out, good = self._guarded(("train-checked", tuple(xf.shape)), self._checked_train_core, xf, args)
             if not bool(good):  # nothing was accumulated or updated (root flow 0, step size 0)
                 self._prepare(x)  # raises the DataError that names the first bad entry
                 raise BackendError("internal error: the data check in the step disagrees with the eager one")
         else:
             xf, check = self._prepare(x, missing, defer=True)
-            out = self._maybe_graphed(("train", tuple(xf.shape)), self._train_core, xf, check.ok, args)
+            out = self._guarded(("train", tuple(xf.shape)), self._train_core, xf, check.ok, args)
             check.raise_if_bad()
         self._maybe_graphed(("em-nocat",), self._em_core_nocat, args)
         self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
         return out
+
+    def _guarded(self, key, fn, *inputs):
+        """``train_step``'s first graph. The sums' logits hold flows while it runs: should it fail
+        (an error in a kernel, out of memory), they are rebuilt from the weights ``W``, which
+        still hold the model's sums (``log W``: the same distributions), before the error
+        propagates."""
+        try:
+            return self._maybe_graphed(key, fn, *inputs)
+        except BaseException:
+            if self._fuse_sums():
+                _, _, _, W = self._cache  # type: ignore[misc]
+                n = self.plan.sum_param_size
+                edge = self._tab().sum_edge
+                self.sum_logits.data.copy_(torch.where(edge, torch.log(W[:n]), -math.inf))
+            raise
 
     def _fusable(self, entropy: float, pending: bool = True, triton: bool = False) -> bool:
         """Whether ``train_step`` can update the tables inside the step (see there); ``pending``
