@@ -1,6 +1,6 @@
-"""docs/structures.md and docs/queries.md stay true: their ```python blocks run (in order,
-sharing one namespace per page, like a notebook), and their `pcir gen`/`pcir query` examples
-name real options."""
+"""docs/structures.md, docs/queries.md and docs/training.md stay true: their ```python blocks run
+(in order, sharing one namespace per page, like a notebook), and the `pcir gen`/`pcir query`
+examples of the first two name real options."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def blocks(page: str, lang: str) -> list[tuple[int, str]]:
     return [(text.count("\n", 0, m.start()) + 1, m.group(2)) for m in FENCE.finditer(text) if m.group(1) == lang]
 
 
-@pytest.mark.parametrize("page", ["structures.md", "queries.md"])
+@pytest.mark.parametrize("page", ["structures.md", "queries.md", "training.md"])
 def test_python_blocks_run(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
