@@ -86,6 +86,44 @@ def test_flows_match_reference(case, engine, device):
             np.testing.assert_allclose(got, counts, rtol=2e-4, atol=2e-5, err_msg=g.params)
 
 
+@pytest.mark.parametrize("counts", ["product", "scatter"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_leaf_kernels_on_tiles_smaller_than_their_groups(case, counts, device, monkeypatch):
+    """The leaf kernels (values, counts by product or by scatter, gaussian statistics) on tiles of
+    2 leaf rows (16 for the counts' product), so that every group spans several tiles: at the
+    default sizes each test circuit's groups fit one tile, which hid a row index of the tenth
+    session's training step that was wrong past a group's first tile. Values, flows, counts and
+    one EM step against the reference evaluator."""
+    from pcir import knobs
+    from pcir.backend import triton_engine as te
+
+    if device == "cpu" and not knobs.get().triton_interpret:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
+    monkeypatch.setattr(te, "BU", 2)
+    monkeypatch.setattr(te, "COUNT_BU", 16)  # (tl.dot needs 16)
+    monkeypatch.setattr(te, "SCATTER_BU", 2)
+    monkeypatch.setattr(te, "COUNT_SCATTER_K", 1 if counts == "scatter" else te.COUNT_SCATTER_K)
+    c, m = build(case, "triton", device)
+    x, miss = data_for(c, 9, seed=7, p_missing=0.25)
+    ll = m(x, miss).detach().cpu().double().numpy()
+    want = ev.log_likelihood(c, x, miss)
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(ll[fin], want[fin], rtol=1e-4, atol=1e-4)
+    m.forward_backward(x, miss)
+    ref = ev.flows(c, x, miss)
+    for pname, pf in ref.param.items():
+        got = m.param_flows(pname).cpu().double().numpy()
+        np.testing.assert_allclose(got, pf, rtol=2e-4, atol=2e-5, err_msg=pname)
+    m.em_step(0.4, 0.2)
+    new = ev.em_step(c, x, miss, step_size=0.4, pseudocount=0.2)
+    for pname, p in c.params.items():
+        if p.dtype == "i64":
+            continue
+        np.testing.assert_allclose(
+            m.get_param(pname).cpu().double().numpy(), new.param_value(pname), rtol=5e-4, atol=5e-5, err_msg=pname
+        )
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("step,pc", [(1.0, 0.0), (0.3, 0.5)])
 def test_em_step_matches_reference(case, step, pc, engine, device):
