@@ -406,6 +406,8 @@ class Trainer:
         count, shown = 0, 0.0
         comm = self.comm
         self.model.zero_flows()
+        # mini-batch EM in one process: forward_backward + em_step as one call (train_step)
+        fused = mode == "mini" and comm.world_size == 1 and hasattr(self.model, "train_step")
         n_rows = train.n
         if mode == "mini" and cfg.drop_last and train.n > cfg.batch_size:
             n_rows = train.n - train.n % cfg.batch_size
@@ -413,9 +415,8 @@ class Trainer:
             idx = perm[s : s + cfg.batch_size] if perm is not None else slice(s, s + cfg.batch_size)
             # distributed: this rank's part of the global batch (the union is the 1-process batch)
             xb, mb = train.batch(comm.shard(idx, train.n))
-            fused = mode == "mini" and comm.world_size == 1 and hasattr(self.model, "train_step")
             if xb.shape[0]:
-                if fused:  # forward_backward + em_step in one call (no counts buffer: docs/backend.md)
+                if fused:  # (no flow buffers: docs/backend.md)
                     ent = {"entropy": cfg.entropy} if cfg.entropy else {}
                     ll = self.model.train_step(xb, step, cfg.pseudocount, mb, **ent)
                 elif mb is not None:

@@ -162,8 +162,8 @@ def precompile_rows(engine, *, threads: int | None = None) -> bool:
 
 def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) -> bool:
     """Compile the kernels ``engine`` launches for a batch shaped like ``xf`` (forward, backward,
-    leaf statistics, the training step's table update). Returns whether the parallel compile ran (False: it was skipped or failed,
-    and nothing changed)."""
+    leaf statistics, the training step's table update). Returns whether the parallel compile ran
+    (False: it was skipped or failed, and nothing changed)."""
 
     def passes():
         xs = xf[: same_specialisation(xf.shape[0])]  # a few rows: the replay's buffers stay small
