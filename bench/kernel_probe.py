@@ -21,11 +21,7 @@ batched matrix product (triton_engine.BMM); ``bmm0``/``bmm4m``: its edge thresho
 of any size; ``nobmm3``: no batched products at precision tf32x3; ``nosplit``: the
 categorical counts with tl.dot's tf32x3 instead of two tf32 products; ``scatter``: every categorical
 table's expected counts by scatter (one atomic add per leaf and sample) instead of the one-hot
-product (``stats_ms``); ``nopf``: no one-launch forward (triton_engine.PERSISTENT_FWD);
-``pf512``/``pf2k``: one-launch runs up to batch 512 / 2048; ``psm2``: two of its programs per SM;
-``pbb16``/``pbb64``: its batch tiles at most 16 / 64; ``nowide``/``wide2``/``wide8``: the forward's
-gathers one input at a time / 2 / 8 inputs at once (triton_engine.WIDE_AP; the one-launch
-forward's too); ``wide512``: wide gathers in the per-layer launches up to batch 512. Variants measured and dropped are in bench/RESULTS.md (the source edits
+product (``stats_ms``). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
@@ -76,16 +72,6 @@ KNOBS = {
     "cbc256": (te, "COUNT_BC_MAX", 256),
     "cw8": (te, "COUNT_WARPS", 8),
     "fbb128": (te, "FWD_BB_LARGE", 128),
-    "nopf": (te, "PERSISTENT_FWD", False),
-    "pf512": (te, "PERSISTENT_FWD_MAX_B", 512),
-    "pf2k": (te, "PERSISTENT_FWD_MAX_B", 2048),
-    "psm2": (te, "PERSISTENT_PER_SM", 2),
-    "pbb16": (te, "PERSISTENT_BB", 16),
-    "pbb64": (te, "PERSISTENT_BB", 64),
-    "nowide": (te, "WIDE_AP", 0),
-    "wide2": (te, "WIDE_AP", 2),
-    "wide8": (te, "WIDE_AP", 8),
-    "wide512": (te, "WIDE_MAX_B", 512),
 }
 
 

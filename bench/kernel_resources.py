@@ -44,11 +44,6 @@ ARG_TYPES = {
     "NP": "i32",
     "LE": "i32",
     "SH": "i32",
-    "BAR": "*i32",
-    "LT": "*i64",
-    "P": "i32",
-    "L0": "i32",
-    "L1": "i32",
 }
 # the sum kernels the engine launches (sum_bwd_prep / sum_bwd_mm: two steps in one launch)
 KINDS = ("sum_fwd", "sum_fwdt", "sum_bwd_prep", "sum_bwd_mm", "sum_bwd_params", "sum_bwd_cols")
@@ -86,24 +81,7 @@ def main(argv=None) -> int:
     from pcir.backend.codegen import generate, variants
     from pcir.backend.loader import load_source
     from pcir.backend.plan import lower
-    from pcir.backend.triton_engine import PERSISTENT_BB, WIDE_AP, WIDE_MAX_B, BWD_STAGES, WARPS_LARGE_TILE, _batch_tile
-
-    def build(fn, fl: dict, opts: dict):
-        """Compile ``fn`` for the target: constant exactly where the kernel declares it (a value
-        for each from ``fl``)."""
-        declared = {p.name for p in fn.params if p.is_constexpr}
-        sig = {a: ("constexpr" if a in declared else ARG_TYPES[a]) for a in fn.arg_names}
-        const = {a: fl[a] for a in fn.arg_names if a in declared}
-        return triton.compile(ASTSource(fn, sig, constexprs=const), target=target, options=opts)
-
-    def report(name, i, variant, bb, label, md):
-        flag = " OVER" if md.shared > args.limit else ""
-        print(
-            f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {label:<16s} "
-            f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
-        )
-        return bool(flag)
-
+    from pcir.backend.triton_engine import BWD_STAGES, WARPS_LARGE_TILE, _batch_tile
 
     backend, arch = args.target.split(":")
     target = GPUTarget(backend, int(arch), 32)
@@ -124,7 +102,6 @@ def main(argv=None) -> int:
                 "CG": any(layer.contiguous() for layer in mine),
                 "DENSE": False,
                 "EXCL": all(layer.exclusive for layer in mine),
-                "AP": WIDE_AP if cfg.batch <= WIDE_MAX_B else 0,
             }
             # table-driven layers run the kernels with the arity a compile-time constant (suffix s)
             arity = max(layer.arity for layer in mine)
@@ -134,26 +111,24 @@ def main(argv=None) -> int:
                     continue
                 fl = {**flags, "A": arity} if sfx else flags
                 try:
+                    # constant exactly where the kernel declares it (a value for each from fl)
+                    declared = {p.name for p in fn.params if p.is_constexpr}
+                    sig = {a: ("constexpr" if a in declared else ARG_TYPES[a]) for a in fn.arg_names}
+                    const = {a: fl[a] for a in fn.arg_names if a in declared}
                     opts = {"num_warps": warps}
                     if kind in BACKWARD:
                         opts["num_stages"] = BWD_STAGES
-                    over += report(name, i, variant, bb, kind + sfx, build(fn, fl, opts).metadata)
+                    k = triton.compile(ASTSource(fn, sig, constexprs=const), target=target, options=opts)
+                    md = k.metadata
+                    flag = " OVER" if md.shared > args.limit else ""
+                    over += bool(flag)
+                    print(
+                        f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kind + sfx:<16s} "
+                        f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
+                    )
                 except Exception as e:  # noqa: BLE001  (report and go on)
                     over += 1
                     print(f"{name:>16s} v{i} {kind}{sfx}: {type(e).__name__}: {str(e)[:200]}")
-        # the one-launch forward (small batches: every variant's forward in one kernel), for each
-        # gather form the circuit's sum layers have
-        sums = [layer for layer in plan.layers if layer.kind == "sum"]
-        pbb = min(PERSISTENT_BB, 32)
-        large = any(layer.block_m * layer.block_k >= 64 * 64 for layer in sums)
-        for cg in sorted({layer.contiguous() for layer in sums}):
-            fl = {"BB": pbb, "CG": cg, "T": pbb >= 64, "AP": WIDE_AP or 1}
-            try:
-                md = build(mod.sum_fwd_all, fl, {"num_warps": WARPS_LARGE_TILE if large else 4}).metadata
-                over += report(name, 0, ("all",), pbb, f"sum_fwd_all{'' if cg else '/table'}", md)
-            except Exception as e:  # noqa: BLE001  (report and go on)
-                over += 1
-                print(f"{name:>16s} sum_fwd_all: {type(e).__name__}: {str(e)[:200]}")
     return 1 if over else 0
 
 

@@ -246,7 +246,7 @@ def test_kernel_resources_compiles_every_sum_kernel_for_the_gpu():
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = out.stdout.splitlines()
-    for kind in ("sum_fwd ", "sum_fwdt", "sum_bwd_prep", "sum_bwd_mm", "sum_bwd_params", "sum_bwd_cols", "sum_fwd_all"):
+    for kind in ("sum_fwd ", "sum_fwdt", "sum_bwd_prep", "sum_bwd_mm", "sum_bwd_params", "sum_bwd_cols"):
         assert sum(kind in line and "shared=" in line for line in lines) >= 2, (kind, out.stdout)
     # pd-32's table-driven layers: the kernels with the arity a compile-time constant (suffix s)
     for kind in ("sum_fwds", "sum_bwd_preps", "sum_bwd_mms", "sum_bwd_colss"):

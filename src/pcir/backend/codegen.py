@@ -408,99 +408,6 @@ def _gather(V, COLS, col_off, k, km, b, bm, A, B, BK: tl.constexpr, BB: tl.const
     return tl.where(m2, c, float("-inf"))
 """
 
-# The fused products' values as _gather computes them, with the rows of up to AP inputs loaded at
-# once (one [AP, BK] load of rows, one [AP, BK, BB] load of values, summed over the inputs):
-# _gather's loop waits for two dependent loads per input, which at small batches is most of a
-# tile's time (HCLT-128 at batch 1: 7 us per layer). L2: the values read past L1 (``.cg``); the
-# one-launch forward (sum_fwd_all) needs it: L1 is not coherent between the programs of a launch,
-# which read rows other programs wrote earlier in it. The inputs are added in a tree, not in
-# order, so the result may differ from _gather's in the last bit.
-GATHER_WIDE = """
-@triton.jit
-def _gather_wide(
-    V, COLS, col_off, k, km, b, bm, A, B, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr,
-    T: tl.constexpr, AP: tl.constexpr, L2: tl.constexpr
-):
-    if T:
-        m2 = bm[:, None] & km[None, :]
-        c = tl.zeros([BB, BK], dtype=tl.float32)
-    else:
-        m2 = km[:, None] & bm[None, :]
-        c = tl.zeros([BK, BB], dtype=tl.float32)
-    for a0 in range(0, A, AP):
-        aa = a0 + tl.arange(0, AP)
-        am = aa < A
-        if CG:
-            r0 = tl.load(COLS + col_off + aa, mask=am, other=0).to(tl.int64)
-            r = tl.where(r0[:, None] != 0, r0[:, None] + k[None, :], 0)
-        else:
-            r = tl.load(COLS + col_off + k[None, :] * A + aa[:, None], mask=am[:, None] & km[None, :], other=0)
-            r = r.to(tl.int64)
-        if T:
-            ptr = V + r[:, None, :] * B + b[None, :, None]
-        else:
-            ptr = V + r[:, :, None] * B + b[None, None, :]
-        m3 = am[:, None, None] & m2[None, :, :]
-        if L2:
-            vals = tl.load(ptr, mask=m3, other=0.0, cache_modifier=".cg")
-        else:
-            vals = tl.load(ptr, mask=m3, other=0.0)
-        c += tl.sum(vals, axis=0)
-    return tl.where(m2, c, float("-inf"))
-"""
-
-
-# The forward of consecutive sum layers in one launch (triton_engine.PERSISTENT_FWD): P programs,
-# all resident at once, take each layer's (node tile, batch tile) items in turn and meet at a grid
-# barrier before the next layer. Per layer, LT holds 6 integers: the tile shape's variant, node
-# tiles, and the offsets of its tile table, column-tile list and column table in TAB, LIST, COLS,
-# then the arity. The barrier: every program adds 1 to BAR[L0] (release) and waits until it counts
-# P arrivals per layer passed (acquire); the CTA barriers around it order the program's threads.
-FWD_ALL_HEAD = """
-@triton.jit
-def sum_fwd_all(
-    V, W, M, BAR, LT, COLS, TAB, LIST, B, P, L0, L1, BB: tl.constexpr, CG: tl.constexpr,
-    T: tl.constexpr, AP: tl.constexpr
-):
-    \"\"\"Sum layers L0 .. L1 - 1 of the forward in one launch of P programs (BAR zeroed before).\"\"\"
-    pid = tl.program_id(0)
-    nb = tl.cdiv(B, BB)
-    for l in range(L0, L1):
-        v = tl.load(LT + 6 * l)
-        n = tl.load(LT + 6 * l + 1) * nb
-        tab = TAB + tl.load(LT + 6 * l + 2)
-        lst = LIST + tl.load(LT + 6 * l + 3)
-        cols = COLS + tl.load(LT + 6 * l + 4)
-        A = tl.load(LT + 6 * l + 5)
-        for w in range(pid, n, P):
-            t = w // nb
-            pb = w - t * nb
-"""
-
-FWD_ALL_CASE = """            {kw} v == {i}:
-                if T:
-                    sum_tile_fwdt_v{i}(V, W, cols, tab, lst, M, t, pb, B, A, BB, CG, False, AP, True)
-                else:
-                    sum_tile_fwd_v{i}(V, W, cols, tab, lst, M, t, pb, B, A, BB, CG, False, AP, True)
-"""
-
-FWD_ALL_TAIL = """        if l + 1 < L1:  # the grid barrier
-            tl.debug_barrier()
-            tl.atomic_add(BAR + L0, 1, sem="release", scope="gpu")
-            target = P * (l + 1 - L0)
-            seen = tl.atomic_add(BAR + L0, 0, sem="acquire", scope="gpu")
-            while seen < target:
-                seen = tl.atomic_add(BAR + L0, 0, sem="acquire", scope="gpu")
-            tl.debug_barrier()
-"""
-
-
-def fwd_all(n_variants: int) -> str:
-    """The one-launch forward over ``n_variants`` tile shapes (see FWD_ALL_HEAD)."""
-    cases = "".join(FWD_ALL_CASE.format(kw="if" if i == 0 else "elif", i=i) for i in range(n_variants))
-    return FWD_ALL_HEAD + cases + FWD_ALL_TAIL
-
-
 # Dense sum layers by batched matrix product (triton_engine.BMM_*): the fused loop of sum_fwd(t)
 # re-gathers and re-exponentiates each column tile once per node tile and runs its products on
 # 64x64 tiles, at 21-25 TFLOP/s on HCLT's big layers (H200). There instead the groups' column
@@ -592,13 +499,12 @@ V{i}_BK = tl.constexpr({bk})
 
 SUM_KERNELS = '''
 @triton.jit
-def sum_tile_fwd_v{i}(
-    V, W, COLS, TAB, LIST, M, t, pb, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr,
-    AP: tl.constexpr, L2: tl.constexpr
+def sum_fwd_v{i}(
+    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
-    """Sum layer forward of node tile t, batch tile pb: out[s, b] = log sum_k W[s, k] exp(c[k, b]),
-    c = fused product values (AP > 0: _gather_wide over AP inputs at once; L2: its loads past L1)."""
-    b = pb * BB + tl.arange(0, BB)
+    """Sum layer forward: out[s, b] = log sum_k W[s, k] exp(c[k, b]), c = fused product values."""
+    t = tl.program_id(0)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
     row, units, w_off, K, col_off, mt, l0, nl, grp = _tile_row(TAB, t)
     s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
@@ -612,10 +518,7 @@ def sum_tile_fwd_v{i}(
             kt = tl.load(LIST + l0 + j)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
         km = k < K
-        if AP > 0:
-            c = _gather_wide(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, False, AP, L2)
-        else:
-            c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, False)
+        c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, False)
         w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
         new = tl.maximum(mx, tl.max(c, axis=0))
         safe = tl.where(new == float("-inf"), 0.0, new)
@@ -631,24 +534,14 @@ def sum_tile_fwd_v{i}(
 
 
 @triton.jit
-def sum_fwd_v{i}(
-    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr,
-    AP: tl.constexpr
+def sum_fwdt_v{i}(
+    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
 ):
-    """sum_tile_fwd, one program per (node tile, batch tile)."""
-    t, pb = tl.program_id(0), tl.program_id(1)
-    sum_tile_fwd_v{i}(V, W, COLS, TAB, LIST, M, t, pb, B, A, BB, CG, DENSE, AP, False)
-
-
-@triton.jit
-def sum_tile_fwdt_v{i}(
-    V, W, COLS, TAB, LIST, M, t, pb, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr,
-    AP: tl.constexpr, L2: tl.constexpr
-):
-    """sum_tile_fwd batch-major: out[b, s] = log sum_k exp(c[b, k]) W[s, k]; the operand computed
-    in registers (exp of the gathered columns) is the product's left one, the one Hopper's
+    """sum_fwd batch-major: out[b, s] = log sum_k exp(c[b, k]) W[s, k]; the operand computed in
+    registers (exp of the gathered columns) is the product's left one, the one Hopper's
     tensor-core instruction (wgmma) may take from registers rather than shared memory."""
-    b = pb * BB + tl.arange(0, BB)
+    t = tl.program_id(0)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
     row, units, w_off, K, col_off, mt, l0, nl, grp = _tile_row(TAB, t)
     s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
@@ -662,10 +555,7 @@ def sum_tile_fwdt_v{i}(
             kt = tl.load(LIST + l0 + j)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
         km = k < K
-        if AP > 0:
-            c = _gather_wide(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, True, AP, L2)
-        else:
-            c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, True)
+        c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, True)
         w = tl.load(W + w_off + s[None, :] * K + k[:, None], mask=km[:, None] & sm[None, :], other=0.0)
         new = tl.maximum(mx, tl.max(c, axis=1))
         safe = tl.where(new == float("-inf"), 0.0, new)
@@ -678,16 +568,6 @@ def sum_tile_fwdt_v{i}(
     tl.store(V + (row + s)[None, :] * B + b[:, None], out, mask=bm[:, None] & sm[None, :])
     # the group's max over all its columns (node tiles of a block-sparse group see different ones)
     tl.atomic_max(M + grp * B + b, mx, mask=bm, sem="relaxed")
-
-
-@triton.jit
-def sum_fwdt_v{i}(
-    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr,
-    AP: tl.constexpr
-):
-    """sum_tile_fwdt, one program per (node tile, batch tile)."""
-    t, pb = tl.program_id(0), tl.program_id(1)
-    sum_tile_fwdt_v{i}(V, W, COLS, TAB, LIST, M, t, pb, B, A, BB, CG, DENSE, AP, False)
 
 
 @triton.jit
@@ -1033,7 +913,6 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     if vs:
         parts.append(COL_ROWS)
         parts.append(GATHER)
-        parts.append(GATHER_WIDE)
         parts.append(BMM_KERNELS)
     for i, (bm, bk) in enumerate(vs):
         parts.append(SUM_TILES.format(i=i, bm=bm, bk=bk))
@@ -1051,7 +930,5 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
                 parts.append(static_arity(GATHER))
                 static_gather = True
             parts.append(static_arity(text))
-    if vs:
-        parts.append(fwd_all(len(vs)))
     parts.append(ROW_KERNELS)
     return "".join(parts)

@@ -85,22 +85,6 @@ BWD_FUSED = True
 # (independent of the batch, so that precompile.same_specialisation's batch warms the same kernels)
 FUSE_MM_MAX_TILES = 1.0
 FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob)
-# the one-launch forward (codegen's sum_fwd_all): consecutive sum layers that are not batched
-# products, at batches of at most PERSISTENT_FWD_MAX_B, run as one launch of PERSISTENT_PER_SM
-# programs per SM that meet at a grid barrier between layers (a run of at least
-# PERSISTENT_MIN_LAYERS layers; batch tiles of at most PERSISTENT_BB samples). Every program must
-# be resident at once: one per SM always is (the launch fits an SM at all). On the CPU
-# interpreter, whose programs run one after the other, one program does every item.
-PERSISTENT_FWD = True
-PERSISTENT_FWD_MAX_B = 64
-PERSISTENT_MIN_LAYERS = 2
-PERSISTENT_PER_SM = 1
-PERSISTENT_BB = 32
-# the sum forward's gathers load the rows of WIDE_AP inputs at once (codegen's _gather_wide) at
-# batches of at most WIDE_MAX_B, where two dependent loads per input were most of a tile's time;
-# the one-launch forward always does (0: never)
-WIDE_AP = 4
-WIDE_MAX_B = 64
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
 # batch tile of the sum forward at batches of at least 1024 (64: as every other launch; the
@@ -389,8 +373,6 @@ class TritonEngine:
             else:
                 self.layers.append(_ProductLayer(layer, device))
         self.sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        self._fwd_all = self._fwd_all_tables(device)
-        self._fwd_runs: dict[int, list] = {}  # batch -> the forward's launches (_forward_runs)
         # parameter-flow programs split the batch until about this many run at once
         self.target_programs = 4 * self.sms
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
@@ -404,81 +386,6 @@ class TritonEngine:
             from .precompile import precompile_rows
 
             precompile_rows(self)
-
-    def _fwd_all_tables(self, device):
-        """The sum layers' forward tables in one buffer each, for the one-launch forward
-        (PERSISTENT_FWD): (LT [layers, 6], COLS, TAB, LIST, BAR), each layer's own tensors
-        rebound to views of them (no second copy); None without sum layers. Segments start
-        16-byte aligned, so the per-layer launches see the pointer alignment they saw before."""
-        sums = [(i, L) for i, L in enumerate(self.layers) if isinstance(L, _SumLayer)]
-        if not sums:
-            return None
-        lt = np.zeros((len(self.layers), 6), dtype=np.int64)
-        offs = {"cols": 0, "fwd": 0, "fwd_list": 0}
-        spans = []
-        for i, L in sums:
-            span = {}
-            for name in offs:
-                t = getattr(L, name)
-                per = 16 // t.element_size()
-                span[name] = (offs[name], t.numel())
-                offs[name] += -(-t.numel() // per) * per
-            spans.append(span)
-            lt[i] = (L.variant, L.n_fwd, span["fwd"][0], span["fwd_list"][0], span["cols"][0], L.arity)
-        bufs = {}
-        for name, size in offs.items():
-            t0 = getattr(sums[0][1], name)
-            buf = torch.zeros(size, dtype=t0.dtype, device=device)
-            for (_, L), span in zip(sums, spans, strict=True):
-                o, n = span[name]
-                buf[o : o + n] = getattr(L, name)
-                setattr(L, name, buf[o : o + n])
-            bufs[name] = buf
-        LT = torch.as_tensor(lt.reshape(-1), device=device)
-        BAR = torch.zeros(len(self.layers), dtype=torch.int32, device=device)
-        return LT, bufs["cols"], bufs["fwd"], bufs["fwd_list"], BAR
-
-    def persistent(self, L, B: int) -> bool:
-        """Whether layer ``L`` may run in the one-launch forward at batch ``B``."""
-        return (
-            PERSISTENT_FWD and self._fwd_all is not None and B <= PERSISTENT_FWD_MAX_B
-            and isinstance(L, _SumLayer) and not self.use_bmm(L, B)
-        )  # fmt: skip
-
-    def _forward_runs(self, B: int) -> list[tuple[int, int]]:
-        """The forward's launches at batch ``B`` as layer ranges ``[l0, l1)``: a range of more
-        than one layer is one launch of sum_fwd_all (its layers share the gather form)."""
-        if B not in self._fwd_runs:
-            runs, i, n = [], 0, len(self.layers)
-            while i < n:
-                j = i + 1
-                if self.persistent(self.layers[i], B):
-                    cg = self.layers[i].contig
-                    while j < n and self.persistent(self.layers[j], B) and self.layers[j].contig == cg:
-                        j += 1
-                    if j - i < PERSISTENT_MIN_LAYERS:
-                        j = i + 1
-                runs.append((i, j))
-                i = j
-            self._fwd_runs[B] = runs
-        return self._fwd_runs[B]
-
-    def forward_all(self, l0: int, l1: int, V, W, M) -> None:
-        """Sum layers ``l0 .. l1 - 1`` in one launch (codegen's sum_fwd_all)."""
-        B = V.shape[1]
-        LT, COLS, TAB, LIST, BAR = self._fwd_all
-        layers = self.layers[l0:l1]
-        BB = min(_batch_tile(B), PERSISTENT_BB)
-        nb = triton_cdiv(B, BB)
-        if self.device.type == "cuda":
-            P = min(self.sms * PERSISTENT_PER_SM, max(L.n_fwd for L in layers) * nb)
-        else:  # the interpreter runs programs one after the other: a barrier needs them all at once
-            P = 1
-        self.k.sum_fwd_all[(P,)](
-            V, W, M, BAR, LT, COLS, TAB, LIST, B, P, l0, l1,
-            BB=BB, CG=layers[0].contig, T=BB >= TRANS_FWD_MIN_BB, AP=WIDE_AP or 1,
-            num_warps=max(L.num_warps for L in layers),
-        )  # fmt: skip
 
     def _flow_zero_rows(self):
         """The rows of the backward's flow buffer that must start at zero: all but those an
@@ -615,14 +522,8 @@ class TritonEngine:
         cap = self._chunk_caps(B, aliased=flow_rows and bool(self.leaf_end))[0]
         bmm_cols = [self._chunk_cols(L, B, cap) for L in self.layers if isinstance(L, _SumLayer) and self.use_bmm(L, B)]
         E = torch.empty((max(bmm_cols), B), dtype=torch.float32, device=xf.device) if bmm_cols else None
-        runs = self._forward_runs(B)
-        if any(l1 - l0 > 1 for l0, l1 in runs):
-            self._fwd_all[4].zero_()  # the one-launch runs' barriers
-        for l0, l1 in runs:
-            L = self.layers[l0]
-            if l1 - l0 > 1:
-                self.forward_all(l0, l1, V, W, M)
-            elif isinstance(L, _SumLayer):
+        for L in self.layers:
+            if isinstance(L, _SumLayer):
                 self.sum_forward(L, V, W, M, E, cap)
             else:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
@@ -771,7 +672,6 @@ class TritonEngine:
             BB=BB,
             CG=L.contig,
             DENSE=L.dense_fwd,
-            AP=WIDE_AP if B <= WIDE_MAX_B else 0,
             **FWD_OPTS,
             num_warps=L.num_warps,
         )
