@@ -62,7 +62,9 @@ def main() -> int:
         t_sync = timed(lambda: run(True))
         assert int(out.min()) == P * R == int(out.max()), (int(out.min()), int(out.max()), P * R)
         t_none = timed(lambda: run(False))
-        print(f"P={P:4d}: {t_sync:8.1f} us for {R} rounds ({(t_sync - t_none) / R:.2f} us/round), empty {t_none:.1f} us")
+        print(
+            f"P={P:4d}: {t_sync:8.1f} us for {R} rounds ({(t_sync - t_none) / R:.2f} us/round), empty {t_none:.1f} us"
+        )
     return 0
 
 

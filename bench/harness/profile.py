@@ -88,8 +88,9 @@ def per_layer(model, x, device, step) -> dict:
         eng.k = orig
         if graphs:
             model.cuda_graphs = graphs
-    # the row-wise parameter passes (EM; the normalisation a first call does) are not layer launches
-    rowwise = ("em_sum_rows", "em_cat_rows", "em_cat_prep", "em_cat_log", "normalise_rows")
+    # the row-wise parameter passes (EM; the normalisation a first call does) and the data check
+    # are not layer launches
+    rowwise = ("em_sum_rows", "em_cat_rows", "em_cat_prep", "em_cat_log", "normalise_rows", "check_data")
     times = [(name, grid, st.elapsed_time(en)) for name, grid, st, en in log[:n_fb] if name not in rowwise]
     em_kernels_ms = sum(st.elapsed_time(en) for _, _, st, en in log[n_fb:])
     plan = model.plan

@@ -125,6 +125,28 @@ def _leaf_tile(B, BU: tl.constexpr, BB: tl.constexpr, BF: tl.constexpr):
 # two tf32 products (the flows' top 11 significant bits, then the rest) give tf32x3's accuracy;
 # Triton's tf32x3 dot took that kernel 11x the time of a tf32 one on an H200 (hclt-512, 8.74 vs
 # 0.80 ms, bench/kernel_probe.py stats_ms, seventh session). COUNTS_SPLIT = False: tl.dot's tf32x3.
+# The training step's and the graphed forward's data check (CompiledCircuit._values_ok) and the
+# transpose every leaf kernel reads, in one pass instead of a dozen elementwise torch kernels and
+# two transposed copies (TritonEngine.check_data).
+DATA_KERNELS = """
+@triton.jit
+def check_data(X, LO, HI, REAL, XT, BAD, B, NV, sb, sv, BV: tl.constexpr, BB: tl.constexpr):
+    \"\"\"XT[v, b] = X[b, v] where lo_v <= x < hi_v and x is an integer (or v is real), else 0 (a
+    value of every variable); BAD[0] += the number of entries that are not.\"\"\"
+    v = tl.program_id(0) * BV + tl.arange(0, BV)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    vm = v < NV
+    m = vm[:, None] & (b < B)[None, :]
+    x = tl.load(X + b[None, :].to(tl.int64) * sb + v[:, None] * sv, mask=m, other=0.0)
+    lo = tl.load(LO + v, mask=vm, other=0.0)
+    hi = tl.load(HI + v, mask=vm, other=1.0)
+    real = tl.load(REAL + v, mask=vm, other=0)
+    ok = (x >= lo[:, None]) & (x < hi[:, None]) & ((x == tl.floor(x)) | (real[:, None] != 0))
+    tl.store(XT + v[:, None].to(tl.int64) * B + b[None, :], tl.where(ok, x, 0.0), mask=m)
+    nbad = tl.sum((m & ~ok).to(tl.int32), axis=None)
+    tl.atomic_add(BAD, nbad, mask=nbad > 0, sem="relaxed")
+"""
+
 COUNTS_SPLIT = True
 DOT_COUNTS_SPLIT = (
     "tl.dot(_tf32_hi({a}), {b}, input_precision='tf32') + tl.dot({a} - _tf32_hi({a}), {b}, input_precision='tf32')"
@@ -893,6 +915,7 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     }
     parts = [HEADER.format(hash=plan.source_hash[:16], version=1, precision=precision, layer_variant=layer_variant)]
     parts.append(TABLE_ROWS)
+    parts.append(DATA_KERNELS)
     for fam in ("categorical", "gaussian", "indicator"):
         if any(b.family == fam and b.count for b in plan.inputs):
             parts.append(INPUT_KERNELS[fam])

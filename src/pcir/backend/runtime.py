@@ -216,6 +216,7 @@ class _Tables:
         self.value_lo = torch.where(self.discrete, 0.0, -big)[None, :]
         self.value_hi = torch.where(self.discrete, self.var_k, big)[None, :]
         self.real = ~self.discrete[None, :]
+        self.real_i8 = self.real.reshape(-1).to(torch.int8)  # for the Triton data check
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
 
 
@@ -817,24 +818,41 @@ class CompiledCircuit(nn.Module):
         check.raise_if_bad()
         return out
 
+    def _checked_data(self, xf):
+        """(data, transposed data or None, good): the value check of ``_prepare`` inside a
+        (graphed) call, bad entries replaced by 0 and ``good`` a 0-dim bool. The Triton engine
+        does it in one kernel that also writes the transposed copy its leaf kernels read
+        (``TritonEngine.check_data``; the data as given is then only read through that copy);
+        the torch engine with elementwise ops."""
+        eng = self._engine()
+        if eng.name == "triton":
+            t = self._tab()
+            xT, bad = eng.check_data(xf, t.value_lo.reshape(-1), t.value_hi.reshape(-1), t.real_i8)
+            return xf, xT, bad[0] == 0
+        ok = self._values_ok(xf)
+        return torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device)), None, ok.all()
+
     def _checked_forward_core(self, xf):
         """(root values, whether every entry was a valid value) from raw data: the value check of
         ``_prepare`` and the forward in one function, so that one CUDA graph holds both."""
-        ok = self._values_ok(xf)
-        return self._forward_core(torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))), ok.all()
+        xf, xT, good = self._checked_data(xf)
+        return self._forward_core(xf, xT), good
 
     def _checked_forward_backward_core(self, xf):
         """forward_backward's work and its value check in one function (one CUDA graph): bad data
         gives a zero root flow, so nothing is accumulated, and ``good`` False."""
-        ok = self._values_ok(xf)
-        good = ok.all()
-        xf = torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
-        return self._forward_backward_core(xf, good.to(torch.float32)), good
+        xf, xT, good = self._checked_data(xf)
+        return self._forward_backward_core(xf, good.to(torch.float32), xT=xT), good
 
-    def _forward_core(self, xf):
+    def _forward_core(self, xf, xT=None):
         _, _, logp, W = self._cache  # type: ignore[misc]
-        V, _aux = self._engine().forward(W, logp, self.gauss, xf)
+        V, _aux = self._engine().forward(W, logp, self.gauss, xf, **self._xt(xT))
         return self._root_values(V)
+
+    @staticmethod
+    def _xt(xT) -> dict:
+        """The engine's keyword for data already transposed by ``TritonEngine.check_data``."""
+        return {} if xT is None else {"xT": xT}
 
     # ---- data softening ----------------------------------------------------------------------
     @property
@@ -881,9 +899,10 @@ class CompiledCircuit(nn.Module):
             out[off : off + n] = c.reshape(-1)
         return out
 
-    def _forward_backward_core(self, xf, ok, em=None):
+    def _forward_backward_core(self, xf, ok, em=None, xT=None):
         """The step's forward and backward; ``em`` (``train_step``: (s, pc) on the device): the
-        tables' EM from the leaf flows instead of counts into ``cat_flows``."""
+        tables' EM from the leaf flows instead of counts into ``cat_flows``; ``xT``: the data
+        from ``_checked_data``."""
         _, _, logp, W = self._cache  # type: ignore[misc]
         eng = self._engine()
         soft = self._soften < 1.0
@@ -894,7 +913,7 @@ class CompiledCircuit(nn.Module):
         # (TritonEngine.backward's leaf_alias): V's leaf rows are flows after the backward
         alias = bool(getattr(eng, "leaf_end", 0))
         fwd_kw, bwd_kw = ({"flow_rows": True}, {"leaf_alias": True}) if alias else ({}, {})
-        V, aux = eng.forward(W, logp, self.gauss, xf, **fwd_kw)
+        V, aux = eng.forward(W, logp, self.gauss, xf, **fwd_kw, **self._xt(xT))
         ones = ok.expand(self.plan.root_units, xf.shape[0]).contiguous()
         n = self.plan.sum_param_size
         if em is not None and self._fuse_sums():
@@ -913,13 +932,14 @@ class CompiledCircuit(nn.Module):
             self.sum_flows.index_add_(0, t.explicit_dst, PF[n:][t.explicit_pos])
         if alias:
             F = eng.leaf_flows(V, F, True)
+        kw = self._xt(xT)
         if em is not None:
-            _, g5 = eng.input_stats(F, xf, self.gauss, em=(logp, self.cat_logits.data, em))
+            _, g5 = eng.input_stats(F, xf, self.gauss, em=(logp, self.cat_logits.data, em), **kw)
         elif soft:  # counts of the values seen -> expected counts of the true values
-            cat, g5 = eng.input_stats(F, xf, self.gauss)
+            cat, g5 = eng.input_stats(F, xf, self.gauss, **kw)
             self.cat_flows += self._unsoften_counts(cat, logp_true, logp)
         else:
-            _, g5 = eng.input_stats(F, xf, self.gauss, cat=self.cat_flows)  # counts added in place
+            _, g5 = eng.input_stats(F, xf, self.gauss, cat=self.cat_flows, **kw)  # counts added in place
         self.gauss_stats += g5[:, :3]
         return self._root_values(V)
 
@@ -1119,14 +1139,12 @@ class CompiledCircuit(nn.Module):
     def _checked_train_core(self, xf, args):
         """``train_step``'s forward, backward and table update with the value check in one
         function (one CUDA graph): bad data gives a zero root flow and a zero step size."""
-        ok = self._values_ok(xf)
-        good = ok.all()
-        xf = torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
-        return self._train_core(xf, good.to(torch.float32), args), good
+        xf, xT, good = self._checked_data(xf)
+        return self._train_core(xf, good.to(torch.float32), args, xT), good
 
-    def _train_core(self, xf, ok, args):
+    def _train_core(self, xf, ok, args, xT=None):
         gated = args * torch.stack((ok, torch.ones_like(ok)))  # step size 0 for bad data: no update
-        return self._forward_backward_core(xf, ok, em=gated)
+        return self._forward_backward_core(xf, ok, em=gated, xT=xT)
 
     def _fuse_sums(self) -> bool:
         """Whether ``train_step`` accumulates the sums' parameter flows in the logits' storage:

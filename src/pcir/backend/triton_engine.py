@@ -146,6 +146,7 @@ BMM_BB = 32
 BMM_CHUNK_BYTES = 32 << 20
 BMM_CHUNK_ROOM = True
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
+CHECK_BV, CHECK_BB = 32, 32  # variables and samples per program of the data check
 
 
 def _row_bk(row_len: int) -> int:
@@ -488,9 +489,26 @@ class TritonEngine:
         return F
 
     # ---- forward -----------------------------------------------------------------------------
-    def forward(self, W, cat_logp, gauss, xf, precompile: bool = True, flow_rows: bool = False):
+    def check_data(self, xf, lo, hi, real):
+        """(``xT``, ``bad``): the data ``xf [B, V]`` transposed as the leaf kernels read it, every
+        entry outside its variable's values (``lo <= x < hi``, an integer unless ``real``: the
+        runtime's value check; ``lo``, ``hi`` float32 and ``real`` int8, one entry per variable)
+        replaced by 0, and ``bad``, a 1-element int32 count of those entries; one launch (codegen's
+        check_data). ``forward`` and ``input_stats`` take ``xT``."""
+        B, NV = xf.shape
+        xT = torch.empty((NV, B), dtype=torch.float32, device=xf.device)
+        bad = torch.zeros(1, dtype=torch.int32, device=xf.device)
+        grid = (triton_cdiv(NV, CHECK_BV), triton_cdiv(B, CHECK_BB))
+        self.k.check_data[grid](
+            xf, lo, hi, real, xT, bad, B, NV, xf.stride(0), xf.stride(1),
+            BV=CHECK_BV, BB=CHECK_BB,
+        )  # fmt: skip
+        return xT, bad
+
+    def forward(self, W, cat_logp, gauss, xf, precompile: bool = True, flow_rows: bool = False, xT=None):
         """The forward pass: (V, M). ``flow_rows``: allocate ``V`` with the rows a leaf-alias
-        backward's flows take after it (when the plan allows the alias, ``self.leaf_end``)."""
+        backward's flows take after it (when the plan allows the alias, ``self.leaf_end``).
+        ``xT``: the data as ``check_data`` returns it (else ``xf`` transposed here)."""
         B = xf.shape[0]
         if precompile and self.device.type == "cuda" and B not in self.compiled_for:
             # first launch for this batch size: compile every kernel at once, in parallel
@@ -501,7 +519,8 @@ class TritonEngine:
         plan, k = self.plan, self.k
         BB = _batch_tile(B)
         nb = triton_cdiv(B, BB)
-        xT = xf.t().contiguous()
+        if xT is None:
+            xT = xf.t().contiguous()
         if flow_rows and self.leaf_end:
             _X, V = self._alias_rows(B, xf.device)
         else:
@@ -846,7 +865,7 @@ class TritonEngine:
                 BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig,
             )  # fmt: skip
 
-    def input_stats(self, F, xf, gauss, cat=None, em=None):
+    def input_stats(self, F, xf, gauss, cat=None, em=None, xT=None):
         """(categorical counts [cat_size], gaussian per-row sums [gauss_rows, 5]) from leaf flows;
         ``cat``: accumulate the counts into this buffer (the model's flows) instead of a new one
         (the kernels add atomically, so this saves a table-sized temporary per step).
@@ -863,11 +882,12 @@ class TritonEngine:
         Only the rows with mass (``S + pc > 0``) change, and none where ``s`` is 0 (the runtime
         passes ``s`` 0 for a batch that failed its value check). The row totals are summed by the
         counts' own product, so the rows stay normalised in every precision. Equal to ``em_rows``
-        on the counts up to float rounding."""
+        on the counts up to float rounding. ``xT``: as in ``forward``."""
         plan, k = self.plan, self.k
         B = xf.shape[0]
         BB = _batch_tile(B)
-        xT = xf.t().contiguous()
+        if xT is None:
+            xT = xf.t().contiguous()
         four = em is not None and bool(self.tied_n or self.scatter_n)
         if em is not None:
             logp, cat_logits, args = em
