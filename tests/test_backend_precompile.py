@@ -67,6 +67,7 @@ def test_precompile_warms_exactly_what_the_passes_launch(case, batch, monkeypatc
     m.forward_backward(x, miss)  # forward, flows, leaf counts into the model's buffers
     m.em_step(0.5, 0.1)
     m.train_step(x, 0.5, 0.1, miss)  # the table update inside the step (scaled counts)
+    m.train_step(x, 0.5, 0.1)  # no mask: the data checked by the engine (check_data)
     with torch.no_grad():
         m(x, miss)
     m(x, miss).sum().backward()  # the autograd path

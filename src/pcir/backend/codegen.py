@@ -750,9 +750,10 @@ def sum_bwd_params_v{i}(F, E, W, TAB, PF, B, CH, BB: tl.constexpr):
 # chunks of BK. TAB[t] = (first entry, n, rows). They replace one chain of torch ops per run.
 ROW_KERNELS = '''
 @triton.jit
-def em_sum_rows(W, PF, LOGIT, EDGE, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr):
+def em_sum_rows(W, PF, LOGIT, EDGE, TAB, ARGS, BR: tl.constexpr, BK: tl.constexpr, ALL: tl.constexpr):
     """Mini-batch EM of dense sum rows: on edges upd = (pf + pc/deg) / (sum pf + pc);
-    W <- (1 - s) W + s upd where the row has mass, else W; LOGIT <- log W (-inf off edges)."""
+    W <- (1 - s) W + s upd where the row has mass, else W; LOGIT <- log W (-inf off edges).
+    ALL: every entry is an edge (EDGE is not read)."""
     t = tl.program_id(0)
     base, n, rows = _row3(TAB, t)
     s = tl.load(ARGS + 0)
@@ -767,7 +768,10 @@ def em_sum_rows(W, PF, LOGIT, EDGE, TAB, ARGS, BR: tl.constexpr, BK: tl.constexp
         m2 = rm[:, None] & (j < n)[None, :]
         idx = start[:, None] + j[None, :]
         tot += tl.sum(tl.load(PF + idx, mask=m2, other=0.0), axis=1)
-        deg += tl.sum(tl.load(EDGE + idx, mask=m2, other=0).to(tl.float32), axis=1)
+        if ALL:
+            deg += tl.sum(m2.to(tl.float32), axis=1)
+        else:
+            deg += tl.sum(tl.load(EDGE + idx, mask=m2, other=0).to(tl.float32), axis=1)
     deg = tl.maximum(deg, 1.0)
     den = tot + pc
     live = den > 0
@@ -778,7 +782,10 @@ def em_sum_rows(W, PF, LOGIT, EDGE, TAB, ARGS, BR: tl.constexpr, BK: tl.constexp
         idx = start[:, None] + j[None, :]
         old = tl.load(W + idx, mask=m2, other=0.0)
         pf = tl.load(PF + idx, mask=m2, other=0.0)
-        e = tl.load(EDGE + idx, mask=m2, other=0) != 0
+        if ALL:
+            e = m2
+        else:
+            e = tl.load(EDGE + idx, mask=m2, other=0) != 0
         upd = tl.where(e, (pf + pc / deg[:, None]) / den[:, None], 0.0)
         new = tl.where(live[:, None], (1.0 - s) * old + s * upd, old)
         tl.store(W + idx, new, mask=m2)

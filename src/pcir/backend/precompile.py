@@ -148,7 +148,8 @@ def precompile_rows(engine, *, threads: int | None = None) -> bool:
     if not hasattr(engine, "em_rows"):
         return False
     f = torch.zeros(2, dtype=torch.float32, device=engine.device)
-    edge = torch.zeros(2, dtype=torch.uint8, device=engine.device)  # the runtime passes the edge mask as bytes
+    # the runtime passes the edge mask as bytes, or None where every entry is an edge
+    edge = None if engine.plan.sum_edge.all() else torch.zeros(2, dtype=torch.uint8, device=engine.device)
 
     def passes():
         engine.em_rows(f, f, f, edge, f, f, f, f)
@@ -168,6 +169,9 @@ def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) ->
     def passes():
         xs = xf[: same_specialisation(xf.shape[0])]  # a few rows: the replay's buffers stay small
         dummy = torch.zeros(1, dtype=torch.float32, device=xf.device)  # flows go nowhere
+        nv = xf.shape[1]  # the data check of the graphed calls and the training step
+        bounds = torch.zeros(nv, dtype=torch.float32, device=xf.device)
+        engine.check_data(xs, bounds, bounds, torch.zeros(nv, dtype=torch.int8, device=xf.device))
         alias = bool(engine.leaf_end)  # as the training step runs it (runtime, leaf_alias)
         V, aux = engine.forward(W, cat_logp, gauss, xs, precompile=False, flow_rows=alias)
         ones = torch.ones((engine.plan.root_units, xs.shape[0]), dtype=torch.float32, device=xf.device)

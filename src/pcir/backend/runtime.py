@@ -195,12 +195,17 @@ class _Segments:
 
 class _Tables:
     """Per-device index tensors derived from the plan (built once per device). Nothing here is
-    per parameter entry except ``sum_edge`` (one byte) and the ragged rows of explicit sums."""
+    per parameter entry except ``sum_edge`` (one byte) and the ragged rows of explicit sums.
+    ``sum_edge`` is built on first use where every entry is an edge (``all_edges``: HCLT, PD,
+    HMM, RAT-SPN), which the fused EM kernels do not need (8 MiB on HCLT-128)."""
 
     def __init__(self, plan: KernelPlan, device: torch.device):
         lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
-        self.sum_edge = torch.as_tensor(plan.sum_edge, dtype=torch.bool, device=device)
-        self.sum_edge_u8 = self.sum_edge.view(torch.uint8)  # the same bytes, for the row kernels
+        self._plan = plan
+        self._device = device
+        self.all_edges = bool(plan.sum_edge.all())
+        self._sum_edge = None if self.all_edges else torch.as_tensor(plan.sum_edge, dtype=torch.bool, device=device)
+        self._inputs = None
         self.sum_seg = _Segments(plan.runs("sum"), plan.sum_row_id, device, plan.sum_edge)
         valid = plan.explicit_gather >= 0
         self.explicit_valid = torch.as_tensor(valid, device=device)
@@ -217,7 +222,53 @@ class _Tables:
         self.value_hi = torch.where(self.discrete, self.var_k, big)[None, :]
         self.real = ~self.discrete[None, :]
         self.real_i8 = self.real.reshape(-1).to(torch.int8)  # for the Triton data check
-        self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
+
+    @property
+    def sum_edge(self) -> torch.Tensor:
+        """bool [sum_param_size]: whether each sum parameter entry carries an edge."""
+        if self._sum_edge is None:
+            self._sum_edge = torch.as_tensor(self._plan.sum_edge, dtype=torch.bool, device=self._device)
+        return self._sum_edge
+
+    @property
+    def sum_edge_u8(self) -> torch.Tensor:
+        """``sum_edge``'s bytes, for the row kernels."""
+        return self.sum_edge.view(torch.uint8)
+
+    @property
+    def inputs(self):
+        """(input block, variables, table indices) of every non-empty input block, built on first
+        use (the gaussian input gradient; the engines keep their own)."""
+        if self._inputs is None:
+            lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=self._device)
+            self._inputs = [(b, lt(b.var), lt(b.index)) for b in self._plan.inputs if b.count]
+        return self._inputs
+
+
+def _held_bytes(roots, skip: set[int]) -> int:
+    """Bytes of the distinct tensor storages that ``roots`` (pcir objects) hold, through their
+    attributes, lists, tuples and dicts, except the storages in ``skip`` (data pointers)."""
+    seen: dict[int, int] = {}
+    stack = [(r, 0) for r in roots]
+    visited: set[int] = set()
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            st = obj.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr and ptr not in skip:
+                seen[ptr] = st.nbytes()
+            continue
+        if depth > 4 or id(obj) in visited:
+            continue
+        visited.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            stack.extend((o, depth + 1) for o in obj)
+        elif isinstance(obj, dict):
+            stack.extend((o, depth + 1) for o in obj.values())
+        elif type(obj).__module__.startswith("pcir.") and hasattr(obj, "__dict__"):
+            stack.extend((o, depth + 1) for o in vars(obj).values())
+    return sum(seen.values())
 
 
 def _log32(arr: np.ndarray, out: np.ndarray | None = None, chunk: int = 1 << 22) -> np.ndarray:
@@ -1016,6 +1067,8 @@ class CompiledCircuit(nn.Module):
         tensors = [*self.named_parameters(), *self.named_buffers()]
         model = {n: t.numel() * t.element_size() for n, t in tensors if n not in ("sum_flows", "cat_flows")}
         model["kernel_weights"] = 4 * plan.w_size  # the normalised, linear weights the kernels read
+        own = {t.untyped_storage().data_ptr() for _, t in tensors}
+        model["index_tables"] = _held_bytes([self._tab(), eng], own)  # the plan's tables on the device
         if not (SHARE_CAT_STORE and plan.cat_size == plan.cat_norm_size):  # else in cat_logits' storage
             model["categorical_logprobs"] = 4 * plan.cat_size
         step = eng.step_buffers(batch)
@@ -1201,7 +1254,7 @@ class CompiledCircuit(nn.Module):
                 W,
                 self.sum_flows if pf is None else pf,
                 self.sum_logits.data,
-                t.sum_edge_u8,
+                None if t.all_edges else t.sum_edge_u8,
                 logp,
                 self.cat_flows,
                 self.cat_logits.data,
@@ -1226,11 +1279,16 @@ class CompiledCircuit(nn.Module):
                 rid, rows, deg = t.sum_seg.ragged[off]
                 old = W[off : off + n]
                 pf = self.sum_flows[off : off + n]
-                edge = t.sum_edge[off : off + n]
                 tot = torch.zeros(rows, dtype=pf.dtype, device=pf.device).index_add_(0, rid, pf)[rid]
-                upd = torch.where(edge, (pf + pc / deg) / (tot + pc), 0.0)
-                new = torch.where(tot + pc > 0, (1.0 - s) * old + s * upd, old)
-                self.sum_logits[off : off + n] = torch.where(edge, torch.log(new), -math.inf)
+                if t.all_edges:  # no mask to build (see _Tables)
+                    upd = (pf + pc / deg) / (tot + pc)
+                    new = torch.where(tot + pc > 0, (1.0 - s) * old + s * upd, old)
+                    self.sum_logits[off : off + n] = torch.log(new)
+                else:
+                    edge = t.sum_edge[off : off + n]
+                    upd = torch.where(edge, (pf + pc / deg) / (tot + pc), 0.0)
+                    new = torch.where(tot + pc > 0, (1.0 - s) * old + s * upd, old)
+                    self.sum_logits[off : off + n] = torch.where(edge, torch.log(new), -math.inf)
                 old.copy_(new)
         for off, n, row_len in t.cat_seg.runs if fused is None and cat else ():  # categorical, bernoulli: uniform rows
             for a, b in _row_ranges(off, n, row_len):

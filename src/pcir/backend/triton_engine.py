@@ -949,10 +949,14 @@ class TritonEngine:
 
     def em_rows(self, W, sum_flows, sum_logits, sum_edge, logp, cat_flows, cat_logits, args, cat=True) -> None:
         """The EM update of every dense/block sum row and (``cat``) categorical/bernoulli table
-        row, one launch per tile shape (the ragged rows of explicit sums are the caller's)."""
+        row, one launch per tile shape (the ragged rows of explicit sums are the caller's).
+        ``sum_edge`` None: every entry is an edge (the kernels then read no mask)."""
         k = self.k
+        edges = sum_edge is None
+        if edges:
+            sum_edge = W  # a placeholder, never read
         for br, bk, tab, n in self.row_tiles["sum"]:
-            k.em_sum_rows[(n,)](W, sum_flows, sum_logits, sum_edge, tab, args, BR=br, BK=bk)
+            k.em_sum_rows[(n,)](W, sum_flows, sum_logits, sum_edge, tab, args, BR=br, BK=bk, ALL=edges)
         for br, bk, tab, n in self.row_tiles["cat"] if cat else ():
             k.em_cat_rows[(n,)](logp, cat_flows, cat_logits, tab, args, BR=br, BK=bk)
 
