@@ -21,7 +21,9 @@ batched matrix product (triton_engine.BMM); ``bmm0``/``bmm4m``: its edge thresho
 of any size; ``nobmm3``: no batched products at precision tf32x3; ``nosplit``: the
 categorical counts with tl.dot's tf32x3 instead of two tf32 products; ``scatter``: every categorical
 table's expected counts by scatter (one atomic add per leaf and sample) instead of the one-hot
-product (``stats_ms``). Variants measured and dropped are in bench/RESULTS.md (the source edits
+product (``stats_ms``); ``nosumalias``: the training backward keeps the sums' G in the flow
+buffer, not in their value rows (triton_engine.SUM_ALIAS; the probe's backward is the plain one,
+so time it with bench/run.py's train step). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
@@ -72,6 +74,7 @@ KNOBS = {
     "cbc256": (te, "COUNT_BC_MAX", 256),
     "cw8": (te, "COUNT_WARPS", 8),
     "fbb128": (te, "FWD_BB_LARGE", 128),
+    "nosumalias": (te, "SUM_ALIAS", False),
 }
 
 

@@ -44,6 +44,7 @@ ARG_TYPES = {
     "NP": "i32",
     "LE": "i32",
     "SH": "i32",
+    "RG": "*i32",
 }
 # the sum kernels the engine launches (sum_bwd_prep / sum_bwd_mm: two steps in one launch)
 KINDS = ("sum_fwd", "sum_fwdt", "sum_bwd_prep", "sum_bwd_mm", "sum_bwd_params", "sum_bwd_cols")
@@ -102,6 +103,7 @@ def main(argv=None) -> int:
                 "CG": any(layer.contiguous() for layer in mine),
                 "DENSE": False,
                 "EXCL": all(layer.exclusive for layer in mine),
+                "SC": all(layer.exclusive for layer in mine),  # the children's G (sum alias): the larger kernel
             }
             # table-driven layers run the kernels with the arity a compile-time constant (suffix s)
             arity = max(layer.arity for layer in mine)

@@ -36,13 +36,13 @@ VALUE_MASKED = 'mask=m2 & (r[:, None] != 0) & (fc != 0.0), sem="relaxed")'
 KERNELS = {
     "sum_bwd_cols_v0": (
         {"F": "*fp32", "W": "*fp32", "E": "*fp32", "COLS": "*i32", "TAB": "*i64", "LIST": "*i64", "B": "i32",
-         "A": "i32", "LE": "i32", "SH": "i32"},
-        {"BB": 64, "EXCL": False, "CG": True, "DENSE": True},
+         "A": "i32", "LE": "i32", "SH": "i32", "V": "*fp32", "M": "*fp32", "RG": "*i32"},
+        {"BB": 64, "EXCL": False, "CG": True, "DENSE": True, "SC": False},
     ),
     "sum_cols_scatter": (
         {"F": "*fp32", "E": "*fp32", "T": "*fp32", "COLS": "*i32", "G": "*i64", "B": "i32", "A": "i32",
-         "E0": "i32", "LE": "i32", "SH": "i32"},
-        {"BK": 64, "BB": 32, "EXCL": False, "CG": True},
+         "E0": "i32", "LE": "i32", "SH": "i32", "V": "*fp32", "M": "*fp32", "RG": "*i32"},
+        {"BK": 64, "BB": 32, "EXCL": False, "CG": True, "SC": False},
     ),
     "product_bwd": (
         {"F": "*fp32", "IDX": "*i32", "TAB": "*i64", "B": "i32", "NT": "i32", "LE": "i32", "SH": "i32"},
@@ -79,6 +79,11 @@ def main() -> int:
                     ASTSource(fn, sig, {**consts, "EXCL": True}, attrs), target=GPUTarget("cuda", 90, 32)
                 )
                 out[name + ":excl"] = sorted(set(re.findall(r"\bst\.global\.[a-z0-9.]+", kx.asm["ptx"])))
+                # and storing G for the children that keep it in their value rows (the sum alias)
+                ks = triton.compile(
+                    ASTSource(fn, sig, {**consts, "EXCL": True, "SC": True}, attrs), target=GPUTarget("cuda", 90, 32)
+                )
+                out[name + ":excl_sc"] = sorted(set(re.findall(r"\bst\.global\.[a-z0-9.]+", ks.asm["ptx"])))
     print(json.dumps(out))
     return 0
 

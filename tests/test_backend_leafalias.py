@@ -52,6 +52,8 @@ def _plain_stats(m, x, miss, F):
 
 # circuits whose leaves all have one reader, an exclusive layer (the others share leaves)
 ALIASED = {"block_sparse", "hclt", "hmm", "pd", "product_root", "zero_probs"}
+# and whose first sum layers' rows are each stored by an exclusive layer too (their G in V)
+SUM_ALIASED = {"block_sparse", "hclt", "hmm", "pd"}
 
 
 @pytest.mark.parametrize("bmm", ["off", "on", "chunked"])
@@ -85,11 +87,14 @@ def test_leaf_alias_equals_the_plain_backward(name, bmm, triton_device, monkeypa
     close(cat, cat0, "categorical counts")
     close(g5, g50, "gaussian statistics")
     if le:
-        assert V._base is not None and V._base.shape[0] == 2 * R - le  # the flows' rows follow V's
-        assert F.data_ptr() == V._base[R - le :].data_ptr()
+        ae = eng.alias_end  # the sums' G in their value rows up to here (_sum_alias)
+        assert ae >= le and (ae > le) == (name in SUM_ALIASED), f"{name}: alias end {ae}, leaf end {le}"
+        assert V._base is not None and V._base.shape[0] == 2 * R - ae  # the flows' rows follow V's
+        assert F.data_ptr() == V._base[R - ae :].data_ptr()
         close(V[1:le], F0[1:le], "leaf flows (in V)")
-        close(V[le:], V0[le:], "values above the leaves (untouched)")
-        close(F[le:], F0[le:], "flows above the leaves")
+        close(V[le:ae], F0[le:ae], "the aliased sums' G (in V)")
+        close(V[ae:], V0[ae:], "values above the alias (untouched)")
+        close(F[ae:], F0[ae:], "flows above the alias")
     else:
         close(V, V0, "V")
         close(F, F0, "F")
@@ -209,3 +214,58 @@ def test_step_buffers_are_the_buffers_the_step_allocates(name, triton_device, mo
     assert ("values and flows" in listed) == bool(eng.leaf_end)
     for what, b in listed.items():
         assert b in sizes, (what, b, sorted(set(sizes))[-8:])
+
+
+@pytest.mark.parametrize("bmm", ["off", "on"])
+@pytest.mark.parametrize("args", [(34, 3, 1, 2), (72, 2, 2, 1)])
+def test_rat_spn_keeps_sums_g_in_value_rows(args, bmm, triton_device, monkeypatch):
+    """RAT-SPN as in the benchmark: leaf products of more than 16 inputs (a scratch product
+    layer that adds the leaves' flows over their zeroed values), then exclusive sum layers whose
+    G the parents store over the sums' values (``_sum_alias``) up to the root; the flow buffer
+    keeps only the root's and the scratch products' rows. Every flow, parameter flow and leaf
+    statistic as the plain backward's, the rows no launch should need poisoned."""
+    from pcir import structures as st
+
+    c = st.rat_spn(*args, input_dist="categorical(k=3)")
+    x, miss = data_for(c, 23, seed=8, p_missing=0.2)
+    _every_layer(monkeypatch, bmm == "on")
+    monkeypatch.setattr(te, "FLOW_POISON", None)
+    m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    V0, M0, F0, PF0 = engine_pass(m0, x, miss)
+    cat0, _ = _plain_stats(m0, x, miss, F0)
+    monkeypatch.setattr(te, "FLOW_POISON", math.nan)
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    eng = m._engine()
+    le, ae, R = eng.leaf_end, eng.alias_end, m.plan.num_rows
+    assert le and eng.leaf_zero_at == 0 and ae == m.plan.root_row > le
+    V, M, F, PF, cat, _ = _alias_pass(m, x, miss)
+    assert V._base.shape[0] == 2 * R - ae
+    for what, a, b in (
+        ("PF", PF, PF0),
+        ("categorical counts", cat, cat0),
+        ("leaf flows (in V)", V[1:le], F0[1:le]),
+        ("the sums' G (in V)", V[le:ae], F0[le:ae]),
+        ("flows from the root on", F[ae:], F0[ae:]),
+    ):
+        a, b = a.cpu().numpy(), b.cpu().numpy()
+        assert not np.isnan(a).any(), what
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=what)
+
+
+def test_the_sum_alias_can_be_turned_off(triton_device, monkeypatch):
+    """With SUM_ALIAS off the alias ends at the leaves, and a mutation that drops the children's
+    scaling (the parent stores flows, not G, over the sums' values) makes the comparison fail."""
+    c = CIRCUITS["hclt"]()
+    x, miss = data_for(c, 13, seed=3)
+    monkeypatch.setattr(te, "SUM_ALIAS", False)
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    assert m._engine().alias_end == m._engine().leaf_end
+    monkeypatch.setattr(te, "SUM_ALIAS", True)
+    m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    _, _, F0, PF0 = engine_pass(m0, x, miss)
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    eng = m._engine()
+    assert eng.alias_end > eng.leaf_end
+    eng.scale_children = set()  # the parents store plain flows over the sums' values
+    _, _, _, PF, _, _ = _alias_pass(m, x, miss)
+    assert not np.allclose(PF.cpu().numpy(), PF0.cpu().numpy(), rtol=1e-6, atol=1e-7)

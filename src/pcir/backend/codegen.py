@@ -403,6 +403,26 @@ def _col_rows(COLS, col_off, k, km, a, A, CG: tl.constexpr):
 
 
 @triton.jit
+def _child_flow(fc, r, b, m2, V, M, RG, B, SC: tl.constexpr):
+    \"\"\"The value an exclusive layer stores for child rows ``r`` [BK] given their flows ``fc``
+    [BK, BB]: ``fc`` itself, or with SC, for the rows of sums whose flows live in their value
+    rows (RG[r] >= 0, their group: TritonEngine.alias_end), G = fc exp(m - V) as
+    _prep_nodes_tile would compute it (0 where fc is 0 or V is -inf), read before it is
+    overwritten.\"\"\"
+    if SC:
+        rg = tl.load(RG + r, mask=r != 0, other=-1)
+        sg = m2 & (rg >= 0)[:, None]
+        m = tl.load(M + rg[:, None].to(tl.int64) * B + b[None, :], mask=sg, other=0.0)
+        m = tl.where(m == float("-inf"), 0.0, m)
+        v = tl.load(V + r[:, None] * B + b[None, :], mask=sg, other=float("-inf"))
+        ok = (fc != 0.0) & (v != float("-inf"))
+        g = tl.where(ok, fc * tl.exp(tl.where(ok, m - v, 0.0)), 0.0)
+        return tl.where((rg >= 0)[:, None], g, fc)
+    else:
+        return fc
+
+
+@triton.jit
 def _flow_row(r, LE, SH):
     \"\"\"The flow buffer's row for the flow of stored row ``r``: rows below ``LE`` (leaves whose
     flows the backward keeps in their value rows, TritonEngine.backward's ``leaf_alias``) are
@@ -492,7 +512,8 @@ def sum_log_rows(V, M, row0, N, U, grp0, B, BU: tl.constexpr, BB: tl.constexpr):
 
 @triton.jit(do_not_specialize=["E0", "LE", "SH"])
 def sum_cols_scatter(
-    F, E, T, COLS, G, B, A, E0, LE, SH, BK: tl.constexpr, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr
+    F, E, T, COLS, G, B, A, E0, V, M, RG, LE, SH, BK: tl.constexpr, BB: tl.constexpr, EXCL: tl.constexpr,
+    CG: tl.constexpr, SC: tl.constexpr
 ):
     \"\"\"The node flows of one (group, column tile, batch tile) as sum_cols_max's grid,
     fc = E * T (T = W^T G by the batched product), sent to every child row of the fused product in
@@ -505,7 +526,8 @@ def sum_cols_scatter(
         for a in range(0, A):
             r = _col_rows(COLS, col_off, k, km, a, A, CG)
             if EXCL:
-                tl.store(F + _flow_row(r, LE, SH)[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
+                out = _child_flow(fc, r, b, m2, V, M, RG, B, SC)
+                tl.store(F + _flow_row(r, LE, SH)[:, None] * B + b[None, :], out, mask=m2 & (r[:, None] != 0))
             else:
                 tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0), sem="relaxed")
 """
@@ -627,12 +649,12 @@ def sum_bwd_prep_v{i}(V, F, E, COLS, TABN, TABC, M, NN, B, A, BB: tl.constexpr, 
 
 @triton.jit
 def sum_tile_cols_v{i}(
-    F, W, E, COLS, TAB, LIST, t, pb, LE, SH, B, A, BB: tl.constexpr,
-    EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    F, W, E, COLS, TAB, LIST, t, pb, V, M, RG, LE, SH, B, A, BB: tl.constexpr,
+    EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr, SC: tl.constexpr
 ):
     """Flows of column tile t, batch tile pb: fc[k, b] = E[k, b] sum_s W[s, k] G[s, b] (G: the
     nodes' scaled flows, _prep_nodes_tile), sent to every child row of the (fused) product in
-    column k."""
+    column k (SC: scaled for the children whose flows live in their value rows, _child_flow)."""
     b = pb * BB + tl.arange(0, BB)
     bm = b < B
     row, units, w_off, K, col_off, kt, l0, nl, _ = _tile_row(TAB, t)
@@ -646,7 +668,7 @@ def sum_tile_cols_v{i}(
             mt = tl.load(LIST + l0 + j)
         s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
         sm = s < units
-        g = tl.load(F + (row + s)[:, None] * B + b[None, :], mask=sm[:, None] & bm[None, :], other=0.0)
+        g = tl.load(F + _flow_row(row + s, LE, SH)[:, None] * B + b[None, :], mask=sm[:, None] & bm[None, :], other=0.0)
         w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
         acc += {dot_wg}
     m2 = km[:, None] & bm[None, :]
@@ -654,23 +676,26 @@ def sum_tile_cols_v{i}(
     for a in range(0, A):
         r = _col_rows(COLS, col_off, k, km, a, A, CG)
         if EXCL:  # the plan proved no other gather reads these rows: a plain store
-            tl.store(F + _flow_row(r, LE, SH)[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0))
+            out = _child_flow(fc, r, b, m2, V, M, RG, B, SC)
+            tl.store(F + _flow_row(r, LE, SH)[:, None] * B + b[None, :], out, mask=m2 & (r[:, None] != 0))
         else:
             tl.atomic_add(F + r[:, None] * B + b[None, :], fc, mask=m2 & (r[:, None] != 0), sem="relaxed")
 
 
 @triton.jit(do_not_specialize=["LE", "SH"])
 def sum_bwd_cols_v{i}(
-    F, W, E, COLS, TAB, LIST, LE, SH, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    F, W, E, COLS, TAB, LIST, V, M, RG, LE, SH, B, A, BB: tl.constexpr, EXCL: tl.constexpr, CG: tl.constexpr,
+    DENSE: tl.constexpr, SC: tl.constexpr
 ):
     """sum_tile_cols alone, one program per (column tile, batch tile)."""
-    sum_tile_cols_v{i}(F, W, E, COLS, TAB, LIST, tl.program_id(0), tl.program_id(1), LE, SH, B, A, BB, EXCL, CG, DENSE)
+    t, pb = tl.program_id(0), tl.program_id(1)
+    sum_tile_cols_v{i}(F, W, E, COLS, TAB, LIST, t, pb, V, M, RG, LE, SH, B, A, BB, EXCL, CG, DENSE, SC)
 
 
 @triton.jit(do_not_specialize=["LE", "SH"])
 def sum_bwd_mm_v{i}(
-    F, W, E, PF, COLS, TABP, TABC, LIST, CH, NP, LE, SH, B, A, BB: tl.constexpr, BC: tl.constexpr,
-    EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    F, W, E, PF, COLS, TABP, TABC, LIST, CH, NP, V, M, RG, LE, SH, B, A, BB: tl.constexpr, BC: tl.constexpr,
+    EXCL: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr, SC: tl.constexpr
 ):
     """Both products of a sum layer's backward in one launch (they read G and E and write
     disjoint buffers): programs t < NP are parameter tiles (_params_tile, sample chunks of CH),
@@ -680,10 +705,10 @@ def sum_bwd_mm_v{i}(
     pb = tl.program_id(1)
     if t < NP:
         if pb * CH < B:
-            _params_tile_v{i}(F, E, W, TABP, PF, t, pb, B, CH, BB)
+            _params_tile_v{i}(F, E, W, TABP, PF, t, pb, LE, SH, B, CH, BB)
     else:
         if pb * BC < B:
-            sum_tile_cols_v{i}(F, W, E, COLS, TABC, LIST, t - NP, pb, LE, SH, B, A, BC, EXCL, CG, DENSE)
+            sum_tile_cols_v{i}(F, W, E, COLS, TABC, LIST, t - NP, pb, V, M, RG, LE, SH, B, A, BC, EXCL, CG, DENSE, SC)
 '''
 
 
@@ -714,10 +739,10 @@ def sum_bwd_prep_nodes_v{i}(V, F, TAB, M, B, BB: tl.constexpr):
 
 
 @triton.jit
-def _params_tile_v{i}(F, E, W, TAB, PF, t, pc, B, CH, BB: tl.constexpr):
+def _params_tile_v{i}(F, E, W, TAB, PF, t, pc, LE, SH, B, CH, BB: tl.constexpr):
     """Parameter flows of (node tile, column tile) t over sample chunk pc:
-    PF[s,k] += W[s,k] sum_b G[s,b] E[k,b] (G, E: _prep_nodes_tile, sum_tile_prep_cols);
-    TAB[t][7] is the tile's first row of E."""
+    PF[s,k] += W[s,k] sum_b G[s,b] E[k,b] (G, E: _prep_nodes_tile, sum_tile_prep_cols; G's
+    rows through _flow_row); TAB[t][7] is the tile's first row of E."""
     row, units, w_off, K, _, mt, kt, e_off, _ = _tile_row(TAB, t)
     s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
     sm = s < units
@@ -730,7 +755,7 @@ def _params_tile_v{i}(F, E, W, TAB, PF, t, pc, B, CH, BB: tl.constexpr):
     for b0 in range(b_lo, b_hi, BB):
         b = b0 + tl.arange(0, BB)
         bm = b < b_hi
-        g = tl.load(F + (row + s)[:, None] * B + b[None, :], mask=sm[:, None] & bm[None, :], other=0.0)
+        g = tl.load(F + _flow_row(row + s, LE, SH)[:, None] * B + b[None, :], mask=sm[:, None] & bm[None, :], other=0.0)
         e = tl.load(E + (e_off + k)[:, None] * B + b[None, :], mask=km[:, None] & bm[None, :], other=0.0)
         acc += {dot_ge}
     wm = sm[:, None] & km[None, :]
@@ -738,10 +763,10 @@ def _params_tile_v{i}(F, E, W, TAB, PF, t, pc, B, CH, BB: tl.constexpr):
     tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], tl.where(w != 0.0, w * acc, 0.0), mask=wm, sem="relaxed")
 
 
-@triton.jit
-def sum_bwd_params_v{i}(F, E, W, TAB, PF, B, CH, BB: tl.constexpr):
+@triton.jit(do_not_specialize=["LE", "SH"])
+def sum_bwd_params_v{i}(F, E, W, TAB, PF, LE, SH, B, CH, BB: tl.constexpr):
     """_params_tile alone, one program per (parameter tile, sample chunk)."""
-    _params_tile_v{i}(F, E, W, TAB, PF, tl.program_id(0), tl.program_id(1), B, CH, BB)
+    _params_tile_v{i}(F, E, W, TAB, PF, tl.program_id(0), tl.program_id(1), LE, SH, B, CH, BB)
 '''
 
 

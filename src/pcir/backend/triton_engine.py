@@ -37,6 +37,11 @@ FLOW_POISON: float | None = None
 # the training step's backward keeps the leaves' flows in their value rows (backward's
 # ``leaf_alias``) where the plan allows it, so the flow buffer has no leaf rows
 LEAF_ALIAS = True
+# and, past the leaves, the scaled flows G of the sums whose rows an exclusive layer stores (its
+# column kernels compute G = F exp(m - V) for them, read their values for the last time and store
+# G over them; their own node preparation is skipped): the flow buffer then has rows only from
+# ``alias_end`` on (HCLT, HMM: the root's; RAT-SPN: the root's and the scratch products')
+SUM_ALIAS = True
 # warps of the sum kernels of 64x64 tiles: a [64, 64] fp32 accumulator (and the tf32x3 split
 # operands) over 4 warps is 32+ registers per thread per tile, which limits occupancy; 8 warps
 # halve that. Smaller tiles keep Triton's default 4. Shared memory (bench/kernel_resources.py,
@@ -379,6 +384,11 @@ class TritonEngine:
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
         self.flow_zero = self._flow_zero_rows()
         self.leaf_end, self.flow_zero_alias, self.leaf_zero_at = self._leaf_alias()
+        self.alias_end, self.g_alias, self.scale_children, self.row_group = self._sum_alias()
+        if self.alias_end > self.leaf_end:
+            stored = self._stored_mask()
+            stored[: self.alias_end] = True
+            self.flow_zero_alias = self._zero_rows(stored)
         self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
         self._caps: dict = {}  # (batch, aliased) -> _chunk_caps
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
@@ -452,11 +462,53 @@ class TritonEngine:
         stored[:end] = True  # row 0 is never written (its flows are masked) nor read as a flow
         return end, self._zero_rows(stored), zero_at
 
+    def _sum_alias(self):
+        """(alias end, layers whose sums keep G in their value rows, layers whose column kernels
+        compute G for their children, row -> sum group or -1 as an int32 tensor or None). The
+        sums' rows that follow the leaves, layer by layer, join the alias while an exclusive
+        layer stores every one of them (so their values are last read by that layer's
+        preparation, and their own preparation is the only other reader); scratch product layers
+        (rows of their own at the end) are passed over; the root and any other layer end it."""
+        plan, e = self.plan, self.leaf_end
+        none = (e, set(), set(), None)
+        if not (SUM_ALIAS and e):
+            return none
+        stored = self._stored_mask()
+        stored[plan.root_row : plan.root_row + plan.root_units] = False
+        end, mine = e, set()
+        for t, (L, lay) in enumerate(zip(self.layers, plan.layers, strict=True)):
+            if not isinstance(L, _SumLayer):
+                if getattr(lay, "scratch", False):
+                    continue
+                break
+            r0 = min(g.row for g in lay.groups)
+            n = sum(g.units for g in lay.groups)
+            if r0 != end or not stored[r0 : r0 + n].all():
+                break
+            end += n
+            mine.add(t)
+        if not mine:
+            return none
+        rg = np.full(plan.num_rows, -1, dtype=np.int32)
+        for t in mine:
+            for g in plan.layers[t].groups:
+                rg[g.row : g.row + g.units] = g.index
+        parents = set()
+        for t, (L, lay) in enumerate(zip(self.layers, plan.layers, strict=True)):
+            if (
+                isinstance(L, _SumLayer)
+                and L.exclusive
+                and any(bool(np.any(rg[np.asarray(g.cols)[:, : g.arity].reshape(-1)] >= 0)) for g in lay.groups)
+            ):
+                parents.add(t)
+        return end, mine, parents, torch.as_tensor(rg, device=self.device)
+
     def _alias_rows(self, B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forward's buffer under the leaf alias: ``X [2 R - leaf end, B]``, ``V = X[:R]``;
-        the backward's flows are ``F = X[R - leaf end:]``, whose rows from the leaf end on follow
-        ``V`` and whose leaf rows are ``V``'s own (``codegen._flow_row``)."""
-        R, e = self.plan.num_rows, self.leaf_end
+        """The forward's buffer under the alias: ``X [2 R - alias end, B]``, ``V = X[:R]``; the
+        backward's flows are ``F = X[R - alias end:]``, whose rows from the alias end on follow
+        ``V`` and whose rows below it are ``V``'s own (``codegen._flow_row``): the leaves' flows
+        and the aliased sums' G (``_sum_alias``)."""
+        R, e = self.plan.num_rows, self.alias_end
         X = torch.empty((2 * R - e, B), dtype=torch.float32, device=device)
         return X, X[:R]
 
@@ -466,7 +518,7 @@ class TritonEngine:
         uninitialised rows filled with it instead, for tests)."""
         plan = self.plan
         if alias:
-            X, R, e = V._base, plan.num_rows, self.leaf_end
+            X, R, e = V._base, plan.num_rows, self.alias_end
             assert X is not None and X.shape[0] == 2 * R - e, "leaf alias: V must come from forward(flow_rows=True)"
             F = X[R - e :]
             if FLOW_POISON is not None:
@@ -709,7 +761,7 @@ class TritonEngine:
         nb = triton_cdiv(B, BB)
         alias = bool(leaf_alias and self.leaf_end)
         F = self._flow_buffer(V, root_flow, alias)
-        le_sh = (self.leaf_end, plan.num_rows - self.leaf_end) if alias else (0, 0)
+        le_sh = (self.alias_end, plan.num_rows - self.alias_end) if alias else (0, 0)
         if PF is None:  # else accumulate into the given buffer (the model's flows)
             PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
         E = torch.empty((self._bwd_e_rows(B), B), dtype=torch.float32, device=V.device)
@@ -720,7 +772,8 @@ class TritonEngine:
                 k.product_fwd[(P.n, nb)](V, P.idx, P.tab, B, P.n, A=P.arity, BU=BU, BB=BB)
                 F[P.row0 : P.row0 + P.rows].zero_()
             if isinstance(L, _SumLayer):
-                self.sum_backward(L, V, F, W, M, PF, E, le_sh)
+                g_in_v, sc = alias and t in self.g_alias, alias and t in self.scale_children
+                self.sum_backward(L, V, F, W, M, PF, E, le_sh, g_in_v, sc)
             else:
                 if alias and t == self.leaf_zero_at:  # the leaves' values are read: their flows start
                     V[1 : self.leaf_end].zero_()
@@ -749,7 +802,7 @@ class TritonEngine:
         R = plan.num_rows
         out: dict[str, int] = {}
         if self.leaf_end:
-            out["values and flows"] = 4 * (2 * R - self.leaf_end) * B
+            out["values and flows"] = 4 * (2 * R - self.alias_end) * B
         else:
             out["values"] = out["flows"] = 4 * R * B
         out["column factors E"] = 4 * self._bwd_e_rows(B) * B
@@ -791,46 +844,56 @@ class TritonEngine:
             return 4
         return 2 if self._bwd_shape(L, B)[2] else 3
 
-    def sum_backward(self, L: _SumLayer, V, F, W, M, PF, E, le_sh: tuple[int, int] = (0, 0)) -> None:
+    def sum_backward(
+        self, L: _SumLayer, V, F, W, M, PF, E, le_sh: tuple[int, int] = (0, 0), g_in_v: bool = False, sc: bool = False
+    ) -> None:
         """One sum layer's backward launches: its nodes' flows scaled in place (``F`` holds
         ``G = F exp(m - V)`` on those rows afterwards), its columns' factors ``exp(c - m)`` into
         the scratch ``E``, then the parameter flows into ``PF`` and the node flows of its columns'
         children into ``F``. The two exponentials are computed once per node (column) and sample
-        instead of once per tile of the other side."""
+        instead of once per tile of the other side. ``le_sh``: rows below ``le`` are read and
+        written in ``V`` (``codegen._flow_row``); ``g_in_v``: the layer's G is already in its
+        value rows (its parent stored it, ``_sum_alias``), so its preparation skips the nodes;
+        ``sc``: its column kernels store G, not flows, for the children that keep G there."""
         k = self.k
         B = V.shape[1]
         BB = _batch_tile(B)
         nb = triton_cdiv(B, BB)
         v, sfx = L.variant, L.sfx
         opts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}
+        rg = self.row_group if sc else M  # (a placeholder where SC is off: never read)
         if self.use_bmm(L, B, backward=True):
-            self._bmm_backward(L, V, F, W, M, PF, E, le_sh)
+            self._bmm_backward(L, V, F, W, M, PF, E, le_sh, g_in_v, sc)
             return
         ch, CB, fuse_mm = self._bwd_shape(L, B)
         nbp, nbc = triton_cdiv(B, ch), triton_cdiv(B, CB)
+        nn = 0 if g_in_v else L.n_fwd
         if BWD_FUSED:
-            getattr(k, f"sum_bwd_prep_v{v}{sfx}")[(L.n_fwd + L.n_col, nb)](
-                V, F, E, L.cols, L.fwd, L.col, M, L.n_fwd, B, L.arity, BB=BB, CG=L.contig
+            getattr(k, f"sum_bwd_prep_v{v}{sfx}")[(nn + L.n_col, nb)](
+                V, F, E, L.cols, L.fwd, L.col, M, nn, B, L.arity, BB=BB, CG=L.contig
             )
         else:
-            getattr(k, f"sum_bwd_prep_nodes_v{v}")[(L.n_fwd, nb)](V, F, L.fwd, M, B, BB=BB)
+            if nn:
+                getattr(k, f"sum_bwd_prep_nodes_v{v}")[(L.n_fwd, nb)](V, F, L.fwd, M, B, BB=BB)
             getattr(k, f"sum_bwd_prep_cols_v{v}{sfx}")[(L.n_col, nb)](
                 V, E, L.cols, L.col, M, B, L.arity, BB=BB, CG=L.contig
             )
         le, sh = le_sh
         if fuse_mm:
             getattr(k, f"sum_bwd_mm_v{v}{sfx}")[(L.n_pf + L.n_col, max(nbp, nbc))](
-                F, W, E, PF, L.cols, L.pf, L.col, L.col_list, ch, L.n_pf, le, sh, B, L.arity,
-                BB=BB, BC=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, **opts,
+                F, W, E, PF, L.cols, L.pf, L.col, L.col_list, ch, L.n_pf, V, M, rg, le, sh, B, L.arity,
+                BB=BB, BC=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, SC=sc, **opts,
             )  # fmt: skip
             return
-        getattr(k, f"sum_bwd_params_v{v}")[(L.n_pf, nbp)](F, E, W, L.pf, PF, B, ch, BB=BB, **opts)
+        getattr(k, f"sum_bwd_params_v{v}")[(L.n_pf, nbp)](F, E, W, L.pf, PF, le, sh, B, ch, BB=BB, **opts)
         getattr(k, f"sum_bwd_cols_v{v}{sfx}")[(L.n_col, nbc)](
-            F, W, E, L.cols, L.col, L.col_list, le, sh, B, L.arity,
-            BB=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, **opts,
+            F, W, E, L.cols, L.col, L.col_list, V, M, rg, le, sh, B, L.arity,
+            BB=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, SC=sc, **opts,
         )  # fmt: skip
 
-    def _bmm_backward(self, L: _SumLayer, V, F, W, M, PF, E, le_sh: tuple[int, int] = (0, 0)) -> None:
+    def _bmm_backward(
+        self, L: _SumLayer, V, F, W, M, PF, E, le_sh: tuple[int, int] = (0, 0), g_in_v: bool = False, sc: bool = False
+    ) -> None:
         """A batched-product layer's backward: its nodes' flows scaled in place (as in
         sum_backward), then per chunk of groups (BMM_CHUNK_BYTES) the columns' factors into ``E``,
         the parameter flows ``PF += W * (G E^T)`` and the column flows ``E * (W^T G)`` by library
@@ -843,10 +906,13 @@ class TritonEngine:
         BB = _batch_tile(B)
         G, N, K, _, _, _ = L.bmm
         le, sh = le_sh
-        getattr(k, f"sum_bwd_prep_nodes_v{L.variant}")[(L.n_fwd, triton_cdiv(B, BB))](V, F, L.fwd, M, B, BB=BB)
+        rg = self.row_group if sc else M  # (a placeholder where SC is off: never read)
+        if not g_in_v:  # else the parent stored G in the value rows (_sum_alias)
+            getattr(k, f"sum_bwd_prep_nodes_v{L.variant}")[(L.n_fwd, triton_cdiv(B, BB))](V, F, L.fwd, M, B, BB=BB)
         warming = self._warming()  # PF is then a placeholder: no views of it
         if not warming:
-            Gv, Wv, PFv = self.bmm_views(L, F, B), self.bmm_views(L, W.detach()), self.bmm_views(L, PF)
+            Gv = self.bmm_views(L, V if g_in_v else F, B)
+            Wv, PFv = self.bmm_views(L, W.detach()), self.bmm_views(L, PF)
         for g0, g1 in self._bmm_chunks(L, B):
             n, gt = g1 - g0, L.gtab[3 * g0 : 3 * g1]
             grid = self._col_grid(n, L, B)
@@ -861,8 +927,8 @@ class TritonEngine:
                     PFv[g0:g1].addcmul_(Wv[g0:g1], torch.bmm(Gv[g0:g1], Ev.transpose(1, 2), out=tmp))
                     torch.bmm(Wv[g0:g1].transpose(1, 2), Gv[g0:g1], out=T.view(n, K, B))
             k.sum_cols_scatter[grid](
-                F, Ec, T, L.cols, gt, B, L.arity, g0 * K, le, sh,
-                BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig,
+                F, Ec, T, L.cols, gt, B, L.arity, g0 * K, V, M, rg, le, sh,
+                BK=BMM_BK, BB=BMM_BB, EXCL=L.exclusive, CG=L.contig, SC=sc,
             )  # fmt: skip
 
     def input_stats(self, F, xf, gauss, cat=None, em=None, xT=None):
