@@ -255,7 +255,9 @@ def test_info_lists_a_training_steps_memory(capsys):
     # the step (train_step) keeps no flow buffer of the parameters' size: the sums' flows go to the
     # logits' storage, the tables are updated from the leaves' flows (only their row totals)
     assert "flows" not in model and "counts" not in model, model
-    assert "values and flows (the leaves' flows in their value rows)" in step and "column factors E" in step, step
+    assert "values and flows (flows in the value rows where the plan allows)" in step and "column factors E" in step, (
+        step
+    )
     assert "table row flows" in step, step
 
     def kib(text: str) -> float:

@@ -112,7 +112,7 @@ def describe_memory(model, batch: int) -> list[str]:
     mem = model.train_memory(batch)  # a bad batch raises a diagnostic
     tensors = {n.replace("_", " "): b for n, b in mem["model"].items()}
     step = mem["step"]
-    note = " (the leaves' flows in their value rows)"  # the one buffer of the leaf alias
+    note = " (flows in the value rows where the plan allows)"  # one buffer: the leaves' and sums' alias
     step = {n + (note if n == "values and flows" else ""): b for n, b in step.items()}
     pad = " " * 14
     return [
