@@ -50,6 +50,20 @@ def _plain_stats(m, x, miss, F):
         return m._engine().input_stats(F, xf, m.gauss)
 
 
+def _plain_then_poisoned(c, x, miss, device, monkeypatch, **compile_kw):
+    """(the plain backward's V, M, F, PF, categorical counts, gaussian statistics; a second model
+    of ``c`` whose flow buffer starts poisoned with NaN where no launch should need it)."""
+    import pcir
+
+    monkeypatch.setattr(te, "FLOW_POISON", None)
+    m0 = pcir.compile(c, engine="triton", device=device, precision="fp32", **compile_kw)
+    V0, M0, F0, PF0 = engine_pass(m0, x, miss)
+    cat0, g50 = _plain_stats(m0, x, miss, F0)
+    monkeypatch.setattr(te, "FLOW_POISON", math.nan)
+    m = pcir.compile(c, engine="triton", device=device, precision="fp32", **compile_kw)
+    return (V0, M0, F0, PF0, cat0, g50), m
+
+
 # circuits whose leaves all have one reader, an exclusive layer (the others share leaves)
 ALIASED = {"block_sparse", "hclt", "hmm", "pd", "product_root", "zero_probs"}
 # and whose first sum layers' rows are each stored by an exclusive layer too (their G in V)
@@ -66,12 +80,7 @@ def test_leaf_alias_equals_the_plain_backward(name, bmm, triton_device, monkeypa
     _every_layer(monkeypatch, bmm != "off")
     monkeypatch.setattr(te, "BMM_CHUNK_BYTES", 1 if bmm == "chunked" else 0)
     monkeypatch.setattr(te, "BMM_CHUNK_ROOM", False)
-    monkeypatch.setattr(te, "FLOW_POISON", None)
-    m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
-    V0, M0, F0, PF0 = engine_pass(m0, x, miss)
-    cat0, g50 = _plain_stats(m0, x, miss, F0)
-    monkeypatch.setattr(te, "FLOW_POISON", math.nan)
-    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    (V0, M0, F0, PF0, cat0, g50), m = _plain_then_poisoned(c, x, miss, triton_device, monkeypatch)
     eng = m._engine()
     le, R = eng.leaf_end, m.plan.num_rows
     assert bool(le) == (name in ALIASED), f"{name}: leaf end {le}"
@@ -154,18 +163,12 @@ def test_leaves_read_by_one_product_layer(name, triton_device, monkeypatch):
     backward zeroes the leaves' rows of ``V`` just before that layer's backward (after its
     recompute) and the flows land there (RAT-SPN's first layer in the benchmark is such a layer).
     HCLT's leaves are read by products of many layers: no alias."""
-    import pcir
     from pcir import structures as st
 
     make = CIRCUITS.get(name) or (lambda: st.rat_spn(8, 4, 2, 2, input_dist="categorical(k=3)"))
     c = make()
     x, miss = data_for(c, 29, seed=6, p_missing=0.2)
-    monkeypatch.setattr(te, "FLOW_POISON", None)
-    m0 = pcir.compile(c, engine="triton", device=triton_device, precision="fp32", pipeline=STORED_PRODUCTS)
-    V0, M0, F0, PF0 = engine_pass(m0, x, miss)
-    cat0, g50 = _plain_stats(m0, x, miss, F0)
-    monkeypatch.setattr(te, "FLOW_POISON", math.nan)
-    m = pcir.compile(c, engine="triton", device=triton_device, precision="fp32", pipeline=STORED_PRODUCTS)
+    (_, _, F0, PF0, cat0, _), m = _plain_then_poisoned(c, x, miss, triton_device, monkeypatch, pipeline=STORED_PRODUCTS)
     eng = m._engine()
     if name == "hclt":
         assert eng.leaf_end == 0
@@ -229,12 +232,7 @@ def test_rat_spn_keeps_sums_g_in_value_rows(args, bmm, triton_device, monkeypatc
     c = st.rat_spn(*args, input_dist="categorical(k=3)")
     x, miss = data_for(c, 23, seed=8, p_missing=0.2)
     _every_layer(monkeypatch, bmm == "on")
-    monkeypatch.setattr(te, "FLOW_POISON", None)
-    m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
-    V0, M0, F0, PF0 = engine_pass(m0, x, miss)
-    cat0, _ = _plain_stats(m0, x, miss, F0)
-    monkeypatch.setattr(te, "FLOW_POISON", math.nan)
-    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    (_, _, F0, PF0, cat0, _), m = _plain_then_poisoned(c, x, miss, triton_device, monkeypatch)
     eng = m._engine()
     le, ae, R = eng.leaf_end, eng.alias_end, m.plan.num_rows
     assert le and eng.leaf_zero_at == 0 and ae == m.plan.root_row > le
