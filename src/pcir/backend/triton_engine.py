@@ -384,11 +384,9 @@ class TritonEngine:
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
         self.flow_zero = self._flow_zero_rows()
         self.leaf_end, self.flow_zero_alias, self.leaf_zero_at = self._leaf_alias()
-        self.alias_end, self.g_alias, self.scale_children, self.row_group = self._sum_alias()
-        if self.alias_end > self.leaf_end:
-            stored = self._stored_mask()
-            stored[: self.alias_end] = True
-            self.flow_zero_alias = self._zero_rows(stored)
+        self.alias_end, self.g_alias, self.scale_children, self.row_group, zero = self._sum_alias()
+        if zero is not None:  # the flow buffer's rows to zero, from the alias end on
+            self.flow_zero_alias = zero
         self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
         self._caps: dict = {}  # (batch, aliased) -> _chunk_caps
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
@@ -464,13 +462,14 @@ class TritonEngine:
 
     def _sum_alias(self):
         """(alias end, layers whose sums keep G in their value rows, layers whose column kernels
-        compute G for their children, row -> sum group or -1 as an int32 tensor or None). The
+        compute G for their children, row -> sum group or -1 as an int32 tensor, the flow
+        buffer's rows to zero; the last two None where no sum joins the alias). The
         sums' rows that follow the leaves, layer by layer, join the alias while an exclusive
         layer stores every one of them (so their values are last read by that layer's
         preparation, and their own preparation is the only other reader); scratch product layers
         (rows of their own at the end) are passed over; the root and any other layer end it."""
         plan, e = self.plan, self.leaf_end
-        none = (e, set(), set(), None)
+        none = (e, set(), set(), None, None)
         if not (SUM_ALIAS and e):
             return none
         stored = self._stored_mask()
@@ -501,7 +500,9 @@ class TritonEngine:
                 and any(bool(np.any(rg[np.asarray(g.cols)[:, : g.arity].reshape(-1)] >= 0)) for g in lay.groups)
             ):
                 parents.add(t)
-        return end, mine, parents, torch.as_tensor(rg, device=self.device)
+        stored[:end] = True
+        stored[plan.root_row : plan.root_row + plan.root_units] = True
+        return end, mine, parents, torch.as_tensor(rg, device=self.device), self._zero_rows(stored)
 
     def _alias_rows(self, B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward's buffer under the alias: ``X [2 R - alias end, B]``, ``V = X[:R]``; the
