@@ -51,8 +51,9 @@ def data_root(arg: str | None) -> Path:
     sys.exit("debd data not found: pass --root DIR (with NAME/NAME.train.data) or set PCIR_DATA_DIR")
 
 
-def build_hclt(train_x, latents: int, seed: int):
-    """Call pcir.structures.hclt with whatever names its signature uses."""
+def build_hclt(train_x, latents: int, seed: int, mi_pseudocount: float = 0.0):
+    """Call pcir.structures.hclt with whatever names its signature uses (``mi_pseudocount``: the
+    Chow-Liu tree's Laplace smoothing, passed only when > 0)."""
     try:
         from pcir.structures import hclt
     except ImportError:
@@ -66,6 +67,10 @@ def build_hclt(train_x, latents: int, seed: int):
             break
     if "seed" in params:
         kw["seed"] = seed
+    if mi_pseudocount > 0:
+        if "mi_pseudocount" not in params:
+            sys.exit("this checkout's hclt has no mi_pseudocount")
+        kw["mi_pseudocount"] = mi_pseudocount
     return fn(train_x, **kw)
 
 

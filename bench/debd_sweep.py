@@ -59,6 +59,7 @@ AXES = (
     ("init", float, "0"),  # 0: pcir's random initialisation; p > 0: near-uniform, weights ~ 1 + p * U(0, 1)
     ("stepwise", int, "0"),  # 1: mini-batch EM averages the flows (stepwise EM), not the parameters
     ("full_pseudocount", float, "-1"),  # pseudocount of the full-batch epochs (-1: the pseudocount)
+    ("mi_pseudocount", float, "0"),  # Laplace smoothing of the Chow-Liu tree's pairwise counts (hclt)
 )
 AXIS_TYPES = {name: typ for name, typ, _ in AXES}
 SHORT = {
@@ -75,10 +76,19 @@ SHORT = {
     "init": "in",
     "stepwise": "sw",
     "full_pseudocount": "fpc",
+    "mi_pseudocount": "mp",
 }
 # axes added after sweeps were recorded: left out of names and keys at this value, so that the
 # runs of those sweeps keep their names and can be reused
-LEGACY_DEFAULTS = {"drop_last": 0, "soften": 1.0, "entropy": 0.0, "init": 0.0, "stepwise": 0, "full_pseudocount": -1.0}
+LEGACY_DEFAULTS = {
+    "drop_last": 0,
+    "soften": 1.0,
+    "entropy": 0.0,
+    "init": 0.0,
+    "stepwise": 0,
+    "full_pseudocount": -1.0,
+    "mi_pseudocount": 0.0,
+}
 
 
 def parse_list(name: str, text: str) -> list:
@@ -277,7 +287,7 @@ def run_one(task: dict) -> dict:
         p = task["point"]
         ds = load_dataset(Path(task["root"]) / task["dataset"] / task["dataset"])
         t0 = time.perf_counter()
-        circuit = debd.build_hclt(ds["train"], p["latents"], task["seed"])
+        circuit = debd.build_hclt(ds["train"], p["latents"], task["seed"], float(p.get("mi_pseudocount", 0.0)))
         kw = {"pipeline": task["pipeline"]} if task["pipeline"] else {}
         model = (task.get("compile_fn") or compile_model)(circuit, task["device"], **kw)
         if float(p.get("init", 0.0)) > 0:
@@ -438,6 +448,7 @@ def tables(result: dict) -> str:
         drop += f", init {p['init']:g}" if float(p.get("init", 0.0)) > 0 else ""
         drop += ", stepwise EM" if int(p.get("stepwise", 0)) else ""
         drop += f", full-batch pseudocount {p['full_pseudocount']:g}" if p.get("full_pseudocount", -1) >= 0 else ""
+        drop += f", tree MI pseudocount {p['mi_pseudocount']:g}" if float(p.get("mi_pseudocount", 0.0)) > 0 else ""
         mark = " (cut)" if s["status"] == "cut" else ""
         pub = "-" if s["published"] is None else f"{s['published']:.2f}"
         delta = "-"

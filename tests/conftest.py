@@ -2,6 +2,9 @@
 
 * ``--device cuda`` runs the kernel tests on the GPU with real Triton compilation; the default,
   ``cpu``, runs the same kernels under ``TRITON_INTERPRET=1`` (scripts/test.sh sets it).
+* ``--program-order reverse|shuffle`` (or ``PCIR_PROGRAM_ORDER``) runs each interpreted launch's
+  programs in another order than grid order, which shows a kernel whose programs depend on each
+  other's writes (a race on a GPU) on the CPU; see tests/_program_order.py.
 * Hypothesis profiles: ``ci`` (default, small) and ``thorough`` (``--hypothesis-profile thorough``).
 """
 
@@ -25,6 +28,31 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", choices=["cpu", "cuda"], help="device for kernel tests")
+    parser.addoption(
+        "--program-order",
+        default=os.environ.get("PCIR_PROGRAM_ORDER", "grid"),
+        choices=["grid", "reverse", "shuffle"],
+        help="order of an interpreted launch's programs (TRITON_INTERPRET=1 only)",
+    )
+
+
+def pytest_configure(config):
+    order = config.getoption("--program-order")
+    if order != "grid" and config.getoption("--device") == "cpu":
+        from pcir import knobs
+
+        if not knobs.get().triton_interpret:
+            raise pytest.UsageError("--program-order needs TRITON_INTERPRET=1")
+        import _program_order
+
+        config._pcir_program_order = _program_order.install(order)
+
+
+def pytest_report_header(config):
+    order = config.getoption("--program-order")
+    if order != "grid":
+        return f"interpreted programs run in {order} order"
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,12 @@ def add_arguments(p):
     h.add_argument("--tie-inputs", action="store_true", help="share one parameter array among all input groups")
     h.add_argument("--mi-estimator", default="auto", choices=["auto", "exact", "soft"])
     h.add_argument("--max-rows", type=int, help="estimate mutual information on at most this many rows")
+    h.add_argument(
+        "--mi-pseudocount",
+        type=float,
+        default=0.0,
+        help="Laplace smoothing of the pairwise counts behind the tree (exact estimator; default 0)",
+    )
     h.add_argument("--device", help="cpu or cuda for the mutual information (default: cuda when available)")
     common(h, None)
 
@@ -110,6 +116,7 @@ def build(args):
             mi_estimator=args.mi_estimator,
             max_rows=args.max_rows,
             device=args.device,
+            mi_pseudocount=args.mi_pseudocount,
         )
     if args.kind == "pd":
         shape = (args.height, args.width) + ((args.channels,) if args.channels else ())

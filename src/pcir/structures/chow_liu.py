@@ -4,6 +4,10 @@ Two estimators of the mutual information (MI) between every pair of variables:
 
 * ``"exact"``: plug-in MI of the empirical joint of two discrete variables (values 0..k-1),
   ``sum_ab p(a,b) log(p(a,b) / (p(a) p(b)))`` -- the estimator of the HCLT paper for binary data.
+  ``pseudocount`` alpha > 0 smooths it: alpha / k^2 is added to every cell of each pair's joint
+  counts, so ``p(a,b) = (n_ab + alpha / k^2) / (n + alpha)`` and the marginals are the smoothed
+  joint's (``(n_a + alpha / k) / (n + alpha)``); on small training sets this keeps pairs seen in
+  few rows from looking dependent (Juice.jl's Chow-Liu learner smooths its pairwise marginals so).
 * ``"soft"``: the soft-binned estimate PyJuice's ``HCLT`` uses, so that the same data gives the
   same tree (and the same node counts) as PyJuice: values are scaled to [0, 1] by the data's
   min and max, each value spreads over ``num_bins`` Gaussian bumps of width ``sigma``; marginals
@@ -138,13 +142,18 @@ def mutual_information(
     max_rows: int | None = None,
     device: str | None = None,
     seed: int = 0,
+    pseudocount: float = 0.0,
 ) -> np.ndarray:
     """Symmetric (V, V) float64 matrix of pairwise mutual information (see the module doc)."""
+    if not (np.isfinite(pseudocount) and pseudocount >= 0):
+        raise PcirError(f"the MI pseudocount must be a finite number >= 0, got {pseudocount}")
     x = _as_data(data)
     if max_rows is not None and x.shape[0] > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], size=max_rows, replace=False))
         x = x[rows]
     est = _choose_estimator(x, estimator, num_bins)
+    if pseudocount > 0 and est != "exact":
+        raise PcirError("the MI pseudocount applies to the exact estimator (integer data) only")
     ops = _Ops(_pick_device(device))
     n, v = x.shape
     if est == "exact":
@@ -171,7 +180,10 @@ def mutual_information(
             if est == "soft":
                 f = f / f.sum(axis=2, keepdims=True)
             marg[c0 : c0 + f.shape[1]] += f.sum(axis=0)
-    marg /= n
+    if est == "exact":
+        marg = (marg + pseudocount / nb) / (n + pseudocount)
+    else:
+        marg /= n
     if est == "exact":
         with np.errstate(divide="ignore", invalid="ignore"):
             h = -np.where(marg > 0, marg * np.log(marg), 0.0).sum(axis=1)
@@ -190,7 +202,7 @@ def mutual_information(
                 acc = g if acc is None else acc + g
             joint = ops.numpy(acc).reshape(a1 - a0, nb, b1 - b0, nb)
             if est == "exact":
-                joint = joint / n
+                joint = (joint + pseudocount / nb**2) / (n + pseudocount)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     hj = -np.where(joint > 0, joint * np.log(joint), 0.0).sum(axis=(1, 3))
             else:

@@ -62,6 +62,7 @@ def hclt(
     chunk_size: int = 64,
     max_rows: int | None = None,
     device: str | None = None,
+    mi_pseudocount: float = 0.0,
 ) -> Circuit:
     """An HCLT circuit, from ``data`` [samples, variables] (Chow-Liu tree learnt here) or ``tree``.
 
@@ -77,6 +78,8 @@ def hclt(
         tie_inputs: one parameter array shared by every input group.
         mi_estimator, num_bins, sigma, chunk_size, max_rows, device: see
             :func:`pcir.structures.chow_liu.mutual_information`.
+        mi_pseudocount: that function's ``pseudocount`` (Laplace smoothing of the exact
+            estimator's pairwise counts; 0: the plug-in estimate).
 
     Parameters are seeded lazy initialisations: building HCLT-512 on 784 variables costs no
     parameter memory until a value is asked for.
@@ -104,6 +107,7 @@ def hclt(
             max_rows=max_rows,
             device=device,
             seed=seed,
+            pseudocount=mi_pseudocount,
         )
     else:
         n, edges = _tree_from_arg(tree, num_vars)
