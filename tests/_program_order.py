@@ -8,7 +8,8 @@ such a dependence on the CPU: a result that changes with the order depends on it
 
 ``install(order)`` remaps the grid index the interpreter hands to each program:
 ``reverse`` runs the last program first; ``shuffle`` uses a fresh random permutation for every
-launch (seeded, so a failure repeats). Sums by atomic adds then add in another order, so the
+launch, drawn from a generator that conftest.py reseeds from each test's id, so a test sees the
+same orders in every run and a failure repeats. Sums by atomic adds then add in another order, so the
 tests that compare bit for bit against an in-order reference hold only up to rounding there.
 """
 
@@ -29,6 +30,9 @@ class _Remap:
         self.launches = 0
         self._set_dim = builder.set_grid_dim
         self._set_idx = builder.set_grid_idx
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
 
     def set_grid_dim(self, nx, ny, nz):
         self.dims = (int(nx), int(ny), int(nz))

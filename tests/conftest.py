@@ -48,6 +48,19 @@ def pytest_configure(config):
         config._pcir_program_order = _program_order.install(order)
 
 
+@pytest.fixture(autouse=True)
+def _program_order_seed(request):
+    """Under --program-order shuffle, each test draws its permutations from a seed of its own
+    (its id), so a test sees the same program orders whichever worker runs it, alone or in the
+    whole suite."""
+    remap = getattr(request.config, "_pcir_program_order", None)
+    if remap is not None:
+        import zlib
+
+        remap.reseed(zlib.crc32(request.node.nodeid.encode()))
+    yield
+
+
 def pytest_report_header(config):
     order = config.getoption("--program-order")
     if order != "grid":

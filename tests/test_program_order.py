@@ -66,3 +66,16 @@ def test_every_program_runs_once_in_the_patched_order(interpreted, order, reques
 def test_unknown_order_is_refused():
     with pytest.raises(ValueError, match="program order 'sideways'"):
         _program_order.install("sideways")
+
+
+def test_the_session_runs_in_the_order_asked_for(interpreted, request):
+    """With --program-order reverse|shuffle every worker has the patch on (conftest.py)."""
+    order = request.config.getoption("--program-order")
+    seen, _ = _run((4, 4))
+    assert sorted(seen) == list(range(16))
+    if order == "grid":
+        assert seen == list(range(16))
+    elif order == "reverse":
+        assert seen == list(range(15, -1, -1))
+    else:
+        assert seen != list(range(16))

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# On a machine with a CUDA GPU: the whole test suite with the kernels compiled for real, then the
+# benchmark suite beside PyJuice, each under a time limit, every log and JSON in one folder.
+#
+#   bash scripts/gpu_check.sh [OUTDIR]      # default $OUT (the lent GPU machine's) or out/gpu-check
+#
+# Environment: TESTS_S (seconds for the tests, default 240; 0 skips them), BENCH_S (for the
+# benchmark, default 300; 0 skips it), CONFIGS (the benchmark's --configs; default: the rows whose
+# peak memory and train step matter most, largest first, because cuBLAS's workspace counts on the
+# first row that calls torch.bmm), WORKERS (pytest-xdist workers, default 14).
+# Wheels in .whl/ (lark, pyjuice, ...; docs/benchmarks.md) are installed to a private folder first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-${OUT:-out/gpu-check}}
+mkdir -p "$OUTDIR"
+TESTS_S=${TESTS_S:-240}
+BENCH_S=${BENCH_S:-300}
+WORKERS=${WORKERS:-14}
+CONFIGS=${CONFIGS:-hclt-512,hclt-128,rat-d5-r16-256,hmm-2048,pd-256,hclt-32,hmm-64,pd-32,hclt-128-B1}
+SITE=${TMPDIR:-/tmp}/pcir-gpu-check-site
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    >"$OUTDIR/wheels.log" 2>&1 || { echo "installing .whl/*.whl failed: $OUTDIR/wheels.log"; exit 1; }
+  export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$OUTDIR/.triton} PCIR_CACHE_DIR=${PCIR_CACHE_DIR:-$OUTDIR/.pcir}
+{
+  date -u +%Y-%m-%dT%H:%M:%SZ
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  git rev-parse --short HEAD 2>/dev/null || echo "(no git folder)"
+} >"$OUTDIR/card.txt" 2>&1
+cat "$OUTDIR/card.txt"
+rc=0
+if [ "$TESTS_S" -gt 0 ]; then
+  timeout "$TESTS_S" python3 -m pytest --device cuda -n "$WORKERS" -p no:cacheprovider -q >"$OUTDIR/tests.log" 2>&1
+  trc=$?
+  echo "tests: exit $trc ($OUTDIR/tests.log)"
+  grep -E "passed|failed|error" "$OUTDIR/tests.log" | tail -3
+  [ "$trc" -eq 0 ] || rc=1
+fi
+if [ "$BENCH_S" -gt 0 ]; then
+  budget=$((BENCH_S > 120 ? BENCH_S - 60 : BENCH_S / 2))
+  timeout "$BENCH_S" python3 bench/run.py --configs "$CONFIGS" --budget-s "$budget" --config-timeout-s 110 \
+    --json "$OUTDIR/bench.json" >"$OUTDIR/bench.log" 2>&1
+  brc=$?
+  echo "bench: exit $brc ($OUTDIR/bench.log)"
+  if [ -s "$OUTDIR/bench.json" ]; then
+    python3 bench/run.py --from-json "$OUTDIR/bench.json" >"$OUTDIR/bench.md" 2>&1
+    tail -40 "$OUTDIR/bench.md"
+  fi
+  [ "$brc" -eq 0 ] || rc=1
+fi
+exit $rc
