@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="cuda:90", help="backend:arch, e.g. cuda:90 (H100/H200) or cuda:80")
     ap.add_argument("--limit", type=int, default=232448, help="bytes of shared memory a block may use")
     ap.add_argument("--precision", default="tf32")
+    ap.add_argument(
+        "--pdl", type=int, default=0, choices=(0, 1, 2), help="the sum forward's PDL (triton_engine.PDL) to compile"
+    )
     args = ap.parse_args(argv)
 
     import triton
@@ -104,6 +107,7 @@ def main(argv=None) -> int:
                 "DENSE": False,
                 "EXCL": all(layer.exclusive for layer in mine),
                 "SC": all(layer.exclusive for layer in mine),  # the children's G (sum alias): the larger kernel
+                "PDL": args.pdl,
             }
             # table-driven layers run the kernels with the arity a compile-time constant (suffix s)
             arity = max(layer.arity for layer in mine)
@@ -120,10 +124,17 @@ def main(argv=None) -> int:
                     opts = {"num_warps": warps}
                     if kind in BACKWARD:
                         opts["num_stages"] = BWD_STAGES
+                    if "PDL" in declared and args.pdl == 2:
+                        opts["launch_pdl"] = True
                     k = triton.compile(ASTSource(fn, sig, constexprs=const), target=target, options=opts)
                     md = k.metadata
                     flag = " OVER" if md.shared > args.limit else ""
-                    over += bool(flag)
+                    if "PDL" in declared and args.pdl == 2:
+                        ptx = k.asm.get("ptx", "")
+                        ok = "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
+                        flag += " pdl" if ok and md.launch_pdl else " NO-PDL"
+                        over += not (ok and md.launch_pdl)
+                    over += md.shared > args.limit
                     print(
                         f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kind + sfx:<16s} "
                         f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"

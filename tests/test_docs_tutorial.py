@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,9 @@ def _interrupt_after_epoch(cmd: str, cwd: Path, env: dict, epoch_prefix: str) ->
     for line in proc.stdout:
         out.append(line)
         if line.startswith(epoch_prefix):
+            # the line is printed once the epoch's checkpoint is written; the next epoch takes
+            # over a second on this machine, so half a second later the run is inside it
+            time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
     return "".join(out)

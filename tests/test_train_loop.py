@@ -101,6 +101,62 @@ def test_resume_after_a_kill_replays_the_uninterrupted_run(rt, tmp_path, em):
     assert resumed.report["test_ll"] == pytest.approx(whole.report["test_ll"], abs=rt[1])
 
 
+def test_ctrl_c_during_a_checkpoint_waits_for_it(tmp_path, monkeypatch):
+    """A SIGINT that lands while epoch 2's checkpoint is written is held until the checkpoint is
+    complete (last and best both point at epoch 2), then interrupts the run; the message says
+    what the run folder holds."""
+    import signal
+
+    ds = make_dataset(tmp_path)
+    real = ck.save_run_checkpoint
+    calls = []
+
+    def save_and_get_interrupted(out, circuit, state, **kw):
+        calls.append(state["epoch"])
+        if state["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the save
+        return real(out, circuit, state, **kw)
+
+    monkeypatch.setattr(ck, "save_run_checkpoint", save_and_get_interrupted)
+    lines: list[str] = []
+    config = TrainConfig(em="full", epochs=5, patience=0, batch_size=50)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            mixture_circuit(), ds, config, out=tmp_path / "run", device="cpu", progress=False,
+            log=lines.append, compile_fn=STANDIN[0],
+        )  # fmt: skip
+    assert calls == [1, 2]
+    assert ck.load_checkpoint(tmp_path / "run", "last").epoch == 2
+    assert ck.load_checkpoint(tmp_path / "run", "best").epoch == 2
+    assert lines[-1] == f"interrupted after epoch 2; {tmp_path / 'run' / 'last'} holds epoch 2; continue with --resume"
+    assert any(ln.startswith("epoch   2/5") for ln in lines)  # the epoch's own line came first
+
+
+def test_ctrl_c_inside_an_epoch_names_the_epoch_and_the_checkpoint(tmp_path):
+    ds = make_dataset(tmp_path)
+    lines: list[str] = []
+
+    def kill(epoch, batch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    config = TrainConfig(em="mini", epochs=5, patience=0, batch_size=32)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            mixture_circuit(), ds, config, out=tmp_path / "run", device="cpu", progress=False,
+            log=lines.append, compile_fn=STANDIN[0], on_batch=kill,
+        )  # fmt: skip
+    assert lines[-1] == f"interrupted in epoch 3; {tmp_path / 'run' / 'last'} holds epoch 2; continue with --resume"
+    lines.clear()
+    kill_first = lambda epoch, batch: (_ for _ in ()).throw(KeyboardInterrupt())  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            mixture_circuit(), ds, config, out=tmp_path / "run2", device="cpu", progress=False,
+            log=lines.append, compile_fn=STANDIN[0], on_batch=kill_first,
+        )  # fmt: skip
+    assert lines[-1] == "interrupted in epoch 1, before the first checkpoint; start again (without --resume)"
+
+
 def test_early_stopping_keeps_the_best_parameters(rt, tmp_path):
     # validation data are the complement of the training distribution: fitting train hurts valid
     ds = make_dataset(tmp_path, valid_flip=True)

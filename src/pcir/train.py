@@ -18,10 +18,13 @@ learning curves to ``OUT/curves.png`` (when matplotlib is installed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -478,50 +481,71 @@ class Trainer:
         if cfg.patience and self.bad_epochs >= cfg.patience:
             stopped = True
             self._note("the resumed run had already stopped early")
-        for epoch in range(self.start_epoch, cfg.total_epochs + 1):
-            if stopped:
-                break
-            try:
+        saved = self.start_epoch - 1  # the epoch OUT/last holds
+        try:
+            for epoch in range(self.start_epoch, cfg.total_epochs + 1):
+                if stopped:
+                    break
                 rec = self._run_epoch(epoch)
-            except KeyboardInterrupt:
-                if self.out is not None and epoch > 1:
-                    self.log(
-                        f"interrupted in epoch {epoch}; {self.out / 'last'} holds epoch {epoch - 1}; continue with --resume"
-                    )
-                elif self.out is not None:
-                    self.log("interrupted in epoch 1, before the first checkpoint; start again (without --resume)")
-                raise
-            self.history.append(rec)
-            self.elapsed += rec.train_time_s + rec.eval_time_s
-            improved = rec.valid_ll is not None and (self.best_valid is None or rec.valid_ll > self.best_valid)
-            if rec.valid_ll is None:
-                improved = True  # no validation split: the latest parameters are the best we know
-            if improved:
-                self.best_valid, self.best_epoch, self.bad_epochs = rec.valid_ll, epoch, 0
-            else:
-                self.bad_epochs += 1
-            if self.out is not None:
+                # Ctrl-C while the epoch is booked and saved waits for the checkpoint
+                with _sigint_deferred():
+                    stopped = self._end_epoch(epoch, rec)
+                    saved = epoch
+        except KeyboardInterrupt:
+            if self.out is not None and saved >= 1:
+                where = f"in epoch {epoch}" if epoch > saved else f"after epoch {saved}"
+                self.log(f"interrupted {where}; {self.out / 'last'} holds epoch {saved}; continue with --resume")
+            elif self.out is not None:
+                self.log("interrupted in epoch 1, before the first checkpoint; start again (without --resume)")
+            raise
+        self._finish(stopped)
+        report = self._report(stopped)
+        if self.out is not None:
+            self.comm.on_main(
+                lambda: ckpt.write_file_atomic(self.out / "report.json", json.dumps(report, indent=1) + "\n")
+            )
+        return TrainResult(report, self.history, self.best_epoch, self.model, self.out, stopped, self.notes)
 
-                def _save(epoch=epoch, improved=improved):
-                    current = self.model.to_circuit()
-                    if self._structure is None:
-                        self._structure = ckpt.Structure.of(current)
-                    ckpt.save_run_checkpoint(
-                        self.out, current, self._state(epoch), best=improved, structure=self._structure
-                    )
+    def _end_epoch(self, epoch: int, rec) -> bool:
+        """Book epoch ``epoch``'s record, save its checkpoint, print its line; True when the run
+        stops after it (early stopping, ``should_stop``)."""
+        cfg = self.config
+        stopped = False
+        self.history.append(rec)
+        self.elapsed += rec.train_time_s + rec.eval_time_s
+        improved = rec.valid_ll is not None and (self.best_valid is None or rec.valid_ll > self.best_valid)
+        if rec.valid_ll is None:
+            improved = True  # no validation split: the latest parameters are the best we know
+        if improved:
+            self.best_valid, self.best_epoch, self.bad_epochs = rec.valid_ll, epoch, 0
+        else:
+            self.bad_epochs += 1
+        if self.out is not None:
 
-                self.comm.on_main(_save)  # rank 0 writes (atomically); the others wait for its outcome
-            elif improved:
-                self._best_params = self.snapshot_params()
-            self.log(_epoch_line(rec, cfg.total_epochs, improved and rec.valid_ll is not None))
-            if cfg.patience and self.bad_epochs >= cfg.patience and epoch < cfg.total_epochs:
-                stopped = True
-                self._note(
-                    f"early stop: no validation improvement for {cfg.patience} epochs (best: epoch {self.best_epoch})"
+            def _save(epoch=epoch, improved=improved):
+                current = self.model.to_circuit()
+                if self._structure is None:
+                    self._structure = ckpt.Structure.of(current)
+                ckpt.save_run_checkpoint(
+                    self.out, current, self._state(epoch), best=improved, structure=self._structure
                 )
-            if not stopped and self.should_stop is not None and epoch < cfg.total_epochs and self.should_stop():
-                stopped = True
-                self._note(f"stopped after epoch {epoch}: should_stop() (best: epoch {self.best_epoch})")
+
+            self.comm.on_main(_save)  # rank 0 writes (atomically); the others wait for its outcome
+        elif improved:
+            self._best_params = self.snapshot_params()
+        self.log(_epoch_line(rec, cfg.total_epochs, improved and rec.valid_ll is not None))
+        if cfg.patience and self.bad_epochs >= cfg.patience and epoch < cfg.total_epochs:
+            stopped = True
+            self._note(
+                f"early stop: no validation improvement for {cfg.patience} epochs (best: epoch {self.best_epoch})"
+            )
+        if not stopped and self.should_stop is not None and epoch < cfg.total_epochs and self.should_stop():
+            stopped = True
+            self._note(f"stopped after epoch {epoch}: should_stop() (best: epoch {self.best_epoch})")
+        return stopped
+
+    def _finish(self, stopped: bool) -> None:
+        """Put the best parameters back into the model (from OUT/best or memory); plot the curves."""
         if self.out is not None and self.best_epoch is not None:
             self.comm.on_main(
                 lambda: setattr(
@@ -541,12 +565,6 @@ class Trainer:
             note = plot_curves(self.history, self.out / "curves.png", title)
             if note:
                 self._note(note)
-        report = self._report(stopped)
-        if self.out is not None:
-            self.comm.on_main(
-                lambda: ckpt.write_file_atomic(self.out / "report.json", json.dumps(report, indent=1) + "\n")
-            )
-        return TrainResult(report, self.history, self.best_epoch, self.model, self.out, stopped, self.notes)
 
     def _report(self, stopped: bool) -> dict[str, Any]:
         final = {}
@@ -589,6 +607,27 @@ def _progress(total: int, desc: str, enabled: bool):
 
     # disable=None: a bar on a terminal, nothing when stderr is a file or a pipe
     return tqdm(total=total, desc=desc, unit=" samples", unit_scale=True, leave=False, disable=None, dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a Ctrl-C (SIGINT) back until the block is done, then act on it as it would have: a
+    checkpoint under way is finished, and the interrupt comes after it. Only in the main thread
+    (where Python runs signal handlers); elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        if old is signal.default_int_handler or old is None:
+            raise KeyboardInterrupt
+        if callable(old):
+            old(signal.SIGINT, None)
 
 
 def _epoch_line(rec: EpochRecord, epochs: int, best: bool) -> str:

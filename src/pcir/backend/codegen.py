@@ -42,6 +42,11 @@ HEADER = """\
 import triton
 import triton.language as tl
 
+try:  # programmatic dependent launch (Hopper and later; triton_engine.PDL)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # an older Triton: PDL stays off
+    gdc_launch_dependents = gdc_wait = None
+
 PRECISION = "{precision}"
 LAYER_VARIANT = {layer_variant}
 """
@@ -544,7 +549,8 @@ V{i}_BK = tl.constexpr({bk})
 SUM_KERNELS = '''
 @triton.jit
 def sum_fwd_v{i}(
-    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr,
+    PDL: tl.constexpr
 ):
     """Sum layer forward: out[s, b] = log sum_k W[s, k] exp(c[k, b]), c = fused product values."""
     t = tl.program_id(0)
@@ -555,21 +561,53 @@ def sum_fwd_v{i}(
     sm = s < units
     acc = tl.zeros([V{i}_BM, BB], dtype=tl.float32)
     mx = tl.full([BB], float("-inf"), dtype=tl.float32)
-    for j in range(0, nl):
-        if DENSE:  # every column tile, in order: addresses affine in j (pipelinable)
-            kt = j
+    if PDL == 0:
+        for j in range(0, nl):
+            if DENSE:  # every column tile, in order: addresses affine in j (pipelinable)
+                kt = j
+            else:
+                kt = tl.load(LIST + l0 + j)
+            k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
+            km = k < K
+            c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, False)
+            w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
+            new = tl.maximum(mx, tl.max(c, axis=0))
+            safe = tl.where(new == float("-inf"), 0.0, new)
+            scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
+            e = tl.exp(c - safe[None, :])
+            acc = acc * scale[None, :] + {dot_we}
+            mx = new
+    else:
+        # PDL (triton_engine.PDL): the tables, the first column tile's indices and its weights
+        # are written by no kernel of a forward, so they are read before waiting for the layer
+        # below (griddepcontrol.wait; PDL 1: the same order without it); each next tile's
+        # weights are then read before that tile's gather
+        if DENSE:
+            kt = 0
         else:
-            kt = tl.load(LIST + l0 + j)
+            kt = tl.load(LIST + l0, mask=nl > 0, other=0)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
-        km = k < K
-        c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, False)
+        km = (k < K) & (nl > 0)
         w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
-        new = tl.maximum(mx, tl.max(c, axis=0))
-        safe = tl.where(new == float("-inf"), 0.0, new)
-        scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
-        e = tl.exp(c - safe[None, :])
-        acc = acc * scale[None, :] + {dot_we}
-        mx = new
+        if PDL == 2:
+            gdc_launch_dependents()
+            gdc_wait()
+        for j in range(0, nl):
+            c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, False)
+            new = tl.maximum(mx, tl.max(c, axis=0))
+            safe = tl.where(new == float("-inf"), 0.0, new)
+            scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
+            e = tl.exp(c - safe[None, :])
+            acc = acc * scale[None, :] + {dot_we}
+            mx = new
+            more = j + 1 < nl
+            if DENSE:
+                kt = j + 1
+            else:
+                kt = tl.load(LIST + l0 + j + 1, mask=more, other=0)
+            k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
+            km = (k < K) & more
+            w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
     safe = tl.where(mx == float("-inf"), 0.0, mx)
     out = tl.log(acc) + safe[None, :]
     tl.store(V + (row + s)[:, None] * B + b[None, :], out, mask=sm[:, None] & bm[None, :])
@@ -579,7 +617,8 @@ def sum_fwd_v{i}(
 
 @triton.jit
 def sum_fwdt_v{i}(
-    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr
+    V, W, COLS, TAB, LIST, M, B, A, BB: tl.constexpr, CG: tl.constexpr, DENSE: tl.constexpr,
+    PDL: tl.constexpr
 ):
     """sum_fwd batch-major: out[b, s] = log sum_k exp(c[b, k]) W[s, k]; the operand computed in
     registers (exp of the gathered columns) is the product's left one, the one Hopper's
@@ -592,21 +631,53 @@ def sum_fwdt_v{i}(
     sm = s < units
     acc = tl.zeros([BB, V{i}_BM], dtype=tl.float32)
     mx = tl.full([BB], float("-inf"), dtype=tl.float32)
-    for j in range(0, nl):
-        if DENSE:  # every column tile, in order: addresses affine in j (pipelinable)
-            kt = j
+    if PDL == 0:
+        for j in range(0, nl):
+            if DENSE:  # every column tile, in order: addresses affine in j (pipelinable)
+                kt = j
+            else:
+                kt = tl.load(LIST + l0 + j)
+            k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
+            km = k < K
+            c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, True)
+            w = tl.load(W + w_off + s[None, :] * K + k[:, None], mask=km[:, None] & sm[None, :], other=0.0)
+            new = tl.maximum(mx, tl.max(c, axis=1))
+            safe = tl.where(new == float("-inf"), 0.0, new)
+            scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
+            e = tl.exp(c - safe[:, None])
+            acc = acc * scale[:, None] + {dot_ew}
+            mx = new
+    else:
+        # PDL (triton_engine.PDL): the tables, the first column tile's indices and its weights
+        # are written by no kernel of a forward, so they are read before waiting for the layer
+        # below (griddepcontrol.wait; PDL 1: the same order without it); each next tile's
+        # weights are then read before that tile's gather
+        if DENSE:
+            kt = 0
         else:
-            kt = tl.load(LIST + l0 + j)
+            kt = tl.load(LIST + l0, mask=nl > 0, other=0)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
-        km = k < K
-        c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, True)
+        km = (k < K) & (nl > 0)
         w = tl.load(W + w_off + s[None, :] * K + k[:, None], mask=km[:, None] & sm[None, :], other=0.0)
-        new = tl.maximum(mx, tl.max(c, axis=1))
-        safe = tl.where(new == float("-inf"), 0.0, new)
-        scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
-        e = tl.exp(c - safe[:, None])
-        acc = acc * scale[:, None] + {dot_ew}
-        mx = new
+        if PDL == 2:
+            gdc_launch_dependents()
+            gdc_wait()
+        for j in range(0, nl):
+            c = _gather(V, COLS, col_off, k, km, b, bm, A, B, V{i}_BK, BB, CG, True)
+            new = tl.maximum(mx, tl.max(c, axis=1))
+            safe = tl.where(new == float("-inf"), 0.0, new)
+            scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
+            e = tl.exp(c - safe[:, None])
+            acc = acc * scale[:, None] + {dot_ew}
+            mx = new
+            more = j + 1 < nl
+            if DENSE:
+                kt = j + 1
+            else:
+                kt = tl.load(LIST + l0 + j + 1, mask=more, other=0)
+            k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
+            km = (k < K) & more
+            w = tl.load(W + w_off + s[None, :] * K + k[:, None], mask=km[:, None] & sm[None, :], other=0.0)
     safe = tl.where(mx == float("-inf"), 0.0, mx)
     out = tl.log(acc) + safe[:, None]
     tl.store(V + (row + s)[None, :] * B + b[:, None], out, mask=bm[:, None] & sm[None, :])

@@ -90,6 +90,17 @@ BWD_FUSED = True
 # (independent of the batch, so that precompile.same_specialisation's batch warms the same kernels)
 FUSE_MM_MAX_TILES = 1.0
 FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob)
+# Programmatic dependent launch of the sum forward's fused-loop kernels (Hopper and later): 0 off;
+# 1 each program reads its tables, its first column tile's indices and weights, then gathers,
+# and reads each next tile's weights before that tile's gather (the loop PDL 2 runs, without a
+# wait: what the CPU interpreter tests); 2 the same, launched with CUDA's programmatic stream
+# serialisation, the early reads before griddepcontrol.wait, so that a layer's launch and its
+# weight reads overlap the layer below it instead of following it. Written for the small
+# batches, whose forward is a chain of 50-70 short layers of about 6-7 us each on an H200 (of
+# which the weight reads about 2, bench/RESULTS.md, eleventh session). Not measured on a GPU
+# yet: off until bench/kernel_probe.py's variants "pdl" and "pdlpre" have been timed. Only where
+# the device is CUDA; every program waits, so the layers after it see the whole chain's writes.
+PDL = 0
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
 # batch tile of the sum forward at batches of at least 1024 (64: as every other launch; the
@@ -732,6 +743,7 @@ class TritonEngine:
             BB = FWD_BB_LARGE
         name = "sum_fwdt" if BB >= TRANS_FWD_MIN_BB else "sum_fwd"
         fn = getattr(self.k, f"{name}_v{L.variant}{L.sfx}")
+        pdl = PDL if V.is_cuda else min(PDL, 1)
         fn[(L.n_fwd, triton_cdiv(B, BB))](
             V,
             W,
@@ -744,7 +756,9 @@ class TritonEngine:
             BB=BB,
             CG=L.contig,
             DENSE=L.dense_fwd,
+            PDL=pdl,
             **FWD_OPTS,
+            **({"launch_pdl": True} if pdl == 2 else {}),
             num_warps=L.num_warps,
         )
 

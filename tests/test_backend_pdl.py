@@ -1,0 +1,114 @@
+"""The sum forward's programmatic-dependent-launch form (triton_engine.PDL, docs/backend.md).
+
+PDL 1 is the loop PDL 2 runs: each program reads its first column tile's indices and weights
+before any value of the layer below, and each next tile's weights before that tile's gather.
+Its arithmetic is the plain loop's, in the same order, so on the CPU interpreter the forward,
+the flows and an EM step must be those of PDL 0 bit for bit, over every gather form (contiguous
+and table-driven columns, dense and listed column tiles, feature- and batch-major layouts).
+PDL 2 adds CUDA's launch attribute and ``griddepcontrol`` (GPU only): on the CPU it runs as 1,
+and it compiles for sm_90 with both instructions and the attribute (a subprocess without the
+interpreter, as tests/test_backend_ptx.py). Whether PDL 2 is faster is for the GPU to say."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_backend_gathers import CIRCUITS, block_sparse
+from test_backend_helpers import data_for
+
+from pcir import knobs
+from pcir.backend import compile as pc_compile
+from pcir.backend import triton_engine as te
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def interpreted(device):
+    if device != "cpu" or not knobs.get().triton_interpret:
+        pytest.skip("the bit-for-bit comparison runs on the CPU interpreter")
+
+
+def _run(c, pdl, x, miss, monkeypatch):
+    monkeypatch.setattr(te, "PDL", pdl)
+    m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
+    with torch.no_grad():
+        ll = m(x, miss).clone()
+    m.zero_flows()
+    m.forward_backward(x, miss)
+    flows = [f.clone() for f in m.flow_tensors()]
+    m.em_step(0.5, 0.1)
+    with torch.no_grad():
+        after = m(x, miss).clone()
+    return ll, flows, after
+
+
+@pytest.mark.parametrize(
+    "contig, dense, small",
+    [(True, False, 0), (False, False, 0), (True, True, 0), (False, True, 1e9)],
+)
+@pytest.mark.parametrize("batch", [1, 70])
+@pytest.mark.parametrize("name", ["hclt", "hmm", "pd", "block_sparse", "mixed"])
+def test_prefetching_loop_is_the_plain_loop_bit_for_bit(name, batch, contig, dense, small, interpreted, monkeypatch):
+    monkeypatch.setattr(te, "CONTIG_GATHER", contig)
+    monkeypatch.setattr(te, "DENSE_LOOP", dense)
+    monkeypatch.setattr(te, "SMALL_LAYER", small)
+    monkeypatch.setattr(te, "TRANS_FWD_MIN_BB", 64 if batch == 1 else 1)  # both layouts (sum_fwd, sum_fwdt)
+    c = CIRCUITS[name]() if name != "block_sparse" else block_sparse()
+    x, miss = data_for(c, batch, seed=batch + 3, p_missing=0.2)
+    plain = _run(c, 0, x, miss, monkeypatch)
+    pre = _run(c, 1, x, miss, monkeypatch)
+    assert torch.isfinite(plain[0]).all()
+    torch.testing.assert_close(pre[0], plain[0], rtol=0, atol=0)
+    for a, b in zip(pre[1], plain[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(pre[2], plain[2], rtol=0, atol=0)
+    assert not torch.equal(plain[2], plain[0])  # the EM step changed something
+
+
+def test_pdl_2_runs_as_1_off_the_gpu(interpreted, monkeypatch):
+    c = CIRCUITS["hclt"]()
+    x, miss = data_for(c, 9, seed=1)
+    torch.testing.assert_close(_run(c, 2, x, miss, monkeypatch)[0], _run(c, 0, x, miss, monkeypatch)[0], rtol=0, atol=0)
+
+
+def test_the_loop_really_prefetches(interpreted, monkeypatch):
+    """A wrong next-tile index (the prefetch reading tile j instead of j + 1) must show: with the
+    generated text's next-tile line broken, PDL 1 no longer matches."""
+    from pcir.backend import codegen
+
+    good = "kt = tl.load(LIST + l0 + j + 1, mask=more, other=0)"
+    assert codegen.SUM_KERNELS.count(good) == 2
+    monkeypatch.setattr(te, "DENSE_LOOP", False)
+    c = block_sparse()
+    x, miss = data_for(c, 7, seed=2)
+    plain = _run(c, 0, x, miss, monkeypatch)[0]
+    monkeypatch.setattr(codegen, "SUM_KERNELS", codegen.SUM_KERNELS.replace(good, good.replace("j + 1", "j")))
+    monkeypatch.setenv("PCIR_CACHE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"pcir-pdl-mut-{os.getpid()}"))
+    broken = _run(c, 1, x, miss, monkeypatch)[0]
+    assert not torch.equal(broken, plain)
+
+
+def test_pdl_kernels_compile_for_sm90_with_the_attribute(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
+    env["PCIR_CACHE_DIR"] = str(tmp_path / "pcir")
+    r = subprocess.run(
+        [sys.executable, str(HERE.parent / "bench" / "kernel_resources.py"), "pd-32", "--pdl", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if r.returncode != 0 and "ptxas" in (r.stdout + r.stderr).lower() and "not found" in (r.stdout + r.stderr).lower():
+        pytest.skip("no ptxas for sm_90 on this machine")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    fwd = [ln for ln in r.stdout.splitlines() if " sum_fwd" in ln]
+    assert len(fwd) >= 8  # every variant, both layouts, the unrolled ones too
+    assert all(ln.endswith(" pdl") for ln in fwd), fwd
