@@ -23,7 +23,9 @@ categorical counts with tl.dot's tf32x3 instead of two tf32 products; ``scatter`
 table's expected counts by scatter (one atomic add per leaf and sample) instead of the one-hot
 product (``stats_ms``); ``nosumalias``: the training backward keeps the sums' G in the flow
 buffer, not in their value rows (triton_engine.SUM_ALIAS; the probe's backward is the plain one,
-so time it with bench/run.py's train step). Variants measured and dropped are in bench/RESULTS.md (the source edits
+so time it with bench/run.py's train step); ``pdl``/``pdlpre``: the sum forward with
+programmatic dependent launch (triton_engine.PDL 2) / its prefetching loop alone (PDL 1; the
+ablations edit the PDL 0 loop only). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
@@ -75,6 +77,8 @@ KNOBS = {
     "cw8": (te, "COUNT_WARPS", 8),
     "fbb128": (te, "FWD_BB_LARGE", 128),
     "nosumalias": (te, "SUM_ALIAS", False),
+    "pdl": (te, "PDL", 2),
+    "pdlpre": (te, "PDL", 1),
 }
 
 
@@ -101,12 +105,12 @@ ABLATIONS = {
     "ab_now": {  # no weight loads in the forward (masked off)
         "SUM_KERNELS": [
             (
-                "mask=sm[:, None] & km[None, :], other=0.0)\n        new = tl.maximum",
-                "mask=sm[:, None] & km[None, :] & (K < 0), other=0.0)\n        new = tl.maximum",
+                "mask=sm[:, None] & km[None, :], other=0.0)\n            new = tl.maximum",
+                "mask=sm[:, None] & km[None, :] & (K < 0), other=0.0)\n            new = tl.maximum",
             ),
             (
-                "mask=km[:, None] & sm[None, :], other=0.0)\n        new = tl.maximum",
-                "mask=km[:, None] & sm[None, :] & (K < 0), other=0.0)\n        new = tl.maximum",
+                "mask=km[:, None] & sm[None, :], other=0.0)\n            new = tl.maximum",
+                "mask=km[:, None] & sm[None, :] & (K < 0), other=0.0)\n            new = tl.maximum",
             ),
         ]
     },
