@@ -7,7 +7,9 @@
 # Environment: TESTS_S (seconds for the tests, default 240; 0 skips them), BENCH_S (for the
 # benchmark, default 300; 0 skips it), CONFIGS (the benchmark's --configs; default: the rows whose
 # peak memory and train step matter most, largest first, because cuBLAS's workspace counts on the
-# first row that calls torch.bmm), WORKERS (pytest-xdist workers, default 14).
+# first row that calls torch.bmm), WORKERS (pytest-xdist workers, default 14), PROBE_S (seconds
+# for bench/kernel_probe.py's open variants after the benchmark, default 0: skipped) with
+# PROBE_CONFIGS (default hclt-128,hmm-64,hclt-32) and PROBE_VARIANTS (default base,pdlpre,pdl).
 # Wheels in .whl/ (lark, pyjuice, ...; docs/benchmarks.md) are installed to a private folder first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -52,5 +54,17 @@ if [ "$BENCH_S" -gt 0 ]; then
     tail -40 "$OUTDIR/bench.md"
   fi
   [ "$brc" -eq 0 ] || rc=1
+fi
+PROBE_S=${PROBE_S:-0}
+if [ "$PROBE_S" -gt 0 ]; then
+  end=$((SECONDS + PROBE_S))
+  for cfg in $(echo "${PROBE_CONFIGS:-hclt-128,hmm-64,hclt-32}" | tr , ' '); do
+    left=$((end - SECONDS))
+    [ "$left" -gt 20 ] || break
+    timeout "$left" python3 bench/kernel_probe.py --config "$cfg" --batch 1,512 \
+      --variants "${PROBE_VARIANTS:-base,pdlpre,pdl}" --json "$OUTDIR/probe-$cfg.json" >"$OUTDIR/probe-$cfg.log" 2>&1
+    echo "probe $cfg: exit $? ($OUTDIR/probe-$cfg.log)"
+    tail -12 "$OUTDIR/probe-$cfg.log"
+  done
 fi
 exit $rc
