@@ -130,3 +130,36 @@ def test_pdl_kernels_compile_for_sm90_with_the_attribute(tmp_path):
     fwd = [ln for ln in r.stdout.splitlines() if " sum_fwd" in ln]
     assert len(fwd) >= 8  # every variant, both layouts, the unrolled ones too
     assert all(ln.endswith(" pdl") for ln in fwd), fwd
+
+
+@pytest.fixture
+def cuda(device):
+    if device != "cuda":
+        pytest.skip("PDL 2 runs on a CUDA device only (pytest --device cuda)")
+
+
+@pytest.mark.parametrize("batch", [1, 512])
+@pytest.mark.parametrize("name", ["hclt", "pd", "block_sparse"])
+def test_pdl_2_on_the_gpu_is_the_plain_forward(name, batch, cuda, monkeypatch):
+    """With the launch attribute and griddepcontrol, eagerly and replayed from the runtime's own
+    CUDA graphs: the same log-likelihoods as PDL 0 bit for bit (the forward adds nothing
+    atomically; its only atomic is a max), and the same up to rounding after a training step."""
+    c = CIRCUITS[name]() if name != "block_sparse" else block_sparse()
+    x, miss = data_for(c, batch, seed=5, p_missing=0.1)
+    x, miss = torch.as_tensor(x).cuda(), torch.as_tensor(miss).cuda()
+    out = {}
+    for pdl in (0, 2):
+        monkeypatch.setattr(te, "PDL", pdl)
+        m = pc_compile(c, engine="triton", device="cuda", precision="fp32")
+        with torch.no_grad():
+            lls = [m(x, miss).clone() for _ in range(3)]  # eager, capture, replay
+        m.train_step(x, 0.5, 0.1)
+        with torch.no_grad():
+            after = [m(x, miss).clone() for _ in range(2)]
+        out[pdl] = (lls, after)
+    for a, b in zip(out[2][0], out[0][0], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(out[2][1], out[0][1], strict=True):  # the step's atomic adds: any order
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(out[0][0][0]).all()
+    assert not torch.equal(out[0][1][0], out[0][0][0])  # the step changed the model
