@@ -83,6 +83,14 @@ def parse_args(argv=None):
         "earlier ones compiled: PyJuice's in memory, pcir's from Triton's disk cache)",
     )
     ap.add_argument("--label", default="", help="free text recorded in the JSON (commit, what changed)")
+    ap.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set pcir.backend.triton_engine.NAME to the Python literal VALUE for the run (repeatable; "
+        "e.g. SUM_ALIAS=False, PDL=2): an A/B of a default in one call, recorded in the JSON",
+    )
     ap.add_argument("--from-json", metavar="FILE", help="only print the tables of an earlier run's JSON")
     return ap.parse_args(argv)
 
@@ -133,7 +141,7 @@ def environment(juice_info: str, args) -> dict:
         "numpy": numpy.__version__,
         "pcir": pcir.__version__,
         "pyjuice": juice_info,
-        "label": args.label,
+        "label": args.label + (" knobs: " + ", ".join(args.knob) if getattr(args, "knob", None) else ""),
         "host": platform.node(),
     }
 
@@ -335,6 +343,30 @@ def isolated_row(cfg, args, argv: list[str], work: Path) -> dict:
     return row
 
 
+def apply_knobs(items: list[str]) -> dict:
+    """``NAME=VALUE`` -> set ``pcir.backend.triton_engine.NAME`` (an existing upper-case knob, a
+    value of the same type) and return what was set."""
+    import ast
+
+    from pcir.backend import triton_engine as te
+
+    done = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isupper() or not hasattr(te, name):
+            raise SystemExit(f"--knob {item}: expected NAME=VALUE with NAME a knob of pcir.backend.triton_engine")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--knob {item}: {text!r} is not a Python literal") from None
+        old = getattr(te, name)
+        if type(value) is not type(old) and not (isinstance(old, float) and isinstance(value, int)):
+            raise SystemExit(f"--knob {item}: {name} is a {type(old).__name__}, got a {type(value).__name__}")
+        setattr(te, name, value)
+        done[name] = value
+    return done
+
+
 def main(argv=None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -342,6 +374,7 @@ def main(argv=None) -> int:
         print(tables(json.loads(Path(args.from_json).read_text())))
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    apply_knobs(args.knob)
     configs = select(args)
     if not configs:
         print("no configuration selected", file=sys.stderr)

@@ -9,7 +9,9 @@
 # peak memory and train step matter most, largest first, because cuBLAS's workspace counts on the
 # first row that calls torch.bmm), WORKERS (pytest-xdist workers, default 14), PROBE_S (seconds
 # for bench/kernel_probe.py's open variants after the benchmark, default 0: skipped) with
-# PROBE_CONFIGS (default hclt-128,hmm-64,hclt-32) and PROBE_VARIANTS (default base,pdlpre,pdl).
+# PROBE_CONFIGS (default hclt-128,hmm-64,hclt-32) and PROBE_VARIANTS (default base,pdlpre,pdl);
+# AB_S with AB_KNOBS (space-separated NAME=VALUE, e.g. "SUM_ALIAS=False") runs the benchmark's
+# rows again, pcir only, with those engine knobs (default 0: skipped).
 # Wheels in .whl/ (lark, pyjuice, ...; docs/benchmarks.md) are installed to a private folder first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +56,17 @@ if [ "$BENCH_S" -gt 0 ]; then
     tail -40 "$OUTDIR/bench.md"
   fi
   [ "$brc" -eq 0 ] || rc=1
+fi
+AB_S=${AB_S:-0}
+if [ "$AB_S" -gt 0 ] && [ -n "${AB_KNOBS:-}" ]; then
+  # the same rows, pcir only, with engine knobs changed (bench/run.py --knob): an A/B of a default
+  knobs=()
+  for kv in $AB_KNOBS; do knobs+=(--knob "$kv"); done
+  timeout "$AB_S" python3 bench/run.py --configs "$CONFIGS" --no-pyjuice "${knobs[@]}" --budget-s $((AB_S - 30)) \
+    --config-timeout-s 90 --json "$OUTDIR/bench-ab.json" >"$OUTDIR/bench-ab.log" 2>&1
+  echo "bench with $AB_KNOBS: exit $? ($OUTDIR/bench-ab.log)"
+  [ -s "$OUTDIR/bench-ab.json" ] && python3 bench/run.py --from-json "$OUTDIR/bench-ab.json" >"$OUTDIR/bench-ab.md" 2>&1
+  tail -25 "$OUTDIR/bench-ab.md" 2>/dev/null
 fi
 PROBE_S=${PROBE_S:-0}
 if [ "$PROBE_S" -gt 0 ]; then

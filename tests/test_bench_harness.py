@@ -279,3 +279,27 @@ def test_isolated_runs_give_each_configuration_its_own_process_and_caches(tmp_pa
     assert all(row["isolated"]["pcir_cache_files"] >= 1 for row in rows)
     assert "own process" in r.stdout
     assert "--isolate" in out.with_suffix(".md").read_text()
+
+
+def test_bench_knobs_set_engine_constants_and_refuse_bad_ones(monkeypatch):
+    import run as bench_run
+
+    from pcir.backend import triton_engine as te
+
+    monkeypatch.setattr(te, "SUM_ALIAS", te.SUM_ALIAS)  # restored after the test
+    monkeypatch.setattr(te, "PDL", te.PDL)
+    monkeypatch.setattr(te, "SMALL_LAYER", te.SMALL_LAYER)
+    assert bench_run.apply_knobs(["SUM_ALIAS=False", "PDL=2", "SMALL_LAYER=2"]) == {
+        "SUM_ALIAS": False,
+        "PDL": 2,
+        "SMALL_LAYER": 2,
+    }
+    assert te.SUM_ALIAS is False and te.PDL == 2 and te.SMALL_LAYER == 2
+    for bad, why in [
+        ("NO_SUCH_KNOB=1", "a knob of"),
+        ("PDL", "NAME=VALUE"),
+        ("PDL=two", "not a Python literal"),
+        ("SUM_ALIAS=1", "is a bool, got a int"),
+    ]:
+        with pytest.raises(SystemExit, match=why):
+            bench_run.apply_knobs([bad])
