@@ -98,8 +98,9 @@ FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob
 # weight reads overlap the layer below it instead of following it. Written for the small
 # batches, whose forward is a chain of 50-70 short layers of about 6-7 us each on an H200 (of
 # which the weight reads about 2, bench/RESULTS.md, eleventh session). Not measured on a GPU
-# yet: off until bench/kernel_probe.py's variants "pdl" and "pdlpre" have been timed. Only where
-# the device is CUDA; every program waits, so the layers after it see the whole chain's writes.
+# yet: off until bench/kernel_probe.py's variants "pdl" and "pdlpre" have been timed. 2 only on a
+# CUDA device of compute capability 9 or more (else 1); every program waits, so the layers after
+# it see the whole chain's writes.
 PDL = 0
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
@@ -390,6 +391,8 @@ class TritonEngine:
             else:
                 self.layers.append(_ProductLayer(layer, device))
         self.sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        # griddepcontrol (PDL 2) needs Hopper or later; elsewhere PDL runs as its loop alone (1)
+        self.pdl_ok = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
         # parameter-flow programs split the batch until about this many run at once
         self.target_programs = 4 * self.sms
         self.num_sum_groups = sum(len(layer.groups) for layer in plan.layers if layer.kind == "sum")
@@ -743,7 +746,7 @@ class TritonEngine:
             BB = FWD_BB_LARGE
         name = "sum_fwdt" if BB >= TRANS_FWD_MIN_BB else "sum_fwd"
         fn = getattr(self.k, f"{name}_v{L.variant}{L.sfx}")
-        pdl = PDL if V.is_cuda else min(PDL, 1)
+        pdl = PDL if self.pdl_ok else min(PDL, 1)
         fn[(L.n_fwd, triton_cdiv(B, BB))](
             V,
             W,
