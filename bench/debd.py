@@ -51,9 +51,10 @@ def data_root(arg: str | None) -> Path:
     sys.exit("debd data not found: pass --root DIR (with NAME/NAME.train.data) or set PCIR_DATA_DIR")
 
 
-def build_hclt(train_x, latents: int, seed: int, mi_pseudocount: float = 0.0):
+def build_hclt(train_x, latents: int, seed: int, mi_pseudocount: float = 0.0, root: int = -1):
     """Call pcir.structures.hclt with whatever names its signature uses (``mi_pseudocount``: the
-    Chow-Liu tree's Laplace smoothing, passed only when > 0)."""
+    Chow-Liu tree's Laplace smoothing, passed only when > 0; ``root``: the tree's root variable,
+    passed only when >= 0)."""
     try:
         from pcir.structures import hclt
     except ImportError:
@@ -71,6 +72,8 @@ def build_hclt(train_x, latents: int, seed: int, mi_pseudocount: float = 0.0):
         if "mi_pseudocount" not in params:
             sys.exit("this checkout's hclt has no mi_pseudocount")
         kw["mi_pseudocount"] = mi_pseudocount
+    if root >= 0:
+        kw["root"] = root
     return fn(train_x, **kw)
 
 

@@ -60,6 +60,7 @@ AXES = (
     ("stepwise", int, "0"),  # 1: mini-batch EM averages the flows (stepwise EM), not the parameters
     ("full_pseudocount", float, "-1"),  # pseudocount of the full-batch epochs (-1: the pseudocount)
     ("mi_pseudocount", float, "0"),  # Laplace smoothing of the Chow-Liu tree's pairwise counts (hclt)
+    ("tree_root", int, "-1"),  # the tree's root variable (-1: its centre, hclt's default)
 )
 AXIS_TYPES = {name: typ for name, typ, _ in AXES}
 SHORT = {
@@ -77,6 +78,7 @@ SHORT = {
     "stepwise": "sw",
     "full_pseudocount": "fpc",
     "mi_pseudocount": "mp",
+    "tree_root": "rt",
 }
 # axes added after sweeps were recorded: left out of names and keys at this value, so that the
 # runs of those sweeps keep their names and can be reused
@@ -88,6 +90,7 @@ LEGACY_DEFAULTS = {
     "stepwise": 0,
     "full_pseudocount": -1.0,
     "mi_pseudocount": 0.0,
+    "tree_root": -1,
 }
 
 
@@ -287,7 +290,9 @@ def run_one(task: dict) -> dict:
         p = task["point"]
         ds = load_dataset(Path(task["root"]) / task["dataset"] / task["dataset"])
         t0 = time.perf_counter()
-        circuit = debd.build_hclt(ds["train"], p["latents"], task["seed"], float(p.get("mi_pseudocount", 0.0)))
+        circuit = debd.build_hclt(
+            ds["train"], p["latents"], task["seed"], float(p.get("mi_pseudocount", 0.0)), int(p.get("tree_root", -1))
+        )
         kw = {"pipeline": task["pipeline"]} if task["pipeline"] else {}
         model = (task.get("compile_fn") or compile_model)(circuit, task["device"], **kw)
         if float(p.get("init", 0.0)) > 0:
@@ -449,6 +454,7 @@ def tables(result: dict) -> str:
         drop += ", stepwise EM" if int(p.get("stepwise", 0)) else ""
         drop += f", full-batch pseudocount {p['full_pseudocount']:g}" if p.get("full_pseudocount", -1) >= 0 else ""
         drop += f", tree MI pseudocount {p['mi_pseudocount']:g}" if float(p.get("mi_pseudocount", 0.0)) > 0 else ""
+        drop += f", root x{p['tree_root']}" if int(p.get("tree_root", -1)) >= 0 else ""
         mark = " (cut)" if s["status"] == "cut" else ""
         pub = "-" if s["published"] is None else f"{s['published']:.2f}"
         delta = "-"
