@@ -132,9 +132,10 @@ def _interrupt_after_epoch(cmd: str, cwd: Path, env: dict, epoch_prefix: str) ->
     for line in proc.stdout:
         out.append(line)
         if line.startswith(epoch_prefix):
-            # the line is printed once the epoch's checkpoint is written; the next epoch takes
-            # over a second on this machine, so half a second later the run is inside it
-            time.sleep(0.5)
+            # the line is printed once the epoch's checkpoint is written; a third of that epoch's
+            # time later the run is well inside the next one
+            took = re.search(r"(\d+(?:\.\d+)?)s  ", line)
+            time.sleep(min(0.5, float(took.group(1)) / 3) if took else 0.2)
             proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
     return "".join(out)
