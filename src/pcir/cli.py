@@ -27,6 +27,25 @@ def _command_modules():
     return sorted(mods, key=lambda m: getattr(m, "ORDER", 100))
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions as their modules write them: paragraphs (separated by blank lines) are
+    re-wrapped to the terminal, but a paragraph with an indented line (a block of examples) is
+    printed line for line (argparse's default would run the examples into one paragraph)."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        out = []
+        for para in text.strip("\n").split("\n\n"):
+            lines = para.splitlines()
+            if any(ln[:1].isspace() for ln in lines):
+                out.append("\n".join(indent + ln for ln in lines))
+            else:
+                out.append(textwrap.fill(" ".join(ln.strip() for ln in lines), width, initial_indent=indent,
+                                         subsequent_indent=indent))  # fmt: skip
+        return "\n\n".join(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -37,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pcir {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _command_modules():
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        p = sub.add_parser(
+            mod.NAME,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            formatter_class=_HelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
