@@ -43,6 +43,8 @@ if [ "$TESTS_S" -gt 0 ]; then
   trc=$?
   echo "tests: exit $trc ($OUTDIR/tests.log)"
   grep -E "passed|failed|error" "$OUTDIR/tests.log" | tail -3
+  # a collection error (a missing wheel, say) stops the run before any test: show why
+  grep -q "passed" "$OUTDIR/tests.log" || tail -8 "$OUTDIR/tests.log"
   [ "$trc" -eq 0 ] || rc=1
 fi
 if [ "$BENCH_S" -gt 0 ]; then
