@@ -7,9 +7,10 @@ and group maximum the forward stores must be PDL 0's bit for bit, over every gat
 (contiguous and table-driven columns, dense and listed column tiles, feature- and batch-major
 layouts); the flows and an EM step after it agree up to the order of the backward's atomic adds,
 which the shuffled program order of the test runs changes between two runs.
-PDL 2 adds CUDA's launch attribute and ``griddepcontrol`` (GPU only): on the CPU it runs as 1,
+PDL 2 adds CUDA's launch attribute and ``griddepcontrol`` (Hopper only): elsewhere it runs as 0,
 and it compiles for sm_90 with both instructions and the attribute (a subprocess without the
-interpreter, as tests/test_backend_ptx.py). Whether PDL 2 is faster is for the GPU to say."""
+interpreter, as tests/test_backend_ptx.py). On by default for the feature-major kernel only
+(measured: bench/RESULTS.md, fourteenth session)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def _run(c, pdl, x, miss, monkeypatch):
     """(every stored value and group max of the forward, the flows, the log-likelihoods after an
     EM step) with ``triton_engine.PDL = pdl``."""
     monkeypatch.setattr(te, "PDL", pdl)
+    monkeypatch.setattr(te, "PDL_FWDT", True)  # the batch-major kernel too
     m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
     eng = m._engine()
     seen = {}
@@ -88,11 +90,34 @@ def test_prefetching_loop_is_the_plain_loop_bit_for_bit(name, batch, contig, den
     torch.testing.assert_close(pre[2], plain[2], rtol=1e-6, atol=1e-6)
 
 
-def test_pdl_2_runs_as_1_off_the_gpu(interpreted, monkeypatch):
+def test_pdl_2_runs_as_0_off_hopper(interpreted, monkeypatch):
+    """Off a Hopper GPU, the default PDL 2 falls back to the plain loop (the loop alone was
+    slower than it on an H200): the interpreter would fail on griddepcontrol."""
     c = CIRCUITS["hclt"]()
     x, miss = data_for(c, 9, seed=1)
     (v2, _), (v0, _) = _run(c, 2, x, miss, monkeypatch)[0], _run(c, 0, x, miss, monkeypatch)[0]
     torch.testing.assert_close(v2, v0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("pdl", "fwdt", "hopper", "want"),
+    [
+        (2, False, True, {"sum_fwd": 2, "sum_fwdt": 0}),
+        (2, True, True, {"sum_fwd": 2, "sum_fwdt": 2}),
+        (2, True, False, {"sum_fwd": 0, "sum_fwdt": 0}),
+        (1, False, False, {"sum_fwd": 1, "sum_fwdt": 0}),
+        (1, True, False, {"sum_fwd": 1, "sum_fwdt": 1}),
+        (0, True, True, {"sum_fwd": 0, "sum_fwdt": 0}),
+    ],
+)
+def test_which_forward_kernel_gets_pdl(pdl, fwdt, hopper, want, monkeypatch):
+    """The default (PDL 2, not PDL_FWDT) is the measured one: the feature-major kernel of small
+    batch tiles only, and only where griddepcontrol exists."""
+    monkeypatch.setattr(te, "PDL", pdl)
+    monkeypatch.setattr(te, "PDL_FWDT", fwdt)
+    eng = pc_compile(CIRCUITS["hclt"](), engine="triton", device="cpu")._engine()
+    monkeypatch.setattr(eng, "pdl_ok", hopper)
+    assert {n: eng._fwd_pdl(n) for n in want} == want
 
 
 def test_the_loop_really_prefetches(interpreted, monkeypatch):
@@ -148,6 +173,7 @@ def test_pdl_2_on_the_gpu_is_the_plain_forward(name, batch, cuda, monkeypatch):
     x, miss = data_for(c, batch, seed=5, p_missing=0.1)
     x, miss = torch.as_tensor(x).cuda(), torch.as_tensor(miss).cuda()
     out = {}
+    monkeypatch.setattr(te, "PDL_FWDT", True)  # batch 512's batch-major kernel too
     for pdl in (0, 2):
         monkeypatch.setattr(te, "PDL", pdl)
         m = pc_compile(c, engine="triton", device="cuda", precision="fp32")

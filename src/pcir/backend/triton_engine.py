@@ -97,11 +97,15 @@ FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob
 # serialisation, the early reads before griddepcontrol.wait, so that a layer's launch and its
 # weight reads overlap the layer below it instead of following it. Written for the small
 # batches, whose forward is a chain of 50-70 short layers of about 6-7 us each on an H200 (of
-# which the weight reads about 2, bench/RESULTS.md, eleventh session). Not measured on a GPU
-# yet: off until bench/kernel_probe.py's variants "pdl" and "pdlpre" have been timed. 2 only on a
-# CUDA device of compute capability 9 or more (else 1); every program waits, so the layers after
-# it see the whole chain's writes.
-PDL = 0
+# which the weight reads about 2, bench/RESULTS.md, eleventh session). 2 only on a CUDA device of
+# compute capability 9 or more (elsewhere PDL 2 runs as 0, 1 as 1); every program waits, so the
+# layers after it see the whole chain's writes. Measured (bench/kernel_probe.py, H200, fourteenth
+# session): PDL 2 took hclt-32's batch-1 forward from 0.146 to 0.115 ms and left batch 512 as it
+# was (0.385 / 0.383 ms); the loop alone (1) was 11-15% slower at both. So on by default, and
+# only on the feature-major kernel (small batch tiles) unless PDL_FWDT.
+PDL = 2
+# PDL on the batch-major sum forward too (sum_fwdt, batch tiles of 64 and more): not measured apart
+PDL_FWDT = False
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
 TRANS_FWD_MIN_BB = 64
 # batch tile of the sum forward at batches of at least 1024 (64: as every other launch; the
@@ -391,7 +395,7 @@ class TritonEngine:
             else:
                 self.layers.append(_ProductLayer(layer, device))
         self.sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        # griddepcontrol (PDL 2) needs Hopper or later; elsewhere PDL runs as its loop alone (1)
+        # griddepcontrol (PDL 2) needs Hopper or later; elsewhere PDL 2 runs as 0
         self.pdl_ok = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
         # parameter-flow programs split the batch until about this many run at once
         self.target_programs = 4 * self.sms
@@ -746,7 +750,7 @@ class TritonEngine:
             BB = FWD_BB_LARGE
         name = "sum_fwdt" if BB >= TRANS_FWD_MIN_BB else "sum_fwd"
         fn = getattr(self.k, f"{name}_v{L.variant}{L.sfx}")
-        pdl = PDL if self.pdl_ok else min(PDL, 1)
+        pdl = self._fwd_pdl(name)
         fn[(L.n_fwd, triton_cdiv(B, BB))](
             V,
             W,
@@ -764,6 +768,13 @@ class TritonEngine:
             **({"launch_pdl": True} if pdl == 2 else {}),
             num_warps=L.num_warps,
         )
+
+    def _fwd_pdl(self, name: str) -> int:
+        """The sum forward kernel ``name``'s PDL form (the knobs PDL and PDL_FWDT, above)."""
+        pdl = PDL if name == "sum_fwd" or PDL_FWDT else 0
+        if pdl == 2 and not self.pdl_ok:
+            pdl = 0  # griddepcontrol needs Hopper; the loop alone (1) is slower than 0
+        return pdl
 
     # ---- backward ----------------------------------------------------------------------------
     def backward(self, W, V, M, xf, root_flow, PF=None, leaf_alias: bool = False):
