@@ -78,14 +78,12 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
 
-    import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from pcir.backend.codegen import generate, variants
     from pcir.backend.loader import load_source
     from pcir.backend.plan import lower
-    from pcir.backend.triton_engine import BWD_STAGES, WARPS_LARGE_TILE, _batch_tile
+    from pcir.backend.triton_engine import WARPS_LARGE_TILE, _batch_tile
 
     backend, arch = args.target.split(":")
     target = GPUTarget(backend, int(arch), 32)
@@ -116,33 +114,51 @@ def main(argv=None) -> int:
                 if fn is None:
                     continue
                 fl = {**flags, "A": arity} if sfx else flags
-                try:
-                    # constant exactly where the kernel declares it (a value for each from fl)
-                    declared = {p.name for p in fn.params if p.is_constexpr}
-                    sig = {a: ("constexpr" if a in declared else ARG_TYPES[a]) for a in fn.arg_names}
-                    const = {a: fl[a] for a in fn.arg_names if a in declared}
-                    opts = {"num_warps": warps}
-                    if kind in BACKWARD:
-                        opts["num_stages"] = BWD_STAGES
-                    if "PDL" in declared and args.pdl == 2:
-                        opts["launch_pdl"] = True
-                    k = triton.compile(ASTSource(fn, sig, constexprs=const), target=target, options=opts)
-                    md = k.metadata
-                    flag = " OVER" if md.shared > args.limit else ""
-                    if "PDL" in declared and args.pdl == 2:
-                        ptx = k.asm.get("ptx", "")
-                        ok = "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
-                        flag += " pdl" if ok and md.launch_pdl else " NO-PDL"
-                        over += not (ok and md.launch_pdl)
-                    over += md.shared > args.limit
-                    print(
-                        f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kind + sfx:<16s} "
-                        f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
-                    )
-                except Exception as e:  # noqa: BLE001  (report and go on)
-                    over += 1
-                    print(f"{name:>16s} v{i} {kind}{sfx}: {type(e).__name__}: {str(e)[:200]}")
+                # both loops of the sum forward (listed column tiles, and every tile in order: the
+                # layers dense_fwd marks and the DENSE_LOOP knob; a type error of one loop's
+                # loop-carried index showed only on a GPU)
+                dense = (False, True) if "DENSE" in {p.name for p in fn.params if p.is_constexpr} else (False,)
+                for d in dense:
+                    kname = kind + sfx + (" dense" if d else "")
+                    over += _compile_one(name, i, variant, bb, kname, kind, fn, {**fl, "DENSE": d}, warps, args, target)
     return 1 if over else 0
+
+
+def _compile_one(name, i, variant, bb, kname, kind, fn, fl, warps, args, target) -> int:
+    """Compile one kernel with the flags ``fl`` and print its resources: the problems found."""
+    import triton
+    from triton.compiler import ASTSource
+
+    from pcir.backend.triton_engine import BWD_STAGES
+
+    over = 0
+    try:
+        # constant exactly where the kernel declares it (a value for each from fl)
+        declared = {p.name for p in fn.params if p.is_constexpr}
+        sig = {a: ("constexpr" if a in declared else ARG_TYPES[a]) for a in fn.arg_names}
+        const = {a: fl[a] for a in fn.arg_names if a in declared}
+        opts = {"num_warps": warps}
+        if kind in BACKWARD:
+            opts["num_stages"] = BWD_STAGES
+        if "PDL" in declared and args.pdl == 2:
+            opts["launch_pdl"] = True
+        k = triton.compile(ASTSource(fn, sig, constexprs=const), target=target, options=opts)
+        md = k.metadata
+        flag = " OVER" if md.shared > args.limit else ""
+        if "PDL" in declared and args.pdl == 2:
+            ptx = k.asm.get("ptx", "")
+            ok = "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
+            flag += " pdl" if ok and md.launch_pdl else " NO-PDL"
+            over += not (ok and md.launch_pdl)
+        over += md.shared > args.limit
+        print(
+            f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kname:<16s} "
+            f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
+        )
+    except Exception as e:  # noqa: BLE001  (report and go on)
+        over += 1
+        print(f"{name:>16s} v{i} {kname}: {type(e).__name__}: {str(e)[:200]}")
+    return over
 
 
 if __name__ == "__main__":

@@ -265,3 +265,18 @@ def test_launcher_imports_take_turns_while_loading():
         assert build._load_module_from_path is slow
     finally:
         build._load_module_from_path = orig
+
+
+def test_a_failed_compile_leaves_no_async_mode_behind():
+    """Triton 3.6's AsyncCompileMode raises a failed compile from ``__exit__`` before it clears
+    its mode: left set, every later compile of the process went to the closed pool ("cannot
+    schedule new futures after shutdown"; 200 GPU tests failed after one kernel did not
+    compile). precompile._async_compile clears it, and the next parallel compile works."""
+    from triton.runtime import _async_compile
+
+    with pytest.raises(ZeroDivisionError), pre._async_compile(2, torch.device("cpu")):
+        _async_compile.active_mode.get().submit("bad", lambda: 1 / 0, lambda k: None)
+    assert _async_compile.active_mode.get() is None
+    with pre._async_compile(2, torch.device("cpu")):
+        fk = _async_compile.active_mode.get().submit("good", lambda: 41, lambda k: None)
+    assert fk.result() == 41

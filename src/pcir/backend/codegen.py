@@ -583,7 +583,7 @@ def sum_fwd_v{i}(
         # below (griddepcontrol.wait; PDL 1: the same order without it); each next tile's
         # weights are then read before that tile's gather
         if DENSE:
-            kt = 0
+            kt = nl * 0  # the loop's j + 1 has nl's type (int64): a loop-carried int32 does not compile
         else:
             kt = tl.load(LIST + l0, mask=nl > 0, other=0)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
@@ -653,7 +653,7 @@ def sum_fwdt_v{i}(
         # below (griddepcontrol.wait; PDL 1: the same order without it); each next tile's
         # weights are then read before that tile's gather
         if DENSE:
-            kt = 0
+            kt = nl * 0  # the loop's j + 1 has nl's type (int64): a loop-carried int32 does not compile
         else:
             kt = tl.load(LIST + l0, mask=nl > 0, other=0)
         k = kt * V{i}_BK + tl.arange(0, V{i}_BK)

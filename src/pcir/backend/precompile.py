@@ -52,12 +52,19 @@ class WarmupKernels:
 def _async_compile(threads: int, device: torch.device):
     """Compile on a pool of ``threads``, then load every compiled kernel on the same pool
     (:func:`_load`)."""
-    from triton.runtime._async_compile import AsyncCompileMode
+    from triton.runtime import _async_compile as ac
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        mode = AsyncCompileMode(pool)
-        with mode:
-            yield
+        mode = ac.AsyncCompileMode(pool)
+        try:
+            with mode:
+                yield
+        finally:
+            # Triton 3.6's __exit__ raises a failed compile before it clears its mode; left set,
+            # every later compile of the process would go to this pool, closed below
+            active = getattr(ac, "active_mode", None)
+            if active is not None and active.get() is mode:
+                active.set(None)
         kernels = [fk.kernel for fk in mode.future_kernels.values() if getattr(fk, "kernel", None) is not None]
         with _serial_module_loads():
             list(pool.map(lambda k: _load(k, device), kernels))
