@@ -25,8 +25,9 @@ product (``stats_ms``); ``nosumalias``: the training backward keeps the sums' G 
 buffer, not in their value rows (triton_engine.SUM_ALIAS; the probe's backward is the plain one,
 so time it with bench/run.py's train step); ``pdl``/``pdlpre``: the sum forward with
 programmatic dependent launch (triton_engine.PDL 2) / its prefetching loop alone (PDL 1; the
-ablations edit the PDL 0 loop only); since PDL 2 is the default (on the feature-major kernel),
-``nopdl`` is the plain loop and ``pdlfwdt`` PDL on the batch-major kernel too. Variants measured and dropped are in bench/RESULTS.md (the source edits
+ablations edit the PDL 0 loop only); ``pdl`` applies to the feature-major kernel only (small
+batch tiles; ``pdl+pdlfwdt`` to the batch-major one too); ``nopdl`` the plain loop, whatever the
+default. Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 

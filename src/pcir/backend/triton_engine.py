@@ -101,9 +101,11 @@ FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob
 # compute capability 9 or more (elsewhere PDL 2 runs as 0, 1 as 1); every program waits, so the
 # layers after it see the whole chain's writes. Measured (bench/kernel_probe.py, H200, fourteenth
 # session): PDL 2 took hclt-32's batch-1 forward from 0.146 to 0.115 ms and left batch 512 as it
-# was (0.385 / 0.383 ms); the loop alone (1) was 11-15% slower at both. So on by default, and
-# only on the feature-major kernel (small batch tiles) unless PDL_FWDT.
-PDL = 2
+# was (0.385 / 0.383 ms); the loop alone (1) was 11-15% slower at both. Hence PDL only on the
+# feature-major kernel (small batch tiles) unless PDL_FWDT. Still off: the GPU suite with PDL 2
+# on found the dense loop's index did not compile (fixed, and compiled for sm_90 by
+# bench/kernel_resources.py --pdl 2, but the suite has not run on a GPU again since).
+PDL = 0
 # PDL on the batch-major sum forward too (sum_fwdt, batch tiles of 64 and more): not measured apart
 PDL_FWDT = False
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
