@@ -10,7 +10,7 @@ which the shuffled program order of the test runs changes between two runs.
 PDL 2 adds CUDA's launch attribute and ``griddepcontrol`` (Hopper only): elsewhere it runs as 0,
 and it compiles for sm_90 with both instructions and the attribute (a subprocess without the
 interpreter, as tests/test_backend_ptx.py). On by default for the feature-major kernel only
-(measured: bench/RESULTS.md, fourteenth session)."""
+(measured: bench/RESULTS.md, thirteenth session)."""
 
 from __future__ import annotations
 
