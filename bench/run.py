@@ -344,27 +344,14 @@ def isolated_row(cfg, args, argv: list[str], work: Path) -> dict:
 
 
 def apply_knobs(items: list[str]) -> dict:
-    """``NAME=VALUE`` -> set ``pcir.backend.triton_engine.NAME`` (an existing upper-case knob, a
-    value of the same type) and return what was set."""
-    import ast
-
+    """``NAME=VALUE`` -> set ``pcir.backend.triton_engine.NAME`` (triton_engine.set_knobs) and
+    return what was set; a bad item ends the run with its reason."""
     from pcir.backend import triton_engine as te
 
-    done = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name.isupper() or not hasattr(te, name):
-            raise SystemExit(f"--knob {item}: expected NAME=VALUE with NAME a knob of pcir.backend.triton_engine")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            raise SystemExit(f"--knob {item}: {text!r} is not a Python literal") from None
-        old = getattr(te, name)
-        if type(value) is not type(old) and not (isinstance(old, float) and isinstance(value, int)):
-            raise SystemExit(f"--knob {item}: {name} is a {type(old).__name__}, got a {type(value).__name__}")
-        setattr(te, name, value)
-        done[name] = value
-    return done
+    try:
+        return te.set_knobs(items)
+    except ValueError as e:
+        raise SystemExit(f"--knob {e}") from None
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,9 @@
 # for bench/kernel_probe.py's open variants after the benchmark, default 0: skipped) with
 # PROBE_CONFIGS (default hclt-128,hmm-64,hclt-32) and PROBE_VARIANTS (default base,pdlpre,pdl);
 # AB_S with AB_KNOBS (space-separated NAME=VALUE, e.g. "SUM_ALIAS=False") runs the benchmark's
-# rows again, pcir only, with those engine knobs (default 0: skipped).
+# rows again, pcir only, with those engine knobs (default 0: skipped). KNOBS (space-separated
+# NAME=VALUE, e.g. "PDL=2") sets engine knobs for the tests (pytest --engine-knob) and the
+# benchmark (--knob): a candidate default's whole check before it becomes the default.
 # Wheels in .whl/ (lark, pyjuice, ...; docs/benchmarks.md) are installed to a private folder first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +41,9 @@ export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$OUTDIR/.triton} 
 cat "$OUTDIR/card.txt"
 rc=0
 if [ "$TESTS_S" -gt 0 ]; then
-  timeout "$TESTS_S" python3 -m pytest --device cuda -n "$WORKERS" -p no:cacheprovider -q >"$OUTDIR/tests.log" 2>&1
+  tknobs=()
+  for kv in ${KNOBS:-}; do tknobs+=(--engine-knob "$kv"); done
+  timeout "$TESTS_S" python3 -m pytest --device cuda -n "$WORKERS" -p no:cacheprovider -q "${tknobs[@]}" >"$OUTDIR/tests.log" 2>&1
   trc=$?
   echo "tests: exit $trc ($OUTDIR/tests.log)"
   grep -E "passed|failed|error" "$OUTDIR/tests.log" | tail -3
@@ -49,7 +53,9 @@ if [ "$TESTS_S" -gt 0 ]; then
 fi
 if [ "$BENCH_S" -gt 0 ]; then
   budget=$((BENCH_S > 120 ? BENCH_S - 60 : BENCH_S / 2))
-  timeout "$BENCH_S" python3 bench/run.py --configs "$CONFIGS" --budget-s "$budget" --config-timeout-s 110 \
+  bknobs=()
+  for kv in ${KNOBS:-}; do bknobs+=(--knob "$kv"); done
+  timeout "$BENCH_S" python3 bench/run.py --configs "$CONFIGS" --budget-s "$budget" --config-timeout-s 110 "${bknobs[@]}" \
     --json "$OUTDIR/bench.json" >"$OUTDIR/bench.log" 2>&1
   brc=$?
   echo "bench: exit $brc ($OUTDIR/bench.log)"

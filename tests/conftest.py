@@ -34,9 +34,24 @@ def pytest_addoption(parser):
         choices=["grid", "reverse", "shuffle"],
         help="order of an interpreted launch's programs (TRITON_INTERPRET=1 only)",
     )
+    parser.addoption(
+        "--engine-knob",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a knob of pcir.backend.triton_engine for the whole run (repeatable), e.g. "
+        "PDL=2: the GPU suite with a candidate default before it becomes the default",
+    )
 
 
 def pytest_configure(config):
+    if config.getoption("--engine-knob"):
+        from pcir.backend import triton_engine
+
+        try:
+            config._pcir_engine_knobs = triton_engine.set_knobs(config.getoption("--engine-knob"))
+        except ValueError as e:
+            raise pytest.UsageError(f"--engine-knob {e}") from None
     order = config.getoption("--program-order")
     if order != "grid" and config.getoption("--device") == "cpu":
         from pcir import knobs
@@ -62,10 +77,14 @@ def _program_order_seed(request):
 
 
 def pytest_report_header(config):
+    lines = []
     order = config.getoption("--program-order")
     if order != "grid":
-        return f"interpreted programs run in {order} order"
-    return None
+        lines.append(f"interpreted programs run in {order} order")
+    knobs_set = getattr(config, "_pcir_engine_knobs", None)
+    if knobs_set:
+        lines.append("engine knobs: " + ", ".join(f"{k}={v!r}" for k, v in knobs_set.items()))
+    return lines or None
 
 
 @pytest.fixture(scope="session")

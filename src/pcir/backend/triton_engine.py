@@ -172,6 +172,30 @@ ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalis
 CHECK_BV, CHECK_BB = 32, 32  # variables and samples per program of the data check
 
 
+def set_knobs(items: list[str]) -> dict:
+    """Set this module's knobs (its upper-case constants above) from ``NAME=VALUE`` strings, each
+    value a Python literal of the knob's type (an int for a float knob too); return what was set.
+    For A/B runs of a default: ``bench/run.py --knob``, ``pytest --engine-knob``. Raises
+    ValueError naming the bad item; nothing is set then."""
+    import ast
+
+    done = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isupper() or name not in globals():
+            raise ValueError(f"{item}: expected NAME=VALUE with NAME a knob of pcir.backend.triton_engine")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{item}: {text!r} is not a Python literal") from None
+        old = globals()[name]
+        if type(value) is not type(old) and not (isinstance(old, float) and isinstance(value, int)):
+            raise ValueError(f"{item}: {name} is a {type(old).__name__}, got a {type(value).__name__}")
+        done[name] = value
+    globals().update(done)
+    return done
+
+
 def _row_bk(row_len: int) -> int:
     """The column chunk of the row-wise kernels for rows of ``row_len``: a power of two, 16..1024."""
     bk = 16
