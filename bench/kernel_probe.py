@@ -27,7 +27,7 @@ so time it with bench/run.py's train step); ``pdl``/``pdlpre``: the sum forward 
 programmatic dependent launch (triton_engine.PDL 2) / its prefetching loop alone (PDL 1; the
 ablations edit the PDL 0 loop only); ``pdl`` applies to the feature-major kernel only (small
 batch tiles; ``pdl+pdlfwdt`` to the batch-major one too); ``nopdl`` the plain loop, whatever the
-default. Variants measured and dropped are in bench/RESULTS.md (the source edits
+default; ``pdlwait`` (PDL 3) the plain loop after the wait, under the same launch. Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
@@ -82,6 +82,7 @@ KNOBS = {
     "pdl": (te, "PDL", 2),
     "pdlpre": (te, "PDL", 1),
     "nopdl": (te, "PDL", 0),
+    "pdlwait": (te, "PDL", 3),
     "pdlfwdt": (te, "PDL_FWDT", True),
 }
 

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=232448, help="bytes of shared memory a block may use")
     ap.add_argument("--precision", default="tf32")
     ap.add_argument(
-        "--pdl", type=int, default=0, choices=(0, 1, 2), help="the sum forward's PDL (triton_engine.PDL) to compile"
+        "--pdl", type=int, default=0, choices=(0, 1, 2, 3), help="the sum forward's PDL (triton_engine.PDL) to compile"
     )
     args = ap.parse_args(argv)
 
@@ -140,12 +140,12 @@ def _compile_one(name, i, variant, bb, kname, kind, fn, fl, warps, args, target)
         opts = {"num_warps": warps}
         if kind in BACKWARD:
             opts["num_stages"] = BWD_STAGES
-        if "PDL" in declared and args.pdl == 2:
+        if "PDL" in declared and args.pdl >= 2:
             opts["launch_pdl"] = True
         k = triton.compile(ASTSource(fn, sig, constexprs=const), target=target, options=opts)
         md = k.metadata
         flag = " OVER" if md.shared > args.limit else ""
-        if "PDL" in declared and args.pdl == 2:
+        if "PDL" in declared and args.pdl >= 2:
             ptx = k.asm.get("ptx", "")
             ok = "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
             flag += " pdl" if ok and md.launch_pdl else " NO-PDL"

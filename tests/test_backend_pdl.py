@@ -108,6 +108,8 @@ def test_pdl_2_runs_as_0_off_hopper(interpreted, monkeypatch):
         (1, False, False, {"sum_fwd": 1, "sum_fwdt": 0}),
         (1, True, False, {"sum_fwd": 1, "sum_fwdt": 1}),
         (0, True, True, {"sum_fwd": 0, "sum_fwdt": 0}),
+        (3, False, True, {"sum_fwd": 3, "sum_fwdt": 0}),
+        (3, True, False, {"sum_fwd": 0, "sum_fwdt": 0}),
     ],
 )
 def test_which_forward_kernel_gets_pdl(pdl, fwdt, hopper, want, monkeypatch):
@@ -137,12 +139,15 @@ def test_the_loop_really_prefetches(interpreted, monkeypatch):
     assert not torch.equal(broken, plain)
 
 
-def test_pdl_kernels_compile_for_sm90_with_the_attribute(tmp_path):
+@pytest.mark.parametrize("pdl", [2, 3])
+def test_pdl_kernels_compile_for_sm90_with_the_attribute(pdl, tmp_path):
+    """Both PDL forms (2: the prefetching loop; 3: the plain loop after the wait), both loops of
+    every sum forward (dense and listed tiles: the dense one's index type failed only here)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
     env["PCIR_CACHE_DIR"] = str(tmp_path / "pcir")
     r = subprocess.run(
-        [sys.executable, str(HERE.parent / "bench" / "kernel_resources.py"), "pd-32", "--pdl", "2"],
+        [sys.executable, str(HERE.parent / "bench" / "kernel_resources.py"), "pd-32", "--pdl", str(pdl)],
         env=env,
         capture_output=True,
         text=True,
@@ -153,7 +158,8 @@ def test_pdl_kernels_compile_for_sm90_with_the_attribute(tmp_path):
         pytest.skip("no ptxas for sm_90 on this machine")
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     fwd = [ln for ln in r.stdout.splitlines() if " sum_fwd" in ln]
-    assert len(fwd) >= 8  # every variant, both layouts, the unrolled ones too
+    assert len(fwd) >= 16  # every variant, both layouts, the unrolled ones too, both loops
+    assert sum(" dense " in ln for ln in fwd) * 2 == len(fwd), fwd
     assert all(ln.endswith(" pdl") for ln in fwd), fwd
 
 
@@ -163,29 +169,34 @@ def cuda(device):
         pytest.skip("PDL 2 runs on a CUDA device only (pytest --device cuda)")
 
 
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("pdl", [2, 3])
 @pytest.mark.parametrize("batch", [1, 512])
 @pytest.mark.parametrize("name", ["hclt", "pd", "block_sparse"])
-def test_pdl_2_on_the_gpu_is_the_plain_forward(name, batch, cuda, monkeypatch):
+def test_pdl_on_the_gpu_is_the_plain_forward(name, batch, pdl, dense, cuda, monkeypatch):
     """With the launch attribute and griddepcontrol, eagerly and replayed from the runtime's own
     CUDA graphs: the same log-likelihoods as PDL 0 bit for bit (the forward adds nothing
-    atomically; its only atomic is a max), and the same up to rounding after a training step."""
+    atomically; its only atomic is a max), and the same up to rounding after a training step.
+    ``dense``: dense layers on the loop over every tile (DENSE_LOOP), whose PDL form once did
+    not compile."""
+    monkeypatch.setattr(te, "DENSE_LOOP", dense)
     c = CIRCUITS[name]() if name != "block_sparse" else block_sparse()
     x, miss = data_for(c, batch, seed=5, p_missing=0.1)
     x, miss = torch.as_tensor(x).cuda(), torch.as_tensor(miss).cuda()
     out = {}
     monkeypatch.setattr(te, "PDL_FWDT", True)  # batch 512's batch-major kernel too
-    for pdl in (0, 2):
-        monkeypatch.setattr(te, "PDL", pdl)
+    for p in (0, pdl):
+        monkeypatch.setattr(te, "PDL", p)
         m = pc_compile(c, engine="triton", device="cuda", precision="fp32")
         with torch.no_grad():
             lls = [m(x, miss).clone() for _ in range(3)]  # eager, capture, replay
         m.train_step(x, 0.5, 0.1)
         with torch.no_grad():
             after = [m(x, miss).clone() for _ in range(2)]
-        out[pdl] = (lls, after)
-    for a, b in zip(out[2][0], out[0][0], strict=True):
+        out[p] = (lls, after)
+    for a, b in zip(out[pdl][0], out[0][0], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for a, b in zip(out[2][1], out[0][1], strict=True):  # the step's atomic adds: any order
+    for a, b in zip(out[pdl][1], out[0][1], strict=True):  # the step's atomic adds: any order
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert torch.isfinite(out[0][0][0]).all()
     assert not torch.equal(out[0][1][0], out[0][0][0])  # the step changed the model

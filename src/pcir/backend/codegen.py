@@ -561,7 +561,10 @@ def sum_fwd_v{i}(
     sm = s < units
     acc = tl.zeros([V{i}_BM, BB], dtype=tl.float32)
     mx = tl.full([BB], float("-inf"), dtype=tl.float32)
-    if PDL == 0:
+    if PDL == 3:  # the launch overlaps the layer below; the plain loop (pipelined) after the wait
+        gdc_launch_dependents()
+        gdc_wait()
+    if PDL == 0 or PDL == 3:
         for j in range(0, nl):
             if DENSE:  # every column tile, in order: addresses affine in j (pipelinable)
                 kt = j
@@ -631,7 +634,10 @@ def sum_fwdt_v{i}(
     sm = s < units
     acc = tl.zeros([BB, V{i}_BM], dtype=tl.float32)
     mx = tl.full([BB], float("-inf"), dtype=tl.float32)
-    if PDL == 0:
+    if PDL == 3:  # the launch overlaps the layer below; the plain loop (pipelined) after the wait
+        gdc_launch_dependents()
+        gdc_wait()
+    if PDL == 0 or PDL == 3:
         for j in range(0, nl):
             if DENSE:  # every column tile, in order: addresses affine in j (pipelinable)
                 kt = j

@@ -104,7 +104,10 @@ FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob
 # was (0.385 / 0.383 ms); the loop alone (1) was 11-15% slower at both. Hence PDL only on the
 # feature-major kernel (small batch tiles) unless PDL_FWDT. Still off: the GPU suite with PDL 2
 # on found the dense loop's index did not compile (fixed, and compiled for sm_90 by
-# bench/kernel_resources.py --pdl 2, but the suite has not run on a GPU again since).
+# bench/kernel_resources.py --pdl 2, but the suite has not run on a GPU again since). 3: the
+# plain loop (as 0, software-pipelined) after griddepcontrol.wait, under the same launch: only
+# the launch and the tile-table read overlap the layer below, not the first weights (the
+# prefetching loop cost 11-15% on its own); not measured.
 PDL = 0
 # PDL on the batch-major sum forward too (sum_fwdt, batch tiles of 64 and more): not measured apart
 PDL_FWDT = False
@@ -791,14 +794,14 @@ class TritonEngine:
             DENSE=L.dense_fwd,
             PDL=pdl,
             **FWD_OPTS,
-            **({"launch_pdl": True} if pdl == 2 else {}),
+            **({"launch_pdl": True} if pdl >= 2 else {}),
             num_warps=L.num_warps,
         )
 
     def _fwd_pdl(self, name: str) -> int:
         """The sum forward kernel ``name``'s PDL form (the knobs PDL and PDL_FWDT, above)."""
         pdl = PDL if name == "sum_fwd" or PDL_FWDT else 0
-        if pdl == 2 and not self.pdl_ok:
+        if pdl >= 2 and not self.pdl_ok:
             pdl = 0  # griddepcontrol needs Hopper; the loop alone (1) is slower than 0
         return pdl
 
