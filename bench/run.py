@@ -54,6 +54,12 @@ def parse_args(argv=None):
     ap.add_argument(
         "--pcir-eager", action="store_true", help="also time pcir with its CUDA graphs off (eager_* fields)"
     )
+    ap.add_argument(
+        "--pyjuice-eager-small",
+        action="store_true",
+        help="time PyJuice eagerly first at batches under 64 too (its first eager step at batch 1 "
+        "ran past 75-160 s on an H200; by default the graph-recording step is its first there)",
+    )
     ap.add_argument("--json", metavar="OUT", help="write the results here (default out/bench/last.json)")
     ap.add_argument("--md", metavar="OUT", help="write the tables here (default: the JSON path with .md)")
     ap.add_argument(
@@ -214,9 +220,17 @@ def run_config(cfg, ctx: Context, card: dict, args, row: dict) -> dict:
             ns = sparse.build_pyjuice(cfg, ctx, circuit) if sparse.is_sparse(cfg) else build_pyjuice(cfg, ctx)
             row["pyjuice_struct_s"] = round(time.perf_counter() - t0, 3)
             row["pyjuice"] = pyjuice_side.run(
-                cfg, ns, batches, device, juice=ctx.pyjuice, timer_kw=timer_kw, profile=profile
+                cfg,
+                ns,
+                batches,
+                device,
+                juice=ctx.pyjuice,
+                timer_kw=timer_kw,
+                profile=profile,
+                eager=args.pyjuice_eager_small or cfg.batch >= pyjuice_side.EAGER_MIN_BATCH,
             )
             del ns
+            pcir_side.free(device)  # PyJuice's model is gone with its run's frame
             pj = row["pyjuice"]
             row["graph_counts_match"] = (pj["graph_nodes"], pj["graph_edges"]) == pcir_graph_counts(circuit)
         except Exception as e:  # noqa: BLE001
@@ -231,6 +245,8 @@ def run_config(cfg, ctx: Context, card: dict, args, row: dict) -> dict:
             notes.append("compiled counts differ (see docs/benchmarks.md)")
     if row.get("graph_counts_match") is False:
         notes.append("node graphs differ in size")
+    if pj.get("eager_skipped"):
+        notes.append("PyJuice eager not timed: its first step recorded the graphs (--pyjuice-eager-small)")
     if sparse.is_sparse(cfg) and sparse.note(row):
         notes.append(sparse.note(row))
     row["note"] = "; ".join(notes)

@@ -7,10 +7,12 @@ counts are worked out by hand, so a table's roofline column cannot silently drif
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -303,3 +305,63 @@ def test_bench_knobs_set_engine_constants_and_refuse_bad_ones(monkeypatch):
     ]:
         with pytest.raises(SystemExit, match=why):
             bench_run.apply_knobs([bad])
+
+
+class _FakePC(torch.nn.Module):
+    """PyJuice's compiled circuit as the harness uses it: calls logged with their options."""
+
+    num_nodes, num_edges, num_sum_params = 7, 9, 5
+    inner_layer_groups = [0, 1]
+
+    def __init__(self, log):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.log = log
+
+    def forward(self, x, record_cudagraph=False):
+        self.log.append("record" if record_cudagraph else ("eval" if not torch.is_grad_enabled() else "train"))
+        return self.w + x.float().sum(1)
+
+
+def _fake_juice(log):
+    class Opt:
+        def __init__(self, pc, **kw):
+            pass
+
+        def step(self):
+            log.append("em")
+
+    return types.SimpleNamespace(compile=lambda ns: _FakePC(log), optim=types.SimpleNamespace(MiniBatchEM=Opt))
+
+
+@pytest.mark.parametrize("batch, eager", [(1, False), (512, True)])
+def test_pyjuice_side_records_graphs_first_at_small_batches(batch, eager, monkeypatch):
+    """Below EAGER_MIN_BATCH the recording step is PyJuice's first call (as the reference script
+    does; its first eager step at batch 1 never finished in the harness's time), no eager
+    number is reported and the recording counts as the first step; at 512 eager comes first."""
+    from harness import pyjuice_side
+
+    monkeypatch.setattr(pyjuice_side, "pyjuice_graph_counts", lambda ns: (3, 4))
+    log: list[str] = []
+    cfg = types.SimpleNamespace(batch=batch)
+    batches = [torch.ones(batch, 3), torch.zeros(batch, 3)]
+    use_eager = batch >= pyjuice_side.EAGER_MIN_BATCH
+    assert use_eager is eager
+    out = pyjuice_side.run(
+        cfg,
+        None,
+        batches,
+        torch.device("cpu"),
+        juice=_fake_juice(log),
+        timer_kw={"max_iters": 3},
+        profile=False,
+        eager=use_eager,
+    )
+    first = next(c for c in log if c != "em")
+    assert first == ("eval" if eager else "record")
+    assert log.count("record") == 1
+    assert ("eager_fwd_ms" in out) is eager and ("eager_skipped" in out) is (not eager)
+    assert out["fwd_ms"] > 0 and out["train_ms"] > 0 and out["compile_s"] >= out["first_step_s"]
+    if not eager:
+        assert out["first_step_s"] == out["record_s"]
+    assert out["ll_mean"] == pytest.approx(float(batches[0].sum(1).mean()))
