@@ -36,7 +36,11 @@ export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$OUTDIR/.triton} 
   date -u +%Y-%m-%dT%H:%M:%SZ
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  git rev-parse --short HEAD 2>/dev/null || echo "(no git folder)"
+  # the lent machine's copy of the tree carries a git folder whose HEAD can be stale (three calls
+  # of one session all printed the session's first commit): the tree's own hash says what ran;
+  # `bash scripts/tree_hash.sh` here gives the same for a commit checked out
+  echo "git HEAD (may be stale on a copied tree): $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+  echo "tree: $(bash scripts/tree_hash.sh)"
 } >"$OUTDIR/card.txt" 2>&1
 cat "$OUTDIR/card.txt"
 rc=0
