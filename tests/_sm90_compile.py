@@ -1,0 +1,101 @@
+"""Compile every kernel the runtime launches for sm_90, on a machine without a GPU (run by
+tests/test_backend_sm90.py in a process of its own).
+
+Triton's interpreter, which runs the CPU tests, checks no types: a loop-carried variable that
+starts as int32 and becomes int64 (the PDL loop's dense index, thirteenth session) runs there and
+fails to compile on a GPU. Here Triton's driver is replaced by one that names an sm_90 device,
+every launch of the engine is turned into ``warmup`` (compile, do not run: precompile's
+WarmupKernels) and the model's own paths are called on the CPU, so each kernel is compiled with
+the argument types and constants the engine really gives it.
+
+    python tests/_sm90_compile.py CIRCUIT BATCH [NAME=VALUE ...] [--hopper]
+
+prints one line per compiled kernel and a last line ``compiled N kernels``; exits 1 naming the
+path whose kernel did not compile."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import torch  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver  # noqa: E402
+from triton.runtime import jit as tjit  # noqa: E402
+
+
+class _Sm90Driver:
+    """What JITFunction.run asks of the driver on the way to a warmup compile."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def is_active(self):
+        return True
+
+
+def main(argv: list[str]) -> int:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_backend_gathers import CIRCUITS, block_sparse
+    from test_backend_helpers import data_for
+
+    from pcir.backend import compile as pc_compile
+    from pcir.backend import precompile as pre
+    from pcir.backend import triton_engine as te
+
+    hopper = "--hopper" in argv
+    args = [a for a in argv if a != "--hopper"]
+    name, batch, knob_items = args[0], int(args[1]), args[2:]
+    te.set_knobs(knob_items)
+    driver.set_active(_Sm90Driver())
+    compiled: list[str] = []
+    orig = tjit.JITFunction._do_compile
+
+    def spy(self, key, signature, device, constexprs, options, attrs, warmup):
+        kernel = orig(self, key, signature, device, constexprs, options, attrs, warmup)
+        compiled.append(self.fn.__name__)
+        print(f"  {self.fn.__name__}", flush=True)
+        return kernel
+
+    tjit.JITFunction._do_compile = spy
+    c = CIRCUITS[name]() if name != "block_sparse" else block_sparse()
+    m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
+    m.cuda_graphs = False
+    eng = m._engine()
+    eng.pdl_ok = hopper  # griddepcontrol: what a Hopper device would get
+    eng.k = pre.WarmupKernels(eng.k)
+    x, miss = data_for(c, batch, seed=1, p_missing=0.2)
+    x, miss = torch.as_tensor(x), torch.as_tensor(miss)
+    paths = [
+        ("forward", lambda: m(x, miss)),
+        ("forward_backward + em_step", lambda: (m.forward_backward(x, miss), m.em_step(0.5, 0.1))),
+        ("train_step", lambda: m.train_step(x, 0.5, 0.1, missing=miss)),
+        ("marginal", lambda: m.marginal(x, miss)),
+        ("conditional", lambda: m.conditional(x, miss)),
+    ]  # map and sample launch these kernels too, then read the values, which a warmup leaves unset
+    for what, fn in paths:
+        t0 = time.perf_counter()
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001  (the first failing path is the answer)
+            print(f"{what}: {type(e).__name__}: {str(e)[:3000]}", flush=True)
+            return 1
+        print(f"{what}: ok ({time.perf_counter() - t0:.1f} s)", flush=True)
+    print(f"compiled {len(compiled)} kernels: {' '.join(sorted(set(compiled)))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,69 @@
+"""Every kernel the runtime launches compiles for sm_90 (H100/H200), checked without a GPU.
+
+The CPU tests run the kernels through Triton's interpreter, which checks no types; the GPU suite
+is the only other check, and GPU time is scarce. tests/_sm90_compile.py (a process of its own:
+no interpreter, Triton's driver replaced by one that names an sm_90 device) turns every launch
+into a compile and calls the model's forward, flows, EM, training step and marginals, so each
+kernel is compiled with the argument types and constants the engine gives it, under the knobs
+below: the defaults, and the forms that are off by default but meant to be switched on (PDL,
+dense loops, no aliases). It found, on the CPU, the compile error that had failed the GPU suite
+with PDL on (the dense loop's int32 index, thirteenth session)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+CASES = [
+    ("hclt", 5, []),
+    ("hclt", 70, []),
+    ("pd", 70, []),
+    ("block_sparse", 5, []),
+    ("hmm", 70, []),
+    ("tied_bernoulli", 5, []),
+    ("scratch_chain", 70, []),
+    ("hclt", 5, ["PDL=2", "DENSE_LOOP=True", "--hopper"]),
+    ("block_sparse", 70, ["PDL=2", "PDL_FWDT=True", "DENSE_LOOP=True", "--hopper"]),
+    ("pd", 5, ["PDL=3", "PDL_FWDT=True", "DENSE_LOOP=True", "--hopper"]),
+    ("hclt", 70, ["SUM_ALIAS=False", "LEAF_ALIAS=False"]),
+]
+
+
+@pytest.fixture(scope="module")
+def triton_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("triton-sm90")
+
+
+@pytest.mark.parametrize(
+    ("name", "batch", "knobs"), CASES, ids=[f"{n}-{b}-{'-'.join(k) or 'default'}" for n, b, k in CASES]
+)
+def test_every_launched_kernel_compiles_for_sm90(name, batch, knobs, triton_cache, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(triton_cache)
+    env["PCIR_CACHE_DIR"] = str(tmp_path / "pcir")
+    r = subprocess.run(
+        [sys.executable, str(HERE / "_sm90_compile.py"), name, str(batch), *knobs],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    out = r.stdout + r.stderr
+    if r.returncode != 0 and "ptxas" in out.lower() and "not found" in out.lower():
+        pytest.skip("no ptxas for sm_90 on this machine")
+    assert r.returncode == 0, out[-4000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("compiled "), last
+    kernels = last.split(": ", 1)[1].split()
+    # the paths really compiled something of each kind: the inputs, a sum forward, its flows, EM
+    assert any(k.startswith("input_") for k in kernels), kernels
+    assert any(k.startswith("sum_fwd") or k.startswith("sum_bmm") for k in kernels), kernels
+    assert any(k.startswith("sum_bwd") for k in kernels), kernels
+    assert "em_sum_rows" in kernels or "em_cat_rows" in kernels, kernels
