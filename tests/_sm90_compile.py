@@ -54,6 +54,7 @@ def main(argv: list[str]) -> int:
     from pcir.backend import compile as pc_compile
     from pcir.backend import precompile as pre
     from pcir.backend import triton_engine as te
+    from pcir.ir.diagnostics import DataError
 
     hopper = "--hopper" in argv
     args = [a for a in argv if a != "--hopper"]
@@ -84,11 +85,19 @@ def main(argv: list[str]) -> int:
         ("train_step", lambda: m.train_step(x, 0.5, 0.1, missing=miss)),
         ("marginal", lambda: m.marginal(x, miss)),
         ("conditional", lambda: m.conditional(x, miss)),
+        ("data check", lambda: eng.check_data(xf, bounds, bounds, torch.zeros(nv, dtype=torch.int8))),
     ]  # map and sample launch these kernels too, then read the values, which a warmup leaves unset
+    xf, nv = x.float().contiguous(), x.shape[1]
+    bounds = torch.zeros(nv, dtype=torch.float32)
     for what, fn in paths:
         t0 = time.perf_counter()
         try:
             fn()
+        except DataError as e:
+            if "only discrete variables" not in str(e):
+                raise
+            print(f"{what}: not for continuous variables", flush=True)
+            continue
         except Exception as e:  # noqa: BLE001  (the first failing path is the answer)
             print(f"{what}: {type(e).__name__}: {str(e)[:3000]}", flush=True)
             return 1

@@ -32,6 +32,10 @@ CASES = [
     ("block_sparse", 70, ["PDL=2", "PDL_FWDT=True", "DENSE_LOOP=True", "--hopper"]),
     ("pd", 5, ["PDL=3", "PDL_FWDT=True", "DENSE_LOOP=True", "--hopper"]),
     ("hclt", 70, ["SUM_ALIAS=False", "LEAF_ALIAS=False"]),
+    ("mixed", 5, []),  # gaussian and indicator leaves
+    ("mixed", 70, []),
+    ("pd", 70, ["BMM_MIN_EDGES=0", "BMM_MIN_EDGES_BWD=0", "BMM_MIN_UNITS=0", "BMM_MIN_FILL=0.0"]),  # batched products
+    ("hclt", 70, ["COUNT_SCATTER_K=0"]),  # the tables' counts by scatter
 ]
 
 
@@ -62,8 +66,9 @@ def test_every_launched_kernel_compiles_for_sm90(name, batch, knobs, triton_cach
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("compiled "), last
     kernels = last.split(": ", 1)[1].split()
-    # the paths really compiled something of each kind: the inputs, a sum forward, its flows, EM
+    # the paths really compiled something of each kind: the inputs, a sum forward (fused loop or
+    # batched product), its flows, EM, the data check
     assert any(k.startswith("input_") for k in kernels), kernels
-    assert any(k.startswith("sum_fwd") or k.startswith("sum_bmm") for k in kernels), kernels
+    assert any(k.startswith("sum_fwd") or k == "sum_log_rows" for k in kernels), kernels
     assert any(k.startswith("sum_bwd") for k in kernels), kernels
-    assert "em_sum_rows" in kernels or "em_cat_rows" in kernels, kernels
+    assert "em_sum_rows" in kernels and "check_data" in kernels, kernels
