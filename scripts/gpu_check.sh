@@ -45,9 +45,10 @@ export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$OUTDIR/.triton} 
 cat "$OUTDIR/card.txt"
 rc=0
 if [ "$TESTS_S" -gt 0 ]; then
+  # no -q here: pyproject's addopts has one, and -qq drops pytest's summary line (the counts)
   tknobs=()
   for kv in ${KNOBS:-}; do tknobs+=(--engine-knob "$kv"); done
-  timeout "$TESTS_S" python3 -m pytest --device cuda -n "$WORKERS" -p no:cacheprovider -q "${tknobs[@]}" >"$OUTDIR/tests.log" 2>&1
+  timeout "$TESTS_S" python3 -m pytest --device cuda -n "$WORKERS" -p no:cacheprovider "${tknobs[@]}" >"$OUTDIR/tests.log" 2>&1
   trc=$?
   echo "tests: exit $trc ($OUTDIR/tests.log)"
   grep -E "passed|failed|error" "$OUTDIR/tests.log" | tail -3
