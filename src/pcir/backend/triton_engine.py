@@ -99,12 +99,13 @@ FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob
 # batches, whose forward is a chain of 50-70 short layers of about 6-7 us each on an H200 (of
 # which the weight reads about 2, bench/RESULTS.md, eleventh session). 2 only on a CUDA device of
 # compute capability 9 or more (elsewhere PDL 2 runs as 0, 1 as 1); every program waits, so the
-# layers after it see the whole chain's writes. Measured (bench/kernel_probe.py, H200, fourteenth
+# layers after it see the whole chain's writes. Measured (bench/kernel_probe.py, H200, thirteenth
 # session): PDL 2 took hclt-32's batch-1 forward from 0.146 to 0.115 ms and left batch 512 as it
 # was (0.385 / 0.383 ms); the loop alone (1) was 11-15% slower at both. Hence PDL only on the
 # feature-major kernel (small batch tiles) unless PDL_FWDT. Still off: the GPU suite with PDL 2
-# on found the dense loop's index did not compile (fixed, and compiled for sm_90 by
-# bench/kernel_resources.py --pdl 2, but the suite has not run on a GPU again since). 3: the
+# on found the dense loop's index did not compile (fixed; tests/test_backend_sm90.py compiles
+# every launched kernel for sm_90 with PDL 2 and 3, but the suite has not run on a GPU again
+# since: pytest --engine-knob PDL=2 there, then flip it). 3: the
 # plain loop (as 0, software-pipelined) after griddepcontrol.wait, under the same launch: only
 # the launch and the tile-table read overlap the layer below, not the first weights (the
 # prefetching loop cost 11-15% on its own); not measured.
