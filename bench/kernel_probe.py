@@ -79,6 +79,7 @@ KNOBS = {
     "cw8": (te, "COUNT_WARPS", 8),
     "fbb128": (te, "FWD_BB_LARGE", 128),
     "nosumalias": (te, "SUM_ALIAS", False),
+    "scw8": (te, "SC_MIN_WARPS", 8),
     "pdl": (te, "PDL", 2),
     "pdlpre": (te, "PDL", 1),
     "nopdl": (te, "PDL", 0),

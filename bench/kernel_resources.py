@@ -76,6 +76,18 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--pdl", type=int, default=0, choices=(0, 1, 2, 3), help="the sum forward's PDL (triton_engine.PDL) to compile"
     )
+    ap.add_argument(
+        "--regs",
+        action="store_true",
+        help="also registers per thread and local (spill) bytes of each kernel (Triton's bundled cuobjdump)",
+    )
+    ap.add_argument(
+        "--both-sc",
+        action="store_true",
+        help="compile the column kernels with and without SC (the sums' G computed for their "
+        "children: triton_engine.SUM_ALIAS), to compare their resources",
+    )
+    ap.add_argument("--min-warps", type=int, default=0, help="launch every kernel with at least this many warps")
     args = ap.parse_args(argv)
 
     from triton.backends.compiler import GPUTarget
@@ -96,7 +108,7 @@ def main(argv=None) -> int:
         for i, variant in enumerate(variants(plan)):
             mine = [layer for layer in plan.layers if layer.kind == "sum" and (layer.block_m, layer.block_k) == variant]
             # the launch options and compile-time flags the engine gives this variant's layers
-            warps = WARPS_LARGE_TILE if variant[0] * variant[1] >= 64 * 64 else 4
+            warps = max(WARPS_LARGE_TILE if variant[0] * variant[1] >= 64 * 64 else 4, args.min_warps)
             flags = {
                 "BB": bb,
                 "BC": bb,
@@ -117,10 +129,14 @@ def main(argv=None) -> int:
                 # both loops of the sum forward (listed column tiles, and every tile in order: the
                 # layers dense_fwd marks and the DENSE_LOOP knob; a type error of one loop's
                 # loop-carried index showed only on a GPU)
-                dense = (False, True) if "DENSE" in {p.name for p in fn.params if p.is_constexpr} else (False,)
+                declared = {p.name for p in fn.params if p.is_constexpr}
+                dense = (False, True) if "DENSE" in declared else (False,)
+                scs = (False, True) if args.both_sc and "SC" in declared else (fl["SC"],)
                 for d in dense:
-                    kname = kind + sfx + (" dense" if d else "")
-                    over += _compile_one(name, i, variant, bb, kname, kind, fn, {**fl, "DENSE": d}, warps, args, target)
+                    for sc in scs:
+                        kname = kind + sfx + (" dense" if d else "") + (f" SC={int(sc)}" if len(scs) > 1 else "")
+                        fl2 = {**fl, "DENSE": d, "SC": sc}
+                        over += _compile_one(name, i, variant, bb, kname, kind, fn, fl2, warps, args, target)
     return 1 if over else 0
 
 
@@ -151,6 +167,8 @@ def _compile_one(name, i, variant, bb, kname, kind, fn, fl, warps, args, target)
             flag += " pdl" if ok and md.launch_pdl else " NO-PDL"
             over += not (ok and md.launch_pdl)
         over += md.shared > args.limit
+        if args.regs:
+            flag += _regs(k)
         print(
             f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kname:<16s} "
             f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
@@ -159,6 +177,23 @@ def _compile_one(name, i, variant, bb, kname, kind, fn, fl, warps, args, target)
         over += 1
         print(f"{name:>16s} v{i} {kname}: {type(e).__name__}: {str(e)[:200]}")
     return over
+
+
+def _regs(k) -> str:
+    """' regs=N local=N' of a compiled kernel, from its cubin (no GPU needed)."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        out = subprocess.run([str(exe), "-res-usage", f.name], capture_output=True, text=True, check=False).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
+    return f" regs={m.group(1)} stack={m.group(2)} local={m.group(3)}" if m else " regs=?"
 
 
 if __name__ == "__main__":

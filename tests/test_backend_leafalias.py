@@ -267,3 +267,52 @@ def test_the_sum_alias_can_be_turned_off(triton_device, monkeypatch):
     eng.scale_children = set()  # the parents store plain flows over the sums' values
     _, _, _, PF, _, _ = _alias_pass(m, x, miss)
     assert not np.allclose(PF.cpu().numpy(), PF0.cpu().numpy(), rtol=1e-6, atol=1e-7)
+
+
+class _Recorder:
+    """The engine's kernel module, every launch recorded as (kernel, SC, num_warps) and run."""
+
+    def __init__(self, module, seen):
+        self._module, self._seen = module, seen
+
+    def __getattr__(self, name):
+        fn = getattr(self._module, name)
+        if not hasattr(fn, "__getitem__") or not callable(getattr(fn, "__getitem__", None)):
+            return fn
+        seen = self._seen
+
+        class _Grid:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    seen.append((name, kwargs.get("SC"), kwargs.get("num_warps")))
+                    return fn[grid](*args, **kwargs)
+
+                return launch
+
+        return _Grid()
+
+
+@pytest.mark.parametrize("sc_warps", [0, 8])
+def test_sc_min_warps_changes_only_the_alias_column_launches(sc_warps, triton_device, monkeypatch):
+    """SC_MIN_WARPS raises the warps of the column-flow launches that compute the children's G
+    (SC) and of no other launch; the flows are the same either way."""
+    c = CIRCUITS["hclt"]()
+    x, miss = data_for(c, 13, seed=3)
+    monkeypatch.setattr(te, "SC_MIN_WARPS", sc_warps)
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    eng = m._engine()
+    assert eng.scale_children, "the test circuit has no layer computing its children's G"
+    seen: list = []
+    eng.k = _Recorder(eng.k, seen)
+    V, M, F, PF, cat, g5 = _alias_pass(m, x, miss)
+    sc_cols = [w for n, sc, w in seen if sc and n.startswith(("sum_bwd_cols", "sum_bwd_mm"))]
+    assert sc_cols, seen
+    layer_warps = {L.num_warps for L in eng.layers if isinstance(L, te._SumLayer)}
+    assert layer_warps == {4}  # small tiles: the knob has something to raise
+    assert set(sc_cols) == ({sc_warps} if sc_warps else layer_warps), sc_cols
+    others = [w for n, sc, w in seen if w is not None and not (sc and n.startswith(("sum_bwd_cols", "sum_bwd_mm")))]
+    assert all(w in layer_warps for w in others), others
+    monkeypatch.setattr(te, "SC_MIN_WARPS", 0)
+    m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    PF0 = _alias_pass(m0, x, miss)[3]
+    np.testing.assert_allclose(PF.cpu().numpy(), PF0.cpu().numpy(), rtol=1e-6, atol=1e-7)

@@ -47,6 +47,13 @@ SUM_ALIAS = True
 # halve that. Smaller tiles keep Triton's default 4. Shared memory (bench/kernel_resources.py,
 # sm_90, BB=64, tf32x3) is 32 KiB (forward, parameter flows) and 80 KiB (column flows) either way.
 WARPS_LARGE_TILE = 8
+# warps of a layer's column-flow kernels (sum_bwd_mm, sum_bwd_cols) where they compute the
+# children's G (SUM_ALIAS's SC): at least this many. Their tile is [BK, batch], not the layer's
+# [BM, BK], and SC doubles its registers (bench/kernel_resources.py --regs --both-sc, sm_90,
+# hclt-128: 104 -> 203 per thread at 8 warps; at the 4 warps of 16x64 layers 234 -> 255 with
+# 96-128 bytes of stack, i.e. spills). 0 keeps the layer's warps. Not measured: SUM_ALIAS
+# costs hclt-128 9% of its train step (H200, thirteenth session), and this is the first guess.
+SC_MIN_WARPS = 0
 # software-pipelining stages of the sum backward kernels: without pipelining their loops the
 # backward was 2-9% faster on every configuration measured (H200, bench/kernel_probe.py: hclt-128
 # 3.36 -> 3.05 ms, hclt-512 21.6 -> 20.2, hmm-512 2.77 -> 2.61, pd-128 14.1 -> 13.8, rat-256 equal);
@@ -938,13 +945,16 @@ class TritonEngine:
                 V, E, L.cols, L.col, M, B, L.arity, BB=BB, CG=L.contig
             )
         le, sh = le_sh
+        if sc and SC_MIN_WARPS > opts["num_warps"]:
+            opts = {**opts, "num_warps": SC_MIN_WARPS}
         if fuse_mm:
             getattr(k, f"sum_bwd_mm_v{v}{sfx}")[(L.n_pf + L.n_col, max(nbp, nbc))](
                 F, W, E, PF, L.cols, L.pf, L.col, L.col_list, ch, L.n_pf, V, M, rg, le, sh, B, L.arity,
                 BB=BB, BC=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, SC=sc, **opts,
             )  # fmt: skip
             return
-        getattr(k, f"sum_bwd_params_v{v}")[(L.n_pf, nbp)](F, E, W, L.pf, PF, le, sh, B, ch, BB=BB, **opts)
+        popts = {"num_warps": L.num_warps, "num_stages": BWD_STAGES}  # no SC here
+        getattr(k, f"sum_bwd_params_v{v}")[(L.n_pf, nbp)](F, E, W, L.pf, PF, le, sh, B, ch, BB=BB, **popts)
         getattr(k, f"sum_bwd_cols_v{v}{sfx}")[(L.n_col, nbc)](
             F, W, E, L.cols, L.col, L.col_list, V, M, rg, le, sh, B, L.arity,
             BB=CB, EXCL=L.exclusive, CG=L.contig, DENSE=L.dense_col, SC=sc, **opts,
