@@ -316,3 +316,28 @@ def test_sc_min_warps_changes_only_the_alias_column_launches(sc_warps, triton_de
     m0 = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
     PF0 = _alias_pass(m0, x, miss)[3]
     np.testing.assert_allclose(PF.cpu().numpy(), PF0.cpu().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_fwd_min_warps_changes_only_the_forward_launches(triton_device, monkeypatch):
+    """FWD_MIN_WARPS raises the warps of the sum forward's launches and of no other; the
+    log-likelihoods are the same."""
+    c = CIRCUITS["pd"]()
+    x, miss = data_for(c, 9, seed=4)
+    seen: dict[int, list] = {}
+    lls = {}
+    for w in (0, 16):
+        monkeypatch.setattr(te, "FWD_MIN_WARPS", w)
+        m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+        m.cuda_graphs = False
+        eng = m._engine()
+        seen[w] = []
+        eng.k = _Recorder(eng.k, seen[w])
+        with torch.no_grad():
+            lls[w] = m(torch.as_tensor(x), torch.as_tensor(miss)).cpu().numpy()
+    fwd = {w: [n for n, _, ww in seen[w] if n.startswith("sum_fwd") and ww is not None] for w in seen}
+    assert fwd[0] and fwd[0] == fwd[16]
+    assert {ww for n, _, ww in seen[16] if n.startswith("sum_fwd")} == {16}
+    assert 16 not in {ww for n, _, ww in seen[0]}
+    others = [(n, ww) for n, _, ww in seen[16] if not n.startswith("sum_fwd") and ww is not None]
+    assert all(ww != 16 for _, ww in others), others
+    np.testing.assert_array_equal(lls[16], lls[0])

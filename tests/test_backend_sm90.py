@@ -37,6 +37,7 @@ CASES = [
     ("pd", 70, ["BMM_MIN_EDGES=0", "BMM_MIN_EDGES_BWD=0", "BMM_MIN_UNITS=0", "BMM_MIN_FILL=0.0"]),  # batched products
     ("hclt", 70, ["COUNT_SCATTER_K=0"]),  # the tables' counts by scatter
     ("hclt", 70, ["SC_MIN_WARPS=8"]),  # the alias's column kernels on more warps
+    ("pd", 5, ["FWD_MIN_WARPS=16"]),  # the forward on more warps
 ]
 
 

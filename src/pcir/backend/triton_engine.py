@@ -54,6 +54,13 @@ WARPS_LARGE_TILE = 8
 # 96-128 bytes of stack, i.e. spills). 0 keeps the layer's warps. Not measured: SUM_ALIAS
 # costs hclt-128 9% of its train step (H200, thirteenth session), and this is the first guess.
 SC_MIN_WARPS = 0
+# warps of the sum forward (sum_fwd, sum_fwdt): at least this many (0: the layer's). The 4-warp
+# rule of tiles under 64x64 ignores the batch tile, which the forward's accumulator and gathered
+# columns span too: on sm_90 pd-32's 32x64 layers take 255 registers and spill (104 bytes of
+# stack, the unrolled sum_fwds), hmm-64's and hclt-128's 16x64 ones 212-226 registers (two
+# 4-warp blocks per SM); at 8 warps 104-208 and no spill (bench/kernel_resources.py --regs
+# --min-warps 8). Not measured (bench/kernel_probe.py variant fw8).
+FWD_MIN_WARPS = 0
 # software-pipelining stages of the sum backward kernels: without pipelining their loops the
 # backward was 2-9% faster on every configuration measured (H200, bench/kernel_probe.py: hclt-128
 # 3.36 -> 3.05 ms, hclt-512 21.6 -> 20.2, hmm-512 2.77 -> 2.61, pd-128 14.1 -> 13.8, rat-256 equal);
@@ -803,7 +810,7 @@ class TritonEngine:
             PDL=pdl,
             **FWD_OPTS,
             **({"launch_pdl": True} if pdl >= 2 else {}),
-            num_warps=L.num_warps,
+            num_warps=max(L.num_warps, FWD_MIN_WARPS),
         )
 
     def _fwd_pdl(self, name: str) -> int:
