@@ -2,7 +2,8 @@
 # On a machine with a CUDA GPU: the whole test suite with the kernels compiled for real, then the
 # benchmark suite beside PyJuice, each under a time limit, every log and JSON in one folder.
 #
-#   bash scripts/gpu_check.sh [OUTDIR]      # default $OUT (the lent GPU machine's) or out/gpu-check
+#   bash scripts/gpu_check.sh [OUTDIR]      # default out/gpu-check; on the lent GPU machine (with
+#                                           # $OUT and no OUTDIR) one archive, $OUT/gpu-check.tgz
 #
 # Environment: TESTS_S (seconds for the tests, default 240; 0 skips them), BENCH_S (for the
 # benchmark, default 300; 0 skips it), CONFIGS (the benchmark's --configs; default: the rows whose
@@ -11,14 +12,29 @@
 # for bench/kernel_probe.py's open variants after the benchmark, default 0: skipped) with
 # PROBE_CONFIGS (default hclt-128,hmm-64,hclt-32,pd-32) and PROBE_VARIANTS (default base,pdl,pdlwait,pdl+pdlfwdt,fw8,fw16,pdl+fw8);
 # AB_S with AB_KNOBS (space-separated NAME=VALUE, e.g. "SUM_ALIAS=False") runs the benchmark's
-# rows again, pcir only, with those engine knobs (default 0: skipped). KNOBS (space-separated
+# rows twice more, pcir only, at the defaults and with those engine knobs, and prints the two side
+# by side (bench/ab_compare.py; default 0: skipped). KNOBS (space-separated
 # NAME=VALUE, e.g. "PDL=2") sets engine knobs for the tests (pytest --engine-knob) and the
 # benchmark (--knob): a candidate default's whole check before it becomes the default.
 # Wheels in .whl/ (lark, pyjuice, ...; docs/benchmarks.md) are installed to a private folder first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUTDIR=${1:-${OUT:-out/gpu-check}}
+# the lent machine returns at most 8 files from $OUT: there everything goes to a folder of its own
+# and comes back as one archive, $OUT/gpu-check.tgz (beside it card.txt and the tables)
+PACK=""
+if [ $# -eq 0 ] && [ -n "${OUT:-}" ]; then
+  PACK=$OUT
+  OUTDIR=${TMPDIR:-/tmp}/gpu-check
+else
+  OUTDIR=${1:-out/gpu-check}
+fi
 mkdir -p "$OUTDIR"
+pack() {  # after every part: a call cut by its time limit still brings back what ran
+  [ -n "$PACK" ] || return 0
+  tar czf "$PACK/gpu-check.tgz" -C "$(dirname "$OUTDIR")" "$(basename "$OUTDIR")"
+  for f in card.txt bench.md bench-ab.md; do [ -s "$OUTDIR/$f" ] && cp "$OUTDIR/$f" "$PACK/"; done
+  return 0
+}
 TESTS_S=${TESTS_S:-240}
 BENCH_S=${BENCH_S:-300}
 WORKERS=${WORKERS:-14}
@@ -31,7 +47,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
   export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$OUTDIR/.triton} PCIR_CACHE_DIR=${PCIR_CACHE_DIR:-$OUTDIR/.pcir}
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-${TMPDIR:-/tmp}/pcir-gpu-check-triton} \
+  PCIR_CACHE_DIR=${PCIR_CACHE_DIR:-${TMPDIR:-/tmp}/pcir-gpu-check-pcir}
 {
   date -u +%Y-%m-%dT%H:%M:%SZ
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
@@ -55,6 +72,7 @@ if [ "$TESTS_S" -gt 0 ]; then
   # a collection error (a missing wheel, say) stops the run before any test: show why
   grep -q "passed" "$OUTDIR/tests.log" || tail -8 "$OUTDIR/tests.log"
   [ "$trc" -eq 0 ] || rc=1
+  pack
 fi
 if [ "$BENCH_S" -gt 0 ]; then
   budget=$((BENCH_S > 120 ? BENCH_S - 60 : BENCH_S / 2))
@@ -69,17 +87,25 @@ if [ "$BENCH_S" -gt 0 ]; then
     tail -40 "$OUTDIR/bench.md"
   fi
   [ "$brc" -eq 0 ] || rc=1
+  pack
 fi
 AB_S=${AB_S:-0}
 if [ "$AB_S" -gt 0 ] && [ -n "${AB_KNOBS:-}" ]; then
-  # the same rows, pcir only, with engine knobs changed (bench/run.py --knob): an A/B of a default
+  # the same rows, pcir only, at the defaults and then with engine knobs changed (bench/run.py
+  # --knob), both in this call on this card: an A/B of a default (bench/ab_compare.py)
   knobs=()
   for kv in $AB_KNOBS; do knobs+=(--knob "$kv"); done
-  timeout "$AB_S" python3 bench/run.py --configs "$CONFIGS" --no-pyjuice "${knobs[@]}" --budget-s $((AB_S - 30)) \
+  half=$((AB_S / 2))
+  timeout "$half" python3 bench/run.py --configs "$CONFIGS" --no-pyjuice --budget-s $((half - 30)) \
+    --config-timeout-s 90 --json "$OUTDIR/bench-ab-base.json" >"$OUTDIR/bench-ab-base.log" 2>&1
+  echo "bench at the defaults: exit $? ($OUTDIR/bench-ab-base.log)"
+  timeout "$half" python3 bench/run.py --configs "$CONFIGS" --no-pyjuice "${knobs[@]}" --budget-s $((half - 30)) \
     --config-timeout-s 90 --json "$OUTDIR/bench-ab.json" >"$OUTDIR/bench-ab.log" 2>&1
   echo "bench with $AB_KNOBS: exit $? ($OUTDIR/bench-ab.log)"
-  [ -s "$OUTDIR/bench-ab.json" ] && python3 bench/run.py --from-json "$OUTDIR/bench-ab.json" >"$OUTDIR/bench-ab.md" 2>&1
-  tail -25 "$OUTDIR/bench-ab.md" 2>/dev/null
+  if [ -s "$OUTDIR/bench-ab-base.json" ] && [ -s "$OUTDIR/bench-ab.json" ]; then
+    python3 bench/ab_compare.py "$OUTDIR/bench-ab-base.json" "$OUTDIR/bench-ab.json" | tee "$OUTDIR/bench-ab.md"
+  fi
+  pack
 fi
 PROBE_S=${PROBE_S:-0}
 if [ "$PROBE_S" -gt 0 ]; then
@@ -91,6 +117,9 @@ if [ "$PROBE_S" -gt 0 ]; then
       --variants "${PROBE_VARIANTS:-base,pdl,pdlwait,pdl+pdlfwdt,fw8,fw16,pdl+fw8}" --json "$OUTDIR/probe-$cfg.json" >"$OUTDIR/probe-$cfg.log" 2>&1
     echo "probe $cfg: exit $? ($OUTDIR/probe-$cfg.log)"
     tail -12 "$OUTDIR/probe-$cfg.log"
+    pack
   done
 fi
+pack
+[ -n "$PACK" ] && echo "everything: \$OUT/gpu-check.tgz"
 exit $rc

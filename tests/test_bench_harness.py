@@ -365,3 +365,22 @@ def test_pyjuice_side_records_graphs_first_at_small_batches(batch, eager, monkey
     if not eager:
         assert out["first_step_s"] == out["record_s"]
     assert out["ll_mean"] == pytest.approx(float(batches[0].sum(1).mean()))
+
+
+def test_ab_compare_pairs_rows_and_refuses_two_cards(tmp_path):
+    """bench/ab_compare.py: pcir's times and peaks side by side with B/A ratios, the knobs named;
+    runs from two cards are refused (their times do not compare)."""
+    import ab_compare
+
+    def run(card, knob, rows):
+        return {"card": {"card": card}, "args": {"knob": knob}, "rows": rows}
+
+    row = lambda cfg, f, t, p: {"config": cfg, "pcir": {"fwd_ms": f, "train_ms": t, "peak_mib": p}}  # noqa: E731
+    a = run("H200", [], [row("hclt-128", 1.0, 3.0, 600.0), row("only-a", 1.0, 1.0, 1.0)])
+    b = run("H200", ["SUM_ALIAS=False"], [row("hclt-128", 1.1, 2.7, 720.0)])
+    out = ab_compare.compare(a, b)
+    assert "A: defaults; B: SUM_ALIAS=False; H200" in out
+    assert "| hclt-128 | 1.000 / 1.100 | 1.10 | 3.000 / 2.700 | 0.90 | 600 / 720 | 1.20 |" in out
+    assert "only-a" not in out
+    with pytest.raises(SystemExit, match="different cards"):
+        ab_compare.compare(a, run("NVIDIA H100 80GB HBM3", [], []))
