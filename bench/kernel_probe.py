@@ -28,8 +28,8 @@ programmatic dependent launch (triton_engine.PDL 2) / its prefetching loop alone
 ablations edit the PDL 0 loop only); ``pdl`` applies to the feature-major kernel only (small
 batch tiles; ``pdl+pdlfwdt`` to the batch-major one too); ``nopdl`` the plain loop, whatever the
 default; ``pdlwait`` (PDL 3) the plain loop after the wait, under the same launch; ``fw8``/``fw16``:
-the sum forward on at least 8/16 warps (triton_engine.FWD_MIN_WARPS); ``scw8``: the alias's column
-kernels on at least 8 (SC_MIN_WARPS; time it with bench/run.py's train step). Variants measured and dropped are in bench/RESULTS.md (the source edits
+the sum forward on at least 8/16 warps (triton_engine.FWD_MIN_WARPS); ``scw8``/``scw16``: the alias's
+column kernels on at least 8/16 (SC_MIN_WARPS; time it with bench/run.py's train step). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
@@ -82,6 +82,7 @@ KNOBS = {
     "fbb128": (te, "FWD_BB_LARGE", 128),
     "nosumalias": (te, "SUM_ALIAS", False),
     "scw8": (te, "SC_MIN_WARPS", 8),
+    "scw16": (te, "SC_MIN_WARPS", 16),
     "fw8": (te, "FWD_MIN_WARPS", 8),
     "fw16": (te, "FWD_MIN_WARPS", 16),
     "pdl": (te, "PDL", 2),
