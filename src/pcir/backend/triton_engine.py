@@ -49,10 +49,11 @@ SUM_ALIAS = True
 WARPS_LARGE_TILE = 8
 # warps of a layer's column-flow kernels (sum_bwd_mm, sum_bwd_cols) where they compute the
 # children's G (SUM_ALIAS's SC): at least this many. Their tile is [BK, batch], not the layer's
-# [BM, BK], and SC doubles its registers (bench/kernel_resources.py --regs --both-sc, sm_90,
-# hclt-128: 104 -> 203 per thread at 8 warps; at the 4 warps of 16x64 layers 234 -> 255 with
-# 96-128 bytes of stack, i.e. spills). 0 keeps the layer's warps. Not measured: SUM_ALIAS
-# costs hclt-128 9% of its train step (H200, thirteenth session), and this is the first guess.
+# [BM, BK], and SC adds half again to twice its registers (bench/kernel_resources.py --regs
+# --both-sc, sm_90, hclt-128: 64x64 layers at 8 warps 138 -> 203 per thread, one 8-warp block per
+# SM either way; 16x64 layers at 4 warps 234 -> 255 with 96-128 bytes of stack, i.e. spills; at
+# 16 warps 86 -> 98, one 16-warp block per SM). 0 keeps the layer's warps. Not measured:
+# SUM_ALIAS costs hclt-128 9% of its train step (H200, thirteenth session); this is a guess.
 SC_MIN_WARPS = 0
 # warps of the sum forward (sum_fwd, sum_fwdt): at least this many (0: the layer's). The 4-warp
 # rule of tiles under 64x64 ignores the batch tile, which the forward's accumulator and gathered
