@@ -168,7 +168,7 @@ def _compile_one(name, i, variant, bb, kname, kind, fn, fl, warps, args, target)
             over += not (ok and md.launch_pdl)
         over += md.shared > args.limit
         if args.regs:
-            flag += _regs(k)
+            flag += _regs(k, md.num_warps, md.shared)
         print(
             f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kname:<16s} "
             f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
@@ -179,8 +179,11 @@ def _compile_one(name, i, variant, bb, kname, kind, fn, fl, warps, args, target)
     return over
 
 
-def _regs(k) -> str:
-    """' regs=N local=N' of a compiled kernel, from its cubin (no GPU needed)."""
+def _regs(k, warps: int, shared: int) -> str:
+    """' regs=N stack=N local=N warps/SM=N' of a compiled kernel, from its cubin (no GPU needed).
+    warps/SM: the warps resident per SM of an H100/H200 (65536 registers, allocated per warp in
+    units of 256; 228 KiB of shared memory, 1 KiB reserved per block; at most 64 warps and 32
+    blocks), the occupancy its registers and shared memory allow."""
     import re
     import subprocess
     import tempfile
@@ -193,7 +196,20 @@ def _regs(k) -> str:
         f.flush()
         out = subprocess.run([str(exe), "-res-usage", f.name], capture_output=True, text=True, check=False).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
-    return f" regs={m.group(1)} stack={m.group(2)} local={m.group(3)}" if m else " regs=?"
+    if not m:
+        return " regs=?"
+    regs = int(m.group(1))
+    return f" regs={regs} stack={m.group(2)} local={m.group(3)} warps/SM={sm90_warps_per_sm(regs, warps, shared)}"
+
+
+def sm90_warps_per_sm(regs: int, warps: int, shared: int) -> int:
+    """Resident warps per SM on sm_90 for a kernel of ``regs`` registers per thread, ``warps`` warps
+    per block and ``shared`` bytes of shared memory per block."""
+    per_warp = -(-regs * 32 // 256) * 256
+    by_regs = 65536 // (per_warp * warps) if regs else 32
+    by_smem = (228 * 1024) // (shared + 1024) if shared else 32
+    blocks = min(by_regs, by_smem, 32, 64 // warps)
+    return blocks * warps
 
 
 if __name__ == "__main__":

@@ -384,3 +384,15 @@ def test_ab_compare_pairs_rows_and_refuses_two_cards(tmp_path):
     assert "only-a" not in out
     with pytest.raises(SystemExit, match="different cards"):
         ab_compare.compare(a, run("NVIDIA H100 80GB HBM3", [], []))
+
+
+def test_sm90_occupancy_from_registers_and_shared_memory():
+    """kernel_resources' warps per SM: 65536 registers in per-warp units of 256, 228 KiB of
+    shared memory (+1 KiB per block), at most 64 warps and 32 blocks."""
+    from kernel_resources import sm90_warps_per_sm as occ
+
+    assert occ(203, 8, 32768) == 8  # 208 x 32 x 8 = 53,248 registers: one block
+    assert occ(98, 16, 32768) == 16  # 104 x 32 x 16 = 53,248: one 16-warp block
+    assert occ(64, 4, 0) == 32  # 2,048 per warp: 32 warps
+    assert occ(8, 4, 0) == 64  # the 64-warp cap
+    assert occ(32, 4, 100 * 1024) == 8  # shared memory: two blocks of 101 KiB
