@@ -58,6 +58,7 @@ export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-${TMPDIR:-/tmp}/p
   # `bash scripts/tree_hash.sh` here gives the same for a commit checked out
   echo "git HEAD (may be stale on a copied tree): $(git rev-parse --short HEAD 2>/dev/null || echo none)"
   echo "tree: $(bash scripts/tree_hash.sh)"
+  echo "engine knobs: ${KNOBS:-defaults}"
 } >"$OUTDIR/card.txt" 2>&1
 cat "$OUTDIR/card.txt"
 rc=0
