@@ -58,9 +58,9 @@ SC_MIN_WARPS = 0
 # warps of the sum forward (sum_fwd, sum_fwdt): at least this many (0: the layer's). The 4-warp
 # rule of tiles under 64x64 ignores the batch tile, which the forward's accumulator and gathered
 # columns span too: on sm_90 pd-32's 32x64 layers take 255 registers and spill (104 bytes of
-# stack, the unrolled sum_fwds), hmm-64's and hclt-128's 16x64 ones 212-226 registers (two
-# 4-warp blocks per SM); at 8 warps 104-208 and no spill (bench/kernel_resources.py --regs
-# --min-warps 8). Not measured (bench/kernel_probe.py variant fw8).
+# stack, the unrolled sum_fwds), its 16x32 ones 160-163 (12 warps per SM), hclt-32's 32x32 ones
+# 114-116 (16 warps per SM); at 8 warps no spill, at 16 hclt-32 reaches 32 warps per SM
+# (bench/kernel_resources.py --regs --min-warps N). Not measured (kernel_probe.py fw8, fw16).
 FWD_MIN_WARPS = 0
 # software-pipelining stages of the sum backward kernels: without pipelining their loops the
 # backward was 2-9% faster on every configuration measured (H200, bench/kernel_probe.py: hclt-128
