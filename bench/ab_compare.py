@@ -3,8 +3,9 @@
     python bench/ab_compare.py BASE.json KNOBS.json
 
 prints, for every configuration in both, pcir's forward and train-step medians and peak memory
-on each side and their ratios (B / A), with each file's card and knobs in the header; rows
-measured on different cards are refused (compare within one machine only)."""
+on each side and their ratios (B / A), and the difference of the mean log-likelihoods (the same
+data and seed: a variant that computes something else shows), with each file's card and knobs in
+the header; runs on different cards are refused (compare within one machine only)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def compare(a: dict, b: dict) -> str:
     lines = [
         f"A: {knobs[0]}; B: {knobs[1]}; {ca}",
         "",
-        "| config | fwd ms A / B | B/A | train ms A / B | B/A | peak MiB A / B | B/A |",
-        "|---|---|---:|---|---:|---|---:|",
+        "| config | fwd ms A / B | B/A | train ms A / B | B/A | peak MiB A / B | B/A | mean LL A - B |",
+        "|---|---|---:|---|---:|---|---:|---:|",
     ]
     for ra in a.get("rows", []):
         rb = rows_b.get(ra["config"])
@@ -45,6 +46,9 @@ def compare(a: dict, b: dict) -> str:
                 cells += [f"{x} / {y}", "-"]
             else:
                 cells += [f"{x:.{nd}f} / {y:.{nd}f}", f"{y / x:.2f}" if x else "-"]
+        # the same data and seed on both sides: a variant that computes something else shows here
+        la, lb = pa.get("ll_mean"), pb.get("ll_mean")
+        cells.append(f"{la - lb:.2e}" if la is not None and lb is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -375,12 +375,14 @@ def test_ab_compare_pairs_rows_and_refuses_two_cards(tmp_path):
     def run(card, knob, rows):
         return {"card": {"card": card}, "args": {"knob": knob}, "rows": rows}
 
-    row = lambda cfg, f, t, p: {"config": cfg, "pcir": {"fwd_ms": f, "train_ms": t, "peak_mib": p}}  # noqa: E731
-    a = run("H200", [], [row("hclt-128", 1.0, 3.0, 600.0), row("only-a", 1.0, 1.0, 1.0)])
-    b = run("H200", ["SUM_ALIAS=False"], [row("hclt-128", 1.1, 2.7, 720.0)])
+    def row(cfg, f, t, p, ll):
+        return {"config": cfg, "pcir": {"fwd_ms": f, "train_ms": t, "peak_mib": p, "ll_mean": ll}}
+
+    a = run("H200", [], [row("hclt-128", 1.0, 3.0, 600.0, -100.5), row("only-a", 1.0, 1.0, 1.0, 0.0)])
+    b = run("H200", ["SUM_ALIAS=False"], [row("hclt-128", 1.1, 2.7, 720.0, -100.0)])
     out = ab_compare.compare(a, b)
     assert "A: defaults; B: SUM_ALIAS=False; H200" in out
-    assert "| hclt-128 | 1.000 / 1.100 | 1.10 | 3.000 / 2.700 | 0.90 | 600 / 720 | 1.20 |" in out
+    assert "| hclt-128 | 1.000 / 1.100 | 1.10 | 3.000 / 2.700 | 0.90 | 600 / 720 | 1.20 | -5.00e-01 |" in out
     assert "only-a" not in out
     with pytest.raises(SystemExit, match="different cards"):
         ab_compare.compare(a, run("NVIDIA H100 80GB HBM3", [], []))
