@@ -128,6 +128,25 @@ ABLATIONS = {
 }
 
 
+def unknown_parts(name: str) -> list[str]:
+    """The parts of variant ``name`` (joined by ``+``) that name no knob, ablation or launch
+    option: a typo would otherwise time the defaults under another name."""
+
+    def known(part: str) -> bool:
+        if part in KNOBS or part in ABLATIONS or part in ("base", "warps4"):
+            return True
+        for prefix in ("small", "fs", "stages"):
+            if part.startswith(prefix):
+                try:
+                    float(part[len(prefix) :])
+                    return True
+                except ValueError:
+                    return False
+        return False
+
+    return [p for p in name.split("+") if not known(p)]
+
+
 @contextlib.contextmanager
 def knobs(name: str):
     """Set the knobs of variant ``name`` for the duration (restored after)."""
@@ -238,6 +257,12 @@ def main() -> int:
     ap.add_argument("--pipeline", default=None, help="pass pipeline (default: the backend's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    bad = {n: unknown_parts(n) for n in args.variants.split(",") if unknown_parts(n)}
+    if bad:
+        raise SystemExit(
+            f"unknown variant parts {bad}; known: base, warps4, small<X>, fs<N>, stages<N>, "
+            + ", ".join(sorted([*KNOBS, *ABLATIONS]))
+        )
     dev = torch.device("cuda")
     cfg = {c.name: c for c in SUITE}[args.config]
     ctx = Context(dev, None)

@@ -398,3 +398,12 @@ def test_sm90_occupancy_from_registers_and_shared_memory():
     assert occ(64, 4, 0) == 32  # 2,048 per warp: 32 warps
     assert occ(8, 4, 0) == 64  # the 64-warp cap
     assert occ(32, 4, 100 * 1024) == 8  # shared memory: two blocks of 101 KiB
+
+
+def test_kernel_probe_refuses_unknown_variant_parts():
+    """A typo in a variant would time the defaults under another name (GPU time lost)."""
+    import kernel_probe as kp
+
+    assert kp.unknown_parts("base") == []
+    assert kp.unknown_parts("pdl+fw8+stages2+small4+fs3+warps4+ab_a1") == []
+    assert kp.unknown_parts("pdl+fw9+stagesX") == ["fw9", "stagesX"]
