@@ -168,7 +168,7 @@ def _compile_one(name, i, variant, bb, kname, kind, fn, fl, warps, args, target)
             over += not (ok and md.launch_pdl)
         over += md.shared > args.limit
         if args.regs:
-            flag += _regs(k, md.num_warps, md.shared)
+            flag += _regs(k)
         print(
             f"{name:>16s} v{i} {str(tuple(variant)):<14s} BB={bb} {kname:<16s} "
             f"shared={md.shared:>7d} warps={md.num_warps} stages={md.num_stages}{flag}"
@@ -179,37 +179,15 @@ def _compile_one(name, i, variant, bb, kname, kind, fn, fl, warps, args, target)
     return over
 
 
-def _regs(k, warps: int, shared: int) -> str:
-    """' regs=N stack=N local=N warps/SM=N' of a compiled kernel, from its cubin (no GPU needed).
-    warps/SM: the warps resident per SM of an H100/H200 (65536 registers, allocated per warp in
-    units of 256; 228 KiB of shared memory, 1 KiB reserved per block; at most 64 warps and 32
-    blocks), the occupancy its registers and shared memory allow."""
-    import re
-    import subprocess
-    import tempfile
+def _regs(k) -> str:
+    """' regs=N stack=N local=N warps/SM=N' of a compiled kernel (pcir.backend.offline)."""
+    from pcir.backend.offline import resources, warps_per_sm
 
-    import triton
-
-    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"])
-        f.flush()
-        out = subprocess.run([str(exe), "-res-usage", f.name], capture_output=True, text=True, check=False).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
-    if not m:
+    r = resources(k)
+    if r is None:
         return " regs=?"
-    regs = int(m.group(1))
-    return f" regs={regs} stack={m.group(2)} local={m.group(3)} warps/SM={sm90_warps_per_sm(regs, warps, shared)}"
-
-
-def sm90_warps_per_sm(regs: int, warps: int, shared: int) -> int:
-    """Resident warps per SM on sm_90 for a kernel of ``regs`` registers per thread, ``warps`` warps
-    per block and ``shared`` bytes of shared memory per block."""
-    per_warp = -(-regs * 32 // 256) * 256
-    by_regs = 65536 // (per_warp * warps) if regs else 32
-    by_smem = (228 * 1024) // (shared + 1024) if shared else 32
-    blocks = min(by_regs, by_smem, 32, 64 // warps)
-    return blocks * warps
+    occ = warps_per_sm(r["regs"], r["warps"], r["shared"])
+    return f" regs={r['regs']} stack={r['stack']} local={r['local']} warps/SM={occ}"
 
 
 if __name__ == "__main__":

@@ -22,28 +22,8 @@ import time
 os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime import driver  # noqa: E402
-from triton.runtime import jit as tjit  # noqa: E402
 
-
-class _Sm90Driver:
-    """What JITFunction.run asks of the driver on the way to a warmup compile."""
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-    def get_active_torch_device(self):
-        return torch.device("cpu")
-
-    def is_active(self):
-        return True
+from pcir.backend import offline  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -52,7 +32,6 @@ def main(argv: list[str]) -> int:
     from test_backend_helpers import data_for
 
     from pcir.backend import compile as pc_compile
-    from pcir.backend import precompile as pre
     from pcir.backend import triton_engine as te
     from pcir.ir.diagnostics import DataError
 
@@ -60,23 +39,14 @@ def main(argv: list[str]) -> int:
     args = [a for a in argv if a != "--hopper"]
     name, batch, knob_items = args[0], int(args[1]), args[2:]
     te.set_knobs(knob_items)
-    driver.set_active(_Sm90Driver())
-    compiled: list[str] = []
-    orig = tjit.JITFunction._do_compile
-
-    def spy(self, key, signature, device, constexprs, options, attrs, warmup):
-        kernel = orig(self, key, signature, device, constexprs, options, attrs, warmup)
-        compiled.append(self.fn.__name__)
-        print(f"  {self.fn.__name__}", flush=True)
-        return kernel
-
-    tjit.JITFunction._do_compile = spy
+    offline.use_offline_target(90)
+    launches: list[offline.Launch] = []
     c = CIRCUITS[name]() if name != "block_sparse" else block_sparse()
     m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
     m.cuda_graphs = False
     eng = m._engine()
     eng.pdl_ok = hopper  # griddepcontrol: what a Hopper device would get
-    eng.k = pre.WarmupKernels(eng.k)
+    eng.k = offline.Recorder(eng.k, launches)
     x, miss = data_for(c, batch, seed=1, p_missing=0.2)
     x, miss = torch.as_tensor(x), torch.as_tensor(miss)
     paths = [
@@ -102,7 +72,9 @@ def main(argv: list[str]) -> int:
             print(f"{what}: {type(e).__name__}: {str(e)[:3000]}", flush=True)
             return 1
         print(f"{what}: ok ({time.perf_counter() - t0:.1f} s)", flush=True)
-    print(f"compiled {len(compiled)} kernels: {' '.join(sorted(set(compiled)))}")
+    for la in launches:
+        print(f"  {la.kernel} grid={la.grid} warps={la.num_warps}", flush=True)
+    print(f"compiled {len(launches)} launches: {' '.join(sorted({la.kernel for la in launches}))}")
     return 0
 
 

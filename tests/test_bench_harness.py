@@ -391,7 +391,7 @@ def test_ab_compare_pairs_rows_and_refuses_two_cards(tmp_path):
 def test_sm90_occupancy_from_registers_and_shared_memory():
     """kernel_resources' warps per SM: 65536 registers in per-warp units of 256, 228 KiB of
     shared memory (+1 KiB per block), at most 64 warps and 32 blocks."""
-    from kernel_resources import sm90_warps_per_sm as occ
+    from pcir.backend.offline import warps_per_sm as occ
 
     assert occ(203, 8, 32768) == 8  # 208 x 32 x 8 = 53,248 registers: one block
     assert occ(98, 16, 32768) == 16  # 104 x 32 x 16 = 53,248: one 16-warp block
@@ -407,3 +407,30 @@ def test_kernel_probe_refuses_unknown_variant_parts():
     assert kp.unknown_parts("base") == []
     assert kp.unknown_parts("pdl+fw8+stages2+small4+fs3+warps4+ab_a1") == []
     assert kp.unknown_parts("pdl+fw9+stagesX") == ["fw9", "stagesX"]
+
+
+def test_launch_resources_lists_the_real_launches(tmp_path):
+    """bench/launch_resources.py on a small configuration: the engine's launches at its batch,
+    compiled for sm_90 without a GPU, with registers and the card's fill."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
+    env["PCIR_CACHE_DIR"] = str(tmp_path / "pcir")
+    r = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "launch_resources.py"), "smoke-hmm-4",
+         "--paths", "forward", "--unique"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    if r.returncode != 0 and "ptxas" in out.lower() and "not found" in out.lower():
+        pytest.skip("no ptxas for sm_90 on this machine")
+    assert r.returncode == 0, out[-3000:]
+    rows = [ln.split("|") for ln in r.stdout.splitlines() if ln.startswith("| forward |")]
+    fwd = [c for c in rows if c[2].strip().startswith("sum_fwd")]
+    assert fwd, r.stdout
+    regs = int(fwd[0][6])
+    assert 16 <= regs <= 255  # read from the cubin
+    assert int(fwd[0][9]) >= int(fwd[0][5])  # at least one block of its warps per SM
+    assert float(fwd[0][10]) < 1  # a smoke circuit's launch fills a sliver of the card

@@ -48,19 +48,17 @@ SUM_ALIAS = True
 # sm_90, BB=64, tf32x3) is 32 KiB (forward, parameter flows) and 80 KiB (column flows) either way.
 WARPS_LARGE_TILE = 8
 # warps of a layer's column-flow kernels (sum_bwd_mm, sum_bwd_cols) where they compute the
-# children's G (SUM_ALIAS's SC): at least this many. Their tile is [BK, batch], not the layer's
-# [BM, BK], and SC adds half again to twice its registers (bench/kernel_resources.py --regs
-# --both-sc, sm_90, hclt-128: 64x64 layers at 8 warps 138 -> 203 per thread, one 8-warp block per
-# SM either way; 16x64 layers at 4 warps 234 -> 255 with 96-128 bytes of stack, i.e. spills; at
-# 16 warps 86 -> 98, one 16-warp block per SM). 0 keeps the layer's warps. Not measured:
-# SUM_ALIAS costs hclt-128 9% of its train step (H200, thirteenth session); this is a guess.
+# children's G (SUM_ALIAS's SC): at least this many (0: the layer's). SC adds registers (sm_90,
+# bench/launch_resources.py, hclt-128 at batch 512: 90 -> 108 on its 64x64 layers, 106 -> 199 on
+# its 16x64 root) and these launches fill less than the card (32-240 programs on 132 SMs), so
+# more threads per program may hide more of the gathers' latency. Not measured: SUM_ALIAS costs
+# hclt-128 9% of its train step (H200, thirteenth session); this is a guess.
 SC_MIN_WARPS = 0
-# warps of the sum forward (sum_fwd, sum_fwdt): at least this many (0: the layer's). The 4-warp
-# rule of tiles under 64x64 ignores the batch tile, which the forward's accumulator and gathered
-# columns span too: on sm_90 pd-32's 32x64 layers take 255 registers and spill (104 bytes of
-# stack, the unrolled sum_fwds), its 16x32 ones 160-163 (12 warps per SM), hclt-32's 32x32 ones
-# 114-116 (16 warps per SM); at 8 warps no spill, at 16 hclt-32 reaches 32 warps per SM
-# (bench/kernel_resources.py --regs --min-warps N). Not measured (kernel_probe.py fw8, fw16).
+# warps of the sum forward (sum_fwd, sum_fwdt): at least this many (0: the layer's). The small
+# rows' forward layers launch fewer programs than the card holds (bench/launch_resources.py at
+# batch 512: hmm-64's 31 layers 8 programs each, hclt-128's 32-240 on 132 SMs) and are chains of
+# latency-bound loops: more threads per program, more loads in flight. Not measured
+# (bench/kernel_probe.py variants fw8, fw16).
 FWD_MIN_WARPS = 0
 # software-pipelining stages of the sum backward kernels: without pipelining their loops the
 # backward was 2-9% faster on every configuration measured (H200, bench/kernel_probe.py: hclt-128
