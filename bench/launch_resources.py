@@ -92,8 +92,7 @@ def main(argv=None) -> int:
         if r is None:
             print(f"| {path} | {i} | {la.kernel} | {la.grid} | {la.programs} | {la.num_warps} | ? | ? | ? | ? | ? |")
             continue
-        occ = offline.warps_per_sm(r["regs"], r["warps"], r["shared"])
-        fill = la.programs / (SMS * max(occ // r["warps"], 1))
+        occ, fill = _occ_fill(offline, r["regs"], r["warps"], r["shared"], la.programs)
         under += fill < 1
         spills += r["stack"] > 0
         print(
@@ -102,6 +101,12 @@ def main(argv=None) -> int:
         )
     print(f"\n{len(rows)} launches; {under} fill less than one wave of the card; {spills} spill")
     return 0
+
+
+def _occ_fill(offline, regs: int, warps: int, shared: int, programs: int) -> tuple[int, float]:
+    """(resident warps per SM, programs over the blocks the whole card holds at once)."""
+    occ = offline.warps_per_sm(regs, warps, shared)
+    return occ, programs / (SMS * max(occ // warps, 1))
 
 
 def _unique(rows, offline) -> int:
@@ -117,8 +122,7 @@ def _unique(rows, offline) -> int:
         if regs is None:
             print(f"| {path} | {kernel} | {len(progs)} | {min(progs)}-{max(progs)} | ? | ? | ? | ? | ? | ? |")
             continue
-        occ = offline.warps_per_sm(regs, warps, shared)
-        fill = max(progs) / (SMS * max(occ // warps, 1))
+        occ, fill = _occ_fill(offline, regs, warps, shared, max(progs))
         print(
             f"| {path} | {kernel} | {len(progs)} | {min(progs)}-{max(progs)} | {warps} | {regs} | {stack} | "
             f"{shared / 1024:.1f} | {occ} | {fill:.2f} |"

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .precompile import WarmupKernels
+
 # an sm_90 streaming multiprocessor (H100, H200): registers, shared memory (bytes), warps, blocks
 SM90_REGS, SM90_SHARED, SM90_WARPS, SM90_BLOCKS = 65536, 228 * 1024, 64, 32
 
@@ -81,14 +83,13 @@ class Launch:
         return n
 
 
-class Recorder:
-    """A view of an engine's kernel module whose launches compile (``warmup``), do not run, and
-    are appended to ``launches``."""
-
-    warming = True  # the engines skip their library (torch) products while this is their module
+class Recorder(WarmupKernels):
+    """precompile's WarmupKernels (launches compile, do not run) that also appends every launch
+    to ``launches``."""
 
     def __init__(self, module, launches: list[Launch]):
-        self._module, self._launches = module, launches
+        super().__init__(module)
+        self._launches = launches
 
     def __getattr__(self, name):
         fn = getattr(self._module, name)
