@@ -5,8 +5,9 @@
 #   bash scripts/gpu_check.sh [OUTDIR]      # default out/gpu-check; on the lent GPU machine (with
 #                                           # $OUT and no OUTDIR) one archive, $OUT/gpu-check.tgz
 #
-# Environment: TESTS_S (seconds for the tests, default 240; 0 skips them), BENCH_S (for the
-# benchmark, default 300; 0 skips it), CONFIGS (the benchmark's --configs; default: the rows whose
+# Environment: TESTS_S (seconds for the tests, default 300; 0 skips them; each failure is
+# written to failures.txt as it happens), BENCH_S (for the benchmark, default 300; 0 skips it),
+# BENCH_CONFIG_S (seconds before one benchmark row is abandoned, default 110), CONFIGS (the benchmark's --configs; default: the rows whose
 # peak memory and train step matter most, largest first, because cuBLAS's workspace counts on the
 # first row that calls torch.bmm), WORKERS (pytest-xdist workers, default 14), PROBE_S (seconds
 # for bench/kernel_probe.py's open variants after the benchmark, default 0: skipped) with
@@ -35,7 +36,8 @@ pack() {  # after every part: a call cut by its time limit still brings back wha
   for f in card.txt bench.md bench-ab.md; do [ -s "$OUTDIR/$f" ] && cp "$OUTDIR/$f" "$PACK/"; done
   return 0
 }
-TESTS_S=${TESTS_S:-240}
+TESTS_S=${TESTS_S:-300}
+BENCH_CONFIG_S=${BENCH_CONFIG_S:-110}
 BENCH_S=${BENCH_S:-300}
 WORKERS=${WORKERS:-14}
 CONFIGS=${CONFIGS:-hclt-512,hclt-128,rat-d5-r16-256,hmm-2048,pd-256,hclt-32,hmm-64,pd-32,hclt-128-B1}
@@ -66,12 +68,15 @@ if [ "$TESTS_S" -gt 0 ]; then
   # no -q here: pyproject's addopts has one, and -qq drops pytest's summary line (the counts)
   tknobs=()
   for kv in ${KNOBS:-}; do tknobs+=(--engine-knob "$kv"); done
-  timeout "$TESTS_S" python3 -m pytest --device cuda -n "$WORKERS" -p no:cacheprovider "${tknobs[@]}" >"$OUTDIR/tests.log" 2>&1
+  timeout "$TESTS_S" python3 -m pytest --device cuda -n "$WORKERS" -p no:cacheprovider "${tknobs[@]}" \
+    --fail-log "$OUTDIR/failures.txt" >"$OUTDIR/tests.log" 2>&1
   trc=$?
   echo "tests: exit $trc ($OUTDIR/tests.log)"
   grep -E "passed|failed|error" "$OUTDIR/tests.log" | tail -3
   # a collection error (a missing wheel, say) stops the run before any test: show why
   grep -q "passed" "$OUTDIR/tests.log" || tail -8 "$OUTDIR/tests.log"
+  # written as each test fails, so a run cut off by TESTS_S still names its failures
+  [ -s "$OUTDIR/failures.txt" ] && grep "^FAILED" "$OUTDIR/failures.txt" | head -20
   [ "$trc" -eq 0 ] || rc=1
   pack
 fi
@@ -79,7 +84,7 @@ if [ "$BENCH_S" -gt 0 ]; then
   budget=$((BENCH_S > 120 ? BENCH_S - 60 : BENCH_S / 2))
   bknobs=()
   for kv in ${KNOBS:-}; do bknobs+=(--knob "$kv"); done
-  timeout "$BENCH_S" python3 bench/run.py --configs "$CONFIGS" --budget-s "$budget" --config-timeout-s 110 "${bknobs[@]}" \
+  timeout "$BENCH_S" python3 bench/run.py --configs "$CONFIGS" --budget-s "$budget" --config-timeout-s "$BENCH_CONFIG_S" "${bknobs[@]}" \
     --json "$OUTDIR/bench.json" >"$OUTDIR/bench.log" 2>&1
   brc=$?
   echo "bench: exit $brc ($OUTDIR/bench.log)"

@@ -42,9 +42,17 @@ def pytest_addoption(parser):
         help="set a knob of pcir.backend.triton_engine for the whole run (repeatable), e.g. "
         "PDL=2: the GPU suite with a candidate default before it becomes the default",
     )
+    parser.addoption(
+        "--fail-log",
+        default=None,
+        metavar="PATH",
+        help="append each failing test's id and report to PATH as it fails (a run cut off by a "
+        "time limit never prints its summary; this file still says what failed)",
+    )
 
 
 def pytest_configure(config):
+    _FAIL_LOG.path = config.getoption("--fail-log")
     if config.getoption("--engine-knob"):
         from pcir.backend import triton_engine
 
@@ -74,6 +82,18 @@ def _program_order_seed(request):
 
         remap.reseed(zlib.crc32(request.node.nodeid.encode()))
     yield
+
+
+def pytest_runtest_logreport(report):
+    """--fail-log: written as each failure arrives (with xdist, in the controller)."""
+    path = getattr(_FAIL_LOG, "path", None)
+    if path and report.failed:
+        with open(path, "a") as f:
+            f.write(f"FAILED {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
+
+class _FAIL_LOG:
+    path = None
 
 
 def pytest_report_header(config):
