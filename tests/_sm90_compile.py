@@ -41,7 +41,16 @@ def main(argv: list[str]) -> int:
     te.set_knobs(knob_items)
     offline.use_offline_target(90)
     launches: list[offline.Launch] = []
-    c = CIRCUITS[name]() if name != "block_sparse" else block_sparse()
+    if name == "hclt256":  # MNIST-shaped tables: the leaves' rows form on 16 x 256 tiles
+        import numpy as np
+
+        from pcir import structures
+        from pcir.ir import Domain
+
+        data = np.random.default_rng(0).integers(0, 256, (300, 6))
+        c = structures.hclt(data, num_latents=20, domain=Domain.categorical(256))
+    else:
+        c = CIRCUITS[name]() if name != "block_sparse" else block_sparse()
     m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
     m.cuda_graphs = False
     eng = m._engine()

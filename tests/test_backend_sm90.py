@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from pcir.backend import triton_engine as te
+
 HERE = Path(__file__).resolve().parent
 
 CASES = [
@@ -38,6 +40,7 @@ CASES = [
     ("hclt", 70, ["COUNT_SCATTER_K=0"]),  # the tables' counts by scatter
     ("hclt", 70, ["SC_MIN_WARPS=8"]),  # the alias's column kernels on more warps
     ("pd", 5, ["FWD_MIN_WARPS=16"]),  # the forward on more warps
+    ("hclt256", 70, []),  # 256 categories: the leaves' rows form on 16 x 256 tiles
 ]
 
 
@@ -74,3 +77,8 @@ def test_every_launched_kernel_compiles_for_sm90(name, batch, knobs, triton_cach
     assert any(k.startswith("sum_fwd") or k == "sum_log_rows" for k in kernels), kernels
     assert any(k.startswith("sum_bwd") for k in kernels), kernels
     assert "em_sum_rows" in kernels and "check_data" in kernels, kernels
+    # the categorical leaves' forward: whole table rows from a batch of 32 on (LEAF_ROWS)
+    if name in ("hclt", "hclt256", "pd", "hmm"):
+        rows = batch >= te.LEAF_ROWS_MIN_BATCH
+        assert ("input_categorical_rows" in kernels) == rows, kernels
+        assert ("input_categorical" in kernels) == (not rows), kernels

@@ -180,6 +180,34 @@ def input_categorical(V, XT, VAR, IDX, TAB, row0, U, B, BU: tl.constexpr, BB: tl
     lp = tl.load(TAB + idx[:, None] + xi, mask=m2 & ~miss, other=0.0)
     tl.store(V + (row0 + u).to(tl.int64)[:, None] * B + b[None, :], lp, mask=m2)
 
+@triton.jit
+def input_categorical_rows(V, XT, TAB, LT, B, STEP, BU: tl.constexpr, KP: tl.constexpr, BB: tl.constexpr):
+    """input_categorical for one (leaf group, unit tile) and the batch tiles program_id(1) * BB,
+    + STEP, ...: the tile's table rows (at most KP categories) are read once, whole and
+    coalesced, and each sample's value is gathered from them on chip (tl.gather) instead of
+    read from memory one sector per (leaf, sample). LT[t] = (row, units, var, table offset, k,
+    unit tile); every unit of a group reads the same variable, row u at offset + u * k."""
+    p = LT + tl.program_id(0) * 6
+    row = tl.load(p)
+    var = tl.load(p + 2)
+    off = tl.load(p + 3)
+    k = tl.load(p + 4)
+    u = tl.load(p + 5) * BU + tl.arange(0, BU)
+    um = u < tl.load(p + 1)
+    c = tl.arange(0, KP)
+    tab = tl.load(TAB + off + u[:, None] * k + c[None, :], mask=um[:, None] & (c < k)[None, :], other=0.0)
+    tab = tl.reshape(tab, (BU * KP,))
+    at = tl.arange(0, BU)[:, None] * KP
+    out = V + (row + u).to(tl.int64)[:, None] * B
+    for b0 in range(tl.program_id(1) * BB, B, STEP):
+        b = b0 + tl.arange(0, BB)
+        bm = b < B
+        x = tl.load(XT + var * B + b, mask=bm, other=0.0)
+        miss = x != x
+        xi = tl.minimum(tl.maximum(tl.where(miss, 0.0, x), 0.0), KP - 1).to(tl.int32)
+        lp = tl.reshape(tl.gather(tab, tl.reshape(at + xi[None, :], (BU * BB,)), axis=0), (BU, BB))
+        tl.store(out + b[None, :], tl.where(miss[None, :], 0.0, lp), mask=um[:, None] & bm[None, :])
+
 ''',
     "categorical_counts": '''
 @triton.jit

@@ -112,17 +112,18 @@ FWD_OPTS: dict = {}  # extra launch options of the sum forward (the probe's knob
 # batches, whose forward is a chain of 50-70 short layers of about 6-7 us each on an H200 (of
 # which the weight reads about 2, bench/RESULTS.md, eleventh session). 2 only on a CUDA device of
 # compute capability 9 or more (elsewhere PDL 2 runs as 0, 1 as 1); every program waits, so the
-# layers after it see the whole chain's writes. Measured (bench/kernel_probe.py, H200, thirteenth
-# session): PDL 2 took hclt-32's batch-1 forward from 0.146 to 0.115 ms and left batch 512 as it
-# was (0.385 / 0.383 ms); the loop alone (1) was 11-15% slower at both. Hence PDL only on the
-# feature-major kernel (small batch tiles) unless PDL_FWDT. Still off: the GPU suite with PDL 2
-# on found the dense loop's index did not compile (fixed; tests/test_backend_sm90.py compiles
-# every launched kernel for sm_90 with PDL 2 and 3, but the suite has not run on a GPU again
-# since: pytest --engine-knob PDL=2 there, then flip it). 3: the
-# plain loop (as 0, software-pipelined) after griddepcontrol.wait, under the same launch: only
-# the launch and the tile-table read overlap the layer below, not the first weights (the
-# prefetching loop cost 11-15% on its own); not measured.
-PDL = 0
+# layers after it see the whole chain's writes. Measured (bench/kernel_probe.py, H200): PDL 2
+# took hclt-32's batch-1 forward from 0.146 to 0.115 ms and left batch 512 as it was (0.385 /
+# 0.383 ms); the loop alone (1) was 11-15% slower at both (thirteenth session). Hence PDL only
+# on the feature-major kernel (small batch tiles) unless PDL_FWDT. The default since the
+# fourteenth session, after the whole GPU suite passed with it (H200, 1550 passed; the one
+# failure was a test that expected other knobs) and the probe's forward, PDL 2 against 0 (ms,
+# H200): hclt-128 0.379 -> 0.267 at batch 1, 1.034 -> 0.976 at 512; hmm-64 0.105 -> 0.072,
+# 0.144 -> 0.108; hclt-32 0.148 -> 0.115, 0.386 -> 0.383; pd-32 0.110 -> 0.117 (the one loss),
+# 0.385 -> 0.386. 3: the plain loop (as 0, software-pipelined) after griddepcontrol.wait, under
+# the same launch (the probe's pdlwait): hclt-128 0.360 / 1.019, hmm-64 0.090 / 0.124, between
+# 0 and 2.
+PDL = 2
 # PDL on the batch-major sum forward too (sum_fwdt, batch tiles of 64 and more): not measured apart
 PDL_FWDT = False
 # the sum forward runs batch-major (codegen's sum_fwdt) on batch tiles of at least this many
@@ -130,6 +131,18 @@ TRANS_FWD_MIN_BB = 64
 # batch tile of the sum forward at batches of at least 1024 (64: as every other launch; the
 # probe's variant "fbb128" tries 128)
 FWD_BB_LARGE = 64
+# the categorical leaves' forward from whole table rows (codegen's input_categorical_rows: each
+# program reads its tile's rows once, coalesced, and gathers every sample's value on chip) where
+# every table of a leaf block has at most LEAF_ROWS_MAX_K categories and the batch is at least
+# LEAF_ROWS_MIN_BATCH (at most 64: precompile.same_specialisation replays batches of 64); else
+# one read per (leaf, sample), a 32-byte sector each (input_categorical: hclt-128, 51M lookups,
+# 0.28-0.30 ms of a 1.07 ms forward on an H200, bench/RESULTS.md). LEAF_ROWS_ELEMS: table
+# entries per program (its unit tile is LEAF_ROWS_ELEMS // categories, at most 64 units).
+LEAF_ROWS = True
+LEAF_ROWS_MAX_K = 512
+LEAF_ROWS_MIN_BATCH = 32
+LEAF_ROWS_ELEMS = 4096
+LEAF_ROWS_BB = 64
 # leaf rows and categories (at most) per program of the categorical counts by matrix product,
 # and its warps. H200, bench/kernel_probe.py (sixth session, input_stats): 64 rows instead of
 # 32 took hclt-128's counts from 0.396 to 0.216 ms; 256 categories instead of 128, 0.262 (hclt-512
@@ -389,6 +402,7 @@ class TritonEngine:
         self.precision = precision
         lt = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)
         self.inputs = [(b, lt(b.var), lt(b.index)) for b in plan.inputs if b.count]
+        self.leaf_rows = self._leaf_rows_tables(plan, device)
         # categorical counts: one entry per (leaf group, node tile); tables of at most
         # COUNT_SCATTER_K categories as matrix products, larger ones by scatter
         groups = []  # (row, units, var, table offset, k, first table row)
@@ -602,6 +616,32 @@ class TritonEngine:
         F[plan.root_row : plan.root_row + plan.root_units] = root_flow
         return F
 
+    def _leaf_rows_tables(self, plan: KernelPlan, device) -> dict:
+        """{categorical block row: (tile table, tiles, unit tile BU, categories KP)} for the blocks
+        whose leaves can run input_categorical_rows (every table at most LEAF_ROWS_MAX_K
+        categories): one entry (row, units, var, table offset, k, unit tile) per unit tile."""
+        out = {}
+        for b in plan.inputs:
+            if b.family != "categorical" or not b.count:
+                continue
+            groups = []
+            for name, row, units in b.groups:
+                i = row - b.row
+                groups.append((row, units, int(b.var[i]), int(b.index[i]), plan.params[plan.group_param[name]].k))
+            kmax = max(g[4] for g in groups)
+            if kmax > LEAF_ROWS_MAX_K:
+                continue
+            kp = 2
+            while kp < kmax:
+                kp *= 2
+            bu = 4
+            while bu < min(64, max(g[1] for g in groups), LEAF_ROWS_ELEMS // kp):
+                bu *= 2
+            ents = [(r, u, v, o, k, t) for r, u, v, o, k in groups for t in range(-(-u // bu))]
+            tab = torch.as_tensor(np.asarray(ents, dtype=np.int64).reshape(-1), device=device)
+            out[b.row] = (tab, len(ents), bu, kp)
+        return out
+
     # ---- forward -----------------------------------------------------------------------------
     def check_data(self, xf, lo, hi, real):
         """(``xT``, ``bad``): the data ``xf [B, V]`` transposed as the leaf kernels read it, every
@@ -644,7 +684,16 @@ class TritonEngine:
         for b, var, index in self.inputs:
             bf = LEAF_BATCH_FASTEST
             grid = (triton_cdiv(b.count, BU) * nb,) if bf else (triton_cdiv(b.count, BU), nb)
-            if b.family == "categorical":
+            rows = self.leaf_rows.get(b.row) if LEAF_ROWS and B >= min(LEAF_ROWS_MIN_BATCH, 64) else None
+            if rows is not None:
+                tab, n, bu, kp = rows
+                bb = min(LEAF_ROWS_BB, _batch_tile(B))
+                # batch tiles split over programs only where the unit tiles are too few to fill the card
+                split = max(1, min(triton_cdiv(B, bb), triton_cdiv(self.target_programs, n)))
+                k.input_categorical_rows[(n, split)](
+                    V, xT, cat_logp.contiguous(), tab, B, split * bb, BU=bu, KP=kp, BB=bb
+                )  # fmt: skip
+            elif b.family == "categorical":
                 k.input_categorical[grid](
                     V, xT, var, index, cat_logp.contiguous(), b.row, b.count, B, BU=BU, BB=BB, BF=bf
                 )
