@@ -90,6 +90,12 @@ KNOBS = {
     "nopdl": (te, "PDL", 0),
     "pdlwait": (te, "PDL", 3),
     "pdlfwdt": (te, "PDL_FWDT", True),
+    "noleafrows": (te, "LEAF_ROWS", False),
+    "lrbb128": (te, "LEAF_ROWS_BB", 128),
+    "lrbb32": (te, "LEAF_ROWS_BB", 32),
+    "lre8k": (te, "LEAF_ROWS_ELEMS", 8192),
+    "lre2k": (te, "LEAF_ROWS_ELEMS", 2048),
+    "lrw8": (te, "LEAF_ROWS_WARPS", 8),
 }
 
 

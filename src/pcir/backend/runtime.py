@@ -770,7 +770,9 @@ class CompiledCircuit(nn.Module):
             xf = self._to_device(x)
             with torch.no_grad():
                 self._normalised_cached()
-                out, good = self._maybe_graphed(("forward-checked", tuple(xf.shape)), self._checked_forward_core, xf)
+                out, good = self._maybe_graphed(
+                    ("forward-checked", tuple(xf.shape)), self._checked_forward_core, xf, uncloned=(1,)
+                )
             if not bool(good):
                 self._prepare(x)  # raises the DataError that names the first bad entry
                 raise BackendError("internal error: the graphed data check disagrees with the eager one")
@@ -856,7 +858,7 @@ class CompiledCircuit(nn.Module):
             xf = self._to_device(x)
             self._normalised_cached()
             key = ("fb-checked", tuple(xf.shape), self._soften)
-            out, good = self._maybe_graphed(key, self._checked_forward_backward_core, xf)
+            out, good = self._maybe_graphed(key, self._checked_forward_backward_core, xf, uncloned=(1,))
             if not bool(good):  # nothing was accumulated (root flow 0)
                 self._prepare(x)  # raises the DataError that names the first bad entry
                 raise BackendError("internal error: the data check in the step disagrees with the eager one")
@@ -998,10 +1000,13 @@ class CompiledCircuit(nn.Module):
     def _graphs_on(self) -> bool:
         return self.cuda_graphs and self.device.type == "cuda" and self._engine().name == "triton"
 
-    def _maybe_graphed(self, key, fn, *inputs):
+    def _maybe_graphed(self, key, fn, *inputs, uncloned: tuple[int, ...] = ()):
         """Run ``fn(*inputs)``; on CUDA the second call with the same key captures a CUDA graph
         (the first one JIT-compiles the kernels eagerly) and later calls replay it: one launch
-        instead of one per layer. Inputs are copied into static buffers; outputs are cloned."""
+        instead of one per layer. Inputs are copied into static buffers; outputs are cloned but
+        for the tuple positions in ``uncloned``: values the caller reads at once, before any
+        other call (the data check's flag), returned as the graph's own buffer (one launch
+        fewer per call)."""
         if not self._graphs_on():
             return fn(*inputs)
         ent = self._graphs.get(key)
@@ -1026,7 +1031,9 @@ class CompiledCircuit(nn.Module):
             st_.copy_(in_)
         graph.replay()
         if isinstance(out, tuple):
-            return tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in out)
+            return tuple(
+                o.clone() if isinstance(o, torch.Tensor) and i not in uncloned else o for i, o in enumerate(out)
+            )
         return out.clone() if isinstance(out, torch.Tensor) else out
 
     def _x_grad(self, F, xf, gauss):
@@ -1140,7 +1147,9 @@ class CompiledCircuit(nn.Module):
             self._flows()
         if missing is None:
             xf = self._to_device(x)
-            out, good = self._guarded(("train-checked", tuple(xf.shape)), self._checked_train_core, xf, args)
+            out, good = self._guarded(
+                ("train-checked", tuple(xf.shape)), self._checked_train_core, xf, args, uncloned=(1,)
+            )
             if not bool(good):  # nothing was accumulated or updated (root flow 0, step size 0)
                 self._prepare(x)  # raises the DataError that names the first bad entry
                 raise BackendError("internal error: the data check in the step disagrees with the eager one")
@@ -1152,13 +1161,13 @@ class CompiledCircuit(nn.Module):
         self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
         return out
 
-    def _guarded(self, key, fn, *inputs):
+    def _guarded(self, key, fn, *inputs, uncloned: tuple[int, ...] = ()):
         """``train_step``'s first graph. The sums' logits hold flows while it runs: should it fail
         (an error in a kernel, out of memory), they are rebuilt from the weights ``W``, which
         still hold the model's sums (``log W``: the same distributions), before the error
         propagates."""
         try:
-            return self._maybe_graphed(key, fn, *inputs)
+            return self._maybe_graphed(key, fn, *inputs, uncloned=uncloned)
         except BaseException:
             if self._fuse_sums():
                 _, _, _, W = self._cache  # type: ignore[misc]

@@ -142,7 +142,8 @@ LEAF_ROWS = True
 LEAF_ROWS_MAX_K = 512
 LEAF_ROWS_MIN_BATCH = 32
 LEAF_ROWS_ELEMS = 4096
-LEAF_ROWS_BB = 64
+LEAF_ROWS_BB = 64  # batch tile of its loop (at batches of 64 and more)
+LEAF_ROWS_WARPS = 4
 # leaf rows and categories (at most) per program of the categorical counts by matrix product,
 # and its warps. H200, bench/kernel_probe.py (sixth session, input_stats): 64 rows instead of
 # 32 took hclt-128's counts from 0.396 to 0.216 ms; 256 categories instead of 128, 0.262 (hclt-512
@@ -687,11 +688,11 @@ class TritonEngine:
             rows = self.leaf_rows.get(b.row) if LEAF_ROWS and B >= min(LEAF_ROWS_MIN_BATCH, 64) else None
             if rows is not None:
                 tab, n, bu, kp = rows
-                bb = min(LEAF_ROWS_BB, _batch_tile(B))
+                bb = LEAF_ROWS_BB if B >= 64 else _batch_tile(B)
                 # batch tiles split over programs only where the unit tiles are too few to fill the card
                 split = max(1, min(triton_cdiv(B, bb), triton_cdiv(self.target_programs, n)))
                 k.input_categorical_rows[(n, split)](
-                    V, xT, cat_logp.contiguous(), tab, B, split * bb, BU=bu, KP=kp, BB=bb
+                    V, xT, cat_logp.contiguous(), tab, B, split * bb, BU=bu, KP=kp, BB=bb, num_warps=LEAF_ROWS_WARPS
                 )  # fmt: skip
             elif b.family == "categorical":
                 k.input_categorical[grid](
