@@ -13,6 +13,7 @@ from test_backend_helpers import CASES, data_for
 from pcir import knobs
 from pcir.backend import compile as pc_compile
 from pcir.backend import precompile as pre
+from pcir.backend import triton_engine as te
 from pcir.backend.triton_engine import TritonEngine
 
 
@@ -81,7 +82,9 @@ def test_precompile_warms_exactly_what_the_passes_launch(case, batch, monkeypatc
     assert {s for _, g, s in log if not s[0].startswith(("em_", "normalise_"))} == launched
     # batch tiles of 64 (batches over 32) run the batch-major forward
     fwd = "sum_fwdt_v0" if batch > 32 else "sum_fwd_v0"
-    assert {fwd, "input_categorical", "input_categorical_counts"} <= {s[0] for s in launched}
+    # the categorical leaves from whole table rows at batches of 32 and more (LEAF_ROWS)
+    leaf = "input_categorical_rows" if batch >= te.LEAF_ROWS_MIN_BATCH else "input_categorical"
+    assert {fwd, leaf, "input_categorical_counts"} <= {s[0] for s in launched}
     names = {s[0] for _, _, s in log}
     assert {"product_fwd"} <= names if case == "scratch_chain" else "product_fwd" not in names
 

@@ -673,9 +673,11 @@ class CompiledCircuit(nn.Module):
         return self.circuit.with_params(**values)
 
     # ---- data ------------------------------------------------------------------------------
-    def _to_device(self, x) -> torch.Tensor:
+    def _to_device(self, x, keep_dtype: bool = False) -> torch.Tensor:
         """The host-side part of :meth:`_prepare`: dtype and shape checks, then float32 ``[B, V]``
-        on the model's device (values are checked on the device)."""
+        on the model's device (values are checked on the device). ``keep_dtype``: the data's own
+        dtype, for the checked (graphed) calls, whose ``_checked_data`` converts it inside the
+        graph (one launch fewer before each replay)."""
         plan = self.plan
         if isinstance(x, np.ndarray) or not isinstance(x, torch.Tensor):
             try:
@@ -694,6 +696,8 @@ class CompiledCircuit(nn.Module):
             x = x[None, :]
         if x.ndim != 2 or x.shape[1] != plan.num_vars:
             raise DataError(f"data has shape {tuple(x.shape)}, expected (N, {plan.num_vars})")
+        if keep_dtype:
+            return x.to(device=self.device)
         return x.to(device=self.device, dtype=torch.float32)
 
     def _prepare(self, x, missing=None, *, defer: bool = False):
@@ -767,11 +771,11 @@ class CompiledCircuit(nn.Module):
         if missing is None and not (params_grad or x_grad) and self._graphs_on():
             # the value check runs inside the CUDA graph too: one replay and one sync per call
             # (batch-1 queries are bound by launches, not by work)
-            xf = self._to_device(x)
+            xf = self._to_device(x, keep_dtype=True)  # converted inside the graph
             with torch.no_grad():
                 self._normalised_cached()
                 out, good = self._maybe_graphed(
-                    ("forward-checked", tuple(xf.shape)), self._checked_forward_core, xf, uncloned=(1,)
+                    ("forward-checked", tuple(xf.shape), xf.dtype), self._checked_forward_core, xf, uncloned=(1,)
                 )
             if not bool(good):
                 self._prepare(x)  # raises the DataError that names the first bad entry
@@ -855,9 +859,9 @@ class CompiledCircuit(nn.Module):
         self._pending = True
         if missing is None:
             # the value check inside the (graphed) step: no launches of its own before the replay
-            xf = self._to_device(x)
+            xf = self._to_device(x, keep_dtype=True)  # converted inside the graph
             self._normalised_cached()
-            key = ("fb-checked", tuple(xf.shape), self._soften)
+            key = ("fb-checked", tuple(xf.shape), xf.dtype, self._soften)
             out, good = self._maybe_graphed(key, self._checked_forward_backward_core, xf, uncloned=(1,))
             if not bool(good):  # nothing was accumulated (root flow 0)
                 self._prepare(x)  # raises the DataError that names the first bad entry
@@ -876,7 +880,9 @@ class CompiledCircuit(nn.Module):
         (graphed) call, bad entries replaced by 0 and ``good`` a 0-dim bool. The Triton engine
         does it in one kernel that also writes the transposed copy its leaf kernels read
         (``TritonEngine.check_data``; the data as given is then only read through that copy);
-        the torch engine with elementwise ops."""
+        the torch engine with elementwise ops. ``xf`` may have any dtype ``_to_device`` accepts
+        (``keep_dtype``): it is converted to float32 here, inside the graph."""
+        xf = xf.to(torch.float32)
         eng = self._engine()
         if eng.name == "triton":
             t = self._tab()
@@ -1146,9 +1152,9 @@ class CompiledCircuit(nn.Module):
         if not self._fuse_sums():  # the sums' flows go to their buffer
             self._flows()
         if missing is None:
-            xf = self._to_device(x)
+            xf = self._to_device(x, keep_dtype=True)  # converted inside the graph
             out, good = self._guarded(
-                ("train-checked", tuple(xf.shape)), self._checked_train_core, xf, args, uncloned=(1,)
+                ("train-checked", tuple(xf.shape), xf.dtype), self._checked_train_core, xf, args, uncloned=(1,)
             )
             if not bool(good):  # nothing was accumulated or updated (root flow 0, step size 0)
                 self._prepare(x)  # raises the DataError that names the first bad entry
