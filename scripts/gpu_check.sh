@@ -11,7 +11,7 @@
 # peak memory and train step matter most, largest first, because cuBLAS's workspace counts on the
 # first row that calls torch.bmm), WORKERS (pytest-xdist workers, default 14), PROBE_S (seconds
 # for bench/kernel_probe.py's open variants after the benchmark, default 0: skipped) with
-# PROBE_CONFIGS (default hclt-128,hmm-64,hclt-32,pd-32) and PROBE_VARIANTS (default base,pdl,pdlwait,pdl+pdlfwdt,fw8,fw16,pdl+fw8);
+# PROBE_CONFIGS (default hclt-128,hmm-64,hclt-32,pd-32), PROBE_BATCHES (default 1,512) and PROBE_VARIANTS (default base,pdl,pdlwait,pdl+pdlfwdt,fw8,fw16,pdl+fw8);
 # AB_S with AB_KNOBS (space-separated NAME=VALUE, e.g. "SUM_ALIAS=False") runs the benchmark's
 # rows twice more, pcir only, at the defaults and with those engine knobs, and prints the two side
 # by side (bench/ab_compare.py; default 0: skipped). KNOBS (space-separated
@@ -119,7 +119,7 @@ if [ "$PROBE_S" -gt 0 ]; then
   for cfg in $(echo "${PROBE_CONFIGS:-hclt-128,hmm-64,hclt-32,pd-32}" | tr , ' '); do
     left=$((end - SECONDS))
     [ "$left" -gt 20 ] || break
-    timeout "$left" python3 bench/kernel_probe.py --config "$cfg" --batch 1,512 \
+    timeout "$left" python3 bench/kernel_probe.py --config "$cfg" --batch "${PROBE_BATCHES:-1,512}" \
       --variants "${PROBE_VARIANTS:-base,pdl,pdlwait,pdl+pdlfwdt,fw8,fw16,pdl+fw8}" --json "$OUTDIR/probe-$cfg.json" >"$OUTDIR/probe-$cfg.log" 2>&1
     echo "probe $cfg: exit $? ($OUTDIR/probe-$cfg.log)"
     tail -12 "$OUTDIR/probe-$cfg.log"
