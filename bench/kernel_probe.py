@@ -96,9 +96,6 @@ KNOBS = {
     "lre8k": (te, "LEAF_ROWS_ELEMS", 8192),
     "lre2k": (te, "LEAF_ROWS_ELEMS", 2048),
     "lrw8": (te, "LEAF_ROWS_WARPS", 8),
-    "sorted": (te, "COUNTS_SORTED", True),
-    "sbc16": (te, "COUNTS_SORTED_BC", 16),
-    "sbc64": (te, "COUNTS_SORTED_BC", 64),
 }
 
 

@@ -41,8 +41,6 @@ CASES = [
     ("hclt", 70, ["SC_MIN_WARPS=8"]),  # the alias's column kernels on more warps
     ("pd", 5, ["FWD_MIN_WARPS=16"]),  # the forward on more warps
     ("hclt256", 70, []),  # 256 categories: the leaves' rows form on 16 x 256 tiles
-    ("hclt256", 150, ["COUNTS_SORTED=True"]),  # the counts over sorted batches
-    ("mixed", 70, ["COUNTS_SORTED=True"]),
 ]
 
 

@@ -211,50 +211,22 @@ def input_categorical_rows(V, XT, TAB, LT, B, STEP, BU: tl.constexpr, KP: tl.con
 ''',
     "categorical_counts": '''
 @triton.jit
-def _sorted_span(BND, KB, var, k, B, BC: tl.constexpr, BB: tl.constexpr, SORTED: tl.constexpr):
-    """The batch positions a category tile's loop visits: all (0..B), or with SORTED (the samples
-    of each variable sorted by value, BND[var, c] = how many are below c) only the batch tiles
-    that hold the tile's categories."""
-    if SORTED:
-        c0 = tl.program_id(1) * BC
-        lo = tl.load(BND + var * KB + tl.minimum(c0, k))
-        hi = tl.load(BND + var * KB + tl.minimum(c0 + BC, k))
-        return (lo // BB) * BB, hi
-    else:
-        return 0, B
-
-
-@triton.jit
-def _sorted_at(PERM, var, b, bm, B, SORTED: tl.constexpr):
-    """The samples at batch positions b: PERM[var, b] with SORTED, else b."""
-    if SORTED:
-        return tl.load(PERM + var * B + b, mask=bm, other=0)
-    else:
-        return b
-
-
-@triton.jit
 def input_categorical_counts(
-    F, XT, TAB, CNT, S, ARGS, PERM, BND, KB, B,
-    BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr, SCALED: tl.constexpr, SORTED: tl.constexpr,
+    F, XT, TAB, CNT, S, ARGS, B, BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr, SCALED: tl.constexpr
 ):
     """Expected counts as a matrix product: CNT[u, c] += sum_b F[u, b] [x[var, b] == c], for one
     (leaf group, node tile, category tile); TAB[t] = (row, units, var, table offset, k, u tile,
     table row). SCALED (the training step's fused EM): CNT is the new tables in linear space and
-    each count is added times _em_scale, on the rows it updates. SORTED (triton_engine.COUNTS_SORTED):
-    the batch is visited in the order of each variable's values (PERM, BND: _sorted_span), so a
-    category tile multiplies only the batch tiles that hold its categories."""
+    each count is added times _em_scale, on the rows it updates."""
     row, var, off, k, u, um, srow = _count_tile(TAB, BU)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < k
     acc = tl.zeros([BU, BC], dtype=tl.float32)
-    start, stop = _sorted_span(BND, KB, var, k, B, BC, BB, SORTED)
-    for b0 in range(start, stop, BB):
+    for b0 in range(0, B, BB):
         b = b0 + tl.arange(0, BB)
         bm = b < B
-        q = _sorted_at(PERM, var, b, bm, B, SORTED)
-        f = tl.load(F + (row + u)[:, None] * B + q[None, :], mask=um[:, None] & bm[None, :], other=0.0)
-        x = tl.load(XT + var * B + q, mask=bm, other=-1.0)
+        f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=um[:, None] & bm[None, :], other=0.0)
+        x = tl.load(XT + var * B + b, mask=bm, other=-1.0)
         onehot = tl.where(x[:, None] == c[None, :].to(tl.float32), 1.0, 0.0)
         acc += {dot_fo}
     m2 = um[:, None] & cm[None, :]
@@ -305,41 +277,30 @@ def input_categorical_rowsum(F, XT, TAB, S, B, BU: tl.constexpr, BB: tl.constexp
 
 
 @triton.jit
-def input_categorical_em(
-    F, XT, TAB, LOGP, LOGIT, ARGS, S, PERM, BND, KB, B,
-    BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr, SORTED: tl.constexpr,
-):
+def input_categorical_em(F, XT, TAB, LOGP, LOGIT, ARGS, B, BU: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
     """The training step's fused EM of a table that one leaf group reads (no other group adds to
     its counts), in one pass: the counts of a (node tile, category tile) as
     input_categorical_counts, the rows' total flows as input_categorical_rowsum, both in the same
     loop over the batch, then em_cat_rows' update of the tile in place (LOGP and LOGIT). No counts
     buffer, no other pass; a row without mass (S + pc = 0) or step size 0 keeps its values.
-    TAB as input_categorical_counts. SORTED: the loop visits only the batch tiles of the tile's
-    categories (as input_categorical_counts), and the rows' totals come from S, which
-    input_categorical_rowsum filled before."""
+    TAB as input_categorical_counts."""
     row, var, off, k, u, um, srow = _count_tile(TAB, BU)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < k
     acc = tl.zeros([BU, BC], dtype=tl.float32)
     tot16 = tl.zeros([BU, 16], dtype=tl.float32)
-    start, stop = _sorted_span(BND, KB, var, k, B, BC, BB, SORTED)
-    for b0 in range(start, stop, BB):
+    for b0 in range(0, B, BB):
         b = b0 + tl.arange(0, BB)
         bm = b < B
-        q = _sorted_at(PERM, var, b, bm, B, SORTED)
-        f = tl.load(F + (row + u)[:, None] * B + q[None, :], mask=um[:, None] & bm[None, :], other=0.0)
-        x = tl.load(XT + var * B + q, mask=bm, other=float("nan"))
+        f = tl.load(F + (row + u)[:, None] * B + b[None, :], mask=um[:, None] & bm[None, :], other=0.0)
+        x = tl.load(XT + var * B + b, mask=bm, other=float("nan"))
         onehot = tl.where(x[:, None] == c[None, :].to(tl.float32), 1.0, 0.0)
         acc += {dot_fo}
-        if not SORTED:
-            obs = tl.where((x == x)[:, None] & (tl.arange(0, 16) == 0)[None, :], 1.0, 0.0)
-            tot16 += {dot_fobs}
+        obs = tl.where((x == x)[:, None] & (tl.arange(0, 16) == 0)[None, :], 1.0, 0.0)
+        tot16 += {dot_fobs}
     s = tl.load(ARGS + 0)
     pc = tl.load(ARGS + 1)
-    if SORTED:
-        den = tl.load(S + srow + u, mask=um, other=0.0) + pc
-    else:
-        den = tl.sum(tot16, axis=1) + pc
+    den = tl.sum(tot16, axis=1) + pc
     live = um & (den > 0) & (tl.zeros_like(den) + s > 0)
     den = tl.where(live, den, 1.0)
     m2 = live[:, None] & cm[None, :]

@@ -148,13 +148,6 @@ LEAF_ROWS_WARPS = 4
 # and its warps. H200, bench/kernel_probe.py (sixth session, input_stats): 64 rows instead of
 # 32 took hclt-128's counts from 0.396 to 0.216 ms; 256 categories instead of 128, 0.262 (hclt-512
 # 1.53 -> 1.01, pd-128 0.40 -> 0.26); 8 warps were slower (0.60)
-# The categorical counts with each variable's batch sorted by value (codegen's _sorted_span): a
-# category tile of COUNTS_SORTED_BC categories multiplies only the batch tiles that hold its
-# categories (about B / BB + 1 of them over all its tiles, against every tile per category
-# tile), after one sort of the data per step; the fused EM then reads the rows' totals from a
-# row-sum launch. Off: not measured on a GPU.
-COUNTS_SORTED = False
-COUNTS_SORTED_BC = 32
 COUNT_BU = 64
 COUNT_BC_MAX = 128
 COUNT_WARPS = 4
@@ -1087,20 +1080,10 @@ class TritonEngine:
         if xT is None:
             xT = xf.t().contiguous()
         four = em is not None and bool(self.tied_n or self.scatter_n)
-        srt = COUNTS_SORTED and bool(self.count_n)
-        if srt:
-            perm, bnd, kb = self._sorted_batch(xT)
-            bc = min(COUNTS_SORTED_BC, self.count_bc)
-        else:
-            perm = bnd = F  # placeholders, never read
-            kb, bc = 1, self.count_bc
         if em is not None:
             logp, cat_logits, args = em
-            S = torch.zeros(max(plan.cat_num_rows, 1) if four or srt else 1, dtype=torch.float32, device=F.device)
-            sums = [(self.tied_tab, self.tied_n, COUNT_BU), (self.scatter_tab, self.scatter_n, SCATTER_BU)]
-            if srt:  # the sorted one-pass update reads its rows' totals from S
-                sums.append((self.em1_tab, self.em1_n, COUNT_BU))
-            for tab, n, bu in sums:
+            S = torch.zeros(max(plan.cat_num_rows, 1) if four else 1, dtype=torch.float32, device=F.device)
+            for tab, n, bu in ((self.tied_tab, self.tied_n, COUNT_BU), (self.scatter_tab, self.scatter_n, SCATTER_BU)):
                 if n:
                     k.input_categorical_rowsum[(n,)](F, xT, tab, S, B, BU=bu, BB=BB)
             if four:
@@ -1117,16 +1100,16 @@ class TritonEngine:
         for b, var, index in self.inputs:
             if b.family == "categorical":
                 if em is not None and self.em1_n:
-                    grid = (self.em1_n, triton_cdiv(self.count_cmax, bc))
+                    grid = (self.em1_n, triton_cdiv(self.count_cmax, self.count_bc))
                     k.input_categorical_em[grid](
-                        F, xT, self.em1_tab, logp, cat_logits, args, S, perm, bnd, kb, B,
-                        BU=COUNT_BU, BC=bc, BB=BB, SORTED=srt, num_warps=COUNT_WARPS,
+                        F, xT, self.em1_tab, logp, cat_logits, args, B,
+                        BU=COUNT_BU, BC=self.count_bc, BB=BB, num_warps=COUNT_WARPS,
                     )  # fmt: skip
                 if dense_n:
-                    grid = (dense_n, triton_cdiv(self.count_cmax, bc))
+                    grid = (dense_n, triton_cdiv(self.count_cmax, self.count_bc))
                     k.input_categorical_counts[grid](
-                        F, xT, dense_tab, cat, S, args, perm, bnd, kb, B,
-                        BU=COUNT_BU, BC=bc, BB=BB, SCALED=scaled, SORTED=srt, num_warps=COUNT_WARPS,
+                        F, xT, dense_tab, cat, S, args, B,
+                        BU=COUNT_BU, BC=self.count_bc, BB=BB, SCALED=scaled, num_warps=COUNT_WARPS,
                     )  # fmt: skip
                 if self.scatter_n:
                     grid = (self.scatter_n, triton_cdiv(B, BB))
@@ -1144,17 +1127,6 @@ class TritonEngine:
                 self.em_cat_pass(logp, cat_logits, S, args)
             cat = None
         return cat, g5
-
-    def _sorted_batch(self, xT):
-        """(PERM, BND, KB) for the sorted counts (COUNTS_SORTED): PERM[v] (int32 [V, B]) orders
-        the samples by the value of variable v, missing ones last; BND[v, c] (int32 [V, KB]) is
-        how many observed samples have a value below c, for c = 0 .. KB - 1, KB the longest
-        counted table plus one."""
-        kb = self.count_cmax + 1
-        xs, perm = torch.sort(torch.nan_to_num(xT, nan=math.inf), dim=1)
-        vals = torch.arange(kb, dtype=xs.dtype, device=xs.device).expand(xs.shape[0], kb).contiguous()
-        bnd = torch.searchsorted(xs, vals).to(torch.int32)
-        return perm.to(torch.int32).contiguous(), bnd, kb
 
     # ---- row-wise passes over the parameter stores (uniform runs only) ---------------------
     def em_cat_pass(self, logp, cat_logits, S, args) -> None:
