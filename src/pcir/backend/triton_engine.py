@@ -138,6 +138,8 @@ FWD_BB_LARGE = 64
 # one read per (leaf, sample), a 32-byte sector each (input_categorical: hclt-128, 51M lookups,
 # 0.28-0.30 ms of a 1.07 ms forward on an H200, bench/RESULTS.md). LEAF_ROWS_ELEMS: table
 # entries per program (its unit tile is LEAF_ROWS_ELEMS // categories, at most 64 units).
+# Measured (bench/kernel_probe.py, H200, fourteenth session): hclt-128's engine forward at batch
+# 512, 0.977 ms without, 0.786 with; its tile knobs (BB, warps, entries) are not measured apart.
 LEAF_ROWS = True
 LEAF_ROWS_MAX_K = 512
 LEAF_ROWS_MIN_BATCH = 32
