@@ -78,6 +78,7 @@ KNOBS = {
     "cbu32": (te, "COUNT_BU", 32),
     "cbu128": (te, "COUNT_BU", 128),
     "cbc256": (te, "COUNT_BC_MAX", 256),
+    "cbc64": (te, "COUNT_BC_MAX", 64),
     "cw8": (te, "COUNT_WARPS", 8),
     "fbb128": (te, "FWD_BB_LARGE", 128),
     "nosumalias": (te, "SUM_ALIAS", False),
