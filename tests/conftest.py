@@ -52,7 +52,9 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    _FAIL_LOG.path = config.getoption("--fail-log")
+    global _fail_log
+    # written once, by the process that sees every report (xdist's controller, or the only one)
+    _fail_log = None if hasattr(config, "workerinput") else config.getoption("--fail-log")
     if config.getoption("--engine-knob"):
         from pcir.backend import triton_engine
 
@@ -84,16 +86,14 @@ def _program_order_seed(request):
     yield
 
 
+_fail_log: str | None = None  # --fail-log
+
+
 def pytest_runtest_logreport(report):
     """--fail-log: written as each failure arrives (with xdist, in the controller)."""
-    path = getattr(_FAIL_LOG, "path", None)
-    if path and report.failed:
-        with open(path, "a") as f:
+    if _fail_log and report.failed:
+        with open(_fail_log, "a") as f:
             f.write(f"FAILED {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
-
-
-class _FAIL_LOG:
-    path = None
 
 
 def pytest_report_header(config):

@@ -293,6 +293,16 @@ def row_tiles(runs, device, row_id=None) -> list[tuple[int, int, torch.Tensor, i
     return out
 
 
+def _categorical_groups(plan: KernelPlan, block) -> list[tuple[int, int, int, int, int]]:
+    """(row, units, variable, table offset, categories) of each leaf group of a categorical
+    block: every unit of a group reads one variable, unit u's table row at offset + u * k."""
+    out = []
+    for name, row, units in block.groups:
+        i = row - block.row
+        out.append((row, units, int(block.var[i]), int(block.index[i]), plan.params[plan.group_param[name]].k))
+    return out
+
+
 def _batch_tile(B: int) -> int:
     b = 16
     while b < min(B, 64):
@@ -414,12 +424,9 @@ class TritonEngine:
         for b in plan.inputs:
             if b.family != "categorical":
                 continue
-            for name, row, units in b.groups:
-                i = row - b.row
-                off = int(b.index[i])
-                k = plan.params[plan.group_param[name]].k
+            for row, units, var, off, k in _categorical_groups(plan, b):
                 trow = int(plan.cat_row_id[off : off + 1][0])  # the table's rows are consecutive
-                groups.append((row, units, int(b.var[i]), off, k, trow))
+                groups.append((row, units, var, off, k, trow))
                 if k <= COUNT_SCATTER_K:
                     while self.count_bc < min(k, COUNT_BC_MAX):
                         self.count_bc *= 2
@@ -627,10 +634,7 @@ class TritonEngine:
         for b in plan.inputs:
             if b.family != "categorical" or not b.count:
                 continue
-            groups = []
-            for name, row, units in b.groups:
-                i = row - b.row
-                groups.append((row, units, int(b.var[i]), int(b.index[i]), plan.params[plan.group_param[name]].k))
+            groups = _categorical_groups(plan, b)
             kmax = max(g[4] for g in groups)
             if kmax > LEAF_ROWS_MAX_K:
                 continue
