@@ -1,0 +1,154 @@
+"""Where a graphed forward call's time goes beyond its kernels (GPU only).
+
+The benchmark times ``model(x)`` from an idle device (record, call, record, sync), as a query
+pays it; ``kernel_probe.py`` times back-to-back replays of the engine's forward, which hides the
+graph's launch latency and the module's host work. This probe splits the difference, per
+configuration and batch:
+
+- ``call``: ``model(x)`` as the benchmark times it (median over ``--reps``); ``call_general``: the
+  same through the general path (``CompiledCircuit._forward_replay`` switched off);
+- ``replay1``: the module's own checked-forward graph replayed once from an idle device;
+- ``replayN``: the same graph replayed back to back (per replay);
+- ``host_*``: host microseconds of each part of the call, the device idle (``prelude``: the
+  dtype/shape checks, the parameter-version check and the graph lookup; ``copy``: enqueueing the
+  copy into the graph's input; ``replay``: enqueueing the replay; ``clone``: the output's clone;
+  ``sync``: reading the data check's flag once the device is done);
+- ``empty1``: a graph of one tiny kernel from an idle device (the floor of any graphed call).
+
+    python bench/call_overhead.py --configs hmm-64,hclt-32,pd-32 --batch 512 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness.suite import SUITE, Context, build_pcir  # noqa: E402
+
+import pcir  # noqa: E402
+
+
+def idle_event_ms(fn, reps: int) -> float:
+    out = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return statistics.median(out)
+
+
+def host_us(fn, reps: int, sync_before: bool = True) -> float:
+    out = []
+    for _ in range(reps):
+        if sync_before:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(out)
+
+
+def probe(model, xs, reps: int) -> dict:
+    x = xs[0]
+    with torch.no_grad():
+        for i in range(4):
+            model(xs[i % len(xs)])
+    torch.cuda.synchronize()
+    key = ("forward-checked", tuple(x.shape), x.dtype)
+    graph, statics, out = model._graphs[key]
+    r: dict = {}
+    it = iter(range(1 << 30))
+
+    def call():
+        with torch.no_grad():
+            model(xs[next(it) % len(xs)])
+
+    r["call_ms"] = idle_event_ms(call, reps)
+    model._forward_replay = lambda x: None  # the general path (before the short one existed)
+    r["call_general_ms"] = idle_event_ms(call, reps)
+    r["host_call_general_us"] = host_us(call, reps)
+    del model._forward_replay
+    r["replay1_ms"] = idle_event_ms(graph.replay, reps)
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(reps):
+        graph.replay()
+    b.record()
+    b.synchronize()
+    r["replayN_ms"] = a.elapsed_time(b) / reps
+
+    def prelude():
+        with torch.no_grad():
+            xf = model._to_device(x, keep_dtype=True)
+            model._normalised_cached()
+            model._graphs_on()
+            model._graphs.get(("forward-checked", tuple(xf.shape), xf.dtype))
+
+    r["host_prelude_us"] = host_us(prelude, reps)
+    r["host_module_call_us"] = host_us(lambda: torch.nn.Module.__call__(_Nop(), x), reps)
+    r["host_copy_us"] = host_us(lambda: statics[0].copy_(x), reps)
+    r["host_replay_us"] = host_us(graph.replay, reps)
+    r["host_clone_us"] = host_us(lambda: out[0].clone(), reps)
+    r["host_sync_us"] = host_us(lambda: bool(out[1]), reps)
+    r["host_call_us"] = host_us(call, reps)  # the whole call, its final sync included
+    tiny = torch.zeros(1, device=x.device)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        tiny.add_(1)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        tiny.add_(1)
+    r["empty1_ms"] = idle_event_ms(g.replay, reps)
+    return {k: round(v, 4) for k, v in r.items()}
+
+
+class _Nop(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="hmm-64,hclt-32,pd-32,hclt-128")
+    ap.add_argument("--batch", default="512")
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    by_name = {c.name: c for c in SUITE}
+    rows = []
+    for name in args.configs.split(","):
+        cfg = by_name[name]
+        ctx = Context(dev, None)
+        model = pcir.compile(build_pcir(cfg, ctx), device="cuda")
+        for B in [int(b) for b in args.batch.split(",")]:
+            d = ctx.dataset(cfg)
+            xs = [d[i * B : (i + 1) * B].contiguous() for i in range(4)]
+            row = {"config": name, "batch": B, **probe(model, xs, args.reps)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del model
+        torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
