@@ -13,7 +13,10 @@ configuration and batch:
   dtype/shape checks, the parameter-version check and the graph lookup; ``copy``: enqueueing the
   copy into the graph's input; ``replay``: enqueueing the replay; ``clone``: the output's clone;
   ``sync``: reading the data check's flag once the device is done);
-- ``empty1``: a graph of one tiny kernel from an idle device (the floor of any graphed call).
+- ``empty1``: a graph of one tiny kernel from an idle device (the floor of any graphed call);
+- ``copy_replay``, ``..._clone``, ``..._clone_flag``: the call's device work added part by part,
+  each from an idle device; ``replay_flag``: the replay and the flag's read alone;
+  ``engine_replayN``: the engine's forward alone (no data check, no root copy), back to back.
 
     python bench/call_overhead.py --configs hmm-64,hclt-32,pd-32 --batch 512 [--json out.json]
 """
@@ -90,6 +93,31 @@ def probe(model, xs, reps: int) -> dict:
     b.record()
     b.synchronize()
     r["replayN_ms"] = a.elapsed_time(b) / reps
+
+    # the call's parts added one at a time, each from an idle device
+    xi = xs[1]
+    r["copy_replay_ms"] = idle_event_ms(lambda: (statics[0].copy_(xi), graph.replay()), reps)
+    r["copy_replay_clone_ms"] = idle_event_ms(lambda: (statics[0].copy_(xi), graph.replay(), out[0].clone()), reps)
+    r["copy_replay_clone_flag_ms"] = idle_event_ms(
+        lambda: (statics[0].copy_(xi), graph.replay(), out[0].clone(), bool(out[1])), reps
+    )
+    r["replay_flag_ms"] = idle_event_ms(lambda: (graph.replay(), bool(out[1])), reps)
+    # the engine's forward alone (no data check, no root copy), as kernel_probe.py times it
+    eng = model._engine()
+    _, _, logp, W = model._cache
+    xf = xs[0].to(torch.float32)
+    eng.forward(W, logp, model.gauss, xf)
+    ge = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(ge):
+        eng.forward(W, logp, model.gauss, xf, precompile=False)
+    torch.cuda.synchronize()
+    a.record()
+    for _ in range(reps):
+        ge.replay()
+    b.record()
+    b.synchronize()
+    r["engine_replayN_ms"] = a.elapsed_time(b) / reps
+    del ge
 
     def prelude():
         with torch.no_grad():
