@@ -16,7 +16,10 @@ configuration and batch:
 - ``empty1``: a graph of one tiny kernel from an idle device (the floor of any graphed call);
 - ``copy_replay``, ``..._clone``, ``..._clone_flag``: the call's device work added part by part,
   each from an idle device; ``replay_flag``: the replay and the flag's read alone;
-  ``engine_replayN``: the engine's forward alone (no data check, no root copy), back to back.
+  ``engine_replayN``: the engine's forward alone (no data check, no root copy), back to back;
+- ``flag_pinned_{stream,event,spin}``: a graph that also copies the flag into pinned host memory,
+  replayed, then the stream synchronised, an event synchronised, or the pinned word polled
+  (``replay1_pinned``: that graph alone).
 
     python bench/call_overhead.py --configs hmm-64,hclt-32,pd-32 --batch 512 [--json out.json]
 """
@@ -102,6 +105,47 @@ def probe(model, xs, reps: int) -> dict:
         lambda: (statics[0].copy_(xi), graph.replay(), out[0].clone(), bool(out[1])), reps
     )
     r["replay_flag_ms"] = idle_event_ms(lambda: (graph.replay(), bool(out[1])), reps)
+    # the flag's read, other ways: a graph that also copies the flag into pinned host memory,
+    # then the stream's synchronisation, an event's, or a spin on the pinned word
+    pinned = torch.full((1,), -1, dtype=torch.int32, pin_memory=True)
+    pin_np = pinned.numpy()
+    st2 = [statics[0].clone()]
+    with torch.no_grad():
+        model._checked_forward_core(st2[0])
+        torch.cuda.synchronize()
+        g2 = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g2):
+            o2, good2 = model._checked_forward_core(st2[0])
+            pinned.copy_(good2.to(torch.int32).reshape(1), non_blocking=True)
+    torch.cuda.synchronize()
+    stream = torch.cuda.current_stream()
+
+    def pin_stream():
+        pin_np[0] = -1
+        g2.replay()
+        stream.synchronize()
+        assert pin_np[0] == 1
+
+    def pin_event():
+        pin_np[0] = -1
+        g2.replay()
+        e = torch.cuda.Event()
+        e.record()
+        e.synchronize()
+        assert pin_np[0] == 1
+
+    def pin_spin():
+        pin_np[0] = -1
+        g2.replay()
+        while pin_np[0] < 0:
+            pass
+        assert pin_np[0] == 1
+
+    r["replay1_pinned_ms"] = idle_event_ms(g2.replay, reps)
+    r["flag_pinned_stream_ms"] = idle_event_ms(pin_stream, reps)
+    r["flag_pinned_event_ms"] = idle_event_ms(pin_event, reps)
+    r["flag_pinned_spin_ms"] = idle_event_ms(pin_spin, reps)
+
     # the engine's forward alone (no data check, no root copy), as kernel_probe.py times it
     eng = model._engine()
     _, _, logp, W = model._cache
@@ -156,6 +200,7 @@ def main() -> int:
     ap.add_argument("--configs", default="hmm-64,hclt-32,pd-32,hclt-128")
     ap.add_argument("--batch", default="512")
     ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--precision", default="tf32", help="as the benchmark (bench/run.py's default)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -164,7 +209,7 @@ def main() -> int:
     for name in args.configs.split(","):
         cfg = by_name[name]
         ctx = Context(dev, None)
-        model = pcir.compile(build_pcir(cfg, ctx), device="cuda")
+        model = pcir.compile(build_pcir(cfg, ctx), device="cuda", precision=args.precision)
         for B in [int(b) for b in args.batch.split(",")]:
             d = ctx.dataset(cfg)
             xs = [d[i * B : (i + 1) * B].contiguous() for i in range(4)]
