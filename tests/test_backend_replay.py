@@ -202,7 +202,15 @@ def test_real_graphs_replay_on_the_short_path(device, monkeypatch):
         with torch.no_grad():
             m(bad)
     assert taken[-1] is True
+    # a training step writes the buffers the graph reads (and marks them current): the next
+    # call replays at once, with the new parameters
     m.train_step(xs[1], 0.5, 0.1)
+    new = m.to_circuit()
+    with torch.no_grad():
+        close(m(xs[2]).cpu(), ev.log_likelihood(new, xs[2].cpu().numpy()))
+    assert taken[-1] is True, taken
+    # a parameter set by hand: the general path refreshes the buffers, then the short path again
+    m.set_param("s1.w", np.full((4, 8), 1 / 8))
     new = m.to_circuit()
     with torch.no_grad():
         close(m(xs[2]).cpu(), ev.log_likelihood(new, xs[2].cpu().numpy()))
