@@ -65,6 +65,18 @@ def main(argv: list[str]) -> int:
         ("marginal", lambda: m.marginal(x, miss)),
         ("conditional", lambda: m.conditional(x, miss)),
         ("data check", lambda: eng.check_data(xf, bounds, bounds, torch.zeros(nv, dtype=torch.int8))),
+        # the graphed forward's: integer data read through the address in a word (check_data_at)
+        (
+            "data check through an address",
+            lambda: eng.check_data_at(
+                torch.zeros(1, dtype=torch.int64),
+                tuple(xf.shape),
+                torch.int64,
+                bounds,
+                bounds,
+                torch.zeros(nv, dtype=torch.int8),
+            ),
+        ),  # fmt: skip
     ]  # map and sample launch these kernels too, then read the values, which a warmup leaves unset
     xf, nv = x.float().contiguous(), x.shape[1]
     bounds = torch.zeros(nv, dtype=torch.float32)

@@ -98,3 +98,34 @@ def test_bad_data_is_named_and_changes_nothing(triton_device):
         m(x)
     for n, p in m.named_parameters():
         torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool]
+)
+def test_check_data_reads_any_dtype_and_through_an_address(dtype, triton_device):
+    """The kernel converts the data to float32 itself (as ``Tensor.to`` does) and, from
+    ``check_data_at``, reads it through the address held in a one-word tensor (what a graph
+    replayed on the caller's tensor does): both give the float32 path's result bit for bit."""
+    c = CASES["tied_bernoulli" if dtype == torch.bool else "zero_probs"]()
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    x, _ = data_for(c, 45, seed=3)
+    if dtype != torch.bool:  # out-of-domain values the dtype can hold
+        x[4, 0] = 9
+        x[11, 1] = 255 if dtype == torch.uint8 else -1
+        if dtype.is_floating_point:
+            x[20, 0] = 0.5 if dtype != torch.float16 else math.nan
+    xd = torch.as_tensor(x).to(dtype).to(triton_device)
+    t = m._tab()
+    lo, hi, real = t.value_lo.reshape(-1), t.value_hi.reshape(-1), t.real_i8
+    eng = m._engine()
+    want, want_bad = eng.check_data(xd.to(torch.float32), lo, hi, real)
+    raw, raw_bad = eng.check_data(xd, lo, hi, real)
+    word = torch.tensor([xd.data_ptr()], dtype=torch.int64)  # the CPU interpreter reads it there
+    if triton_device == "cuda":
+        word = word.pin_memory()
+    at, at_bad = eng.check_data_at(word, tuple(xd.shape), dtype, lo, hi, real)
+    for got, bad in ((raw, raw_bad), (at, at_bad)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert int(bad[0]) == int(want_bad[0])
+    assert int(want_bad[0]) == (0 if dtype == torch.bool else 3 if dtype.is_floating_point else 2)

@@ -13,41 +13,45 @@ import pytest
 import torch
 from test_backend_helpers import CASES, data_for
 
+from pcir import knobs
 from pcir.backend import compile as pc_compile
 from pcir.ir import DataError
 from pcir.ir import evaluator as ev
 
 
 class StandInGraph:
-    """Replays ``model._checked_forward_core`` on the static input into the static outputs."""
+    """Replays ``model._checked_forward_core_at`` (the data read through the address in the
+    word, as the captured graph does) into the static outputs."""
 
-    def __init__(self, model, statics, out):
-        self.model, self.statics, self.out = model, statics, out
+    def __init__(self, model, word, shape, dtype, out):
+        self.model, self.word, self.shape, self.dtype, self.out = model, word, shape, dtype, out
         self.replays = 0
 
     def replay(self):
         self.replays += 1
         with torch.no_grad():
-            vals, good = self.model._checked_forward_core(self.statics[0])
+            vals, good = self.model._checked_forward_core_at(self.word, self.shape, self.dtype)
         self.out[0].copy_(vals)
         self.out[1].copy_(good)
 
 
 def with_stand_in(model, x: torch.Tensor) -> StandInGraph:
     model._normalised_cached()
-    statics = [x.clone()]
+    word = torch.tensor([x.data_ptr()], dtype=torch.int64)
     with torch.no_grad():
-        vals, good = model._checked_forward_core(statics[0])
+        vals, good = model._checked_forward_core_at(word, tuple(x.shape), x.dtype)
     out = (vals.clone(), good.clone())
-    g = StandInGraph(model, statics, out)
-    model._graphs[("forward-checked", tuple(x.shape), x.dtype)] = (g, statics, out)
+    g = StandInGraph(model, word, tuple(x.shape), x.dtype, out)
+    model._graphs[("forward-checked", tuple(x.shape), x.dtype)] = (g, word.numpy(), out, word)
     return g
 
 
 @pytest.fixture
-def mixed():
+def mixed(device):
+    if device != "cpu" or not knobs.get().triton_interpret:
+        pytest.skip("the stand-in graph runs the Triton engine under TRITON_INTERPRET=1 on the CPU")
     c = CASES["mixed"]()
-    m = pc_compile(c, engine="torch", device="cpu", precision="fp32")
+    m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
     x, _ = data_for(c, 6, seed=3)
     return c, m, torch.as_tensor(x, dtype=torch.float32)
 
@@ -91,7 +95,7 @@ def test_bad_data_on_the_short_path_names_the_entry(mixed):
 
 @pytest.mark.parametrize(
     "change",
-    ["set_param", "graphs_off", "other_dtype", "other_shape", "params_grad", "x_grad", "missing"],
+    ["set_param", "graphs_off", "other_dtype", "other_shape", "not_contiguous", "params_grad", "x_grad", "missing"],
 )
 def test_the_general_path_runs_where_the_graph_cannot_answer(mixed, change):
     c, m, x = mixed
@@ -109,6 +113,8 @@ def test_the_general_path_runs_where_the_graph_cannot_answer(mixed, change):
         arg = x.to(torch.int64)
     elif change == "other_shape":
         arg = x[:5]
+    elif change == "not_contiguous":  # same shape and dtype: the graph reads rows of V entries
+        arg = x.t().contiguous().t()
     elif change == "params_grad":
         grad = True  # the parameters require grad (a Module's default) and grad mode is on
     elif change == "x_grad":
@@ -202,6 +208,18 @@ def test_real_graphs_replay_on_the_short_path(device, monkeypatch):
         with torch.no_grad():
             m(bad)
     assert taken[-1] is True
+    # data of another dtype (a graph of its own, reading int64 through the address) and data
+    # that is not contiguous (the general path replays the graph on a contiguous copy)
+    c_int = CASES["tied_bernoulli"]()
+    mi = pc_compile(c_int, device=device, precision="fp32")
+    ints = [torch.as_tensor(data_for(c_int, 40, seed=s)[0], device=device).to(torch.int64) for s in range(3)]
+    with torch.no_grad():
+        for i in range(5):
+            close(mi(ints[i % 3]).cpu(), ev.log_likelihood(c_int, ints[i % 3].cpu().numpy().astype(np.float64)))
+        assert taken[-3:] == [True, True, True], taken
+        strided = xs[1].t().contiguous().t()
+        close(m(strided).cpu(), ev.log_likelihood(c, xs[1].cpu().numpy()))
+    assert taken[-1] is False  # not contiguous: the general path
     # a training step writes the buffers the graph reads (and marks them current): the next
     # call replays at once, with the new parameters
     m.train_step(xs[1], 0.5, 0.1)

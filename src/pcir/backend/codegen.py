@@ -135,14 +135,21 @@ def _leaf_tile(B, BU: tl.constexpr, BB: tl.constexpr, BF: tl.constexpr):
 # two transposed copies (TritonEngine.check_data).
 DATA_KERNELS = """
 @triton.jit
-def check_data(X, LO, HI, REAL, XT, BAD, B, NV, sb, sv, BV: tl.constexpr, BB: tl.constexpr):
+def check_data(
+    X, LO, HI, REAL, XT, BAD, B, NV, sb, sv, BV: tl.constexpr, BB: tl.constexpr,
+    AT: tl.constexpr = False, XDT: tl.constexpr = tl.float32,
+):
     \"\"\"XT[v, b] = X[b, v] where lo_v <= x < hi_v and x is an integer (or v is real), else 0 (a
-    value of every variable); BAD[0] += the number of entries that are not.\"\"\"
+    value of every variable); BAD[0] += the number of entries that are not. X of any numeric
+    dtype (converted to float32 here); with AT, X is a one-word array holding the data's address
+    (data of dtype XDT), read afresh on each launch: a CUDA graph replayed on another tensor.\"\"\"
+    if AT:
+        X = tl.load(X, cache_modifier=".cv").to(tl.pointer_type(XDT))
     v = tl.program_id(0) * BV + tl.arange(0, BV)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     vm = v < NV
     m = vm[:, None] & (b < B)[None, :]
-    x = tl.load(X + b[None, :].to(tl.int64) * sb + v[:, None] * sv, mask=m, other=0.0)
+    x = tl.load(X + b[None, :].to(tl.int64) * sb + v[:, None] * sv, mask=m, other=0).to(tl.float32)
     lo = tl.load(LO + v, mask=vm, other=0.0)
     hi = tl.load(HI + v, mask=vm, other=1.0)
     real = tl.load(REAL + v, mask=vm, other=0)

@@ -783,9 +783,7 @@ class CompiledCircuit(nn.Module):
             xf = self._to_device(x, keep_dtype=True)  # converted inside the graph
             with torch.no_grad():
                 self._normalised_cached()
-                out, good = self._maybe_graphed(
-                    ("forward-checked", tuple(xf.shape), xf.dtype), self._checked_forward_core, xf, uncloned=(1,)
-                )
+                out, good, _keep = self._graphed_forward(xf)
             if not bool(good):
                 self._prepare(x)  # raises the DataError that names the first bad entry
                 raise BackendError("internal error: the graphed data check disagrees with the eager one")
@@ -811,22 +809,68 @@ class CompiledCircuit(nn.Module):
         device waits for the host, and on a small circuit that wait was as long as the kernels
         (hmm-64's forward: 0.12 ms of kernels, 0.23 ms a call; bench/call_overhead.py). ``None``
         where the general path must run: no graph yet, parameters changed since it was captured
-        (the buffers it reads are refreshed first), gradients wanted, other device."""
+        (the buffers it reads are refreshed first), gradients wanted, other device, data not
+        contiguous."""
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self._parameters.values())):
             return None
         ent = self._graphs.get(("forward-checked", tuple(x.shape), x.dtype))
         if type(ent) is not tuple or self._cache is None or self._cache[0] != self._versions():
             return None
-        graph, statics, out = ent
-        if x.device != statics[0].device:
+        graph, word, out, pin = ent
+        if x.device != out[0].device or not x.is_contiguous():
             return None
-        statics[0].copy_(x)
+        word[0] = x.data_ptr()
         graph.replay()
         res = out[0].clone()
-        if not bool(out[1]):
+        if not bool(out[1]):  # the graph has finished reading x
             self._prepare(x)  # raises the DataError that names the first bad entry
             raise BackendError("internal error: the graphed data check disagrees with the eager one")
         return res
+
+    def _graphed_forward(self, xf: torch.Tensor):
+        """(root values, good, the tensor the graph read): the checked forward of ``xf`` (on the
+        model's device, any accepted dtype), captured as a CUDA graph on the second call of a
+        shape and dtype and replayed after. The graph reads the data from the address in a
+        pinned host word (``TritonEngine.check_data_at``), written before each replay: the
+        caller's tensor itself, with no copy into a static input. The caller must read ``good``
+        (which waits for the graph) while the third value is alive."""
+        key = ("forward-checked", tuple(xf.shape), xf.dtype)
+        ent = self._graphs.get(key)
+        if ent is None or ent == "off":
+            if ent is None:
+                self._graphs[key] = "warm"  # the first call runs eagerly (and JIT-compiles)
+            vals, good = self._checked_forward_core(xf)
+            return vals, good, xf
+        if ent == "warm":
+            pin = torch.zeros(1, dtype=torch.int64, pin_memory=True)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                xc = xf.contiguous()
+                pin[0] = xc.data_ptr()
+                self._checked_forward_core_at(pin, tuple(xf.shape), xf.dtype)  # compiles its check
+                torch.cuda.synchronize(self.device)
+                with torch.cuda.graph(graph):
+                    out = self._checked_forward_core_at(pin, tuple(xf.shape), xf.dtype)
+            except Exception:  # noqa: BLE001  (capture is an optimisation: fall back to eager)
+                self._graphs[key] = "off"
+                torch.cuda.synchronize(self.device)
+                vals, good = self._checked_forward_core(xf)
+                return vals, good, xf
+            ent = self._graphs[key] = (graph, pin.numpy(), out, pin)
+        graph, word, out, _pin = ent
+        xc = xf.contiguous()
+        word[0] = xc.data_ptr()
+        graph.replay()
+        return out[0].clone(), out[1], xc
+
+    def _checked_forward_core_at(self, addr: torch.Tensor, shape: tuple, dtype: torch.dtype):
+        """``_checked_forward_core`` of contiguous data whose address is in ``addr`` (Triton
+        engine: ``check_data_at``); the forward reads the checked, transposed copy only."""
+        t = self._tab()
+        xT, bad = self._engine().check_data_at(
+            addr, shape, dtype, t.value_lo.reshape(-1), t.value_hi.reshape(-1), t.real_i8
+        )
+        return self._forward_core(xT.t(), xT), bad[0] == 0
 
     def log_likelihood(self, x, missing=None) -> torch.Tensor:
         with torch.no_grad():

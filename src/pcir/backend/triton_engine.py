@@ -655,7 +655,8 @@ class TritonEngine:
         entry outside its variable's values (``lo <= x < hi``, an integer unless ``real``: the
         runtime's value check; ``lo``, ``hi`` float32 and ``real`` int8, one entry per variable)
         replaced by 0, and ``bad``, a 1-element int32 count of those entries; one launch (codegen's
-        check_data). ``forward`` and ``input_stats`` take ``xT``."""
+        check_data). ``forward`` and ``input_stats`` take ``xT``. ``xf`` may have any dtype the
+        runtime accepts (the kernel converts to float32 as ``Tensor.to`` does)."""
         B, NV = xf.shape
         xT = torch.empty((NV, B), dtype=torch.float32, device=xf.device)
         bad = torch.zeros(1, dtype=torch.int32, device=xf.device)
@@ -663,6 +664,21 @@ class TritonEngine:
         self.k.check_data[grid](
             xf, lo, hi, real, xT, bad, B, NV, xf.stride(0), xf.stride(1),
             BV=CHECK_BV, BB=CHECK_BB,
+        )  # fmt: skip
+        return xT, bad
+
+    def check_data_at(self, addr, shape, dtype, lo, hi, real):
+        """``check_data`` of contiguous data of ``shape`` and ``dtype`` whose address the launch
+        reads from ``addr``, a one-element int64 tensor the device can read (pinned host memory
+        for a CUDA graph: the runtime writes each call's address there and replays the graph on
+        the caller's own tensor, with no copy into a static input)."""
+        B, NV = shape
+        xT = torch.empty((NV, B), dtype=torch.float32, device=lo.device)
+        bad = torch.zeros(1, dtype=torch.int32, device=lo.device)
+        grid = (triton_cdiv(NV, CHECK_BV), triton_cdiv(B, CHECK_BB))
+        self.k.check_data[grid](
+            addr, lo, hi, real, xT, bad, B, NV, NV, 1,
+            BV=CHECK_BV, BB=CHECK_BB, AT=True, XDT=_tl_dtype(dtype),
         )  # fmt: skip
         return xT, bad
 
@@ -1161,6 +1177,17 @@ class TritonEngine:
         """``out`` = row-wise (log-)softmax of ``x`` on the uniform runs of ``store`` (sum | cat)."""
         for br, bk, tab, n in self.row_tiles[store]:
             self.k.normalise_rows[(n,)](x, out, tab, BR=br, BK=bk, LOG=log)
+
+
+def _tl_dtype(dtype: torch.dtype):
+    """Triton's element type for a torch dtype the runtime accepts as data."""
+    import triton.language as tl
+
+    return {
+        torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
+        torch.bfloat16: tl.bfloat16, torch.int64: tl.int64, torch.int32: tl.int32,
+        torch.int16: tl.int16, torch.int8: tl.int8, torch.uint8: tl.uint8, torch.bool: tl.int1,
+    }[dtype]  # fmt: skip
 
 
 def triton_cdiv(a: int, b: int) -> int:
