@@ -842,9 +842,9 @@ class CompiledCircuit(nn.Module):
             vals, good = self._checked_forward_core(xf)
             return vals, good, xf
         if ent == "warm":
-            pin = torch.zeros(1, dtype=torch.int64, pin_memory=True)
             graph = torch.cuda.CUDAGraph()
             try:
+                pin = torch.zeros(1, dtype=torch.int64, pin_memory=True)
                 xc = xf.contiguous()
                 pin[0] = xc.data_ptr()
                 self._checked_forward_core_at(pin, tuple(xf.shape), xf.dtype)  # compiles its check
