@@ -40,21 +40,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.suite import SUITE, Context, build_pcir  # noqa: E402
+from harness.work import event_ms  # noqa: E402
 
 import pcir  # noqa: E402
 
 
 def idle_event_ms(fn, reps: int) -> float:
-    out = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
+    return event_ms(fn, reps, idle=True)
 
 
 def host_us(fn, reps: int, sync_before: bool = True) -> float:

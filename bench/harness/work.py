@@ -92,9 +92,14 @@ def floor_ms(work: dict, card: dict, phase: str, precision: str) -> dict:
     }
 
 
-def _event_ms(fn, reps: int) -> float:
+def event_ms(fn, reps: int, idle: bool = False) -> float:
+    """Median milliseconds of ``fn()`` between two device events; ``idle``: each call starts
+    from an idle device (a synchronisation first), so its host work before the first launch
+    counts, as a query pays it (bench/call_overhead.py)."""
     ts = []
     for _ in range(reps):
+        if idle:
+            torch.cuda.synchronize()
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
         fn()
@@ -116,7 +121,7 @@ def card_ceilings(device: torch.device) -> dict:
     b = torch.empty_like(a)
     for _ in range(3):
         b.copy_(a)
-    ms = _event_ms(lambda: b.copy_(a), 10)
+    ms = event_ms(lambda: b.copy_(a), 10)
     out["copy_TBps"] = round(2 * a.numel() * 4 / (ms * 1e-3) / 1e12, 2)
     a = b = None  # noqa: F841
     n = 8192
@@ -132,7 +137,7 @@ def card_ceilings(device: torch.device) -> dict:
             k = torch.randn(n, n, device=device, dtype=dt)
             for _ in range(2):
                 m @ k
-            ms = _event_ms(lambda m=m, k=k: m @ k, 5)
+            ms = event_ms(lambda m=m, k=k: m @ k, 5)
             out[f"{name}_TFLOPs"] = round(2 * n**3 / (ms * 1e-3) / 1e12, 1)
             del m, k
     finally:
