@@ -821,8 +821,11 @@ class CompiledCircuit(nn.Module):
             return None
         word[0] = x.data_ptr()
         graph.replay()
-        res = out[0].clone()
-        if not bool(out[1]):  # the graph has finished reading x
+        try:
+            res = out[0].clone()
+        finally:  # the flag's read waits for the graph: only then may the word change again
+            good = bool(out[1])
+        if not good:
             self._prepare(x)  # raises the DataError that names the first bad entry
             raise BackendError("internal error: the graphed data check disagrees with the eager one")
         return res
@@ -833,7 +836,8 @@ class CompiledCircuit(nn.Module):
         shape and dtype and replayed after. The graph reads the data from the address in a
         pinned host word (``TritonEngine.check_data_at``), written before each replay: the
         caller's tensor itself, with no copy into a static input. The caller must read ``good``
-        (which waits for the graph) while the third value is alive."""
+        (which waits for the graph) while the third value is alive, and before any other call
+        of this graph: the word is rewritten only once the last replay has read the data."""
         key = ("forward-checked", tuple(xf.shape), xf.dtype)
         ent = self._graphs.get(key)
         if ent is None or ent == "off":
@@ -861,7 +865,12 @@ class CompiledCircuit(nn.Module):
         xc = xf.contiguous()
         word[0] = xc.data_ptr()
         graph.replay()
-        return out[0].clone(), out[1], xc
+        try:
+            res = out[0].clone()
+        except BaseException:
+            bool(out[1])  # wait for the graph: the word may change only after it read the data
+            raise
+        return res, out[1], xc
 
     def _checked_forward_core_at(self, addr: torch.Tensor, shape: tuple, dtype: torch.dtype):
         """``_checked_forward_core`` of contiguous data whose address is in ``addr`` (Triton
