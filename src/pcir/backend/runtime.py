@@ -816,7 +816,7 @@ class CompiledCircuit(nn.Module):
         ent = self._graphs.get(("forward-checked", tuple(x.shape), x.dtype))
         if type(ent) is not tuple or self._cache is None or self._cache[0] != self._versions():
             return None
-        graph, word, out, pin = ent
+        graph, word, out, _pin = ent
         if x.device != out[0].device or not x.is_contiguous():
             return None
         word[0] = x.data_ptr()
