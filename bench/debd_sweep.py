@@ -61,6 +61,7 @@ AXES = (
     ("full_pseudocount", float, "-1"),  # pseudocount of the full-batch epochs (-1: the pseudocount)
     ("mi_pseudocount", float, "0"),  # Laplace smoothing of the Chow-Liu tree's pairwise counts (hclt)
     ("tree_root", int, "-1"),  # the tree's root variable (-1: its centre, hclt's default)
+    ("average", float, "0"),  # > 0: validate and keep an average of the parameters (decay per epoch)
 )
 AXIS_TYPES = {name: typ for name, typ, _ in AXES}
 SHORT = {
@@ -79,6 +80,7 @@ SHORT = {
     "full_pseudocount": "fpc",
     "mi_pseudocount": "mp",
     "tree_root": "rt",
+    "average": "av",
 }
 # axes added after sweeps were recorded: left out of names and keys at this value, so that the
 # runs of those sweeps keep their names and can be reused
@@ -91,6 +93,7 @@ LEGACY_DEFAULTS = {
     "full_pseudocount": -1.0,
     "mi_pseudocount": 0.0,
     "tree_root": -1,
+    "average": 0.0,
 }
 
 
@@ -265,6 +268,46 @@ def full_batch_pseudocount(trainer, model, pseudocount: float) -> None:
     _step_through_em_step(model)
 
 
+def parameter_average(trainer, model, decay: float) -> None:
+    """Polyak averaging of EM's iterates: after every epoch the average ``a <- decay * a +
+    (1 - decay) * p`` of the sums' weights and the categorical tables, in probability space (an
+    average of distributions is a distribution), is what validation scores and what the trainer
+    keeps as its best parameters; training itself goes on from the plain iterates."""
+    import torch
+
+    run_epoch = trainer._run_epoch
+    state: dict = {"avg": None}
+
+    def probabilities():
+        with torch.no_grad():
+            logw, logp = model._normalised()
+            return torch.exp(logw).double(), torch.exp(logp[: model.cat_logits.numel()]).double()
+
+    def load(pair) -> None:
+        with torch.no_grad():
+            model.sum_logits.copy_(torch.log(pair[0]).to(model.sum_logits.dtype))
+            model.cat_logits.copy_(torch.log(pair[1]).to(model.cat_logits.dtype))
+
+    def _run_epoch(epoch: int):
+        rec = run_epoch(epoch)  # trains, then validates the plain iterate
+        cur = probabilities()
+        avg = state["avg"]
+        state["avg"] = cur if avg is None else tuple(decay * a + (1 - decay) * c for a, c in zip(avg, cur, strict=True))
+        if "valid" in trainer.data:
+            plain = {k: p.detach().clone() for k, p in model.named_parameters()}
+            load(state["avg"])
+            rec.valid_ll = trainer._mean_ll(trainer.data["valid"])
+            state["avg_params"] = {k: p.detach().clone() for k, p in model.named_parameters()}
+            set_state(model, plain)
+        return rec
+
+    def snapshot_params():  # the trainer keeps its best epoch's average, not its iterate
+        return {k: v.clone() for k, v in state["avg_params"].items()}
+
+    trainer._run_epoch = _run_epoch
+    trainer.snapshot_params = snapshot_params
+
+
 def run_one(task: dict) -> dict:
     """Train one (dataset, grid point, seed); returns its row (never raises: errors are rows)."""
     t_start = time.time()
@@ -336,6 +379,8 @@ def run_one(task: dict) -> dict:
             stepwise_em(trainer, model, int(ds["train"].shape[0]), ds.num_vars)
         if float(p.get("full_pseudocount", -1.0)) >= 0:
             full_batch_pseudocount(trainer, model, float(p["full_pseudocount"]))
+        if float(p.get("average", 0.0)) > 0:
+            parameter_average(trainer, model, float(p["average"]))
         res = trainer.fit()
         r = res.report
         hist = res.history
@@ -453,6 +498,7 @@ def tables(result: dict) -> str:
         drop += f", init {p['init']:g}" if float(p.get("init", 0.0)) > 0 else ""
         drop += ", stepwise EM" if int(p.get("stepwise", 0)) else ""
         drop += f", full-batch pseudocount {p['full_pseudocount']:g}" if p.get("full_pseudocount", -1) >= 0 else ""
+        drop += f", parameter average {p['average']:g}" if float(p.get("average", 0.0)) > 0 else ""
         drop += f", tree MI pseudocount {p['mi_pseudocount']:g}" if float(p.get("mi_pseudocount", 0.0)) > 0 else ""
         drop += f", root x{p['tree_root']}" if int(p.get("tree_root", -1)) >= 0 else ""
         mark = " (cut)" if s["status"] == "cut" else ""

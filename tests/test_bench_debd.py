@@ -145,6 +145,25 @@ def test_sweep_near_uniform_init_and_stepwise_em(root, tmp_path):
     assert a == pytest.approx(b, abs=1e-4)
 
 
+def test_sweep_parameter_average(root, tmp_path):
+    """--average D validates (and keeps) an average of the iterates while training goes on from
+    the iterates themselves: the training curve is that of plain EM, the first epoch's validation
+    too (the average of one iterate); with D = 1 the average never moves from the first epoch's."""
+    out = tmp_path / "avg.json"
+    argv = [*SMALL, "--latents", "2", "--epochs", "4", "--average", "0,0.5,1", "--root", str(root)]
+    assert debd_sweep.main([*argv, "--out", str(out)]) == 0
+    runs = {r["point"]["average"]: r for r in json.loads(out.read_text())["runs"]}
+    assert all(r["status"] == "ok" and r["epochs_run"] == 5 for r in runs.values())
+    assert all(abs(r["restore_gap"]) < 1e-4 for r in runs.values())
+    plain, half, first = runs[0.0], runs[0.5], runs[1.0]
+    assert plain["curve"]["train"] == half["curve"]["train"] == first["curve"]["train"]
+    assert plain["curve"]["valid"][0] == half["curve"]["valid"][0] == first["curve"]["valid"][0]
+    assert half["curve"]["valid"][1:] != plain["curve"]["valid"][1:]
+    assert len(set(first["curve"]["valid"])) == 1
+    assert first["valid_ll"] == pytest.approx(first["curve"]["valid"][0], abs=1e-4)
+    assert half["name"].endswith("-av0.5") and '"average"' not in plain["key"]
+
+
 def test_combine_selects_by_validation_across_files(tmp_path):
     def run(ds, latents, valid, test, status="ok", seed=0, phase="grid"):
         point = {"latents": latents, "pseudocount": 0.1, "batch_size": 512, "step_size": 0.5}
