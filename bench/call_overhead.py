@@ -118,31 +118,28 @@ def probe(model, xs, reps: int) -> dict:
     torch.cuda.synchronize()
     stream = torch.cuda.current_stream()
 
-    def pin_stream():
-        pin_np[0] = -1
-        g2.replay()
-        stream.synchronize()
-        assert pin_np[0] == 1
+    def flag_read(wait):  # the replay, then ``wait`` until the pinned flag can be read
+        def fn():
+            pin_np[0] = -1
+            g2.replay()
+            wait()
+            assert pin_np[0] == 1
 
-    def pin_event():
-        pin_np[0] = -1
-        g2.replay()
+        return fn
+
+    def event_wait():
         e = torch.cuda.Event()
         e.record()
         e.synchronize()
-        assert pin_np[0] == 1
 
-    def pin_spin():
-        pin_np[0] = -1
-        g2.replay()
+    def spin():
         while pin_np[0] < 0:
             pass
-        assert pin_np[0] == 1
 
     r["replay1_pinned_ms"] = idle_event_ms(g2.replay, reps)
-    r["flag_pinned_stream_ms"] = idle_event_ms(pin_stream, reps)
-    r["flag_pinned_event_ms"] = idle_event_ms(pin_event, reps)
-    r["flag_pinned_spin_ms"] = idle_event_ms(pin_spin, reps)
+    r["flag_pinned_stream_ms"] = idle_event_ms(flag_read(stream.synchronize), reps)
+    r["flag_pinned_event_ms"] = idle_event_ms(flag_read(event_wait), reps)
+    r["flag_pinned_spin_ms"] = idle_event_ms(flag_read(spin), reps)
 
     # the engine's forward alone (no data check, no root copy), as kernel_probe.py times it
     eng = model._engine()
@@ -194,14 +191,18 @@ class _Nop(torch.nn.Module):
         return x
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="hmm-64,hclt-32,pd-32,hclt-128")
     ap.add_argument("--batch", default="512")
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--precision", default="tf32", help="as the benchmark (bench/run.py's default)")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = parser().parse_args()
     dev = torch.device("cuda")
     by_name = {c.name: c for c in SUITE}
     rows = []

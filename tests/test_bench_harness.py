@@ -434,3 +434,18 @@ def test_launch_resources_lists_the_real_launches(tmp_path):
     assert 16 <= regs <= 255  # read from the cubin
     assert int(fwd[0][9]) >= int(fwd[0][5])  # at least one block of its warps per SM
     assert float(fwd[0][10]) < 1  # a smoke circuit's launch fills a sliver of the card
+
+
+def test_call_overhead_parses_its_command_line(capsys, monkeypatch):
+    """bench/call_overhead.py runs only on a GPU; on the CPU it imports, its command line parses
+    and its default configurations are the suite's."""
+    import call_overhead as co
+
+    monkeypatch.setattr(sys, "argv", ["call_overhead.py", "--help"])
+    with pytest.raises(SystemExit) as e:
+        co.main()
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--configs" in out and "replayed once from an idle device" in out
+    args = co.parser().parse_args([])
+    assert set(args.configs.split(",")) <= {c.name for c in SUITE} and args.precision == "tf32"
