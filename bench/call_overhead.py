@@ -49,6 +49,18 @@ def idle_event_ms(fn, reps: int) -> float:
     return event_ms(fn, reps, idle=True)
 
 
+def back_to_back_ms(fn, reps: int) -> float:
+    """Milliseconds per call of ``reps`` calls of ``fn`` queued back to back (host work hidden)."""
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(reps):
+        fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / reps
+
+
 def host_us(fn, reps: int, sync_before: bool = True) -> float:
     out = []
     for _ in range(reps):
@@ -83,14 +95,7 @@ def probe(model, xs, reps: int) -> dict:
     r["host_call_general_us"] = host_us(call, reps)
     del model._forward_replay
     r["replay1_ms"] = idle_event_ms(graph.replay, reps)
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(reps):
-        graph.replay()
-    b.record()
-    b.synchronize()
-    r["replayN_ms"] = a.elapsed_time(b) / reps
+    r["replayN_ms"] = back_to_back_ms(graph.replay, reps)
 
     # the call's parts added one at a time, each from an idle device
     xi = xs[1]
@@ -149,13 +154,7 @@ def probe(model, xs, reps: int) -> dict:
     ge = torch.cuda.CUDAGraph()
     with torch.cuda.graph(ge):
         eng.forward(W, logp, model.gauss, xf, precompile=False)
-    torch.cuda.synchronize()
-    a.record()
-    for _ in range(reps):
-        ge.replay()
-    b.record()
-    b.synchronize()
-    r["engine_replayN_ms"] = a.elapsed_time(b) / reps
+    r["engine_replayN_ms"] = back_to_back_ms(ge.replay, reps)
     del ge
 
     def prelude():

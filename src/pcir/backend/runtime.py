@@ -816,16 +816,11 @@ class CompiledCircuit(nn.Module):
         ent = self._graphs.get(("forward-checked", tuple(x.shape), x.dtype))
         if type(ent) is not tuple or self._cache is None or self._cache[0] != self._versions():
             return None
-        graph, word, out, _pin = ent
+        out = ent[2]
         if x.device != out[0].device or not x.is_contiguous():
             return None
-        word[0] = x.data_ptr()
-        graph.replay()
-        try:
-            res = out[0].clone()
-        finally:  # the flag's read waits for the graph: only then may the word change again
-            good = bool(out[1])
-        if not good:
+        res = self._replay_at(ent, x)
+        if not bool(out[1]):  # waits for the graph: only then may the word change again
             self._prepare(x)  # raises the DataError that names the first bad entry
             raise BackendError("internal error: the graphed data check disagrees with the eager one")
         return res
@@ -861,16 +856,23 @@ class CompiledCircuit(nn.Module):
                 vals, good = self._checked_forward_core(xf)
                 return vals, good, xf
             ent = self._graphs[key] = (graph, pin.numpy(), out, pin)
-        graph, word, out, _pin = ent
         xc = xf.contiguous()
-        word[0] = xc.data_ptr()
+        return self._replay_at(ent, xc), ent[2][1], xc
+
+    @staticmethod
+    def _replay_at(ent, x: torch.Tensor) -> torch.Tensor:
+        """Replay a graph of ``_graphed_forward`` on the contiguous tensor ``x`` (its address in
+        the pinned word) and return a clone of its root values; the caller then reads the flag,
+        ``ent[2][1]``. Should the clone fail, the graph is waited for before the error leaves:
+        the word may change only after the replay has read the data."""
+        graph, word, out, _pin = ent
+        word[0] = x.data_ptr()
         graph.replay()
         try:
-            res = out[0].clone()
+            return out[0].clone()
         except BaseException:
-            bool(out[1])  # wait for the graph: the word may change only after it read the data
+            bool(out[1])
             raise
-        return res, out[1], xc
 
     def _checked_forward_core_at(self, addr: torch.Tensor, shape: tuple, dtype: torch.dtype):
         """``_checked_forward_core`` of contiguous data whose address is in ``addr`` (Triton
