@@ -449,3 +449,26 @@ def test_call_overhead_parses_its_command_line(capsys, monkeypatch):
     assert "--configs" in out and "replayed once from an idle device" in out
     args = co.parser().parse_args([])
     assert set(args.configs.split(",")) <= {c.name for c in SUITE} and args.precision == "tf32"
+
+
+def test_pyjuice_prebuild_calls_every_availability_check_and_reports_failures(monkeypatch):
+    import pyjuice_prebuild
+
+    calls = []
+    mod = types.ModuleType("fake_pj_kernels")
+    mod.smallbatch_fw_is_available = lambda: calls.append("fw") or True
+    mod.par_is_available = lambda: calls.append("par") or False
+
+    def broken():
+        calls.append("broken")
+        raise RuntimeError("nvcc not found")
+
+    mod.broken_is_available = broken
+    mod.smallbatch_forward_sum = lambda: calls.append("kernel")  # not a check: never called
+    monkeypatch.setitem(sys.modules, "fake_pj_kernels", mod)
+    out = pyjuice_prebuild.prebuild(("fake_pj_kernels", "no_such_pyjuice_module"))
+    assert sorted(calls) == ["broken", "fw", "par"]
+    assert out["fake_pj_kernels.smallbatch_fw_is_available"][0] is True
+    assert out["fake_pj_kernels.par_is_available"][0] is False
+    assert out["fake_pj_kernels.broken_is_available"][0] == "RuntimeError: nvcc not found"
+    assert out["no_such_pyjuice_module"][0] == "error"
