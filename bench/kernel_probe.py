@@ -95,6 +95,7 @@ KNOBS = {
     "lrbb128": (te, "LEAF_ROWS_BB", 128),
     "lrbb32": (te, "LEAF_ROWS_BB", 32),
     "lre8k": (te, "LEAF_ROWS_ELEMS", 8192),
+    "nochain": (te, "CHAIN", False),
     "lre2k": (te, "LEAF_ROWS_ELEMS", 2048),
     "lrw8": (te, "LEAF_ROWS_WARPS", 8),
 }

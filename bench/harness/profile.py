@@ -107,10 +107,8 @@ def per_layer(model, x, device, step) -> dict:
     em_ms = mid.elapsed_time(e)
     # each layer's backward launches: 1 for products, 2-4 for sums (triton_engine.bwd_launches)
     n_bwd = [eng.bwd_launches(L, B) if layer.kind == "sum" else 1 for L, layer in zip(eng.layers, layers, strict=True)]
-    n_fwd = [
-        eng.fwd_launches(L, B) if layer.kind == "sum" and hasattr(eng, "fwd_launches") else 1
-        for L, layer in zip(eng.layers, layers, strict=True)
-    ]
+    # a chained run's one launch (triton_engine.CHAIN) counts on its first layer, 0 on the rest
+    n_fwd = eng.fwd_launch_counts(B) if hasattr(eng, "fwd_launch_counts") else [1] * len(layers)
     expected = n_in + sum(n_fwd) + sum(n_bwd) + n_stats
     if len(times) != expected:  # the engine launches differently from what this mapping knows
         by_name: dict[str, list[float]] = {}
@@ -129,7 +127,7 @@ def per_layer(model, x, device, step) -> dict:
     fwd_in = sum(t for _, _, t in times[i : i + n_in])
     i += n_in
     for layer, nf in zip(layers, n_fwd, strict=True):
-        name, grid, _ = times[i]
+        name, grid, _ = times[i] if nf else ("(in the chained launch above)", (), 0.0)
         t = sum(tt for _, _, tt in times[i : i + nf])
         i += nf
         rows.append(

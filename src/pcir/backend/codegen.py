@@ -825,6 +825,61 @@ def sum_bwd_mm_v{i}(
 
 
 # The backward's kernels that gather nothing (no arity): one copy per tile shape.
+# Chained sum layers (plan.Chain, triton_engine.CHAIN) in one launch: program (c, batch tile)
+# runs chain c's steps in order, each step sum_fwd's loop over every (node tile, column tile) of
+# the step's group, then a barrier: the next step's gathers read rows this program stored (one
+# CTA: __syncthreads orders its threads' global stores before their later loads). CH[c, j] =
+# (row, units, w_off, K, group, the AMAX inputs' first rows, 0 past the arity): the column
+# tables are contiguous, input a of column k reads row r0[a] + k (row 0, log 1, where r0 is 0),
+# added in _gather's order, so each step's values are sum_fwd's.
+SUM_CHAIN = '''
+@triton.jit
+def sum_fwd_chain_v{i}(V, W, CH, M, B, NS, R, AMAX: tl.constexpr, BB: tl.constexpr, PDL: tl.constexpr):
+    """Chain c's NS sum layers, in order: out[s, b] = log sum_k W[s, k] exp(c[k, b]) per step."""
+    ch = tl.program_id(0)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    bm = b < B
+    ia = tl.arange(0, AMAX)
+    if PDL == 2:  # the whole launch after the layer below (griddepcontrol.wait)
+        gdc_launch_dependents()
+        gdc_wait()
+    for j in range(0, NS):
+        p = CH + (ch * NS + j) * R
+        row = tl.load(p)
+        units = tl.load(p + 1)
+        w_off = tl.load(p + 2)
+        K = tl.load(p + 3)
+        grp = tl.load(p + 4)
+        r0 = tl.load(p + 5 + ia)
+        for mt in range(0, tl.cdiv(units, V{i}_BM)):
+            s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
+            sm = s < units
+            acc = tl.zeros([V{i}_BM, BB], dtype=tl.float32)
+            mx = tl.full([BB], float("-inf"), dtype=tl.float32)
+            for kt in range(0, tl.cdiv(K, V{i}_BK)):
+                k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
+                km = k < K
+                m2 = km[:, None] & bm[None, :]
+                c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
+                for a in tl.static_range(AMAX):  # _gather's order: input 0 first
+                    ra = tl.sum(tl.where(ia == a, r0, 0))
+                    r = tl.where(ra != 0, ra + k, 0)
+                    c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
+                c = tl.where(m2, c, float("-inf"))
+                w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
+                new = tl.maximum(mx, tl.max(c, axis=0))
+                safe = tl.where(new == float("-inf"), 0.0, new)
+                scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
+                e = tl.exp(c - safe[None, :])
+                acc = acc * scale[None, :] + {dot_we}
+                mx = new
+            safe = tl.where(mx == float("-inf"), 0.0, mx)
+            out = tl.log(acc) + safe[None, :]
+            tl.store(V + (row + s)[:, None] * B + b[None, :], out, mask=sm[:, None] & bm[None, :])
+            tl.atomic_max(M + grp * B + b, mx, mask=bm, sem="relaxed")
+        tl.debug_barrier()
+'''
+
 SUM_KERNELS_NO_GATHER = '''
 @triton.jit
 def _prep_nodes_tile_v{i}(V, F, TAB, M, t, pb, B, BB: tl.constexpr):
@@ -1091,6 +1146,8 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
         )
         parts.append(text)
         parts.append(SUM_KERNELS_NO_GATHER.format(i=i, dot_ge=dot.format(a="g", b="tl.trans(e)")))
+        if any(layer_variant[ch.start] == i for ch in plan.chains):
+            parts.append(SUM_CHAIN.format(i=i, dot_we=dot.format(a="w", b="e")))
         mine = [layer for layer in plan.layers if layer.kind == "sum" and layer_variant[layer.index] == i]
         if not all(layer.contiguous() for layer in mine):  # table-driven layers: the arity unrolled
             if not static_gather:

@@ -31,6 +31,15 @@ A layer is one launch group: sum groups (or stored product groups) whose inputs 
 earlier layers. By default the layer of a stored group is one more than the deepest stored row it
 reads; a valid ``layer`` annotation from the group-layers pass is followed instead.
 
+Chains
+------
+Runs of consecutive sum layers whose groups form independent chains (``KernelPlan.chains``,
+:func:`find_chains`): every group of a layer reads, of the run's earlier layers, the rows of
+exactly one group of the layer below it, and no two groups read the same one. HCLT's long paths
+and an HMM's time steps are such runs. One program per (chain, batch tile) can then compute every
+step of its chain in order inside one launch (``triton_engine.CHAIN``), each step's inputs
+written by the same program one step earlier, instead of one launch per layer.
+
 Parameters
 ----------
 * Sum weights: one flat vector in *parameter layout* (each parameter name once, row-major
@@ -164,6 +173,17 @@ class Layer:
 
 
 @dataclass
+class Chain:
+    """Sum layers ``[start, end)`` whose groups form ``len(groups)`` independent chains: chain
+    ``c``'s step ``j`` is group ``groups[c][j]`` (its position in layer ``start + j``), and it
+    reads, of the run's rows, only those of chain ``c``'s step ``j - 1``."""
+
+    start: int
+    end: int
+    groups: list[list[int]]
+
+
+@dataclass
 class ParamSlot:
     name: str
     kind: str  # sum | categorical | bernoulli | gaussian | indicator | a TABLE_FAMILIES name
@@ -210,6 +230,7 @@ class KernelPlan:
     scratch_units: int = 0  # rows the scratch products would take without reuse
     # launch index t -> scratch product launches recomputed (in this order) before t's backward
     recompute: dict[int, list[int]] = field(default_factory=dict)
+    chains: list[Chain] = field(default_factory=list)  # runs of chained sum layers (find_chains)
 
     @property
     def table_slots(self) -> list[ParamSlot]:
@@ -292,6 +313,8 @@ class KernelPlan:
                 f"holds {self.scratch_units} product rows; recompute "
                 + " ".join(f"{t}:{','.join(map(str, ls))}" for t, ls in sorted(self.recompute.items()))
             )
+        for ch in self.chains:
+            out.append(f"chain layers=[{ch.start},{ch.end}) chains={len(ch.groups)}")
         for name, slot in self.params.items():
             out.append(f"param {name} {slot.kind} offset={slot.offset} shape={list(slot.shape)}")
         return "\n".join(out) + "\n"
@@ -713,7 +736,69 @@ def lower(circuit: Circuit, root: str | None = None) -> KernelPlan:
         scratch_rows=scratch_rows,
         scratch_units=scratch_units,
         recompute=recompute,
+        chains=find_chains(final_layers, num_rows),
     )
+
+
+def find_chains(layers: list[Layer], num_rows: int, min_len: int = 2) -> list[Chain]:
+    """The runs of at least ``min_len`` consecutive sum layers of one tile shape, every one with
+    contiguous column tables (:meth:`Layer.contiguous`) and the same number of groups, in which
+    every group of a layer after the first reads, of the rows the run's earlier layers write,
+    exactly one group's rows, of the layer just below, and no two groups of a layer read the same
+    group (module docstring, "Chains"). Greedy, bottom-up: a layer that cannot extend the current
+    run starts the next one."""
+    owner = np.full(num_rows, -1, dtype=np.int64)  # row -> launch index of the sum layer writing it
+    pos = np.full(num_rows, -1, dtype=np.int64)  # row -> position of its group in that layer
+    for t, lay in enumerate(layers):
+        if lay.kind == "sum":
+            for i, g in enumerate(lay.groups):
+                owner[g.row : g.row + g.units] = t
+                pos[g.row : g.row + g.units] = i
+
+    def reads(g: SumGroupPlan) -> tuple[np.ndarray, np.ndarray]:
+        r = np.asarray(g.cols, dtype=np.int64).reshape(-1)
+        r = np.unique(r[r != 0])
+        return owner[r], pos[r]
+
+    def links(t: int, start: int) -> list[int] | None:
+        """For each group of layer ``t``: the position of the one group of layer ``t - 1`` it
+        chains to, or None when layer ``t`` cannot extend the run ``[start, t)``."""
+        lay, below = layers[t], layers[t - 1]
+        if not (lay.kind == "sum" and lay.contiguous() and len(lay.groups) == len(below.groups)):
+            return None
+        if (lay.block_m, lay.block_k) != (below.block_m, below.block_k):
+            return None
+        out = []
+        for g in lay.groups:
+            own, p = reads(g)
+            inside = (own >= start) & (own < t)
+            mine = set(zip(own[inside].tolist(), p[inside].tolist(), strict=True))
+            if len(mine) != 1 or next(iter(mine))[0] != t - 1:
+                return None
+            out.append(next(iter(mine))[1])
+        return out if len(set(out)) == len(out) else None
+
+    chains: list[Chain] = []
+    t = 0
+    while t < len(layers):
+        lay = layers[t]
+        if not (lay.kind == "sum" and lay.contiguous()):
+            t += 1
+            continue
+        paths = [[i] for i in range(len(lay.groups))]
+        end = t + 1
+        while end < len(layers):
+            ln = links(end, t)
+            if ln is None:
+                break
+            at = {p[-1]: p for p in paths}
+            for i, below in enumerate(ln):
+                at[below].append(i)
+            end += 1
+        if end - t >= min_len:
+            chains.append(Chain(t, end, paths))
+        t = end
+    return chains
 
 
 def _place_scratch(layers: list[Layer], num_rows: int):

@@ -201,6 +201,12 @@ BMM_BB = 32
 # (H200). 0: each layer at once. BMM_CHUNK_ROOM False: chunks of BMM_CHUNK_BYTES in both passes.
 BMM_CHUNK_BYTES = 32 << 20
 BMM_CHUNK_ROOM = True
+# chained sum layers (plan.Chain: HCLT's paths, an HMM's time steps) in one launch each
+# (codegen's sum_fwd_chain: one program per chain and batch tile runs the chain's steps in order,
+# a barrier between steps) instead of one launch per layer, in the forward where no layer of the
+# run is a batched product at that batch. The forward of small circuits is a chain of 50-70 short
+# layers of 6-7 us each, mostly latency (bench/RESULTS.md, twelfth session). Not measured yet.
+CHAIN = True
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 CHECK_BV, CHECK_BB = 32, 32  # variables and samples per program of the data check
 
@@ -385,6 +391,37 @@ class _SumLayer:
             self.stored_rows = rows[rows != 0]
 
 
+class _ChainRun:
+    """A run of chained sum layers (plan.Chain) as one launch of ``sum_fwd_chain``: ``ch``, the
+    ``[chains, steps, 5 + amax]`` int64 table (row, units, w_off, K, group, the inputs' first
+    rows), or ``ok`` False where a group's tiles are not all occupied (the kernel computes every
+    tile of a step)."""
+
+    def __init__(self, chain, plan: KernelPlan, layers: list, device):
+        self.start, self.end = chain.start, chain.end
+        self.layers = layers[chain.start : chain.end]
+        first = plan.layers[chain.start]
+        self.variant = self.layers[0].variant
+        self.num_warps = self.layers[0].num_warps
+        self.steps = chain.end - chain.start
+        self.chains = len(chain.groups)
+        amax = 2
+        while amax < max(plan.layers[t].arity for t in range(chain.start, chain.end)):
+            amax *= 2
+        self.amax = amax
+        self.width = 5 + amax
+        bm, bk = first.block_m, first.block_k
+        ch = np.zeros((self.chains, self.steps, self.width), dtype=np.int64)
+        self.ok = True
+        for c, path in enumerate(chain.groups):
+            for j, gi in enumerate(path):
+                g = plan.layers[chain.start + j].groups[gi]
+                self.ok &= len(g.tiles) == -(-g.units // bm) * -(-g.k // bk)
+                ch[c, j, :5] = (g.row, g.units, g.w_off, g.k, g.index)
+                ch[c, j, 5 : 5 + g.arity] = np.asarray(g.cols, dtype=np.int64)[0, : g.arity]
+        self.ch = torch.as_tensor(ch.reshape(-1), device=device)
+
+
 class _ProductLayer:
     def __init__(self, layer, device):
         A = layer.arity
@@ -461,6 +498,8 @@ class TritonEngine:
                 self.layers.append(_SumLayer(layer, kernels.LAYER_VARIANT[layer.index], device))
             else:
                 self.layers.append(_ProductLayer(layer, device))
+        # chained runs by their first launch (plan.chains; see CHAIN)
+        self.chain_at = {ch.start: _ChainRun(ch, plan, self.layers, device) for ch in plan.chains}
         self.sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         # griddepcontrol (PDL 2) needs Hopper or later; elsewhere PDL 2 runs as 0
         self.pdl_ok = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
@@ -727,12 +766,38 @@ class TritonEngine:
         cap = self._chunk_caps(B, aliased=flow_rows and bool(self.leaf_end))[0]
         bmm_cols = [self._chunk_cols(L, B, cap) for L in self.layers if isinstance(L, _SumLayer) and self.use_bmm(L, B)]
         E = torch.empty((max(bmm_cols), B), dtype=torch.float32, device=xf.device) if bmm_cols else None
-        for L in self.layers:
+        t = 0
+        while t < len(self.layers):
+            L = self.layers[t]
+            run = self.chain_at.get(t)
+            if run is not None and self.use_chain(run, B):
+                self.chain_forward(run, V, W, M)
+                t = run.end
+                continue
             if isinstance(L, _SumLayer):
                 self.sum_forward(L, V, W, M, E, cap)
             else:
                 k.product_fwd[(L.n, nb)](V, L.idx, L.tab, B, L.n, A=L.arity, BU=BU, BB=BB)
+            t += 1
         return V, M
+
+    def use_chain(self, run: _ChainRun, B: int) -> bool:
+        """Whether the chained run ``run`` takes one launch at batch ``B`` (CHAIN; no layer of it
+        a batched product there)."""
+        return CHAIN and run.ok and not any(self.use_bmm(L, B) for L in run.layers)
+
+    def chain_forward(self, run: _ChainRun, V, W, M) -> None:
+        """The forward of the chained run ``run``: one launch of ``sum_fwd_chain``, one program per
+        chain and batch tile (of 32 from batch 64 on, as the small layers' launches)."""
+        B = V.shape[1]
+        BB = 32 if B >= 64 else _batch_tile(B)
+        pdl = self._fwd_pdl("sum_fwd")
+        fn = getattr(self.k, f"sum_fwd_chain_v{run.variant}")
+        fn[(run.chains, triton_cdiv(B, BB))](
+            V, W, run.ch, M, B, run.steps, run.width, AMAX=run.amax, BB=BB, PDL=pdl,
+            **({"launch_pdl": True} if pdl >= 2 else {}),
+            num_warps=max(run.num_warps, FWD_MIN_WARPS),
+        )  # fmt: skip
 
     def _tile_for(self, L: _SumLayer, tiles: int, loop: int, B: int) -> int:
         """The batch tile of a launch of sum layer ``L`` over ``tiles`` (node or column) tiles
@@ -979,6 +1044,22 @@ class TritonEngine:
         """Triton launches of sum layer ``L``'s forward at batch ``B`` in the training step (the
         profile's mapping; a batched-product layer's library products between them are not)."""
         return 2 + len(self._bmm_chunks(L, B, self._chunk_caps(B, bool(self.leaf_end))[0])) if self.use_bmm(L, B) else 1
+
+    def fwd_launch_counts(self, B: int) -> list[int]:
+        """Triton launches of each layer's forward at batch ``B`` (the profile's mapping): a
+        chained run's one launch counts on its first layer, 0 on the others."""
+        out: list[int] = []
+        t = 0
+        while t < len(self.layers):
+            run = self.chain_at.get(t)
+            if run is not None and self.use_chain(run, B):
+                out += [1] + [0] * (run.end - t - 1)
+                t = run.end
+                continue
+            L = self.layers[t]
+            out.append(self.fwd_launches(L, B) if isinstance(L, _SumLayer) else 1)
+            t += 1
+        return out
 
     def bwd_launches(self, L: _SumLayer, B: int) -> int:
         """Triton launches of sum layer ``L``'s backward at batch ``B`` (the profile's mapping)."""

@@ -1,0 +1,184 @@
+"""Chained sum layers in one launch (plan.find_chains, triton_engine.CHAIN, codegen's
+sum_fwd_chain; docs/backend.md).
+
+The plan finds runs of sum layers whose groups form independent chains; the forward then runs
+each run as one launch, one program per (chain, batch tile) looping over the chain's steps. The
+checks: which runs the plan finds (HCLT's paths, an HMM's steps, a run cut where a group reads two
+of its groups), each found step read against the cols tables directly, and the chained forward
+against the per-layer forward: on the CPU interpreter every stored value and group maximum bit
+for bit (the kernel adds a column's inputs in _gather's order), the flows and an EM step after it
+up to the order of the backward's atomic adds; on a GPU to float32 rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_backend_gathers import CIRCUITS, _assert_ll_matches_reference
+from test_backend_helpers import data_for
+
+from pcir import knobs, structures
+from pcir.backend import compile as pc_compile
+from pcir.backend import triton_engine as te
+from pcir.backend.plan import lower
+from pcir.ir import CircuitBuilder, Dist, Domain, verify
+
+
+def _hclt12():
+    """An HCLT over 12 variables of a Markov chain (each one copies the one before it with
+    probability 0.8): its tree is a path, so the circuit has long runs of two chains."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((400, 12), dtype=np.int64)
+    x[:, 0] = rng.integers(0, 3, 400)
+    for i in range(1, 12):
+        x[:, i] = np.where(rng.random(400) < 0.8, x[:, i - 1], rng.integers(0, 3, 400))
+    return structures.hclt(x, num_latents=8)
+
+
+def _two_chains_then_a_join():
+    """s0 -> s1 and t0 -> t1 (two chains), then j reads s1 and t1 (both chains), then the root."""
+    b = CircuitBuilder(seed=2)
+    xs = b.variables(6, Domain.categorical(3))
+    a = [b.input(x, 4, Dist.make("categorical", k=3)) for x in xs]
+    s0 = b.sum([b.product([a[0], a[1]])], 4)
+    t0 = b.sum([b.product([a[3], a[4]])], 4)
+    s1 = b.sum([b.product([s0, a[2]])], 4)
+    t1 = b.sum([b.product([t0, a[5]])], 4)
+    j = b.sum([b.product([s1, t1])], 4)
+    b.root(b.sum([j], 1))
+    return verify(b.build())
+
+
+def _sum_owner(plan) -> dict[int, tuple[int, int]]:
+    """row -> (layer, group position) for every sum row, from the plan's groups."""
+    out = {}
+    for t, lay in enumerate(plan.layers):
+        if lay.kind == "sum":
+            for i, g in enumerate(lay.groups):
+                for r in range(g.row, g.row + g.units):
+                    out[r] = (t, i)
+    return out
+
+
+def _check_steps(plan) -> None:
+    """Every found step reads, of its run's rows, exactly its predecessor's group."""
+    owner = _sum_owner(plan)
+    for ch in plan.chains:
+        for path in ch.groups:
+            assert len(path) == ch.end - ch.start
+            for j in range(1, len(path)):
+                g = plan.layers[ch.start + j].groups[path[j]]
+                seen = {owner[int(r)] for r in np.asarray(g.cols).reshape(-1) if int(r) in owner}
+                inside = {o for o in seen if ch.start <= o[0] < ch.start + j}
+                assert inside == {(ch.start + j - 1, path[j - 1])}, (ch, j, inside)
+        for j in range(ch.end - ch.start):  # every group of each layer is on exactly one chain
+            assert sorted(p[j] for p in ch.groups) == list(range(len(plan.layers[ch.start + j].groups)))
+
+
+def test_an_hmm_is_one_chain_through_every_layer():
+    plan = lower(structures.hmm(6, 4, 5))
+    assert [(ch.start, ch.end, len(ch.groups)) for ch in plan.chains] == [(0, len(plan.layers), 1)]
+    _check_steps(plan)
+    assert f"chain layers=[0,{len(plan.layers)}) chains=1" in plan.to_text()
+
+
+def test_hclt_paths_are_chains_and_each_step_reads_its_predecessor():
+    plan = lower(_hclt12())
+    assert plan.chains, plan.to_text()
+    assert max(ch.end - ch.start for ch in plan.chains) >= 4
+    _check_steps(plan)
+    runs = [range(ch.start, ch.end) for ch in plan.chains]
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(runs) for b in runs[i + 1 :])
+
+
+def test_a_group_reading_two_chains_ends_the_run():
+    plan = lower(_two_chains_then_a_join())
+    _check_steps(plan)
+    layer_of = {g.name: t for t, lay in enumerate(plan.layers) for g in lay.groups}
+    first = next(ch for ch in plan.chains if ch.start == 0)
+    assert (first.end, len(first.groups)) == (2, 2)  # s0 -> s1, t0 -> t1
+    join = max(layer_of.values()) - 1  # j's layer: it reads s1 and t1
+    assert not any(ch.start < join < ch.end or (ch.start < 2 and ch.end > 2) for ch in plan.chains)
+
+
+def test_table_driven_layers_form_no_chains():
+    assert lower(CIRCUITS["pd"]()).chains == []
+
+
+@pytest.fixture
+def triton_device(device):
+    if device == "cpu" and not knobs.get().triton_interpret:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
+    return device
+
+
+def _run(c, chain: bool, x, miss, device, monkeypatch):
+    """(the forward's V and M, the number of chained launches, the flows, the log-likelihoods
+    after an EM step) with ``triton_engine.CHAIN = chain``."""
+    monkeypatch.setattr(te, "CHAIN", chain)
+    m = pc_compile(c, engine="triton", device=device, precision="fp32")
+    m.cuda_graphs = False
+    eng = m._engine()
+    seen: dict = {"chained": 0}
+    real_fwd, real_chain = eng.forward, eng.chain_forward
+
+    def spy_fwd(*a, **kw):
+        V, M = real_fwd(*a, **kw)
+        seen.setdefault("VM", (V.clone(), M.clone()))
+        return V, M
+
+    def spy_chain(*a, **kw):
+        seen["chained"] += 1
+        return real_chain(*a, **kw)
+
+    monkeypatch.setattr(eng, "forward", spy_fwd)
+    monkeypatch.setattr(eng, "chain_forward", spy_chain)
+    xt, mt = torch.as_tensor(x, device=device), torch.as_tensor(miss, device=device)
+    with torch.no_grad():
+        m(xt, mt)
+    chained = seen["chained"]
+    _assert_ll_matches_reference(m, c, xt, mt)  # the circuit's own parameters still
+    m.zero_flows()
+    m.forward_backward(xt, mt)
+    flows = [f.detach().cpu().clone() for f in m.flow_tensors()]
+    m.em_step(0.5, 0.1)
+    with torch.no_grad():
+        after = m(xt, mt).cpu().clone()
+    V, M = seen["VM"]
+    return (V.cpu(), M.cpu()), chained, flows, after, m
+
+
+@pytest.mark.parametrize("batch", [1, 70])
+@pytest.mark.parametrize("name", ["hclt12", "hmm", "join"])
+def test_chained_forward_is_the_per_layer_forward(name, batch, triton_device, monkeypatch):
+    c = {"hclt12": _hclt12, "hmm": lambda: structures.hmm(7, 4, 6), "join": _two_chains_then_a_join}[name]()
+    x, miss = data_for(c, batch, seed=batch + 5, p_missing=0.2)
+    (V0, M0), n0, flows0, after0, _ = _run(c, False, x, miss, triton_device, monkeypatch)
+    (V1, M1), n1, flows1, after1, _ = _run(c, True, x, miss, triton_device, monkeypatch)
+    assert n0 == 0 and n1 == len(lower(c).chains) >= 1
+    if triton_device == "cpu":  # same arithmetic in the same order
+        assert torch.equal(V0, V1) and torch.equal(M0, M1)
+    else:
+        torch.testing.assert_close(V1, V0, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(M1, M0, rtol=1e-6, atol=1e-6)
+    for f0, f1 in zip(flows0, flows1, strict=True):
+        torch.testing.assert_close(f1, f0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)
+
+
+def test_no_chained_launch_where_a_layer_is_a_batched_product_or_a_tile_is_empty(triton_device, monkeypatch):
+    c = structures.hmm(5, 4, 6)
+    x, miss = data_for(c, 70, seed=3)
+    for knob in ("BMM_MIN_EDGES", "BMM_MIN_UNITS"):
+        monkeypatch.setattr(te, knob, 0)
+    monkeypatch.setattr(te, "BMM_MIN_FILL", 0.0)
+    _vm, n, _f, _a, m = _run(c, True, x, miss, triton_device, monkeypatch)
+    assert n == 0  # every layer a batched product at 70: no chain
+    eng = m._engine()
+    run = next(iter(eng.chain_at.values()))
+    assert not eng.use_chain(run, 70) and eng.use_chain(run, 8)
+    run.ok = False
+    assert not eng.use_chain(run, 8)
+    assert eng.fwd_launch_counts(8) == [eng.fwd_launches(L, 8) for L in eng.layers]
+    run.ok = True
+    assert eng.fwd_launch_counts(8) == [1] + [0] * (len(eng.layers) - 1)
