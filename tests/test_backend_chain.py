@@ -137,7 +137,7 @@ def _run(c, chain: bool, x, miss, device, monkeypatch):
     with torch.no_grad():
         m(xt, mt)
     chained = seen["chained"]
-    _assert_ll_matches_reference(m, c, xt, mt)  # the circuit's own parameters still
+    _assert_ll_matches_reference(m, c, x, miss)  # the circuit's own parameters still
     m.zero_flows()
     m.forward_backward(xt, mt)
     flows = [f.detach().cpu().clone() for f in m.flow_tensors()]
@@ -182,3 +182,11 @@ def test_no_chained_launch_where_a_layer_is_a_batched_product_or_a_tile_is_empty
     assert eng.fwd_launch_counts(8) == [eng.fwd_launches(L, 8) for L in eng.layers]
     run.ok = True
     assert eng.fwd_launch_counts(8) == [1] + [0] * (len(eng.layers) - 1)
+
+
+def test_no_chained_launch_where_a_step_is_more_than_one_tile(triton_device, monkeypatch):
+    c = structures.hmm(4, 80, 6)  # 80 latents: two 64-unit node tiles a step
+    assert lower(c).chains
+    x, miss = data_for(c, 5, seed=4)
+    _vm, n, _f, _a, m = _run(c, True, x, miss, triton_device, monkeypatch)
+    assert n == 0 and not any(r.ok for r in m._engine().chain_at.values())

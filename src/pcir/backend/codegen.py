@@ -826,13 +826,27 @@ def sum_bwd_mm_v{i}(
 
 # The backward's kernels that gather nothing (no arity): one copy per tile shape.
 # Chained sum layers (plan.Chain, triton_engine.CHAIN) in one launch: program (c, batch tile)
-# runs chain c's steps in order, each step sum_fwd's loop over every (node tile, column tile) of
-# the step's group, then a barrier: the next step's gathers read rows this program stored (one
-# CTA: __syncthreads orders its threads' global stores before their later loads). CH[c, j] =
-# (row, units, w_off, K, group, the AMAX inputs' first rows, 0 past the arity): the column
-# tables are contiguous, input a of column k reads row r0[a] + k (row 0, log 1, where r0 is 0),
-# added in _gather's order, so each step's values are sum_fwd's.
-SUM_CHAIN = '''
+# runs chain c's steps in order, each step's group one tile (node tile >= units, column tile >=
+# K), then a barrier: the next step's gathers read rows this program stored (one CTA:
+# __syncthreads orders its threads' global stores before their later loads). CH[c, j] = (row,
+# units, w_off, K, group, the AMAX inputs' first rows, 0 past the arity): the column tables are
+# contiguous, input a of column k reads row r0[a] + k (row 0, log 1, where r0 is 0), added in
+# _gather's order, so each step's values are sum_fwd's bit for bit. Pipelined: the tables are
+# written by no kernel of a forward, so a step's weights load while the step before it computes,
+# and its table row one step earlier still (a step's own chain of dependent reads, table -> rows
+# -> values, was what made one step slower than a PDL launch of its layer).
+SUM_CHAIN = """
+@triton.jit
+def _chain_meta(P, j, R, ia, ok):
+    p = P + j * R
+    return (
+        tl.load(p, mask=ok, other=0), tl.load(p + 1, mask=ok, other=0), tl.load(p + 2, mask=ok, other=0),
+        tl.load(p + 3, mask=ok, other=0), tl.load(p + 4, mask=ok, other=0),
+        tl.load(p + 5 + ia, mask=ok & (ia >= 0), other=0),
+    )
+
+"""
+SUM_CHAIN_V = '''
 @triton.jit
 def sum_fwd_chain_v{i}(V, W, CH, M, B, NS, R, AMAX: tl.constexpr, BB: tl.constexpr, PDL: tl.constexpr):
     """Chain c's NS sum layers, in order: out[s, b] = log sum_k W[s, k] exp(c[k, b]) per step."""
@@ -840,44 +854,39 @@ def sum_fwd_chain_v{i}(V, W, CH, M, B, NS, R, AMAX: tl.constexpr, BB: tl.constex
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
     ia = tl.arange(0, AMAX)
-    if PDL == 2:  # the whole launch after the layer below (griddepcontrol.wait)
+    s = tl.arange(0, V{i}_BM)
+    k = tl.arange(0, V{i}_BK)
+    P = CH + ch * NS * R
+    row, units, w_off, K, grp, r0 = _chain_meta(P, 0, R, ia, NS > 0)
+    w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=(s < units)[:, None] & (k < K)[None, :], other=0.0)
+    row1, units1, w_off1, K1, grp1, r01 = _chain_meta(P, 1, R, ia, NS > 1)
+    if PDL == 2:  # the tables and the first weights before the wait for the layer below
         gdc_launch_dependents()
         gdc_wait()
     for j in range(0, NS):
-        p = CH + (ch * NS + j) * R
-        row = tl.load(p)
-        units = tl.load(p + 1)
-        w_off = tl.load(p + 2)
-        K = tl.load(p + 3)
-        grp = tl.load(p + 4)
-        r0 = tl.load(p + 5 + ia)
-        for mt in range(0, tl.cdiv(units, V{i}_BM)):
-            s = mt * V{i}_BM + tl.arange(0, V{i}_BM)
-            sm = s < units
-            acc = tl.zeros([V{i}_BM, BB], dtype=tl.float32)
-            mx = tl.full([BB], float("-inf"), dtype=tl.float32)
-            for kt in range(0, tl.cdiv(K, V{i}_BK)):
-                k = kt * V{i}_BK + tl.arange(0, V{i}_BK)
-                km = k < K
-                m2 = km[:, None] & bm[None, :]
-                c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
-                for a in tl.static_range(AMAX):  # _gather's order: input 0 first
-                    ra = tl.sum(tl.where(ia == a, r0, 0))
-                    r = tl.where(ra != 0, ra + k, 0)
-                    c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
-                c = tl.where(m2, c, float("-inf"))
-                w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
-                new = tl.maximum(mx, tl.max(c, axis=0))
-                safe = tl.where(new == float("-inf"), 0.0, new)
-                scale = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - safe))
-                e = tl.exp(c - safe[None, :])
-                acc = acc * scale[None, :] + {dot_we}
-                mx = new
-            safe = tl.where(mx == float("-inf"), 0.0, mx)
-            out = tl.log(acc) + safe[None, :]
-            tl.store(V + (row + s)[:, None] * B + b[None, :], out, mask=sm[:, None] & bm[None, :])
-            tl.atomic_max(M + grp * B + b, mx, mask=bm, sem="relaxed")
+        km = k < K
+        m2 = km[:, None] & bm[None, :]
+        c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
+        for a in tl.static_range(AMAX):  # _gather's order: input 0 first
+            ra = tl.sum(tl.where(ia == a, r0, 0))
+            r = tl.where(ra != 0, ra + k, 0)
+            c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
+        c = tl.where(m2, c, float("-inf"))
+        # the next step's weights and the table row of the one after it, while these values load
+        w1 = tl.load(
+            W + w_off1 + s[:, None] * K1 + k[None, :], mask=(s < units1)[:, None] & (k < K1)[None, :], other=0.0
+        )
+        row2, units2, w_off2, K2, grp2, r02 = _chain_meta(P, j + 2, R, ia, j + 2 < NS)
+        mx = tl.max(c, axis=0)
+        safe = tl.where(mx == float("-inf"), 0.0, mx)
+        e = tl.exp(c - safe[None, :])
+        acc = {dot_we}
+        out = tl.log(acc) + safe[None, :]
+        tl.store(V + (row + s)[:, None] * B + b[None, :], out, mask=(s < units)[:, None] & bm[None, :])
+        tl.atomic_max(M + grp * B + b, mx, mask=bm, sem="relaxed")
         tl.debug_barrier()
+        row, units, w_off, K, grp, r0, w = row1, units1, w_off1, K1, grp1, r01, w1
+        row1, units1, w_off1, K1, grp1, r01 = row2, units2, w_off2, K2, grp2, r02
 '''
 
 SUM_KERNELS_NO_GATHER = '''
@@ -1131,7 +1140,7 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     if any(layer.kind == "product" for layer in plan.layers):
         parts.append(PRODUCT_KERNELS)
     dot = DOT[precision]
-    static_gather = False
+    static_gather = chain_meta = False
     if vs:
         parts.append(COL_ROWS)
         parts.append(GATHER)
@@ -1147,7 +1156,10 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
         parts.append(text)
         parts.append(SUM_KERNELS_NO_GATHER.format(i=i, dot_ge=dot.format(a="g", b="tl.trans(e)")))
         if any(layer_variant[ch.start] == i for ch in plan.chains):
-            parts.append(SUM_CHAIN.format(i=i, dot_we=dot.format(a="w", b="e")))
+            if not chain_meta:
+                parts.append(SUM_CHAIN)
+                chain_meta = True
+            parts.append(SUM_CHAIN_V.format(i=i, dot_we=dot.format(a="w", b="e")))
         mine = [layer for layer in plan.layers if layer.kind == "sum" and layer_variant[layer.index] == i]
         if not all(layer.contiguous() for layer in mine):  # table-driven layers: the arity unrolled
             if not static_gather:

@@ -204,8 +204,14 @@ BMM_CHUNK_ROOM = True
 # chained sum layers (plan.Chain: HCLT's paths, an HMM's time steps) in one launch each
 # (codegen's sum_fwd_chain: one program per chain and batch tile runs the chain's steps in order,
 # a barrier between steps) instead of one launch per layer, in the forward where no layer of the
-# run is a batched product at that batch. The forward of small circuits is a chain of 50-70 short
-# layers of 6-7 us each, mostly latency (bench/RESULTS.md, twelfth session). Not measured yet.
+# run is a batched product at that batch and every step is one tile. The forward of small
+# circuits is a chain of 50-70 short layers of 6-7 us each, mostly latency (bench/RESULTS.md,
+# twelfth session). H200, bench/kernel_probe.py (sixteenth session), the first form (a step's
+# tiles in a loop, no prefetching), engine forward at batch 1 / 512: hclt-32 0.115 -> 0.202 /
+# 0.335 -> 0.280 ms, hclt-128 (four 64x64 tiles a step) 0.267 -> 0.909 / 0.784 -> 0.964; hmm-64's
+# whole call 0.153 -> 0.208 ms at 512. One program's step (table -> rows -> values, then the
+# weights) was slower than a PDL launch of its layer, whose table and weight reads overlap the
+# layer below. Hence one tile a step, the next step's weights read while a step computes.
 CHAIN = True
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 CHECK_BV, CHECK_BB = 32, 32  # variables and samples per program of the data check
@@ -394,8 +400,8 @@ class _SumLayer:
 class _ChainRun:
     """A run of chained sum layers (plan.Chain) as one launch of ``sum_fwd_chain``: ``ch``, the
     ``[chains, steps, 5 + amax]`` int64 table (row, units, w_off, K, group, the inputs' first
-    rows), or ``ok`` False where a group's tiles are not all occupied (the kernel computes every
-    tile of a step)."""
+    rows), or ``ok`` False where a step's group is more than one tile (the kernel computes one
+    tile per step: HCLT and HMM of up to 64 latents)."""
 
     def __init__(self, chain, plan: KernelPlan, layers: list, device):
         self.start, self.end = chain.start, chain.end
@@ -416,7 +422,7 @@ class _ChainRun:
         for c, path in enumerate(chain.groups):
             for j, gi in enumerate(path):
                 g = plan.layers[chain.start + j].groups[gi]
-                self.ok &= len(g.tiles) == -(-g.units // bm) * -(-g.k // bk)
+                self.ok &= g.units <= bm and g.k <= bk and len(g.tiles) == 1
                 ch[c, j, :5] = (g.row, g.units, g.w_off, g.k, g.index)
                 ch[c, j, 5 : 5 + g.arity] = np.asarray(g.cols, dtype=np.int64)[0, : g.arity]
         self.ch = torch.as_tensor(ch.reshape(-1), device=device)
