@@ -49,6 +49,10 @@ def main(argv: list[str]) -> int:
 
         data = np.random.default_rng(0).integers(0, 256, (300, 6))
         c = structures.hclt(data, num_latents=20, domain=Domain.categorical(256))
+    elif name == "hmm128":  # a chained launch on 128 x 128 tiles (16 warps)
+        from pcir import structures
+
+        c = structures.hmm(4, 128, 6)
     else:
         c = CIRCUITS[name]() if name != "block_sparse" else block_sparse()
     m = pc_compile(c, engine="triton", device="cpu", precision="fp32")

@@ -185,9 +185,20 @@ def test_no_chained_launch_where_a_layer_is_a_batched_product_or_a_tile_is_empty
     assert eng.fwd_launch_counts(8) == [1] + [0] * (len(eng.layers) - 1)
 
 
-def test_no_chained_launch_where_a_step_is_more_than_one_tile(triton_device, monkeypatch):
-    c = structures.hmm(4, 80, 6)  # 80 latents: two 64-unit node tiles a step
+@pytest.mark.parametrize("latents, chained", [(80, True), (130, False)])
+def test_a_step_is_one_tile_of_the_launchs_own_up_to_the_cap(latents, chained, triton_device, monkeypatch):
+    """80 latents: the layers' 64 x 64 tiles, two node tiles a step; the chained launch takes
+    one 128 x 128 tile (not the per-layer arithmetic: equal to rounding). 130: past
+    CHAIN_MAX_TILE, per layer."""
+    c = structures.hmm(3, latents, 5)
     assert lower(c).chains
-    x, miss = data_for(c, 5, seed=4)
-    _vm, n, _f, _a, m = _run(c, True, x, miss, triton_device, monkeypatch)
-    assert n == 0 and not any(r.ok for r in m._engine().chain_at.values())
+    x, miss = data_for(c, 5, seed=4, p_missing=0.2)
+    (V0, M0), _n0, _f0, after0, _ = _run(c, False, x, miss, triton_device, monkeypatch)
+    (V1, M1), n, _f1, after1, m = _run(c, True, x, miss, triton_device, monkeypatch)
+    run = next(iter(m._engine().chain_at.values()))
+    assert (run.ok, n) == (chained, int(chained))
+    assert run.bm == run.bk == (128 if chained else 256)
+    finite = torch.isfinite(V0)
+    assert torch.equal(finite, torch.isfinite(V1))
+    torch.testing.assert_close(V1[finite], V0[finite], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)

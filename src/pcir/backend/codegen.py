@@ -826,16 +826,16 @@ def sum_bwd_mm_v{i}(
 
 # The backward's kernels that gather nothing (no arity): one copy per tile shape.
 # Chained sum layers (plan.Chain, triton_engine.CHAIN) in one launch: program (c, batch tile)
-# runs chain c's steps in order, each step's group one tile (node tile >= units, column tile >=
-# K), then a barrier: the next step's gathers read rows this program stored (one CTA:
-# __syncthreads orders its threads' global stores before their later loads). CH[c, j] = (row,
-# units, w_off, K, group, the AMAX inputs' first rows, 0 past the arity): the column tables are
-# contiguous, input a of column k reads row r0[a] + k (row 0, log 1, where r0 is 0), added in
-# _gather's order, so each step's values are sum_fwd's bit for bit. Pipelined: the tables are
-# written by no kernel of a forward, so a step's weights load while the step before it computes,
-# and its table row one step earlier still (a step's own chain of dependent reads, table -> rows
-# -> values, was what made one step slower than a PDL launch of its layer).
-SUM_CHAIN = """
+# runs chain c's steps in order, each step's group one tile of the launch's own BM x BK (at
+# least its units x K, whatever the layers' tiles), then a barrier: the next step's gathers read
+# rows this program stored (one CTA: __syncthreads orders its threads' global stores before their
+# later loads). CH[c, j] = (row, units, w_off, K, group, the AMAX inputs' first rows, 0 past the
+# arity): the column tables are contiguous, input a of column k reads row r0[a] + k (row 0, log 1,
+# where r0 is 0), added in _gather's order, so each step's values are sum_fwd's on one tile.
+# Pipelined: the tables are written by no kernel of a forward, so a step's weights load while the
+# step before it computes, and its table row one step earlier still (a step's own chain of
+# dependent reads, table -> rows -> values, was what made one step slower than a PDL launch).
+SUM_CHAIN = '''
 @triton.jit
 def _chain_meta(P, j, R, ia, ok):
     p = P + j * R
@@ -845,17 +845,19 @@ def _chain_meta(P, j, R, ia, ok):
         tl.load(p + 5 + ia, mask=ok & (ia >= 0), other=0),
     )
 
-"""
-SUM_CHAIN_V = '''
+
 @triton.jit
-def sum_fwd_chain_v{i}(V, W, CH, M, B, NS, R, AMAX: tl.constexpr, BB: tl.constexpr, PDL: tl.constexpr):
+def sum_fwd_chain(
+    V, W, CH, M, B, NS, R, AMAX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
+    PDL: tl.constexpr
+):
     """Chain c's NS sum layers, in order: out[s, b] = log sum_k W[s, k] exp(c[k, b]) per step."""
     ch = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
     ia = tl.arange(0, AMAX)
-    s = tl.arange(0, V{i}_BM)
-    k = tl.arange(0, V{i}_BK)
+    s = tl.arange(0, BM)
+    k = tl.arange(0, BK)
     P = CH + ch * NS * R
     row, units, w_off, K, grp, r0 = _chain_meta(P, 0, R, ia, NS > 0)
     w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=(s < units)[:, None] & (k < K)[None, :], other=0.0)
@@ -866,7 +868,7 @@ def sum_fwd_chain_v{i}(V, W, CH, M, B, NS, R, AMAX: tl.constexpr, BB: tl.constex
     for j in range(0, NS):
         km = k < K
         m2 = km[:, None] & bm[None, :]
-        c = tl.zeros([V{i}_BK, BB], dtype=tl.float32)
+        c = tl.zeros([BK, BB], dtype=tl.float32)
         for a in tl.static_range(AMAX):  # _gather's order: input 0 first
             ra = tl.sum(tl.where(ia == a, r0, 0))
             r = tl.where(ra != 0, ra + k, 0)
@@ -1140,7 +1142,7 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
     if any(layer.kind == "product" for layer in plan.layers):
         parts.append(PRODUCT_KERNELS)
     dot = DOT[precision]
-    static_gather = chain_meta = False
+    static_gather = False
     if vs:
         parts.append(COL_ROWS)
         parts.append(GATHER)
@@ -1155,16 +1157,13 @@ def generate(plan: KernelPlan, precision: str = "tf32") -> str:
         )
         parts.append(text)
         parts.append(SUM_KERNELS_NO_GATHER.format(i=i, dot_ge=dot.format(a="g", b="tl.trans(e)")))
-        if any(layer_variant[ch.start] == i for ch in plan.chains):
-            if not chain_meta:
-                parts.append(SUM_CHAIN)
-                chain_meta = True
-            parts.append(SUM_CHAIN_V.format(i=i, dot_we=dot.format(a="w", b="e")))
         mine = [layer for layer in plan.layers if layer.kind == "sum" and layer_variant[layer.index] == i]
         if not all(layer.contiguous() for layer in mine):  # table-driven layers: the arity unrolled
             if not static_gather:
                 parts.append(static_arity(GATHER))
                 static_gather = True
             parts.append(static_arity(text))
+    if plan.chains:
+        parts.append(SUM_CHAIN.format(dot_we=dot.format(a="w", b="e")))
     parts.append(ROW_KERNELS)
     return "".join(parts)

@@ -211,8 +211,13 @@ BMM_CHUNK_ROOM = True
 # 0.335 -> 0.280 ms, hclt-128 (four 64x64 tiles a step) 0.267 -> 0.909 / 0.784 -> 0.964; hmm-64's
 # whole call 0.153 -> 0.208 ms at 512. One program's step (table -> rows -> values, then the
 # weights) was slower than a PDL launch of its layer, whose table and weight reads overlap the
-# layer below. Hence one tile a step, the next step's weights read while a step computes.
+# layer below. Hence one tile a step (the launch's own, up to CHAIN_MAX_TILE square, whatever
+# the layers' tiles, which the backward keeps), the next step's weights read while a step
+# computes. H200, the same probe: hclt-32 0.116 -> 0.112 ms at batch 1, 0.336 -> 0.258 at 512;
+# hclt-64 0.136 -> 0.119, 0.398 -> 0.345; hmm-64 0.072 -> 0.056, 0.108 -> 0.100 (the layers'
+# own 64x64 tiles then; 128 x 128 for hclt-128 not measured yet).
 CHAIN = True
+CHAIN_MAX_TILE = 128
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 CHECK_BV, CHECK_BB = 32, 32  # variables and samples per program of the data check
 
@@ -400,29 +405,32 @@ class _SumLayer:
 class _ChainRun:
     """A run of chained sum layers (plan.Chain) as one launch of ``sum_fwd_chain``: ``ch``, the
     ``[chains, steps, 5 + amax]`` int64 table (row, units, w_off, K, group, the inputs' first
-    rows), or ``ok`` False where a step's group is more than one tile (the kernel computes one
-    tile per step: HCLT and HMM of up to 64 latents)."""
+    rows); the launch's tile ``bm x bk`` (powers of two covering every step's units and columns,
+    whatever the layers' own tiles); ``ok`` False where a step's group is larger than
+    CHAIN_MAX_TILE or not dense (the kernel computes every column of its one tile)."""
 
     def __init__(self, chain, plan: KernelPlan, layers: list, device):
         self.start, self.end = chain.start, chain.end
         self.layers = layers[chain.start : chain.end]
-        first = plan.layers[chain.start]
-        self.variant = self.layers[0].variant
-        self.num_warps = self.layers[0].num_warps
         self.steps = chain.end - chain.start
         self.chains = len(chain.groups)
-        amax = 2
-        while amax < max(plan.layers[t].arity for t in range(chain.start, chain.end)):
-            amax *= 2
-        self.amax = amax
-        self.width = 5 + amax
-        bm, bk = first.block_m, first.block_k
+        groups = [plan.layers[chain.start + j].groups[gi] for path in chain.groups for j, gi in enumerate(path)]
+        pow2 = lambda n: 1 << max(4, (int(n) - 1).bit_length())  # noqa: E731  (at least 16: tl.dot)
+        self.bm = pow2(max(g.units for g in groups))
+        self.bk = pow2(max(g.k for g in groups))
+        self.amax = 2
+        while self.amax < max(g.arity for g in groups):
+            self.amax *= 2
+        self.width = 5 + self.amax
+        # warps: a quarter of the (two, one prefetched) weight tiles' entries per 32 threads
+        self.num_warps = min(16, max(4, self.bm * self.bk // 1024))
         ch = np.zeros((self.chains, self.steps, self.width), dtype=np.int64)
-        self.ok = True
+        self.ok = self.bm <= CHAIN_MAX_TILE and self.bk <= CHAIN_MAX_TILE
         for c, path in enumerate(chain.groups):
             for j, gi in enumerate(path):
-                g = plan.layers[chain.start + j].groups[gi]
-                self.ok &= g.units <= bm and g.k <= bk and len(g.tiles) == 1
+                lay = plan.layers[chain.start + j]
+                g = lay.groups[gi]
+                self.ok &= len(g.tiles) == -(-g.units // lay.block_m) * -(-g.k // lay.block_k)
                 ch[c, j, :5] = (g.row, g.units, g.w_off, g.k, g.index)
                 ch[c, j, 5 : 5 + g.arity] = np.asarray(g.cols, dtype=np.int64)[0, : g.arity]
         self.ch = torch.as_tensor(ch.reshape(-1), device=device)
@@ -798,9 +806,8 @@ class TritonEngine:
         B = V.shape[1]
         BB = 32 if B >= 64 else _batch_tile(B)
         pdl = self._fwd_pdl("sum_fwd")
-        fn = getattr(self.k, f"sum_fwd_chain_v{run.variant}")
-        fn[(run.chains, triton_cdiv(B, BB))](
-            V, W, run.ch, M, B, run.steps, run.width, AMAX=run.amax, BB=BB, PDL=pdl,
+        self.k.sum_fwd_chain[(run.chains, triton_cdiv(B, BB))](
+            V, W, run.ch, M, B, run.steps, run.width, AMAX=run.amax, BM=run.bm, BK=run.bk, BB=BB, PDL=pdl,
             **({"launch_pdl": True} if pdl >= 2 else {}),
             num_warps=max(run.num_warps, FWD_MIN_WARPS),
         )  # fmt: skip
