@@ -166,6 +166,8 @@ def _env():
         ("mixture.pc", "triton", "mixture.triton.py.txt", []),
         # every product in its own launch: the scratch region, reused by all product launches
         ("pd.pc", "plan", "pd-scratch.plan.txt", ["-p", "group-layers{fuse=none}"]),
+        # the HMM's eight sum layers are one chain (plan.find_chains): one forward launch
+        ("hmm.pc", "plan", "hmm.plan.txt", []),
     ],
 )
 def test_compile_command_golden(example, emit, golden, extra):

@@ -277,6 +277,8 @@ class KernelPlan:
             "stored_products": sum(v == "stored" for v in self.fuse.values()),
             "scratch_rows": self.scratch_rows,
             "weights": self.w_size,
+            # sum layers in chained runs (find_chains): the forward runs each run as one launch
+            "chained_layers": sum(ch.end - ch.start for ch in self.chains),
         }
 
     def to_text(self) -> str:

@@ -96,11 +96,17 @@ def describe_plan(model) -> list[str]:
     stats = plan.stats() if hasattr(plan, "stats") else {}
     if stats:
         lines.append("plan        " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    chain_of = {}  # layer -> (run start, run end, chains): one forward launch per run
+    for ch in getattr(plan, "chains", []) or []:
+        for t in range(ch.start, ch.end):
+            chain_of[t] = (ch.start, ch.end, len(ch.groups))
     for i, layer in enumerate(getattr(plan, "layers", []) or []):
         groups = getattr(layer, "groups", [])
         names = [getattr(g, "name", str(g)) for g in groups]
         shown = ", ".join(names[:4]) + (f", ... (+{len(names) - 4})" if len(names) > 4 else "")
-        lines.append(f"  layer {i:>3} {getattr(layer, 'kind', '?'):<8} {len(groups):>4} groups  {shown}")
+        run = chain_of.get(i)
+        tag = f"  [chain {run[0]}-{run[1] - 1}]" if run else ""
+        lines.append(f"  layer {i:>3} {getattr(layer, 'kind', '?'):<8} {len(groups):>4} groups  {shown}{tag}")
     return lines
 
 
