@@ -14,6 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import circuits
 from test_backend_gathers import CIRCUITS, _assert_ll_matches_reference
 from test_backend_helpers import data_for
 
@@ -204,3 +207,47 @@ def test_a_step_is_one_tile_of_the_launchs_own_up_to_the_cap(latents, chained, t
     assert torch.equal(finite, torch.isfinite(V1))
     torch.testing.assert_close(V1[finite], V0[finite], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(circuits(max_vars=5, max_units=4))
+def test_every_chain_found_in_a_random_circuit_is_valid(c):
+    """Shared regions, block-sparse and explicit sums, stored products, several roots: whatever
+    runs the plan reports, every step reads exactly its predecessor's group."""
+    _check_steps(lower(c))
+
+
+@st.composite
+def _random_trees(draw):
+    """An HCLT over a random tree (a random Pruefer sequence) of 3-14 variables, 1-5 latents, a
+    random root: paths and branches of every length."""
+    n = draw(st.integers(3, 14))
+    seq = draw(st.lists(st.integers(0, n - 1), min_size=n - 2, max_size=n - 2))
+    degree = [1] * n
+    for v in seq:
+        degree[v] += 1
+    edges = []
+    for v in seq:
+        leaf = min(i for i in range(n) if degree[i] == 1)
+        edges.append((leaf, v))
+        degree[leaf] -= 1
+        degree[v] -= 1
+    a, b = [i for i in range(n) if degree[i] == 1]
+    edges.append((a, b))
+    return structures.hclt(
+        tree=edges, num_vars=n, root=draw(st.integers(0, n - 1)), num_latents=draw(st.integers(1, 5)),
+        input_dist="categorical(k=3)", seed=draw(st.integers(0, 9)),
+    )  # fmt: skip
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(_random_trees(), st.integers(1, 40))
+def test_chained_forward_on_random_trees_matches_the_reference(c, batch):
+    if not knobs.get().triton_interpret:
+        pytest.skip("the Triton engine on the CPU needs TRITON_INTERPRET=1")
+    plan = lower(c)
+    _check_steps(plan)
+    x, miss = data_for(c, batch, seed=batch, p_missing=0.2)
+    m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
+    assert all(r.ok for r in m._engine().chain_at.values())  # units and columns of at most 128
+    _assert_ll_matches_reference(m, c, x, miss)
