@@ -29,7 +29,8 @@ ablations edit the PDL 0 loop only); ``pdl`` applies to the feature-major kernel
 batch tiles; ``pdl+pdlfwdt`` to the batch-major one too); ``nopdl`` the plain loop, whatever the
 default; ``pdlwait`` (PDL 3) the plain loop after the wait, under the same launch; ``fw8``/``fw16``:
 the sum forward on at least 8/16 warps (triton_engine.FWD_MIN_WARPS); ``scw8``/``scw16``: the alias's
-column kernels on at least 8/16 (SC_MIN_WARPS; time it with bench/run.py's train step). Variants measured and dropped are in bench/RESULTS.md (the source edits
+column kernels on at least 8/16 (SC_MIN_WARPS; time it with bench/run.py's train step); ``nochain``:
+chained sum layers (plan.chains) one launch per layer again (triton_engine.CHAIN off). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
