@@ -30,7 +30,9 @@ batch tiles; ``pdl+pdlfwdt`` to the batch-major one too); ``nopdl`` the plain lo
 default; ``pdlwait`` (PDL 3) the plain loop after the wait, under the same launch; ``fw8``/``fw16``:
 the sum forward on at least 8/16 warps (triton_engine.FWD_MIN_WARPS); ``scw8``/``scw16``: the alias's
 column kernels on at least 8/16 (SC_MIN_WARPS; time it with bench/run.py's train step); ``nochain``:
-chained sum layers (plan.chains) one launch per layer again (triton_engine.CHAIN off). Variants measured and dropped are in bench/RESULTS.md (the source edits
+chained sum layers (plan.chains) one launch per layer again (triton_engine.CHAIN off); ``chain64``:
+chained launches only where a step fits 64 x 64 (CHAIN_MAX_TILE); ``chainbb16``: chained launches
+on batch tiles of 16 (CHAIN_BB). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
@@ -97,6 +99,8 @@ KNOBS = {
     "lrbb32": (te, "LEAF_ROWS_BB", 32),
     "lre8k": (te, "LEAF_ROWS_ELEMS", 8192),
     "nochain": (te, "CHAIN", False),
+    "chain64": (te, "CHAIN_MAX_TILE", 64),
+    "chainbb16": (te, "CHAIN_BB", 16),
     "lre2k": (te, "LEAF_ROWS_ELEMS", 2048),
     "lrw8": (te, "LEAF_ROWS_WARPS", 8),
 }

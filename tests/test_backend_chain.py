@@ -251,3 +251,16 @@ def test_chained_forward_on_random_trees_matches_the_reference(c, batch):
     m = pc_compile(c, engine="triton", device="cpu", precision="fp32")
     assert all(r.ok for r in m._engine().chain_at.values())  # units and columns of at most 128
     _assert_ll_matches_reference(m, c, x, miss)
+
+
+def test_chained_launch_on_batch_tiles_of_16(triton_device, monkeypatch):
+    """CHAIN_BB = 16 (the probe's variant chainbb16): twice the programs at a batch of 70, the
+    same values as the per-layer forward."""
+    c = structures.hmm(6, 8, 5)
+    x, miss = data_for(c, 70, seed=11, p_missing=0.2)
+    (V0, M0), _n0, _f0, _a0, _ = _run(c, False, x, miss, triton_device, monkeypatch)
+    monkeypatch.setattr(te, "CHAIN_BB", 16)
+    (V1, M1), n, _f1, _a1, _ = _run(c, True, x, miss, triton_device, monkeypatch)
+    assert n == 1
+    torch.testing.assert_close(V1, V0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(M1, M0, rtol=0, atol=0)

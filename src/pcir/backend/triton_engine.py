@@ -218,6 +218,10 @@ BMM_CHUNK_ROOM = True
 # own 64x64 tiles then; 128 x 128 for hclt-128 not measured yet).
 CHAIN = True
 CHAIN_MAX_TILE = 128
+# batch tile of the chained launch (0: 32 from batch 64 on, as the small layers' launches, else
+# the batch's own tile); 16 doubles the programs at 512 (bench/kernel_probe.py variant
+# "chainbb16"; not measured)
+CHAIN_BB = 0
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 CHECK_BV, CHECK_BB = 32, 32  # variables and samples per program of the data check
 
@@ -804,7 +808,7 @@ class TritonEngine:
         """The forward of the chained run ``run``: one launch of ``sum_fwd_chain``, one program per
         chain and batch tile (of 32 from batch 64 on, as the small layers' launches)."""
         B = V.shape[1]
-        BB = 32 if B >= 64 else _batch_tile(B)
+        BB = CHAIN_BB or (32 if B >= 64 else _batch_tile(B))
         pdl = self._fwd_pdl("sum_fwd")
         self.k.sum_fwd_chain[(run.chains, triton_cdiv(B, BB))](
             V, W, run.ch, M, B, run.steps, run.width, AMAX=run.amax, BM=run.bm, BK=run.bk, BB=BB, PDL=pdl,
