@@ -824,7 +824,6 @@ def sum_bwd_mm_v{i}(
 '''
 
 
-# The backward's kernels that gather nothing (no arity): one copy per tile shape.
 # Chained sum layers (plan.Chain, triton_engine.CHAIN) in one launch: program (c, batch tile)
 # runs chain c's steps in order, each step's group one tile of the launch's own BM x BK (at
 # least its units x K, whatever the layers' tiles), then a barrier: the next step's gathers read
@@ -891,6 +890,7 @@ def sum_fwd_chain(
         row1, units1, w_off1, K1, grp1, r01 = row2, units2, w_off2, K2, grp2, r02
 '''
 
+# The backward's kernels that gather nothing (no arity): one copy per tile shape.
 SUM_KERNELS_NO_GATHER = '''
 @triton.jit
 def _prep_nodes_tile_v{i}(V, F, TAB, M, t, pb, B, BB: tl.constexpr):
