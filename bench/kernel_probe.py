@@ -32,7 +32,8 @@ the sum forward on at least 8/16 warps (triton_engine.FWD_MIN_WARPS); ``scw8``/`
 column kernels on at least 8/16 (SC_MIN_WARPS; time it with bench/run.py's train step); ``nochain``:
 chained sum layers (plan.chains) one launch per layer again (triton_engine.CHAIN off); ``chain64``:
 chained launches only where a step fits 64 x 64 (CHAIN_MAX_TILE); ``chainbb16``: chained launches
-on batch tiles of 16 (CHAIN_BB). Variants measured and dropped are in bench/RESULTS.md (the source edits
+on batch tiles of 16 (CHAIN_BB); ``chainbwd``: the chained runs' backward in one launch each too
+(CHAIN_BWD, off by default; steps up to 64 x 64). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
@@ -101,6 +102,7 @@ KNOBS = {
     "nochain": (te, "CHAIN", False),
     "chain64": (te, "CHAIN_MAX_TILE", 64),
     "chainbb16": (te, "CHAIN_BB", 16),
+    "chainbwd": (te, "CHAIN_BWD", True),
     "lre2k": (te, "LEAF_ROWS_ELEMS", 2048),
     "lrw8": (te, "LEAF_ROWS_WARPS", 8),
 }

@@ -264,3 +264,55 @@ def test_chained_launch_on_batch_tiles_of_16(triton_device, monkeypatch):
     assert n == 1
     torch.testing.assert_close(V1, V0, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(M1, M0, rtol=0, atol=0)
+
+
+def _flows_and_step(c, x, miss, device, monkeypatch, chain_bwd: bool):
+    """(the flows of forward_backward, the log-likelihoods after one train_step, chained
+    backward launches) with ``triton_engine.CHAIN_BWD = chain_bwd``."""
+    monkeypatch.setattr(te, "CHAIN_BWD", chain_bwd)
+    xt, mt = torch.as_tensor(x, device=device), torch.as_tensor(miss, device=device)
+    used = 0
+    out = []
+    for step in (False, True):  # forward_backward (flows in F), then train_step (the leaf alias)
+        m = pc_compile(c, engine="triton", device=device, precision="fp32")
+        m.cuda_graphs = False
+        eng = m._engine()
+        real = eng.chain_backward
+
+        def spy(*a, _real=real, _eng=eng, **kw):
+            nonlocal used
+            used += not _eng._warming()
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(eng, "chain_backward", spy)
+        if step:
+            m.train_step(xt, 0.5, 0.1, mt)
+            with torch.no_grad():
+                out.append(m(xt, mt).cpu().clone())
+        else:
+            m.zero_flows()
+            m.forward_backward(xt, mt)
+            out.append([f.detach().cpu().clone() for f in m.flow_tensors()])
+    return out[0], out[1], used
+
+
+@pytest.mark.parametrize("batch", [1, 70])
+@pytest.mark.parametrize("name", ["hclt12", "hmm", "join"])
+def test_chained_backward_is_the_per_layer_backward(name, batch, triton_device, monkeypatch):
+    """CHAIN_BWD (off by default, not timed yet): the flows of forward_backward and a training
+    step (whose backward keeps G in the value rows: the per-step flags) as per layer."""
+    c = {"hclt12": _hclt12, "hmm": lambda: structures.hmm(7, 4, 6), "join": _two_chains_then_a_join}[name]()
+    x, miss = data_for(c, batch, seed=batch + 7, p_missing=0.2)
+    flows0, after0, used0 = _flows_and_step(c, x, miss, triton_device, monkeypatch, False)
+    flows1, after1, used1 = _flows_and_step(c, x, miss, triton_device, monkeypatch, True)
+    assert used0 == 0 and used1 == 2 * len(lower(c).chains)
+    for f0, f1 in zip(flows0, flows1, strict=True):
+        torch.testing.assert_close(f1, f0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)
+
+
+def test_no_chained_backward_past_its_tile_cap(triton_device, monkeypatch):
+    c = structures.hmm(3, 80, 5)  # a 128 x 128 step: forward chained, backward per layer
+    x, miss = data_for(c, 5, seed=2)
+    _f, _a, used = _flows_and_step(c, x, miss, triton_device, monkeypatch, True)
+    assert used == 0

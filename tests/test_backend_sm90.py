@@ -43,6 +43,8 @@ CASES = [
     ("hclt256", 70, []),  # 256 categories: the leaves' rows form on 16 x 256 tiles
     ("hmm", 1, ["--hopper"]),  # the chained forward (one launch for the HMM's steps) with PDL 2
     ("hmm128", 70, ["--hopper"]),  # ... on one 128 x 128 tile a step, 16 warps
+    ("hmm", 70, ["CHAIN_BWD=True", "--hopper"]),  # the chained backward (off by default)
+    ("hclt", 5, ["CHAIN_BWD=True"]),
 ]
 
 
@@ -87,3 +89,4 @@ def test_every_launched_kernel_compiles_for_sm90(name, batch, knobs, triton_cach
     # an HMM's steps are one chained launch (triton_engine.CHAIN) unless its layers are products
     if name in ("hmm", "hmm128") and not any(k.startswith("BMM") for k in knobs):
         assert "sum_fwd_chain" in kernels, kernels
+        assert ("sum_bwd_chain" in kernels) == ("CHAIN_BWD=True" in knobs), kernels

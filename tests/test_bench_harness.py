@@ -103,10 +103,16 @@ def test_graph_counts_add_pyjuice_one_child_products(cfg):
     assert np.isfinite(nodes)
 
 
-def test_per_layer_profile_maps_every_launch_to_the_plan(monkeypatch):
+@pytest.mark.parametrize("chain_bwd", [False, True])
+def test_per_layer_profile_maps_every_launch_to_the_plan(chain_bwd, monkeypatch):
     """The launch proxy sees every Triton launch of a train step and maps it to the plan's layers
-    (device events replaced by host clocks, so this runs on the CPU interpreter)."""
+    (device events replaced by host clocks, so this runs on the CPU interpreter); the HMM's
+    chained run is one forward launch, and with CHAIN_BWD one backward launch."""
     import time
+
+    from pcir.backend import triton_engine as te
+
+    monkeypatch.setattr(te, "CHAIN_BWD", chain_bwd)
 
     import torch
     from harness import profile
@@ -135,6 +141,11 @@ def test_per_layer_profile_maps_every_launch_to_the_plan(monkeypatch):
     assert "note" not in out, out.get("note")
     assert [r["layer"] for r in out["layers"]] == [layer.index for layer in model.plan.layers]
     assert all(r["fwd_ms"] >= 0 and r["bwd_ms"] >= 0 for r in out["layers"])
+    run = model.plan.chains[0]
+    assert out["layers"][run.start]["fwd_kernel"] == "sum_fwd_chain"
+    assert out["layers"][run.start + 1]["fwd_kernel"] == "(in the chained launch above)"
+    top = out["layers"][run.end - 1]["bwd_kernels"]
+    assert (top == ["sum_bwd_chain"]) == chain_bwd, top
 
 
 def test_memory_probe_finds_what_is_live_at_the_peak():

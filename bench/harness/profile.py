@@ -106,7 +106,12 @@ def per_layer(model, x, device, step) -> dict:
     fb_ms = s.elapsed_time(mid)
     em_ms = mid.elapsed_time(e)
     # each layer's backward launches: 1 for products, 2-4 for sums (triton_engine.bwd_launches)
-    n_bwd = [eng.bwd_launches(L, B) if layer.kind == "sum" else 1 for L, layer in zip(eng.layers, layers, strict=True)]
+    if hasattr(eng, "bwd_launch_counts"):  # a chained run's one backward launch on its top layer
+        n_bwd = eng.bwd_launch_counts(B)
+    else:
+        n_bwd = [
+            eng.bwd_launches(L, B) if layer.kind == "sum" else 1 for L, layer in zip(eng.layers, layers, strict=True)
+        ]
     # a chained run's one launch (triton_engine.CHAIN) counts on its first layer, 0 on the rest
     n_fwd = eng.fwd_launch_counts(B) if hasattr(eng, "fwd_launch_counts") else [1] * len(layers)
     expected = n_in + sum(n_fwd) + sum(n_bwd) + n_stats

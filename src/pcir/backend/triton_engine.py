@@ -223,6 +223,18 @@ CHAIN_MAX_TILE = 128
 # the batch's own tile); 16 doubles the programs at 512 (bench/kernel_probe.py variant
 # "chainbb16"; not measured)
 CHAIN_BB = 0
+# the backward of a chained run in one launch too (codegen's sum_bwd_chain: per step the node
+# preparation, the column factors, the parameter flows by atomic add and the children's flows,
+# top step first, a barrier between steps), where every layer of the run is exclusive, none is a
+# batched product in the backward and none has scratch products to recompute, and a step fits
+# CHAIN_BWD_MAX_TILE square. Off: written after the sixteenth session's last GPU call, checked
+# on the CPU interpreter and compiled for sm_90 only, not timed (bench/kernel_probe.py variant
+# "chainbwd").
+CHAIN_BWD = False
+# (sm_90, bench/launch_resources.py: at 128 x 128 the kernel spills, 616-784 bytes a thread on 16
+# warps, its weights, parameter-flow tile and products all in registers; 64 x 64 on 8 warps
+# does not; warps: one per 512 weights, at least 4)
+CHAIN_BWD_MAX_TILE = 64
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 CHECK_BV, CHECK_BB = 32, 32  # variables and samples per program of the data check
 
@@ -440,6 +452,7 @@ class _ChainRun:
                 ch[c, j, :5] = (g.row, g.units, g.w_off, g.k, g.index)
                 ch[c, j, 5 : 5 + g.arity] = np.asarray(g.cols, dtype=np.int64)[0, : g.arity]
         self.ch = torch.as_tensor(ch.reshape(-1), device=device)
+        self.flags: dict = {}  # leaf alias on/off -> the backward's per-step flags (chain_backward)
 
 
 class _ProductLayer:
@@ -518,8 +531,10 @@ class TritonEngine:
                 self.layers.append(_SumLayer(layer, kernels.LAYER_VARIANT[layer.index], device))
             else:
                 self.layers.append(_ProductLayer(layer, device))
-        # chained runs by their first launch (plan.chains; see CHAIN)
+        # chained runs by their first launch (plan.chains; see CHAIN), and by their last (the
+        # backward's first: CHAIN_BWD)
         self.chain_at = {ch.start: _ChainRun(ch, plan, self.layers, device) for ch in plan.chains}
+        self.chain_top = {run.end - 1: run for run in self.chain_at.values()}
         self.sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         # griddepcontrol (PDL 2) needs Hopper or later; elsewhere PDL 2 runs as 0
         self.pdl_ok = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
@@ -993,7 +1008,14 @@ class TritonEngine:
         if PF is None:  # else accumulate into the given buffer (the model's flows)
             PF = torch.zeros(plan.w_size, dtype=torch.float32, device=V.device)
         E = torch.empty((self._bwd_e_rows(B), B), dtype=torch.float32, device=V.device)
-        for t in range(len(self.layers) - 1, -1, -1):
+        t = len(self.layers)
+        while t > 0:
+            t -= 1
+            run = self.chain_top.get(t)
+            if run is not None and self.use_chain_bwd(run, B):
+                self.chain_backward(run, V, F, W, M, PF, le_sh, alias)
+                t = run.start
+                continue
             L = self.layers[t]
             for j in plan.recompute.get(t, ()):  # scratch products read from here down: recompute
                 P = self.layers[j]
@@ -1009,6 +1031,33 @@ class TritonEngine:
         if not alias:
             F[0] = 0.0
         return F, PF
+
+    def use_chain_bwd(self, run: _ChainRun, B: int) -> bool:
+        """Whether the chained run ``run``'s backward takes one launch at batch ``B`` (CHAIN_BWD)."""
+        return (
+            CHAIN_BWD and run.ok and run.bm <= CHAIN_BWD_MAX_TILE and run.bk <= CHAIN_BWD_MAX_TILE
+            and all(L.exclusive and not self.use_bmm(L, B, backward=True) for L in run.layers)
+            and not any(self.plan.recompute.get(t) for t in range(run.start, run.end))
+        )  # fmt: skip
+
+    def chain_backward(self, run: _ChainRun, V, F, W, M, PF, le_sh, alias: bool) -> None:
+        """The backward of the chained run ``run``: one launch of ``sum_bwd_chain``, one program
+        per chain and batch tile, as sum_backward per step (``le_sh``, and with ``alias`` the
+        steps' G in their value rows and their children's G stored, as there)."""
+        B = V.shape[1]
+        if alias not in run.flags:
+            fl = [
+                (int(alias and t in self.g_alias), int(alias and t in self.scale_children))
+                for t in range(run.start, run.end)
+            ]
+            run.flags[alias] = torch.as_tensor(np.asarray(fl, dtype=np.int32).reshape(-1), device=V.device)
+        sc = alias and any(t in self.scale_children for t in range(run.start, run.end))
+        rg = self.row_group if sc else M  # (a placeholder where no step stores G: never read)
+        BB = CHAIN_BB or (32 if B >= 64 else _batch_tile(B))
+        self.k.sum_bwd_chain[(run.chains, triton_cdiv(B, BB))](
+            F, V, W, PF, run.ch, run.flags[alias], M, rg, *le_sh, B, run.steps, run.width,
+            AMAX=run.amax, BM=run.bm, BK=run.bk, BB=BB, num_warps=min(16, max(4, run.bm * run.bk // 512)),
+        )  # fmt: skip
 
     def _bwd_e_rows(self, B: int) -> int:
         """Rows of the backward's scratch ``E``: a layer's columns; for batched-product layers
@@ -1078,6 +1127,16 @@ class TritonEngine:
             L = self.layers[t]
             out.append(self.fwd_launches(L, B) if isinstance(L, _SumLayer) else 1)
             t += 1
+        return out
+
+    def bwd_launch_counts(self, B: int) -> list[int]:
+        """Triton launches of each layer's backward at batch ``B`` (the profile's mapping; the
+        recomputed scratch products not counted): a chained run's one launch (CHAIN_BWD) counts
+        on its top layer, 0 on the others."""
+        out = [self.bwd_launches(L, B) if isinstance(L, _SumLayer) else 1 for L in self.layers]
+        for run in self.chain_at.values():
+            if self.use_chain_bwd(run, B):
+                out[run.start : run.end] = [0] * (run.end - run.start - 1) + [1]
         return out
 
     def bwd_launches(self, L: _SumLayer, B: int) -> int:
