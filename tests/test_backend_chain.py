@@ -311,8 +311,16 @@ def test_chained_backward_is_the_per_layer_backward(name, batch, triton_device, 
     torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)
 
 
-def test_no_chained_backward_past_its_tile_cap(triton_device, monkeypatch):
-    c = structures.hmm(3, 80, 5)  # a 128 x 128 step: forward chained, backward per layer
-    x, miss = data_for(c, 5, seed=2)
-    _f, _a, used = _flows_and_step(c, x, miss, triton_device, monkeypatch, True)
+def test_chained_backward_past_its_tile_cap_and_in_node_sub_tiles(triton_device, monkeypatch):
+    """A 128 x 128 step: per layer at the default cap (64); with the cap raised, two node
+    sub-tiles of 64 (CHAIN_BWD_SUB), the same flows as per layer."""
+    c = structures.hmm(3, 80, 5)
+    x, miss = data_for(c, 5, seed=2, p_missing=0.2)
+    flows0, after0, used = _flows_and_step(c, x, miss, triton_device, monkeypatch, True)
     assert used == 0
+    monkeypatch.setattr(te, "CHAIN_BWD_MAX_TILE", 128)
+    flows1, after1, used = _flows_and_step(c, x, miss, triton_device, monkeypatch, True)
+    assert used == 2
+    for f0, f1 in zip(flows0, flows1, strict=True):
+        torch.testing.assert_close(f1, f0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)

@@ -893,17 +893,18 @@ def sum_fwd_chain(
 @triton.jit(do_not_specialize=["LE", "SH"])
 def sum_bwd_chain(
     F, V, W, PF, CH, FL, M, RG, LE, SH, B, NS, R, AMAX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-    BB: tl.constexpr
+    BMS: tl.constexpr, BB: tl.constexpr
 ):
     """The backward of chain c's NS sum layers, top step first (triton_engine.CHAIN_BWD): per
     step what sum_bwd_prep and sum_bwd_mm do for its one tile, then a barrier: the step below
-    reads the flows (or G) this step stored for its rows. FL[j] = (G already in the step's value
-    rows: no node preparation; the children's G stored, not their flows: _child_flow's SC)."""
+    reads the flows (or G) this step stored for its rows. The nodes go in sub-tiles of BMS (the
+    weights, parameter flows and G of one at a time in registers). FL[j] = (G already in the
+    step's value rows: no node preparation; the children's G stored, not their flows:
+    _child_flow's SC)."""
     ch = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
     ia = tl.arange(0, AMAX)
-    s = tl.arange(0, BM)
     k = tl.arange(0, BK)
     P = CH + ch * NS * R
     for jj in range(0, NS):
@@ -911,20 +912,10 @@ def sum_bwd_chain(
         row, units, w_off, K, grp, r0 = _chain_meta(P, j, R, ia, NS > 0)
         g_in_v = tl.load(FL + 2 * j)
         sc = tl.load(FL + 2 * j + 1)
-        sm = s < units
         km = k < K
-        ms = sm[:, None] & bm[None, :]
         m2 = km[:, None] & bm[None, :]
         m = tl.load(M + grp * B + b, mask=bm, other=0.0)
         m = tl.where(m == float("-inf"), 0.0, m)
-        w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=sm[:, None] & km[None, :], other=0.0)
-        fs = _flow_row(row + s, LE, SH)[:, None] * B + b[None, :]
-        g = tl.load(F + fs, mask=ms, other=0.0)
-        if g_in_v == 0:  # the nodes' flows scaled in place: G = F exp(m - V) (_prep_nodes_tile)
-            v = tl.load(V + (row + s)[:, None] * B + b[None, :], mask=ms, other=float("-inf"))
-            ok = (g != 0.0) & (v != float("-inf"))
-            g = tl.where(ok, g * tl.exp(tl.where(ok, m[None, :] - v, 0.0)), 0.0)
-            tl.store(F + fs, g, mask=ms)
         c = tl.zeros([BK, BB], dtype=tl.float32)
         for a in tl.static_range(AMAX):  # the columns' values, _gather's order
             ra = tl.sum(tl.where(ia == a, r0, 0))
@@ -932,13 +923,27 @@ def sum_bwd_chain(
             c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
         c = tl.where(m2, c, float("-inf"))
         e = tl.where(c != float("-inf"), tl.exp(c - m[None, :]), 0.0)
+        acc = tl.zeros([BK, BB], dtype=tl.float32)
+        for h in tl.static_range(BM // BMS):
+            s = h * BMS + tl.arange(0, BMS)
+            sm = s < units
+            ms = sm[:, None] & bm[None, :]
+            fs = _flow_row(row + s, LE, SH)[:, None] * B + b[None, :]
+            g = tl.load(F + fs, mask=ms, other=0.0)
+            if g_in_v == 0:  # the nodes' flows scaled in place: G = F exp(m - V) (_prep_nodes_tile)
+                v = tl.load(V + (row + s)[:, None] * B + b[None, :], mask=ms, other=float("-inf"))
+                ok = (g != 0.0) & (v != float("-inf"))
+                g = tl.where(ok, g * tl.exp(tl.where(ok, m[None, :] - v, 0.0)), 0.0)
+                tl.store(F + fs, g, mask=ms)
+            wm = sm[:, None] & km[None, :]
+            w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=wm, other=0.0)
+            pf = {dot_ge}
+            tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], tl.where(w != 0.0, w * pf, 0.0), mask=wm, sem="relaxed")
+            acc += {dot_wg}
+        fc = e * acc
         # every thread's gathers done before any child row is stored over (the flows of leaves
         # and of aliased sums go to their value rows: _flow_row)
         tl.debug_barrier()
-        pf = {dot_ge}
-        wm = sm[:, None] & km[None, :]
-        tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], tl.where(w != 0.0, w * pf, 0.0), mask=wm, sem="relaxed")
-        fc = e * {dot_wg}
         for a in tl.static_range(AMAX):  # exclusive: each child row's flow (or G) stored
             ra = tl.sum(tl.where(ia == a, r0, 0))
             r = tl.where(ra != 0, ra + k, 0)

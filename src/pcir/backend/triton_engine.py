@@ -231,10 +231,16 @@ CHAIN_BB = 0
 # on the CPU interpreter and compiled for sm_90 only, not timed (bench/kernel_probe.py variant
 # "chainbwd").
 CHAIN_BWD = False
-# (sm_90, bench/launch_resources.py: at 128 x 128 the kernel spills, 616-784 bytes a thread on 16
-# warps, its weights, parameter-flow tile and products all in registers; 64 x 64 on 8 warps
-# does not; warps: one per 512 weights, at least 4)
+# steps up to 64 x 64: no spills on sm_90 (bench/launch_resources.py, hclt-32 / hclt-64: 240-242
+# registers on 4 / 8 warps); hclt-128's 128 x 128 steps spill however they are split (one tile
+# on 16 warps: 616-784 bytes a thread; node sub-tiles of 64 on 16 warps: 320-448; of 32 on 8
+# warps: 24-344), so they keep the per-layer backward unless this is raised (the probe's variant
+# "chainbwd128")
 CHAIN_BWD_MAX_TILE = 64
+# the chained backward's node sub-tile: a step's nodes in sub-tiles of at most this many, the
+# weights, parameter-flow tile and G of one sub-tile at a time in registers; warps: one per 512
+# weights of a sub-tile, at least 4
+CHAIN_BWD_SUB = 64
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 CHECK_BV, CHECK_BB = 32, 32  # variables and samples per program of the data check
 
@@ -1056,7 +1062,8 @@ class TritonEngine:
         BB = CHAIN_BB or (32 if B >= 64 else _batch_tile(B))
         self.k.sum_bwd_chain[(run.chains, triton_cdiv(B, BB))](
             F, V, W, PF, run.ch, run.flags[alias], M, rg, *le_sh, B, run.steps, run.width,
-            AMAX=run.amax, BM=run.bm, BK=run.bk, BB=BB, num_warps=min(16, max(4, run.bm * run.bk // 512)),
+            AMAX=run.amax, BM=run.bm, BK=run.bk, BMS=min(run.bm, CHAIN_BWD_SUB), BB=BB,
+            num_warps=min(16, max(4, min(run.bm, CHAIN_BWD_SUB) * run.bk // 512)),
         )  # fmt: skip
 
     def _bwd_e_rows(self, B: int) -> int:
