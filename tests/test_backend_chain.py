@@ -311,11 +311,12 @@ def test_chained_backward_is_the_per_layer_backward(name, batch, triton_device, 
     torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)
 
 
-def test_chained_backward_past_its_tile_cap_and_in_node_sub_tiles(triton_device, monkeypatch):
-    """A 128 x 128 step: per layer at the default cap (64); with the cap raised, two node
-    sub-tiles of 64 (CHAIN_BWD_SUB), the same flows as per layer."""
+def test_chained_backward_in_node_sub_tiles_and_past_its_tile_cap(triton_device, monkeypatch):
+    """A 128 x 128 step: eight node sub-tiles of 16 (CHAIN_BWD_SUB_WIDE), the same flows as per
+    layer; with the cap lowered to 64, per layer."""
     c = structures.hmm(3, 80, 5)
     x, miss = data_for(c, 5, seed=2, p_missing=0.2)
+    monkeypatch.setattr(te, "CHAIN_BWD_MAX_TILE", 64)
     flows0, after0, used = _flows_and_step(c, x, miss, triton_device, monkeypatch, True)
     assert used == 0
     monkeypatch.setattr(te, "CHAIN_BWD_MAX_TILE", 128)

@@ -45,7 +45,7 @@ CASES = [
     ("hmm128", 70, ["--hopper"]),  # ... on one 128 x 128 tile a step, 16 warps
     ("hmm", 70, ["CHAIN_BWD=True", "--hopper"]),  # the chained backward (off by default)
     ("hclt", 5, ["CHAIN_BWD=True"]),
-    ("hmm128", 70, ["CHAIN_BWD=True", "CHAIN_BWD_MAX_TILE=128"]),  # in node sub-tiles of 64
+    ("hmm128", 70, ["CHAIN_BWD=True"]),  # in node sub-tiles of 16 (CHAIN_BWD_SUB_WIDE)
 ]
 
 

@@ -944,6 +944,9 @@ def sum_bwd_chain(
         # every thread's gathers done before any child row is stored over (the flows of leaves
         # and of aliased sums go to their value rows: _flow_row)
         tl.debug_barrier()
+        # the inputs' first rows read again: computed anew, the rows and addresses of the gathers
+        # above are not kept alive until here (at 128 x 128 they spilled)
+        r0 = tl.load(P + j * R + 5 + ia)
         for a in tl.static_range(AMAX):  # exclusive: each child row's flow (or G) stored
             ra = tl.sum(tl.where(ia == a, r0, 0))
             r = tl.where(ra != 0, ra + k, 0)

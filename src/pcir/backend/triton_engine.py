@@ -231,16 +231,16 @@ CHAIN_BB = 0
 # on the CPU interpreter and compiled for sm_90 only, not timed (bench/kernel_probe.py variant
 # "chainbwd").
 CHAIN_BWD = False
-# steps up to 64 x 64: no spills on sm_90 (bench/launch_resources.py, hclt-32 / hclt-64: 240-242
-# registers on 4 / 8 warps); hclt-128's 128 x 128 steps spill however they are split (one tile
-# on 16 warps: 616-784 bytes a thread; node sub-tiles of 64 on 16 warps: 320-448; of 32 on 8
-# warps: 24-344), so they keep the per-layer backward unless this is raised (the probe's variant
-# "chainbwd128")
-CHAIN_BWD_MAX_TILE = 64
-# the chained backward's node sub-tile: a step's nodes in sub-tiles of at most this many, the
-# weights, parameter-flow tile and G of one sub-tile at a time in registers; warps: one per 512
-# weights of a sub-tile, at least 4
+CHAIN_BWD_MAX_TILE = 128
+# the chained backward's node sub-tile: a step's nodes in sub-tiles of at most CHAIN_BWD_SUB
+# (steps of up to 64 columns) or CHAIN_BWD_SUB_WIDE (128), the weights, parameter-flow tile and G
+# of one sub-tile at a time in registers; warps: one per 512 weights of a sub-tile, at least 4.
+# sm_90 (bench/launch_resources.py, hclt-128's 128 x 128 steps, batch 512 / 1): sub-tiles of 64
+# on 16 warps spilled 312 / 128 bytes a thread, of 32 on 8 warps 16 / 0, of 16 on 4 warps none
+# (255 registers); hclt-32, hclt-64 (one sub-tile of 32 x 32 on 4 warps, 64 x 64 on 8): 168 and
+# 206 registers, none
 CHAIN_BWD_SUB = 64
+CHAIN_BWD_SUB_WIDE = 16
 ROW_TILE = 2048  # entries per program tile of the row-wise passes (EM, normalisation)
 CHECK_BV, CHECK_BB = 32, 32  # variables and samples per program of the data check
 
@@ -1060,10 +1060,10 @@ class TritonEngine:
         sc = alias and any(t in self.scale_children for t in range(run.start, run.end))
         rg = self.row_group if sc else M  # (a placeholder where no step stores G: never read)
         BB = CHAIN_BB or (32 if B >= 64 else _batch_tile(B))
+        sub = min(run.bm, CHAIN_BWD_SUB if run.bk <= 64 else CHAIN_BWD_SUB_WIDE)
         self.k.sum_bwd_chain[(run.chains, triton_cdiv(B, BB))](
             F, V, W, PF, run.ch, run.flags[alias], M, rg, *le_sh, B, run.steps, run.width,
-            AMAX=run.amax, BM=run.bm, BK=run.bk, BMS=min(run.bm, CHAIN_BWD_SUB), BB=BB,
-            num_warps=min(16, max(4, min(run.bm, CHAIN_BWD_SUB) * run.bk // 512)),
+            AMAX=run.amax, BM=run.bm, BK=run.bk, BMS=sub, BB=BB, num_warps=min(16, max(4, sub * run.bk // 512)),
         )  # fmt: skip
 
     def _bwd_e_rows(self, B: int) -> int:
