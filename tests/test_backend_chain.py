@@ -299,7 +299,7 @@ def _flows_and_step(c, x, miss, device, monkeypatch, chain_bwd: bool):
 @pytest.mark.parametrize("batch", [1, 70])
 @pytest.mark.parametrize("name", ["hclt12", "hmm", "join"])
 def test_chained_backward_is_the_per_layer_backward(name, batch, triton_device, monkeypatch):
-    """CHAIN_BWD (off by default, not timed yet): the flows of forward_backward and a training
+    """CHAIN_BWD (on by default where a step fits 64 x 64): the flows of forward_backward and a training
     step (whose backward keeps G in the value rows: the per-step flags) as per layer."""
     c = {"hclt12": _hclt12, "hmm": lambda: structures.hmm(7, 4, 6), "join": _two_chains_then_a_join}[name]()
     x, miss = data_for(c, batch, seed=batch + 7, p_missing=0.2)

@@ -43,9 +43,9 @@ CASES = [
     ("hclt256", 70, []),  # 256 categories: the leaves' rows form on 16 x 256 tiles
     ("hmm", 1, ["--hopper"]),  # the chained forward (one launch for the HMM's steps) with PDL 2
     ("hmm128", 70, ["--hopper"]),  # ... on one 128 x 128 tile a step, 16 warps
-    ("hmm", 70, ["CHAIN_BWD=True", "--hopper"]),  # the chained backward (off by default)
-    ("hclt", 5, ["CHAIN_BWD=True"]),
-    ("hmm128", 70, ["CHAIN_BWD=True"]),  # in node sub-tiles of 16 (CHAIN_BWD_SUB_WIDE)
+    ("hmm", 70, ["CHAIN_BWD=False", "--hopper"]),  # the per-layer backward of a chained run
+    ("hclt", 5, []),  # the chained backward (default for steps up to 64 x 64)
+    ("hmm128", 70, ["CHAIN_BWD_MAX_TILE=128"]),  # in node sub-tiles of 16 (CHAIN_BWD_SUB_WIDE)
 ]
 
 
@@ -90,4 +90,7 @@ def test_every_launched_kernel_compiles_for_sm90(name, batch, knobs, triton_cach
     # an HMM's steps are one chained launch (triton_engine.CHAIN) unless its layers are products
     if name in ("hmm", "hmm128") and not any(k.startswith("BMM") for k in knobs):
         assert "sum_fwd_chain" in kernels, kernels
-        assert ("sum_bwd_chain" in kernels) == ("CHAIN_BWD=True" in knobs), kernels
+        # ... and so is their backward (CHAIN_BWD), where a step fits CHAIN_BWD_MAX_TILE square
+        cap = 128 if "CHAIN_BWD_MAX_TILE=128" in knobs else te.CHAIN_BWD_MAX_TILE
+        fits = name == "hmm" or cap >= 128
+        assert ("sum_bwd_chain" in kernels) == ("CHAIN_BWD=False" not in knobs and fits), kernels

@@ -221,17 +221,19 @@ CHAIN = True
 CHAIN_MAX_TILE = 128
 # batch tile of the chained launch (0: 32 from batch 64 on, as the small layers' launches, else
 # the batch's own tile); 16 doubles the programs at 512 (bench/kernel_probe.py variant
-# "chainbb16"; not measured)
+# "chainbb16"; H200, engine forward at 512: hclt-32 0.261 -> 0.248 ms, hmm-64 0.085 -> 0.090,
+# hclt-128 0.721 -> 0.763: not adopted)
 CHAIN_BB = 0
 # the backward of a chained run in one launch too (codegen's sum_bwd_chain: per step the node
 # preparation, the column factors, the parameter flows by atomic add and the children's flows,
 # top step first, a barrier between steps), where every layer of the run is exclusive, none is a
 # batched product in the backward and none has scratch products to recompute, and a step fits
-# CHAIN_BWD_MAX_TILE square. Off: written after the sixteenth session's last GPU call, checked
-# on the CPU interpreter and compiled for sm_90 only, not timed (bench/kernel_probe.py variant
-# "chainbwd").
-CHAIN_BWD = False
-CHAIN_BWD_MAX_TILE = 128
+# CHAIN_BWD_MAX_TILE square. H200 (seventeenth session, bench/kernel_probe.py, engine backward
+# per layer -> chained, ms at batch 1 / 512): hclt-32 0.261 -> 0.228 / 0.590 -> 0.394, hmm-64
+# 0.202 -> 0.126 / 0.246 -> 0.177; hclt-128's 128 x 128 steps (in node sub-tiles of 16) were
+# much slower, 0.535 -> 2.718 / 1.349 -> 2.388, so steps over 64 x 64 keep the per-layer backward.
+CHAIN_BWD = True
+CHAIN_BWD_MAX_TILE = 64
 # the chained backward's node sub-tile: a step's nodes in sub-tiles of at most CHAIN_BWD_SUB
 # (steps of up to 64 columns) or CHAIN_BWD_SUB_WIDE (128), the weights, parameter-flow tile and G
 # of one sub-tile at a time in registers; warps: one per 512 weights of a sub-tile, at least 4.
