@@ -21,28 +21,37 @@ from pcir.ir import evaluator as ev
 
 class StandInGraph:
     """Replays ``model._checked_forward_core_at`` (the data read through the address in the
-    word, as the captured graph does) into the static outputs."""
+    word, the verdict written to the word after it, as the captured graph does) into the static
+    outputs. ``signal=False``: a check that never writes the verdict (the runtime must then take
+    the graph's own flag)."""
 
-    def __init__(self, model, word, shape, dtype, out):
-        self.model, self.word, self.shape, self.dtype, self.out = model, word, shape, dtype, out
+    def __init__(self, model, word, done, shape, dtype, out, signal=True):
+        self.model, self.word, self.done, self.shape, self.dtype, self.out = model, word, done, shape, dtype, out
+        self.signal = signal
         self.replays = 0
+        self.verdicts = []
 
     def replay(self):
         self.replays += 1
+        assert int(self.word[1]) == -1  # the runtime resets the verdict before each replay
+        sig = (self.word[1:], self.done) if self.signal else None
         with torch.no_grad():
-            vals, good = self.model._checked_forward_core_at(self.word, self.shape, self.dtype)
+            vals, good = self.model._checked_forward_core_at(self.word, self.shape, self.dtype, sig)
+        self.verdicts.append(int(self.word[1]))
+        assert int(self.done[0]) == 0  # the check's counter is left at 0 for the next replay
         self.out[0].copy_(vals)
         self.out[1].copy_(good)
 
 
-def with_stand_in(model, x: torch.Tensor) -> StandInGraph:
+def with_stand_in(model, x: torch.Tensor, signal: bool = True) -> StandInGraph:
     model._normalised_cached()
-    word = torch.tensor([x.data_ptr()], dtype=torch.int64)
+    word = torch.tensor([x.data_ptr(), -1], dtype=torch.int64)
+    done = torch.zeros(1, dtype=torch.int32)
     with torch.no_grad():
         vals, good = model._checked_forward_core_at(word, tuple(x.shape), x.dtype)
     out = (vals.clone(), good.clone())
-    g = StandInGraph(model, word, tuple(x.shape), x.dtype, out)
-    model._graphs[("forward-checked", tuple(x.shape), x.dtype)] = (g, word.numpy(), out, word)
+    g = StandInGraph(model, word, done, tuple(x.shape), x.dtype, out, signal)
+    model._graphs[("forward-checked", tuple(x.shape), x.dtype)] = (g, word.numpy(), out, word, done)
     return g
 
 
@@ -77,20 +86,51 @@ def test_a_seen_shape_replays_and_matches_the_reference(mixed):
     assert first.data_ptr() != g.out[0].data_ptr()
 
 
-def test_bad_data_on_the_short_path_names_the_entry(mixed):
+@pytest.mark.parametrize("signal", [True, False])
+def test_bad_data_on_the_short_path_names_the_entry(mixed, signal):
     _, m, x = mixed
-    g = with_stand_in(m, x)
+    g = with_stand_in(m, x, signal)
     bad = x.clone()
     bad[4, 2] = 9
-    with pytest.raises(DataError, match=r"value 9 at row 4, column 2 \(x2\)"):
+    bad[1, 0] = 7
+    with pytest.raises(DataError, match=r"value 7 at row 1, column 0 \(x0\)"):
         with torch.no_grad():
             m(bad)
     assert g.replays == 1
+    bad[1, 0] = 0
     bad[4, 2] = float("nan")
     with pytest.raises(DataError, match=r"NaN in data at row 4, column 2"):
         with torch.no_grad():
             m(bad)
     assert g.replays == 2
+    with torch.no_grad():
+        m(x)
+    # the check's last program wrote the count of rejected entries; without the signal the
+    # word stays unset and the runtime read the graph's flag instead
+    assert g.verdicts == ([2, 1, 0] if signal else [-1, -1, -1])
+
+
+def test_the_verdict_word_decides_the_short_path(mixed, monkeypatch):
+    # the runtime believes the word: a check that said 0 rejected entries lets the call return,
+    # one that counted some raises (and the eager check then names the entry)
+    _, m, x = mixed
+    g = with_stand_in(m, x)
+    real = type(m)._data_ok
+    seen = []
+
+    def spy(ent):
+        seen.append(int(ent[1][1]))
+        return real(ent)
+
+    monkeypatch.setattr(type(m), "_data_ok", staticmethod(spy))
+    with torch.no_grad():
+        m(x)
+    bad = x.clone()
+    bad[0, 1] = 3
+    with pytest.raises(DataError, match=r"row 0, column 1"):
+        with torch.no_grad():
+            m(bad)
+    assert seen == [0, 1] and g.replays == 2
 
 
 @pytest.mark.parametrize(

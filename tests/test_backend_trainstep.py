@@ -113,6 +113,36 @@ def _reads_var(m, param: str, var: int) -> bool:
     return False
 
 
+@pytest.mark.parametrize("name", ["hclt", "block_sparse"])
+def test_checked_steps_replayed_wait_for_the_check_only(name, triton_device):
+    """Steps without a missing mask, the value check inside the step: on CUDA the first runs
+    eagerly, the second captures a graph whose check writes its verdict to a pinned word, the
+    rest replay it and wait for that word only, not the step (``_verdict``). Every step as the
+    two calls; then a bad batch on the replayed graph raises and changes nothing."""
+    c = CIRCUITS[name]()
+    ref, m = _pair(c, triton_device)
+    for step in range(5):
+        x, _ = data_for(c, 24, seed=40 + step)
+        ll_ref = ref.forward_backward(x)
+        ref.em_step(0.5, 0.1)
+        ll = m.train_step(x, 0.5, 0.1)
+        np.testing.assert_allclose(ll.cpu().numpy(), ll_ref.cpu().numpy(), rtol=1e-5, atol=1e-5, err_msg=f"step {step}")
+        _assert_same_params(m, ref, f"{name}, step {step}")
+    ents = [e for k, e in m._graphs.items() if k[0] == "train-checked"]
+    if triton_device == "cuda":
+        assert len(ents) == 1 and type(ents[0]) is tuple and ents[0][3] is not None
+        assert int(ents[0][3][2][0]) == 0  # the last replay's verdict: nothing rejected
+    before = _params(m)
+    bad = x.copy()
+    bad[3, 2] = 99 if c.variables[2].domain.is_discrete else np.inf
+    with pytest.raises(DataError, match="row 3, column 2"):
+        m.train_step(bad, 0.5, 0.1)
+    if triton_device == "cuda":
+        assert int(ents[0][3][2][0]) == 1
+    for n, v in _params(m).items():
+        assert np.array_equal(v, before[n]), f"{n} changed on bad data"
+
+
 @pytest.mark.parametrize("name", ["hclt", "zero_probs", "block_sparse"])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_bad_data_changes_no_parameter(with_mask, name, triton_device):

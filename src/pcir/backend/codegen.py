@@ -137,12 +137,15 @@ DATA_KERNELS = """
 @triton.jit
 def check_data(
     X, LO, HI, REAL, XT, BAD, B, NV, sb, sv, BV: tl.constexpr, BB: tl.constexpr,
-    AT: tl.constexpr = False, XDT: tl.constexpr = tl.float32,
+    AT: tl.constexpr = False, XDT: tl.constexpr = tl.float32, SIG=None, DONE=None, SG: tl.constexpr = False,
 ):
     \"\"\"XT[v, b] = X[b, v] where lo_v <= x < hi_v and x is an integer (or v is real), else 0 (a
     value of every variable); BAD[0] += the number of entries that are not. X of any numeric
     dtype (converted to float32 here); with AT, X is a one-word array holding the data's address
-    (data of dtype XDT), read afresh on each launch: a CUDA graph replayed on another tensor.\"\"\"
+    (data of dtype XDT), read afresh on each launch: a CUDA graph replayed on another tensor.
+    With SG, the last program to finish (DONE counts them, and is left at 0 again) writes the
+    total count to SIG, a word of pinned host memory the host set to -1: the host learns the
+    verdict, and that the data was read, as soon as this launch ends, not the graph.\"\"\"
     if AT:
         X = tl.load(X, cache_modifier=".cv").to(tl.pointer_type(XDT))
     v = tl.program_id(0) * BV + tl.arange(0, BV)
@@ -157,6 +160,13 @@ def check_data(
     tl.store(XT + v[:, None].to(tl.int64) * B + b[None, :], tl.where(ok, x, 0.0), mask=m)
     nbad = tl.sum((m & ~ok).to(tl.int32), axis=None)
     tl.atomic_add(BAD, nbad, mask=nbad > 0, sem="relaxed")
+    if SG:
+        tl.debug_barrier()
+        last = tl.atomic_add(DONE, 1, sem="acq_rel") == tl.num_programs(0) * tl.num_programs(1) - 1
+        if last:
+            total = tl.atomic_add(BAD, 0, sem="acquire")
+            tl.atomic_xchg(DONE, 0, sem="relaxed")
+            tl.store(SIG, total.to(tl.int64))
 """
 
 COUNTS_SPLIT = True

@@ -394,6 +394,9 @@ class CompiledCircuit(nn.Module):
         self._engines: dict[str, Any] = {}
         self._cache: tuple | None = None
         self._graphs: dict = {}
+        # (verdict word, counter) of the graph being captured with a signalling data check
+        # (``_maybe_graphed``'s ``signal``), read by ``_checked_data``
+        self._capture_signal = None
         self._em_args: torch.Tensor | None = None
         self._em_args_host: tuple[float, float] | None = None
         self.cuda_graphs = True  # capture forward / forward_backward / em_step per batch shape on CUDA
@@ -783,8 +786,8 @@ class CompiledCircuit(nn.Module):
             xf = self._to_device(x, keep_dtype=True)  # converted inside the graph
             with torch.no_grad():
                 self._normalised_cached()
-                out, good, _keep = self._graphed_forward(xf)
-            if not bool(good):
+                out, good = self._graphed_forward(xf)
+            if not good:
                 self._prepare(x)  # raises the DataError that names the first bad entry
                 raise BackendError("internal error: the graphed data check disagrees with the eager one")
             return out
@@ -816,57 +819,59 @@ class CompiledCircuit(nn.Module):
         ent = self._graphs.get(("forward-checked", tuple(x.shape), x.dtype))
         if type(ent) is not tuple or self._cache is None or self._cache[0] != self._versions():
             return None
-        out = ent[2]
-        if x.device != out[0].device or not x.is_contiguous():
+        if x.device != ent[2][0].device or not x.is_contiguous():
             return None
         res = self._replay_at(ent, x)
-        if not bool(out[1]):  # waits for the graph: only then may the word change again
+        if not self._data_ok(ent):
             self._prepare(x)  # raises the DataError that names the first bad entry
             raise BackendError("internal error: the graphed data check disagrees with the eager one")
         return res
 
     def _graphed_forward(self, xf: torch.Tensor):
-        """(root values, good, the tensor the graph read): the checked forward of ``xf`` (on the
-        model's device, any accepted dtype), captured as a CUDA graph on the second call of a
-        shape and dtype and replayed after. The graph reads the data from the address in a
-        pinned host word (``TritonEngine.check_data_at``), written before each replay: the
-        caller's tensor itself, with no copy into a static input. The caller must read ``good``
-        (which waits for the graph) while the third value is alive, and before any other call
-        of this graph: the word is rewritten only once the last replay has read the data."""
+        """(root values, whether every entry passed the check): the checked forward of ``xf`` (on
+        the model's device, any accepted dtype), captured as a CUDA graph on the second call of a
+        shape and dtype and replayed after. The graph reads the data from the address in a word of
+        pinned host memory (``TritonEngine.check_data_at``), written before each replay: the
+        caller's tensor itself, with no copy into a static input. Its data check writes the count
+        of rejected entries to a second word when it ends (``_data_ok``), so the call returns once
+        the check has run, while the rest of the graph still computes."""
         key = ("forward-checked", tuple(xf.shape), xf.dtype)
         ent = self._graphs.get(key)
         if ent is None or ent == "off":
             if ent is None:
                 self._graphs[key] = "warm"  # the first call runs eagerly (and JIT-compiles)
             vals, good = self._checked_forward_core(xf)
-            return vals, good, xf
+            return vals, bool(good)
         if ent == "warm":
             graph = torch.cuda.CUDAGraph()
             try:
-                pin = torch.zeros(1, dtype=torch.int64, pin_memory=True)
+                pin = torch.tensor([0, -1], dtype=torch.int64).pin_memory()  # address, verdict
+                done = torch.zeros(1, dtype=torch.int32, device=xf.device)  # the check's counter
                 xc = xf.contiguous()
                 pin[0] = xc.data_ptr()
-                self._checked_forward_core_at(pin, tuple(xf.shape), xf.dtype)  # compiles its check
+                self._checked_forward_core_at(pin, tuple(xf.shape), xf.dtype, (pin[1:], done))  # compiles
                 torch.cuda.synchronize(self.device)
                 with torch.cuda.graph(graph):
-                    out = self._checked_forward_core_at(pin, tuple(xf.shape), xf.dtype)
+                    out = self._checked_forward_core_at(pin, tuple(xf.shape), xf.dtype, (pin[1:], done))
             except Exception:  # noqa: BLE001  (capture is an optimisation: fall back to eager)
                 self._graphs[key] = "off"
                 torch.cuda.synchronize(self.device)
                 vals, good = self._checked_forward_core(xf)
-                return vals, good, xf
-            ent = self._graphs[key] = (graph, pin.numpy(), out, pin)
+                return vals, bool(good)
+            ent = self._graphs[key] = (graph, pin.numpy(), out, pin, done)
         xc = xf.contiguous()
-        return self._replay_at(ent, xc), ent[2][1], xc
+        res = self._replay_at(ent, xc)
+        return res, self._data_ok(ent)
 
     @staticmethod
     def _replay_at(ent, x: torch.Tensor) -> torch.Tensor:
         """Replay a graph of ``_graphed_forward`` on the contiguous tensor ``x`` (its address in
-        the pinned word) and return a clone of its root values; the caller then reads the flag,
-        ``ent[2][1]``. Should the clone fail, the graph is waited for before the error leaves:
-        the word may change only after the replay has read the data."""
-        graph, word, out, _pin = ent
+        the pinned word) and return a clone of its root values; the caller must then wait for
+        the check's verdict (``_data_ok``) before anything else replays this graph or frees
+        ``x``. Should the clone fail, the graph is waited for before the error leaves."""
+        graph, word, out = ent[0], ent[1], ent[2]
         word[0] = x.data_ptr()
+        word[1] = -1
         graph.replay()
         try:
             return out[0].clone()
@@ -874,12 +879,34 @@ class CompiledCircuit(nn.Module):
             bool(out[1])
             raise
 
-    def _checked_forward_core_at(self, addr: torch.Tensor, shape: tuple, dtype: torch.dtype):
+    #: polls of the verdict word between two looks at the stream (about 0.1 ms of polling)
+    VERDICT_POLLS = 1024
+
+    @staticmethod
+    def _data_ok(ent, word_at: int = 1) -> bool:
+        """Whether the data of the graph's last replay passed the check: waits for the check's
+        launch only (it writes the count of rejected entries to the pinned word ``ent[1][1]``
+        when its last program ends; codegen's ``check_data``), not for the rest of the graph.
+        Once the word is set the data was read, so the word and the tensor may change. Should the
+        stream fall idle with the word unset, the graph's own flag answers."""
+        word, good, i = ent[1], ent[2][1], word_at
+        if word[i] < 0 and good.device.type != "cuda":
+            return bool(good)
+        n = 0
+        while word[i] < 0:
+            n += 1
+            if n % CompiledCircuit.VERDICT_POLLS == 0 and torch.cuda.current_stream(good.device).query():
+                if word[i] < 0:
+                    return bool(good)
+        return int(word[i]) == 0
+
+    def _checked_forward_core_at(self, addr: torch.Tensor, shape: tuple, dtype: torch.dtype, signal=None):
         """``_checked_forward_core`` of contiguous data whose address is in ``addr`` (Triton
-        engine: ``check_data_at``); the forward reads the checked, transposed copy only."""
+        engine: ``check_data_at``, with its ``signal``); the forward reads the checked,
+        transposed copy only."""
         t = self._tab()
         xT, bad = self._engine().check_data_at(
-            addr, shape, dtype, t.value_lo.reshape(-1), t.value_hi.reshape(-1), t.real_i8
+            addr, shape, dtype, t.value_lo.reshape(-1), t.value_hi.reshape(-1), t.real_i8, signal
         )
         return self._forward_core(xT.t(), xT), bad[0] == 0
 
@@ -973,7 +1000,9 @@ class CompiledCircuit(nn.Module):
         eng = self._engine()
         if eng.name == "triton":
             t = self._tab()
-            xT, bad = eng.check_data(xf, t.value_lo.reshape(-1), t.value_hi.reshape(-1), t.real_i8)
+            xT, bad = eng.check_data(
+                xf, t.value_lo.reshape(-1), t.value_hi.reshape(-1), t.real_i8, signal=self._capture_signal
+            )
             return xf, xT, bad[0] == 0
         ok = self._values_ok(xf)
         return torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device)), None, ok.all()
@@ -1093,13 +1122,15 @@ class CompiledCircuit(nn.Module):
     def _graphs_on(self) -> bool:
         return self.cuda_graphs and self.device.type == "cuda" and self._engine().name == "triton"
 
-    def _maybe_graphed(self, key, fn, *inputs, uncloned: tuple[int, ...] = ()):
+    def _maybe_graphed(self, key, fn, *inputs, uncloned: tuple[int, ...] = (), signal: bool = False):
         """Run ``fn(*inputs)``; on CUDA the second call with the same key captures a CUDA graph
         (the first one JIT-compiles the kernels eagerly) and later calls replay it: one launch
         instead of one per layer. Inputs are copied into static buffers; outputs are cloned but
         for the tuple positions in ``uncloned``: values the caller reads at once, before any
         other call (the data check's flag), returned as the graph's own buffer (one launch
-        fewer per call)."""
+        fewer per call). ``signal``: ``fn`` runs the Triton engine's data check
+        (``_checked_data``), captured writing its verdict to a pinned word; the caller must
+        then read the flag through ``_verdict(key, flag)``, which waits for the check only."""
         if not self._graphs_on():
             return fn(*inputs)
         ent = self._graphs.get(key)
@@ -1110,7 +1141,13 @@ class CompiledCircuit(nn.Module):
         if ent == "warm":
             statics = [t.clone() for t in inputs]
             graph = torch.cuda.CUDAGraph()
+            sig = None
             try:
+                if signal and self._engine().name == "triton":
+                    pin = torch.tensor([-1], dtype=torch.int64).pin_memory()
+                    sig = (pin, torch.zeros(1, dtype=torch.int32, device=self.device), pin.numpy())
+                    self._capture_signal = sig[:2]
+                    self._checked_data(statics[0])  # compiles the signalling check (nothing else runs)
                 torch.cuda.synchronize(self.device)
                 with torch.cuda.graph(graph):
                     out = fn(*statics)
@@ -1118,16 +1155,29 @@ class CompiledCircuit(nn.Module):
                 self._graphs[key] = "off"
                 torch.cuda.synchronize(self.device)
                 return fn(*inputs)
-            ent = self._graphs[key] = (graph, statics, out)
-        graph, statics, out = ent
+            finally:
+                self._capture_signal = None
+            ent = self._graphs[key] = (graph, statics, out, sig)
+        graph, statics, out, sig = ent
         for st_, in_ in zip(statics, inputs, strict=True):
             st_.copy_(in_)
+        if sig is not None:
+            sig[2][0] = -1
         graph.replay()
         if isinstance(out, tuple):
             return tuple(
                 o.clone() if isinstance(o, torch.Tensor) and i not in uncloned else o for i, o in enumerate(out)
             )
         return out.clone() if isinstance(out, torch.Tensor) else out
+
+    def _verdict(self, key, good: torch.Tensor) -> bool:
+        """``bool(good)``, the data check's flag of ``_maybe_graphed(key, ..., signal=True)``'s
+        last call; where that call replayed a graph whose check signals, only the check is
+        waited for (``_data_ok``), not the rest of the step."""
+        ent = self._graphs.get(key)
+        if type(ent) is tuple and ent[3] is not None:
+            return self._data_ok((None, ent[3][2], (None, good)), word_at=0)
+        return bool(good)
 
     def _x_grad(self, F, xf, gauss):
         """d L / d x for gaussian variables (0 for discrete ones and missing entries)."""
@@ -1240,10 +1290,9 @@ class CompiledCircuit(nn.Module):
             self._flows()
         if missing is None:
             xf = self._to_device(x, keep_dtype=True)  # converted inside the graph
-            out, good = self._guarded(
-                ("train-checked", tuple(xf.shape), xf.dtype), self._checked_train_core, xf, args, uncloned=(1,)
-            )
-            if not bool(good):  # nothing was accumulated or updated (root flow 0, step size 0)
+            key = ("train-checked", tuple(xf.shape), xf.dtype)
+            out, good = self._guarded(key, self._checked_train_core, xf, args, uncloned=(1,), signal=True)
+            if not self._verdict(key, good):  # nothing was accumulated or updated (root flow 0, step size 0)
                 self._prepare(x)  # raises the DataError that names the first bad entry
                 raise BackendError("internal error: the data check in the step disagrees with the eager one")
         else:
@@ -1254,13 +1303,13 @@ class CompiledCircuit(nn.Module):
         self._cache = (self._versions(), *self._cache[1:])  # type: ignore[index]
         return out
 
-    def _guarded(self, key, fn, *inputs, uncloned: tuple[int, ...] = ()):
+    def _guarded(self, key, fn, *inputs, uncloned: tuple[int, ...] = (), signal: bool = False):
         """``train_step``'s first graph. The sums' logits hold flows while it runs: should it fail
         (an error in a kernel, out of memory), they are rebuilt from the weights ``W``, which
         still hold the model's sums (``log W``: the same distributions), before the error
         propagates."""
         try:
-            return self._maybe_graphed(key, fn, *inputs, uncloned=uncloned)
+            return self._maybe_graphed(key, fn, *inputs, uncloned=uncloned, signal=signal)
         except BaseException:
             if self._fuse_sums():
                 _, _, _, W = self._cache  # type: ignore[misc]

@@ -732,35 +732,41 @@ class TritonEngine:
         return out
 
     # ---- forward -----------------------------------------------------------------------------
-    def check_data(self, xf, lo, hi, real):
+    def check_data(self, xf, lo, hi, real, signal=None):
         """(``xT``, ``bad``): the data ``xf [B, V]`` transposed as the leaf kernels read it, every
         entry outside its variable's values (``lo <= x < hi``, an integer unless ``real``: the
         runtime's value check; ``lo``, ``hi`` float32 and ``real`` int8, one entry per variable)
         replaced by 0, and ``bad``, a 1-element int32 count of those entries; one launch (codegen's
         check_data). ``forward`` and ``input_stats`` take ``xT``. ``xf`` may have any dtype the
-        runtime accepts (the kernel converts to float32 as ``Tensor.to`` does)."""
+        runtime accepts (the kernel converts to float32 as ``Tensor.to`` does). ``signal``: as
+        for ``check_data_at``."""
         B, NV = xf.shape
         xT = torch.empty((NV, B), dtype=torch.float32, device=xf.device)
         bad = torch.zeros(1, dtype=torch.int32, device=xf.device)
         grid = (triton_cdiv(NV, CHECK_BV), triton_cdiv(B, CHECK_BB))
+        sig, done = signal if signal is not None else (None, None)
         self.k.check_data[grid](
             xf, lo, hi, real, xT, bad, B, NV, xf.stride(0), xf.stride(1),
-            BV=CHECK_BV, BB=CHECK_BB,
+            BV=CHECK_BV, BB=CHECK_BB, SIG=sig, DONE=done, SG=signal is not None,
         )  # fmt: skip
         return xT, bad
 
-    def check_data_at(self, addr, shape, dtype, lo, hi, real):
+    def check_data_at(self, addr, shape, dtype, lo, hi, real, signal=None):
         """``check_data`` of contiguous data of ``shape`` and ``dtype`` whose address the launch
         reads from ``addr``, a one-element int64 tensor the device can read (pinned host memory
         for a CUDA graph: the runtime writes each call's address there and replays the graph on
-        the caller's own tensor, with no copy into a static input)."""
+        the caller's own tensor, with no copy into a static input). ``signal``: ``(word,
+        counter)``, a one-element int64 tensor the host reads (pinned) and a one-element int32
+        counter at 0 on the data's device: the launch's last program writes the count of rejected
+        entries to ``word`` (and leaves the counter at 0)."""
         B, NV = shape
         xT = torch.empty((NV, B), dtype=torch.float32, device=lo.device)
         bad = torch.zeros(1, dtype=torch.int32, device=lo.device)
         grid = (triton_cdiv(NV, CHECK_BV), triton_cdiv(B, CHECK_BB))
+        sig, done = signal if signal is not None else (None, None)
         self.k.check_data[grid](
             addr, lo, hi, real, xT, bad, B, NV, NV, 1,
-            BV=CHECK_BV, BB=CHECK_BB, AT=True, XDT=_tl_dtype(dtype),
+            BV=CHECK_BV, BB=CHECK_BB, AT=True, XDT=_tl_dtype(dtype), SIG=sig, DONE=done, SG=signal is not None,
         )  # fmt: skip
         return xT, bad
 
