@@ -31,8 +31,9 @@ default; ``pdlwait`` (PDL 3) the plain loop after the wait, under the same launc
 the sum forward on at least 8/16 warps (triton_engine.FWD_MIN_WARPS); ``scw8``/``scw16``: the alias's
 column kernels on at least 8/16 (SC_MIN_WARPS; time it with bench/run.py's train step); ``nochain``:
 chained sum layers (plan.chains) one launch per layer again (triton_engine.CHAIN off); ``chain64``:
-chained launches only where a step fits 64 x 64 (CHAIN_MAX_TILE); ``chainbb16``: chained launches
-on batch tiles of 16 (CHAIN_BB); ``nochainbwd``: the chained runs' backward one launch per layer again
+chained launches only where a step fits 64 x 64 (CHAIN_MAX_TILE); ``chainbb16``/``chainbb32``: chained launches
+on batch tiles of 16/32 at every step size (CHAIN_BB; by default 16 from batch 64 on only where a
+step is at most 32 x 32); ``nochainbwd``: the chained runs' backward one launch per layer again
 (CHAIN_BWD off; by default one launch per run where a step fits 64 x 64); ``chainbwd128``: the
 chained backward on steps up to 128 x 128 (CHAIN_BWD_MAX_TILE). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
@@ -103,6 +104,7 @@ KNOBS = {
     "nochain": (te, "CHAIN", False),
     "chain64": (te, "CHAIN_MAX_TILE", 64),
     "chainbb16": (te, "CHAIN_BB", 16),
+    "chainbb32": (te, "CHAIN_BB", 32),
     "nochainbwd": (te, "CHAIN_BWD", False),
     "chainbwd128": (te, "CHAIN_BWD_MAX_TILE", 128),
     "lre2k": (te, "LEAF_ROWS_ELEMS", 2048),

@@ -253,6 +253,23 @@ def test_chained_forward_on_random_trees_matches_the_reference(c, batch):
     _assert_ll_matches_reference(m, c, x, miss)
 
 
+def test_chained_launch_batch_tile_follows_the_step_size():
+    """From batch 64 on, runs of steps of at most CHAIN_SMALL_TILE weights take batch tiles of
+    CHAIN_BB_SMALL (twice the programs: hclt-32 was faster, hclt-64 and hclt-128 slower), the
+    others 32; smaller batches their own tile; CHAIN_BB overrides."""
+
+    class Run:
+        def __init__(self, bm, bk):
+            self.bm, self.bk = bm, bk
+
+    assert te._chain_bb(Run(32, 32), 512) == te.CHAIN_BB_SMALL == 16
+    assert te._chain_bb(Run(16, 32), 64) == 16
+    assert te._chain_bb(Run(64, 64), 512) == 32
+    assert te._chain_bb(Run(32, 64), 512) == 32
+    assert te._chain_bb(Run(32, 32), 8) == te._batch_tile(8)
+    assert te._chain_bb(Run(128, 128), 1) == te._batch_tile(1)
+
+
 def test_chained_launch_on_batch_tiles_of_16(triton_device, monkeypatch):
     """CHAIN_BB = 16 (the probe's variant chainbb16): twice the programs at a batch of 70, the
     same values as the per-layer forward."""

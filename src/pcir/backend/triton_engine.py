@@ -219,11 +219,15 @@ BMM_CHUNK_ROOM = True
 # 0.265 at batch 1, 0.786 -> 0.718 at 512.
 CHAIN = True
 CHAIN_MAX_TILE = 128
-# batch tile of the chained launch (0: 32 from batch 64 on, as the small layers' launches, else
-# the batch's own tile); 16 doubles the programs at 512 (bench/kernel_probe.py variant
-# "chainbb16"; H200, engine forward at 512: hclt-32 0.261 -> 0.248 ms, hmm-64 0.085 -> 0.090,
-# hclt-128 0.721 -> 0.763: not adopted)
+# batch tile of the chained launches (0: from batch 64 on, CHAIN_BB_SMALL where a step is at
+# most CHAIN_SMALL_TILE weights, else 32, as the small layers' launches; below 64 the batch's own
+# tile). Tiles of 16 double the programs at 512 (bench/kernel_probe.py variant "chainbb16"; H200,
+# engine forward / backward at 512, seventeenth session: hclt-32, 32 x 32 steps, 0.258 -> 0.246 /
+# 0.390 -> 0.355 ms (the sixteenth: 0.261 -> 0.248 forward); larger steps lost: hclt-64 0.357 ->
+# 0.370 / 0.708 -> 0.720, hmm-64 0.085 -> 0.090, hclt-128 0.718 -> 0.759)
 CHAIN_BB = 0
+CHAIN_BB_SMALL = 16
+CHAIN_SMALL_TILE = 32 * 32
 # the backward of a chained run in one launch too (codegen's sum_bwd_chain: per step the node
 # preparation, the column factors, the parameter flows by atomic add and the children's flows,
 # top step first, a barrier between steps), where every layer of the run is exclusive, none is a
@@ -425,6 +429,15 @@ class _SumLayer:
                 parts.append(np.asarray(g.cols)[ks[ks < g.k], : g.arity].reshape(-1))
             rows = np.concatenate(parts).astype(np.int64)
             self.stored_rows = rows[rows != 0]
+
+
+def _chain_bb(run: _ChainRun, B: int) -> int:
+    """The batch tile of the chained run ``run``'s launches at batch ``B`` (CHAIN_BB)."""
+    if CHAIN_BB:
+        return CHAIN_BB
+    if B < 64:
+        return _batch_tile(B)
+    return CHAIN_BB_SMALL if run.bm * run.bk <= CHAIN_SMALL_TILE else 32
 
 
 class _ChainRun:
@@ -839,7 +852,7 @@ class TritonEngine:
         """The forward of the chained run ``run``: one launch of ``sum_fwd_chain``, one program per
         chain and batch tile (of 32 from batch 64 on, as the small layers' launches)."""
         B = V.shape[1]
-        BB = CHAIN_BB or (32 if B >= 64 else _batch_tile(B))
+        BB = _chain_bb(run, B)
         pdl = self._fwd_pdl("sum_fwd")
         self.k.sum_fwd_chain[(run.chains, triton_cdiv(B, BB))](
             V, W, run.ch, M, B, run.steps, run.width, AMAX=run.amax, BM=run.bm, BK=run.bk, BB=BB, PDL=pdl,
@@ -1067,7 +1080,7 @@ class TritonEngine:
             run.flags[alias] = torch.as_tensor(np.asarray(fl, dtype=np.int32).reshape(-1), device=V.device)
         sc = alias and any(t in self.scale_children for t in range(run.start, run.end))
         rg = self.row_group if sc else M  # (a placeholder where no step stores G: never read)
-        BB = CHAIN_BB or (32 if B >= 64 else _batch_tile(B))
+        BB = _chain_bb(run, B)
         sub = min(run.bm, CHAIN_BWD_SUB if run.bk <= 64 else CHAIN_BWD_SUB_WIDE)
         self.k.sum_bwd_chain[(run.chains, triton_cdiv(B, BB))](
             F, V, W, PF, run.ch, run.flags[alias], M, rg, *le_sh, B, run.steps, run.width,
