@@ -178,7 +178,17 @@ def precompile(engine, W, cat_logp, gauss, xf, *, threads: int | None = None) ->
         dummy = torch.zeros(1, dtype=torch.float32, device=xf.device)  # flows go nowhere
         nv = xf.shape[1]  # the data check of the graphed calls and the training step
         bounds = torch.zeros(nv, dtype=torch.float32, device=xf.device)
-        engine.check_data(xs, bounds, bounds, torch.zeros(nv, dtype=torch.int8, device=xf.device))
+        real = torch.zeros(nv, dtype=torch.int8, device=xf.device)
+        engine.check_data(xs, bounds, bounds, real)
+        # ... and its signalling forms, captured in the graphs of a second call (runtime
+        # _data_ok): the training step's on float32 data, the forward's through the address
+        # word, whose verdict is the word's second entry (8 bytes in: Triton specialises on a
+        # pointer's alignment)
+        word = torch.zeros(2, dtype=torch.int64, device=xf.device)
+        done = torch.zeros(1, dtype=torch.int32, device=xf.device)
+        engine.check_data(xs.to(torch.float32), bounds, bounds, real, signal=(word[:1], done))
+        for dt in sorted(getattr(engine, "data_dtypes", {xs.dtype}), key=str):
+            engine.check_data_at(word, tuple(xs.shape), dt, bounds, bounds, real, signal=(word[1:], done))
         alias = bool(engine.leaf_end)  # as the training step runs it (runtime, leaf_alias)
         V, aux = engine.forward(W, cat_logp, gauss, xs, precompile=False, flow_rows=alias)
         ones = torch.ones((engine.plan.root_units, xs.shape[0]), dtype=torch.float32, device=xf.device)

@@ -840,6 +840,9 @@ class CompiledCircuit(nn.Module):
         if ent is None or ent == "off":
             if ent is None:
                 self._graphs[key] = "warm"  # the first call runs eagerly (and JIT-compiles)
+                eng = self._engine()
+                if hasattr(eng, "data_dtypes"):  # its compile up front covers the graph's check
+                    eng.data_dtypes.add(xf.dtype)
             vals, good = self._checked_forward_core(xf)
             return vals, bool(good)
         if ent == "warm":

@@ -570,6 +570,9 @@ class TritonEngine:
         self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
         self._caps: dict = {}  # (batch, aliased) -> _chunk_caps
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
+        # dtypes of the data the graphed forward reads through its address word (the runtime
+        # adds the caller's): the up-front compile warms its data check for each
+        self.data_dtypes: set = {torch.float32}
         self.precompiled = False  # whether the last parallel compile ran (see precompile.py)
         if device.type == "cuda":  # the row-wise parameter kernels do not depend on the batch
             from .precompile import precompile_rows
