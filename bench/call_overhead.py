@@ -16,7 +16,8 @@ configuration and batch:
 - ``empty1``: a graph of one tiny kernel from an idle device (the floor of any graphed call);
 - ``at_replay``, ``..._clone``, ``..._clone_flag``: the call's device work added part by part,
   each from an idle device (the data's address written, the replay, the output's clone, the
-  flag); ``copy_replay``: a copy into a static input then the replay (what the call paid before
+  flag); ``at_replay_clone_verdict``: the address, the replay, the clone and the wait for the
+  data check's verdict word only (what the call does since the seventeenth session); ``copy_replay``: a copy into a static input then the replay (what the call paid before
   the graph read the caller's tensor); ``replay_flag``: the replay and the flag's read alone;
   ``engine_replayN``: the engine's forward alone (no data check, no root copy), back to back;
 - ``flag_pinned_{stream,event,spin}``: a graph that also copies the flag into pinned host memory,
@@ -108,6 +109,10 @@ def probe(model, xs, reps: int) -> dict:
         lambda: (word.__setitem__(0, xi.data_ptr()), graph.replay(), out[0].clone(), bool(out[1])), reps
     )
     r["replay_flag_ms"] = idle_event_ms(lambda: (graph.replay(), bool(out[1])), reps)
+    # what the call does since the seventeenth session: the same, waiting for the data check's
+    # verdict word only (runtime _data_ok), not for the end of the graph
+    ent = model._graphs[key]
+    r["at_replay_clone_verdict_ms"] = idle_event_ms(lambda: (model._replay_at(ent, xi), model._data_ok(ent)), reps)
     # the flag's read, other ways: a graph that also copies the flag into pinned host memory,
     # then the stream's synchronisation, an event's, or a spin on the pinned word
     pinned = torch.full((1,), -1, dtype=torch.int32, pin_memory=True)

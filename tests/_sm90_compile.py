@@ -81,9 +81,23 @@ def main(argv: list[str]) -> int:
                 torch.zeros(nv, dtype=torch.int8),
             ),
         ),  # fmt: skip
+        # ... signalling its verdict to a second word (the graphs of a second call: runtime _data_ok)
+        (
+            "data check through an address, signalling",
+            lambda: eng.check_data_at(
+                word,
+                tuple(xf.shape),
+                torch.int64,
+                bounds,
+                bounds,
+                torch.zeros(nv, dtype=torch.int8),
+                signal=(word[1:], torch.zeros(1, dtype=torch.int32)),
+            ),
+        ),  # fmt: skip
     ]  # map and sample launch these kernels too, then read the values, which a warmup leaves unset
     xf, nv = x.float().contiguous(), x.shape[1]
     bounds = torch.zeros(nv, dtype=torch.float32)
+    word = torch.zeros(2, dtype=torch.int64)
     for what, fn in paths:
         t0 = time.perf_counter()
         try:
