@@ -33,7 +33,9 @@ column kernels on at least 8/16 (SC_MIN_WARPS; time it with bench/run.py's train
 chained sum layers (plan.chains) one launch per layer again (triton_engine.CHAIN off); ``chain64``:
 chained launches only where a step fits 64 x 64 (CHAIN_MAX_TILE); ``chainbb16``/``chainbb32``: chained launches
 on batch tiles of 16/32 at every step size (CHAIN_BB; by default 16 from batch 64 on only where a
-step is at most 32 x 32); ``nochainbwd``: the chained runs' backward one launch per layer again
+step is at most 32 x 32); ``nobmmfuse``: a batched-product layer's column maxima and factors in two passes again
+(BMM_FUSE_MAX_K 0; by default one pass where a group has at most 256 columns); ``nochainbwd``:
+the chained runs' backward one launch per layer again
 (CHAIN_BWD off; by default one launch per run where a step fits 64 x 64); ``chainbwd128``: the
 chained backward on steps up to 128 x 128 (CHAIN_BWD_MAX_TILE). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
@@ -105,6 +107,7 @@ KNOBS = {
     "chain64": (te, "CHAIN_MAX_TILE", 64),
     "chainbb16": (te, "CHAIN_BB", 16),
     "chainbb32": (te, "CHAIN_BB", 32),
+    "nobmmfuse": (te, "BMM_FUSE_MAX_K", 0),
     "nochainbwd": (te, "CHAIN_BWD", False),
     "chainbwd128": (te, "CHAIN_BWD_MAX_TILE", 128),
     "lre2k": (te, "LEAF_ROWS_ELEMS", 2048),

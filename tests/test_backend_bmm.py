@@ -81,6 +81,59 @@ def test_batched_product_layers_match_the_fused_kernels(name, chunk, triton_devi
     np.testing.assert_allclose(ll[fin], ref[fin], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("chunk", [0, 1])
+@pytest.mark.parametrize("name", ["hclt", "hmm", "pd"])
+def test_maxima_and_factors_in_one_pass_as_in_two(name, chunk, triton_device, monkeypatch):
+    """BMM_FUSE_MAX_K: groups of at most that many columns gather their children once
+    (sum_cols_maxexp), not once for the maxima and again for the factors; the same M, V, flows
+    and parameter flows as the two passes (bit for bit on the CPU interpreter: the same sums in
+    the same order), per chunk of groups or the whole layer; wider groups take the two passes."""
+    c = CIRCUITS[name]()
+    x, miss = data_for(c, 70, seed=9, p_missing=0.2)
+    monkeypatch.setattr(te, "BMM_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(te, "BMM_CHUNK_ROOM", False)
+    out, launched = [], []
+    for fuse_k in (256, 0):
+        monkeypatch.setattr(te, "BMM_FUSE_MAX_K", fuse_k)
+        _every_layer(monkeypatch)
+        m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+        eng, names = m._engine(), []
+        real = eng.k
+
+        class Spy:
+            def __getattr__(self, a, _real=real, _names=names):
+                if a.startswith("sum_cols_m"):
+                    _names.append(a)
+                return getattr(_real, a)
+
+        eng.k = Spy()
+        out.append(engine_pass(m, x, miss))
+        launched.append(names)
+    assert launched[0] and set(launched[0]) == {"sum_cols_maxexp"}
+    assert set(launched[1]) == {"sum_cols_max"}
+    for what, a, b in zip(("V", "M", "F", "PF"), *out, strict=True):
+        if triton_device == "cpu":
+            assert torch.equal(a, b), what
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=what)
+    # a layer wider than the cap takes the two passes
+    monkeypatch.setattr(te, "BMM_FUSE_MAX_K", 1)
+    m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+    names = []
+    real = m._engine().k
+
+    class Spy2:
+        def __getattr__(self, a):
+            if a.startswith("sum_cols_m"):
+                names.append(a)
+            return getattr(real, a)
+
+    m._engine().k = Spy2()
+    V, M, _, _ = engine_pass(m, x, miss)
+    assert set(names) == {"sum_cols_max"}
+    torch.testing.assert_close(V, out[0][0], rtol=0, atol=0)  # the same kernels as the two-pass run
+
+
 def test_which_layers_qualify(triton_device, monkeypatch):
     """Dense groups of one shape qualify; block-sparse groups do not; the thresholds apply."""
     monkeypatch.setattr(te, "BMM_MIN_EDGES", 0)

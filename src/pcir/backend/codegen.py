@@ -545,6 +545,21 @@ def sum_cols_exp(V, E, COLS, G, M, B, A, E0, BK: tl.constexpr, BB: tl.constexpr,
         tl.store(E + e, tl.exp(c - m[None, :]), mask=km[:, None] & bm[None, :])
 
 
+@triton.jit(do_not_specialize=["E0"])
+def sum_cols_maxexp(V, E, COLS, G, M, B, A, E0, BK: tl.constexpr, BB: tl.constexpr, CG: tl.constexpr):
+    \"\"\"sum_cols_max then sum_cols_exp in one pass, where one tile holds a group's K <= BK
+    columns (triton_engine.BMM_FUSE_MAX_K): group program_id(0), batch tile program_id(2) (the
+    column grid is 1); the children are gathered once, not twice. M[group, b] = max_k c[k, b] (a
+    store: this program covers the group), E as sum_cols_exp's.\"\"\"
+    b, bm, k, km, col_off, grp, live = _col_tile(G, B, BK, BB)
+    c = _gather(V, COLS, col_off, k, km, b, bm, A, B, BK, BB, CG, False)
+    mx = tl.max(c, axis=0)
+    tl.store(M + grp * B + b, mx, mask=bm)
+    m = tl.where(mx == float("-inf"), 0.0, mx)
+    e = (col_off // A + k - E0)[:, None] * B + b[None, :]
+    tl.store(E + e, tl.exp(c - m[None, :]), mask=km[:, None] & bm[None, :])
+
+
 @triton.jit
 def sum_log_rows(V, M, row0, N, U, grp0, B, BU: tl.constexpr, BB: tl.constexpr):
     \"\"\"After the product: V[row0 + u, b] = log V[row0 + u, b] + m[b] of the node's group

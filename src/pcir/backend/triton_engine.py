@@ -190,6 +190,11 @@ BMM_TF32X3 = True
 BMM_MIN_BATCH = 64
 BMM_BK = 64
 BMM_BB = 32
+# a batched-product layer whose groups have at most this many columns computes its maxima and
+# factors in one pass (codegen's sum_cols_maxexp: one tile of a group's columns per program,
+# the children gathered once instead of once for the maxima and again for the factors); wider
+# groups, or 0, take the two passes
+BMM_FUSE_MAX_K = 256
 # a batched-product layer's backward runs a chunk of its groups at a time, as many as keep the
 # chunk's column factors (E, columns x batch) and its product temporaries (the chunk's weight
 # size, then E's; they go to E's rows past the chunk's) at most this many bytes each (at least one
@@ -429,6 +434,11 @@ class _SumLayer:
                 parts.append(np.asarray(g.cols)[ks[ks < g.k], : g.arity].reshape(-1))
             rows = np.concatenate(parts).astype(np.int64)
             self.stored_rows = rows[rows != 0]
+
+
+def _pow2_at_least(n: int, lo: int) -> int:
+    """The smallest power of two at least ``n`` and ``lo``."""
+    return max(lo, 1 << max(0, (int(n) - 1).bit_length()))
 
 
 def _chain_bb(run: _ChainRun, B: int) -> int:
@@ -972,15 +982,24 @@ class TritonEngine:
                 cap = self._chunk_caps(B)[0]
             if E is None:
                 E = torch.empty((self._chunk_cols(L, B, cap), B), dtype=torch.float32, device=V.device)
-            self.k.sum_cols_max[self._bmm_grid(L, B)](
-                V, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig
-            )
+            fuse = K <= BMM_FUSE_MAX_K
+            if not fuse:
+                self.k.sum_cols_max[self._bmm_grid(L, B)](
+                    V, L.cols, L.gtab, M, B, L.arity, BK=BMM_BK, BB=BMM_BB, CG=L.contig
+                )
             warming = self._warming()
             for g0, g1 in self._bmm_chunks(L, B, cap):
                 n, gt = g1 - g0, L.gtab[3 * g0 : 3 * g1]
-                self.k.sum_cols_exp[self._col_grid(n, L, B)](
-                    V, E, L.cols, gt, M, B, L.arity, g0 * K, BK=BMM_BK, BB=BMM_BB, CG=L.contig
-                )
+                if fuse:
+                    bk = _pow2_at_least(K, 16)
+                    self.k.sum_cols_maxexp[(n, 1, triton_cdiv(B, BMM_BB))](
+                        V, E, L.cols, gt, M, B, L.arity, g0 * K, BK=bk, BB=BMM_BB, CG=L.contig,
+                        num_warps=max(4, min(16, bk * BMM_BB // 1024)),
+                    )  # fmt: skip
+                else:
+                    self.k.sum_cols_exp[self._col_grid(n, L, B)](
+                        V, E, L.cols, gt, M, B, L.arity, g0 * K, BK=BMM_BK, BB=BMM_BB, CG=L.contig
+                    )
                 if not warming:
                     Wv, Vv = self.bmm_views(L, W.detach()), self.bmm_views(L, V, B)
                     with self._matmul_precision():
