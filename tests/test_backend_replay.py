@@ -274,3 +274,20 @@ def test_real_graphs_replay_on_the_short_path(device, monkeypatch):
         close(m(xs[2]).cpu(), ev.log_likelihood(new, xs[2].cpu().numpy()))
         close(m(xs[2]).cpu(), ev.log_likelihood(new, xs[2].cpu().numpy()))
     assert taken[-2:] == [False, True], taken
+
+
+@pytest.mark.gpu
+def test_an_unset_verdict_word_falls_back_to_the_graphs_flag(device):
+    # should the data check never write its word (it always does; this guards the wait), the
+    # wait ends once the stream is idle and the graph's own flag answers, either way
+    if device != "cuda":
+        pytest.skip("the wait looks at a CUDA stream")
+    from pcir.backend.runtime import CompiledCircuit
+
+    word = np.array([0, -1], dtype=np.int64)
+    for flag in (True, False):
+        good = torch.tensor(flag, device="cuda")
+        torch.cuda.synchronize()
+        assert CompiledCircuit._data_ok((None, word, (None, good))) is flag
+    word[1] = 3  # a verdict written: it decides, whatever the flag says
+    assert CompiledCircuit._data_ok((None, word, (None, torch.tensor(True, device="cuda")))) is False
