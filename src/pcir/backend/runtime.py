@@ -886,13 +886,18 @@ class CompiledCircuit(nn.Module):
     VERDICT_POLLS = 1024
 
     @staticmethod
-    def _data_ok(ent, word_at: int = 1) -> bool:
+    def _data_ok(ent) -> bool:
         """Whether the data of the graph's last replay passed the check: waits for the check's
         launch only (it writes the count of rejected entries to the pinned word ``ent[1][1]``
         when its last program ends; codegen's ``check_data``), not for the rest of the graph.
-        Once the word is set the data was read, so the word and the tensor may change. Should the
-        stream fall idle with the word unset, the graph's own flag answers."""
-        word, good, i = ent[1], ent[2][1], word_at
+        Once the word is set the data was read, so the word and the tensor may change."""
+        return CompiledCircuit._await_verdict(ent[1], 1, ent[2][1])
+
+    @staticmethod
+    def _await_verdict(word, i: int, good: torch.Tensor) -> bool:
+        """Poll ``word[i]`` (pinned, -1 until the data check writes its count of rejected entries)
+        and say whether that count is 0. Should the stream fall idle with the word unset, the
+        graph's own flag ``good`` answers."""
         if word[i] < 0 and good.device.type != "cuda":
             return bool(good)
         n = 0
@@ -1179,7 +1184,7 @@ class CompiledCircuit(nn.Module):
         waited for (``_data_ok``), not the rest of the step."""
         ent = self._graphs.get(key)
         if type(ent) is tuple and ent[3] is not None:
-            return self._data_ok((None, ent[3][2], (None, good)), word_at=0)
+            return self._await_verdict(ent[3][2], 0, good)
         return bool(good)
 
     def _x_grad(self, F, xf, gauss):

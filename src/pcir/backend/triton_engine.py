@@ -464,9 +464,8 @@ class _ChainRun:
         self.steps = chain.end - chain.start
         self.chains = len(chain.groups)
         groups = [plan.layers[chain.start + j].groups[gi] for path in chain.groups for j, gi in enumerate(path)]
-        pow2 = lambda n: 1 << max(4, (int(n) - 1).bit_length())  # noqa: E731  (at least 16: tl.dot)
-        self.bm = pow2(max(g.units for g in groups))
-        self.bk = pow2(max(g.k for g in groups))
+        self.bm = _pow2_at_least(max(g.units for g in groups), 16)  # (at least 16: tl.dot)
+        self.bk = _pow2_at_least(max(g.k for g in groups), 16)
         self.amax = 2
         while self.amax < max(g.arity for g in groups):
             self.amax *= 2
@@ -768,15 +767,7 @@ class TritonEngine:
         runtime accepts (the kernel converts to float32 as ``Tensor.to`` does). ``signal``: as
         for ``check_data_at``."""
         B, NV = xf.shape
-        xT = torch.empty((NV, B), dtype=torch.float32, device=xf.device)
-        bad = torch.zeros(1, dtype=torch.int32, device=xf.device)
-        grid = (triton_cdiv(NV, CHECK_BV), triton_cdiv(B, CHECK_BB))
-        sig, done = signal if signal is not None else (None, None)
-        self.k.check_data[grid](
-            xf, lo, hi, real, xT, bad, B, NV, xf.stride(0), xf.stride(1),
-            BV=CHECK_BV, BB=CHECK_BB, SIG=sig, DONE=done, SG=signal is not None,
-        )  # fmt: skip
-        return xT, bad
+        return self._check_launch(xf, (B, NV), xf.stride(0), xf.stride(1), lo, hi, real, signal)
 
     def check_data_at(self, addr, shape, dtype, lo, hi, real, signal=None):
         """``check_data`` of contiguous data of ``shape`` and ``dtype`` whose address the launch
@@ -787,13 +778,18 @@ class TritonEngine:
         counter at 0 on the data's device: the launch's last program writes the count of rejected
         entries to ``word`` (and leaves the counter at 0)."""
         B, NV = shape
+        return self._check_launch(addr, shape, NV, 1, lo, hi, real, signal, AT=True, XDT=_tl_dtype(dtype))
+
+    def _check_launch(self, x, shape, sb, sv, lo, hi, real, signal, **const):
+        """The one launch of codegen's check_data behind ``check_data`` and ``check_data_at``."""
+        B, NV = shape
         xT = torch.empty((NV, B), dtype=torch.float32, device=lo.device)
         bad = torch.zeros(1, dtype=torch.int32, device=lo.device)
         grid = (triton_cdiv(NV, CHECK_BV), triton_cdiv(B, CHECK_BB))
         sig, done = signal if signal is not None else (None, None)
         self.k.check_data[grid](
-            addr, lo, hi, real, xT, bad, B, NV, NV, 1,
-            BV=CHECK_BV, BB=CHECK_BB, AT=True, XDT=_tl_dtype(dtype), SIG=sig, DONE=done, SG=signal is not None,
+            x, lo, hi, real, xT, bad, B, NV, sb, sv,
+            BV=CHECK_BV, BB=CHECK_BB, SIG=sig, DONE=done, SG=signal is not None, **const,
         )  # fmt: skip
         return xT, bad
 
@@ -864,7 +860,7 @@ class TritonEngine:
 
     def chain_forward(self, run: _ChainRun, V, W, M) -> None:
         """The forward of the chained run ``run``: one launch of ``sum_fwd_chain``, one program per
-        chain and batch tile (of 32 from batch 64 on, as the small layers' launches)."""
+        chain and batch tile (``_chain_bb``)."""
         B = V.shape[1]
         BB = _chain_bb(run, B)
         pdl = self._fwd_pdl("sum_fwd")
