@@ -37,7 +37,10 @@ step is at most 32 x 32); ``nobmmfuse``: a batched-product layer's column maxima
 (BMM_FUSE_MAX_K 0; by default one pass where a group has at most 256 columns); ``nochainbwd``:
 the chained runs' backward one launch per layer again
 (CHAIN_BWD off; by default one launch per run where a step fits 64 x 64); ``chainbwd128``: the
-chained backward on steps up to 128 x 128 (CHAIN_BWD_MAX_TILE). Variants measured and dropped are in bench/RESULTS.md (the source edits
+chained backward on steps up to 128 x 128 (CHAIN_BWD_MAX_TILE). ``novec``/``vec1``/``vec4``/``vec8``:
+the chained launches' VEC form (products reduced in registers, not tl.dot) never / up to batch
+1, 4, 8 (CHAIN_VEC_MAX_B; default 2); ``novecbwd``: the forward's only (CHAIN_VEC_BWD);
+``vecsub16``/``vecsub64``: its backward's node sub-tile (CHAIN_VEC_SUB). Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
@@ -110,6 +113,13 @@ KNOBS = {
     "nobmmfuse": (te, "BMM_FUSE_MAX_K", 0),
     "nochainbwd": (te, "CHAIN_BWD", False),
     "chainbwd128": (te, "CHAIN_BWD_MAX_TILE", 128),
+    "novec": (te, "CHAIN_VEC_MAX_B", 0),
+    "vec1": (te, "CHAIN_VEC_MAX_B", 1),
+    "vec4": (te, "CHAIN_VEC_MAX_B", 4),
+    "vec8": (te, "CHAIN_VEC_MAX_B", 8),
+    "vecsub16": (te, "CHAIN_VEC_SUB", 16),
+    "vecsub64": (te, "CHAIN_VEC_SUB", 64),
+    "novecbwd": (te, "CHAIN_VEC_BWD", False),
     "lre2k": (te, "LEAF_ROWS_ELEMS", 2048),
     "lrw8": (te, "LEAF_ROWS_WARPS", 8),
 }

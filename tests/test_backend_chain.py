@@ -154,15 +154,48 @@ def _run(c, chain: bool, x, miss, device, monkeypatch):
     return (V.cpu(), M.cpu()), chained, flows, after, m
 
 
-@pytest.mark.parametrize("batch", [1, 70])
+class _KernelCount:
+    """A view of an engine's kernel module counting its launches by (kernel, VEC constant)."""
+
+    def __init__(self, module):
+        self._module = module
+        self.n: dict = {}
+
+    def __getattr__(self, name):
+        fn = getattr(self._module, name)
+        if not hasattr(fn, "warmup"):
+            return fn
+        n = self.n
+
+        class _Grid:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    key = (name, kwargs.get("VEC"))
+                    n[key] = n.get(key, 0) + 1
+                    return fn[grid](*args, **kwargs)
+
+                return launch
+
+        return _Grid()
+
+
+# (batch, the vector form): CHAIN_VEC_MAX_B 4 or 0 (the matrix-product form)
+FORMS = [(1, False), (1, True), (3, True), (70, False)]
+
+
+@pytest.mark.parametrize("batch,vec", FORMS)
 @pytest.mark.parametrize("name", ["hclt12", "hmm", "join"])
-def test_chained_forward_is_the_per_layer_forward(name, batch, triton_device, monkeypatch):
+def test_chained_forward_is_the_per_layer_forward(name, batch, vec, triton_device, monkeypatch):
+    """The matrix-product form (sum_fwd_chain) adds as the per-layer kernel does: on the CPU
+    interpreter, equal bit for bit; the vector form (VEC, small batches) sums a row in another
+    order: equal to rounding."""
+    monkeypatch.setattr(te, "CHAIN_VEC_MAX_B", 4 if vec else 0)
     c = {"hclt12": _hclt12, "hmm": lambda: structures.hmm(7, 4, 6), "join": _two_chains_then_a_join}[name]()
     x, miss = data_for(c, batch, seed=batch + 5, p_missing=0.2)
     (V0, M0), n0, flows0, after0, _ = _run(c, False, x, miss, triton_device, monkeypatch)
-    (V1, M1), n1, flows1, after1, _ = _run(c, True, x, miss, triton_device, monkeypatch)
+    (V1, M1), n1, flows1, after1, m = _run(c, True, x, miss, triton_device, monkeypatch)
     assert n0 == 0 and n1 == len(lower(c).chains) >= 1
-    if triton_device == "cpu":  # same arithmetic in the same order
+    if triton_device == "cpu" and not vec:  # same arithmetic in the same order
         assert torch.equal(V0, V1) and torch.equal(M0, M1)
     else:
         torch.testing.assert_close(V1, V0, rtol=1e-6, atol=1e-6)
@@ -313,11 +346,13 @@ def _flows_and_step(c, x, miss, device, monkeypatch, chain_bwd: bool):
     return out[0], out[1], used
 
 
-@pytest.mark.parametrize("batch", [1, 70])
+@pytest.mark.parametrize("batch,vec", FORMS)
 @pytest.mark.parametrize("name", ["hclt12", "hmm", "join"])
-def test_chained_backward_is_the_per_layer_backward(name, batch, triton_device, monkeypatch):
+def test_chained_backward_is_the_per_layer_backward(name, batch, vec, triton_device, monkeypatch):
     """CHAIN_BWD (on by default where a step fits 64 x 64): the flows of forward_backward and a training
-    step (whose backward keeps G in the value rows: the per-step flags) as per layer."""
+    step (whose backward keeps G in the value rows: the per-step flags) as per layer, in the
+    matrix-product form and the vector form (VEC, small batches)."""
+    monkeypatch.setattr(te, "CHAIN_VEC_MAX_B", 4 if vec else 0)
     c = {"hclt12": _hclt12, "hmm": lambda: structures.hmm(7, 4, 6), "join": _two_chains_then_a_join}[name]()
     x, miss = data_for(c, batch, seed=batch + 7, p_missing=0.2)
     flows0, after0, used0 = _flows_and_step(c, x, miss, triton_device, monkeypatch, False)
@@ -339,6 +374,42 @@ def test_chained_backward_in_node_sub_tiles_and_past_its_tile_cap(triton_device,
     monkeypatch.setattr(te, "CHAIN_BWD_MAX_TILE", 128)
     flows1, after1, used = _flows_and_step(c, x, miss, triton_device, monkeypatch, True)
     assert used == 2
+    for f0, f1 in zip(flows0, flows1, strict=True):
+        torch.testing.assert_close(f1, f0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_small_batches_run_the_vector_forms_on_steps_past_the_matrix_forms_cap(batch, triton_device, monkeypatch):
+    """Up to CHAIN_VEC_MAX_B samples (2 here) the chained runs take the VEC forms of
+    sum_fwd_chain and sum_bwd_chain, one program per chain, the backward on 128 x 128 steps
+    (CHAIN_BWD_MAX_TILE, 64, caps the matrix-product form only); at 3 the matrix-product forward
+    and the per-layer backward. Values, flows and an EM step as per layer either way."""
+    monkeypatch.setattr(te, "CHAIN_VEC_MAX_B", 2)
+    c = structures.hmm(4, 80, 5)
+    x, miss = data_for(c, batch, seed=batch, p_missing=0.2)
+    monkeypatch.setattr(te, "CHAIN_BWD", False)
+    (V0, M0), _, flows0, after0, _ = _run(c, False, x, miss, triton_device, monkeypatch)
+    monkeypatch.setattr(te, "CHAIN_BWD", True)
+    (V1, M1), n1, flows1, after1, m = _run(c, True, x, miss, triton_device, monkeypatch)
+    eng = m._engine()
+    count = _KernelCount(eng.k)
+    monkeypatch.setattr(eng, "k", count)
+    xt, mt = torch.as_tensor(x, device=triton_device), torch.as_tensor(miss, device=triton_device)
+    with torch.no_grad():
+        m(xt, mt)
+    m.zero_flows()
+    m.forward_backward(xt, mt)
+    vec = batch <= 2
+    assert n1 == 1
+    assert count.n.get(("sum_fwd_chain", vec), 0) == 2  # the call's forward and forward_backward's
+    assert count.n.get(("sum_fwd_chain", not vec), 0) == 0
+    assert count.n.get(("sum_bwd_chain", True), 0) == int(vec)
+    assert count.n.get(("sum_bwd_chain", False), 0) == 0
+    finite = torch.isfinite(V0)
+    assert torch.equal(finite, torch.isfinite(V1))
+    torch.testing.assert_close(V1[finite], V0[finite], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(M1, M0, rtol=1e-6, atol=1e-6)
     for f0, f1 in zip(flows0, flows1, strict=True):
         torch.testing.assert_close(f1, f0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)

@@ -873,9 +873,12 @@ def _chain_meta(P, j, R, ia, ok):
 @triton.jit
 def sum_fwd_chain(
     V, W, CH, M, B, NS, R, AMAX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
-    PDL: tl.constexpr
+    PDL: tl.constexpr, VEC: tl.constexpr
 ):
-    """Chain c's NS sum layers, in order: out[s, b] = log sum_k W[s, k] exp(c[k, b]) per step."""
+    """Chain c's NS sum layers, in order: out[s, b] = log sum_k W[s, k] exp(c[k, b]) per step.
+    VEC (small batches, triton_engine.CHAIN_VEC_MAX_B): the sums as products broadcast over the
+    batch tile and reduced in registers (IEEE fp32), not tl.dot: the batch tile is the batch's own
+    (no tile of 16 with all but one column masked), no weights staged for the tensor cores."""
     ch = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
@@ -906,7 +909,10 @@ def sum_fwd_chain(
         mx = tl.max(c, axis=0)
         safe = tl.where(mx == float("-inf"), 0.0, mx)
         e = tl.exp(c - safe[None, :])
-        acc = {dot_we}
+        if VEC:
+            acc = tl.sum(w[:, :, None] * e[None, :, :], axis=1)
+        else:
+            acc = {dot_we}
         out = tl.log(acc) + safe[None, :]
         tl.store(V + (row + s)[:, None] * B + b[None, :], out, mask=(s < units)[:, None] & bm[None, :])
         tl.atomic_max(M + grp * B + b, mx, mask=bm, sem="relaxed")
@@ -918,14 +924,14 @@ def sum_fwd_chain(
 @triton.jit(do_not_specialize=["LE", "SH"])
 def sum_bwd_chain(
     F, V, W, PF, CH, FL, M, RG, LE, SH, B, NS, R, AMAX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-    BMS: tl.constexpr, BB: tl.constexpr
+    BMS: tl.constexpr, BB: tl.constexpr, VEC: tl.constexpr
 ):
     """The backward of chain c's NS sum layers, top step first (triton_engine.CHAIN_BWD): per
     step what sum_bwd_prep and sum_bwd_mm do for its one tile, then a barrier: the step below
     reads the flows (or G) this step stored for its rows. The nodes go in sub-tiles of BMS (the
     weights, parameter flows and G of one at a time in registers). FL[j] = (G already in the
     step's value rows: no node preparation; the children's G stored, not their flows:
-    _child_flow's SC)."""
+    _child_flow's SC). VEC: the products broadcast and reduced in registers, as sum_fwd_chain's."""
     ch = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
@@ -962,9 +968,15 @@ def sum_bwd_chain(
                 tl.store(F + fs, g, mask=ms)
             wm = sm[:, None] & km[None, :]
             w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=wm, other=0.0)
-            pf = {dot_ge}
+            if VEC:
+                pf = tl.sum(g[:, None, :] * e[None, :, :], axis=2)
+            else:
+                pf = {dot_ge}
             tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], tl.where(w != 0.0, w * pf, 0.0), mask=wm, sem="relaxed")
-            acc += {dot_wg}
+            if VEC:
+                acc += tl.sum(w[:, :, None] * g[:, None, :], axis=0)
+            else:
+                acc += {dot_wg}
         fc = e * acc
         # every thread's gathers done before any child row is stored over (the flows of leaves
         # and of aliased sums go to their value rows: _flow_row)
