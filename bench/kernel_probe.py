@@ -37,10 +37,14 @@ step is at most 32 x 32); ``nobmmfuse``: a batched-product layer's column maxima
 (BMM_FUSE_MAX_K 0; by default one pass where a group has at most 256 columns); ``nochainbwd``:
 the chained runs' backward one launch per layer again
 (CHAIN_BWD off; by default one launch per run where a step fits 64 x 64); ``chainbwd128``: the
-chained backward on steps up to 128 x 128 (CHAIN_BWD_MAX_TILE). ``novec``/``vec1``/``vec4``/``vec8``:
+chained backward on steps up to 128 x 128 (CHAIN_BWD_MAX_TILE). ``novec``/``vec2``/``vec4``/``vec8``:
 the chained launches' VEC form (products reduced in registers, not tl.dot) never / up to batch
-1, 4, 8 (CHAIN_VEC_MAX_B; default 2); ``novecbwd``: the forward's only (CHAIN_VEC_BWD);
-``vecsub16``/``vecsub64``: its backward's node sub-tile (CHAIN_VEC_SUB). Variants measured and dropped are in bench/RESULTS.md (the source edits
+2, 4, 8 (CHAIN_VEC_MAX_B; default 1); ``vect128``: on steps up to 128 x 128 (CHAIN_VEC_MAX_TILE,
+default 64); ``vecw4``/``vecw8``: on 4/8 warps (CHAIN_VEC_WARPS); ``novecbwd``: the forward's
+only (CHAIN_VEC_BWD); ``vecsub16``/``vecsub64``: its backward's node sub-tile (CHAIN_VEC_SUB).
+``ab_cnow``/``ab_cnogather``/``ab_cnoatomic``/``ab_cnobar``: ablations of the chained forward
+(timing only): no weight loads past the first step's, no gathers of the children's values, no
+group maxima, no barrier between steps. Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
 """
 
@@ -114,9 +118,12 @@ KNOBS = {
     "nochainbwd": (te, "CHAIN_BWD", False),
     "chainbwd128": (te, "CHAIN_BWD_MAX_TILE", 128),
     "novec": (te, "CHAIN_VEC_MAX_B", 0),
-    "vec1": (te, "CHAIN_VEC_MAX_B", 1),
     "vec4": (te, "CHAIN_VEC_MAX_B", 4),
     "vec8": (te, "CHAIN_VEC_MAX_B", 8),
+    "vec2": (te, "CHAIN_VEC_MAX_B", 2),
+    "vect128": (te, "CHAIN_VEC_MAX_TILE", 128),
+    "vecw4": (te, "CHAIN_VEC_WARPS", 4),
+    "vecw8": (te, "CHAIN_VEC_WARPS", 8),
     "vecsub16": (te, "CHAIN_VEC_SUB", 16),
     "vecsub64": (te, "CHAIN_VEC_SUB", 64),
     "novecbwd": (te, "CHAIN_VEC_BWD", False),
@@ -155,6 +162,36 @@ ABLATIONS = {
                 "mask=km[:, None] & sm[None, :], other=0.0)\n            new = tl.maximum",
                 "mask=km[:, None] & sm[None, :] & (K < 0), other=0.0)\n            new = tl.maximum",
             ),
+        ]
+    },
+    # the chained forward (SUM_CHAIN's sum_fwd_chain): what a step's time goes to
+    "ab_cnow": {  # no weight loads past the first step's
+        "SUM_CHAIN": [
+            (
+                "mask=(s < units1)[:, None] & (k < K1)[None, :], other=0.0\n        )",
+                "mask=(s < units1)[:, None] & (k < K1)[None, :] & (K1 < 0), other=0.0\n        )",
+            ),
+        ]
+    },
+    "ab_cnogather": {  # the children's values not read (masked off)
+        "SUM_CHAIN": [
+            (
+                'c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)\n        c = tl.where(m2, c, float("-inf"))\n        # the next',
+                'c += tl.load(V + r[:, None] * B + b[None, :], mask=m2 & (K < 0), other=0.0)\n        c = tl.where(m2, c, float("-inf"))\n        # the next',
+            ),
+        ]
+    },
+    "ab_cnoatomic": {  # no group maxima
+        "SUM_CHAIN": [
+            (
+                'tl.atomic_max(M + grp * B + b, mx, mask=bm, sem="relaxed")\n        tl.debug_barrier()\n        row, units',
+                "tl.debug_barrier()\n        row, units",
+            ),
+        ]
+    },
+    "ab_cnobar": {  # no barrier between steps (a step may read rows not yet stored)
+        "SUM_CHAIN": [
+            ('sem="relaxed")\n        tl.debug_barrier()\n        row, units', 'sem="relaxed")\n        row, units'),
         ]
     },
 }

@@ -233,16 +233,21 @@ CHAIN_MAX_TILE = 128
 # 0.370 / 0.708 -> 0.720, hmm-64 0.085 -> 0.090, hclt-128 0.718 -> 0.759)
 CHAIN_BB = 0
 CHAIN_BB_SMALL = 16
-# up to this batch the chained launches run the VEC forms of codegen's sum_fwd_chain and
-# sum_bwd_chain: the steps' sums as products broadcast over the batch's own tile and reduced in
-# registers (IEEE fp32), not tl.dot on a batch tile of 16 (at batch 1, 15 of its 16 columns
-# masked; the weights staged through shared memory for the tensor cores at every step); the
-# backward then on steps up to CHAIN_MAX_TILE square (CHAIN_BWD_MAX_TILE caps the matrix-product
-# form only), in node sub-tiles of CHAIN_VEC_SUB. sm_90 (bench/launch_resources.py, hclt-128's
-# 128 x 128 steps on 16 warps): no spills at batch 1; at 2 8 bytes a thread in the forward; at 4
-# 344 (forward) and 176 (backward; none with sub-tiles of 16). 0: never
-CHAIN_VEC_MAX_B = 2
+# up to this batch, on steps up to CHAIN_VEC_MAX_TILE square, the chained launches run the VEC
+# forms of codegen's sum_fwd_chain and sum_bwd_chain: the steps' sums as products broadcast over
+# the batch's own tile and reduced in registers (IEEE fp32), not tl.dot on a batch tile of 16 (at
+# batch 1, 15 of its 16 columns masked; the weights staged through shared memory for the tensor
+# cores at every step); the backward (CHAIN_VEC_BWD) in node sub-tiles of CHAIN_VEC_SUB, on steps
+# up to CHAIN_MAX_TILE square where CHAIN_VEC_MAX_TILE allows (CHAIN_BWD_MAX_TILE caps the
+# matrix-product form only). H200 (nineteenth session, bench/kernel_probe.py, engine forward /
+# backward in ms): hclt-32 (32 x 32 steps) at batch 1 0.112 -> 0.078 / 0.228 -> 0.179, at 8
+# 0.115 -> 0.154 / 0.230 -> 0.194; hclt-128 (128 x 128) at 1 0.264 -> 0.274 / 0.566 -> 0.628, at
+# 2 0.300 -> 0.428. sm_90 (bench/launch_resources.py, 128 x 128 on 16 warps): no spills at batch
+# 1; at 2 8 bytes a thread in the forward; at 4 344 (forward) and 176 (backward). 0: never
+CHAIN_VEC_MAX_B = 1
+CHAIN_VEC_MAX_TILE = 64
 CHAIN_VEC_BWD = True
+CHAIN_VEC_WARPS = 0  # the VEC form's warps (0: the run's, _ChainRun.num_warps)
 CHAIN_VEC_SUB = 32  # its node sub-tile
 CHAIN_SMALL_TILE = 32 * 32
 # the backward of a chained run in one launch too (codegen's sum_bwd_chain: per step the node
@@ -460,6 +465,12 @@ def _chain_bb(run: _ChainRun, B: int) -> int:
     if B < 64:
         return _batch_tile(B)
     return CHAIN_BB_SMALL if run.bm * run.bk <= CHAIN_SMALL_TILE else 32
+
+
+def _chain_vec(run: _ChainRun, B: int) -> bool:
+    """Whether the chained run ``run``'s launches at batch ``B`` take their VEC form
+    (CHAIN_VEC_MAX_B, CHAIN_VEC_MAX_TILE)."""
+    return B <= CHAIN_VEC_MAX_B and max(run.bm, run.bk) <= CHAIN_VEC_MAX_TILE
 
 
 class _ChainRun:
@@ -874,13 +885,13 @@ class TritonEngine:
         chain and batch tile (``_chain_bb``); up to batch CHAIN_VEC_MAX_B its VEC form, one
         program per chain."""
         B = V.shape[1]
-        vec = B <= CHAIN_VEC_MAX_B
+        vec = _chain_vec(run, B)
         BB = _pow2_at_least(B, 1) if vec else _chain_bb(run, B)  # vec: a program per chain
         pdl = self._fwd_pdl("sum_fwd")
         self.k.sum_fwd_chain[(run.chains, triton_cdiv(B, BB))](
             V, W, run.ch, M, B, run.steps, run.width, AMAX=run.amax, BM=run.bm, BK=run.bk, BB=BB, PDL=pdl, VEC=vec,
             **({"launch_pdl": True} if pdl >= 2 else {}),
-            num_warps=max(run.num_warps, FWD_MIN_WARPS),
+            num_warps=(CHAIN_VEC_WARPS or run.num_warps) if vec else max(run.num_warps, FWD_MIN_WARPS),
         )  # fmt: skip
 
     def _tile_for(self, L: _SumLayer, tiles: int, loop: int, B: int) -> int:
@@ -1091,15 +1102,9 @@ class TritonEngine:
             F[0] = 0.0
         return F, PF
 
-    @staticmethod
-    def _chain_vec_bwd(B: int) -> bool:
-        """Whether chained backwards at batch ``B`` run sum_bwd_chain's VEC form (CHAIN_VEC_MAX_B,
-        CHAIN_VEC_BWD), on steps up to CHAIN_MAX_TILE square."""
-        return CHAIN_VEC_BWD and B <= CHAIN_VEC_MAX_B
-
     def use_chain_bwd(self, run: _ChainRun, B: int) -> bool:
         """Whether the chained run ``run``'s backward takes one launch at batch ``B`` (CHAIN_BWD)."""
-        cap = CHAIN_MAX_TILE if self._chain_vec_bwd(B) else CHAIN_BWD_MAX_TILE
+        cap = CHAIN_MAX_TILE if (CHAIN_VEC_BWD and _chain_vec(run, B)) else CHAIN_BWD_MAX_TILE
         return (
             CHAIN_BWD and run.ok and run.bm <= cap and run.bk <= cap
             and all(L.exclusive and not self.use_bmm(L, B, backward=True) for L in run.layers)
@@ -1110,7 +1115,7 @@ class TritonEngine:
         """The backward of the chained run ``run``: one launch of ``sum_bwd_chain``, one program
         per chain and batch tile, as sum_backward per step (``le_sh``, and with ``alias`` the
         steps' G in their value rows and their children's G stored, as there); at small batches
-        (``_chain_vec_bwd``) its VEC form, one program per chain."""
+        (``_chain_vec``, CHAIN_VEC_BWD) its VEC form, one program per chain."""
         B = V.shape[1]
         if alias not in run.flags:
             fl = [
@@ -1120,11 +1125,11 @@ class TritonEngine:
             run.flags[alias] = torch.as_tensor(np.asarray(fl, dtype=np.int32).reshape(-1), device=V.device)
         sc = alias and any(t in self.scale_children for t in range(run.start, run.end))
         rg = self.row_group if sc else M  # (a placeholder where no step stores G: never read)
-        vec = self._chain_vec_bwd(B)
+        vec = CHAIN_VEC_BWD and _chain_vec(run, B)
         if vec:
             BB = _pow2_at_least(B, 1)
             sub = min(run.bm, CHAIN_VEC_SUB)
-            warps = run.num_warps
+            warps = CHAIN_VEC_WARPS or run.num_warps
         else:
             BB = _chain_bb(run, B)
             sub = min(run.bm, CHAIN_BWD_SUB if run.bk <= 64 else CHAIN_BWD_SUB_WIDE)
