@@ -42,7 +42,8 @@ the chained launches' VEC form (products reduced in registers, not tl.dot) never
 2, 4, 8 (CHAIN_VEC_MAX_B; default 1); ``vect128``: on steps up to 128 x 128 (CHAIN_VEC_MAX_TILE,
 default 64); ``vecw4``/``vecw8``: on 4/8 warps (CHAIN_VEC_WARPS); ``novecbwd``: the forward's
 only (CHAIN_VEC_BWD); ``vecsub16``/``vecsub64``: its backward's node sub-tile (CHAIN_VEC_SUB).
-``ab_cnow``/``ab_cnogather``/``ab_cnoatomic``/``ab_cnobar``: ablations of the chained forward
+``nofull``: chained runs of whole
+weight tiles loaded through masks again (CHAIN_FULL off). ``ab_cnow``/``ab_cnogather``/``ab_cnoatomic``/``ab_cnobar``: ablations of the chained forward
 (timing only): no weight loads past the first step's, no gathers of the children's values, no
 group maxima, no barrier between steps. Variants measured and dropped are in bench/RESULTS.md (the source edits
 they needed are in the git history of this file and of codegen.py).
@@ -127,6 +128,7 @@ KNOBS = {
     "vecsub16": (te, "CHAIN_VEC_SUB", 16),
     "vecsub64": (te, "CHAIN_VEC_SUB", 64),
     "novecbwd": (te, "CHAIN_VEC_BWD", False),
+    "nofull": (te, "CHAIN_FULL", False),
     "lre2k": (te, "LEAF_ROWS_ELEMS", 2048),
     "lrw8": (te, "LEAF_ROWS_WARPS", 8),
 }
@@ -167,17 +169,14 @@ ABLATIONS = {
     # the chained forward (SUM_CHAIN's sum_fwd_chain): what a step's time goes to
     "ab_cnow": {  # no weight loads past the first step's
         "SUM_CHAIN": [
-            (
-                "mask=(s < units1)[:, None] & (k < K1)[None, :], other=0.0\n        )",
-                "mask=(s < units1)[:, None] & (k < K1)[None, :] & (K1 < 0), other=0.0\n        )",
-            ),
+            ("w1 = _chain_w(W, w_off1, K1, units1, s, k, BK, FULL)", "w1 = w"),
         ]
     },
-    "ab_cnogather": {  # the children's values not read (masked off)
+    "ab_cnogather": {  # the children's values not read
         "SUM_CHAIN": [
             (
-                'c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)\n        c = tl.where(m2, c, float("-inf"))\n        # the next',
-                'c += tl.load(V + r[:, None] * B + b[None, :], mask=m2 & (K < 0), other=0.0)\n        c = tl.where(m2, c, float("-inf"))\n        # the next',
+                'c += _chain_in(V, tl.sum(tl.where(ia == a, r0, 0)), k, b, B, m2)\n        c = tl.where(m2, c, float("-inf"))\n        # the next',
+                'c += tl.zeros([BK, BB], dtype=tl.float32)\n        c = tl.where(m2, c, float("-inf"))\n        # the next',
             ),
         ]
     },

@@ -414,3 +414,35 @@ def test_small_batches_run_the_vector_forms_on_steps_past_the_matrix_forms_cap(b
     for f0, f1 in zip(flows0, flows1, strict=True):
         torch.testing.assert_close(f1, f0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 70])
+@pytest.mark.parametrize("name", ["hmm16", "hclt16"])
+def test_runs_of_whole_weight_tiles_load_them_unmasked_with_the_same_results(name, batch, triton_device, monkeypatch):
+    """Steps of the launch's bk columns (16 here; the HMM's last, its root, has one node) take
+    the kernels' FULL form (no column masks, one aligned base: triton_engine.CHAIN_FULL); its
+    values, maxima and flows are the masked form's bit for bit on the CPU interpreter (the same
+    arithmetic)."""
+    if name == "hmm16":
+        c = structures.hmm(5, 16, 6)
+    else:
+        rng = np.random.default_rng(3)
+        c = structures.hclt(rng.integers(0, 3, (300, 7)), num_latents=16)
+    x, miss = data_for(c, batch, seed=batch + 11, p_missing=0.2)
+    monkeypatch.setattr(te, "CHAIN_FULL", False)
+    (V0, M0), n0, flows0, after0, m0 = _run(c, True, x, miss, triton_device, monkeypatch)
+    monkeypatch.setattr(te, "CHAIN_FULL", True)
+    (V1, M1), n1, flows1, after1, m1 = _run(c, True, x, miss, triton_device, monkeypatch)
+    chains0 = list(m0._engine().chain_at.values())
+    chains1 = list(m1._engine().chain_at.values())
+    assert chains1 and all(r.full for r in chains1) and not any(r.full for r in chains0)
+    assert n0 == n1 == len(chains1)
+    if triton_device == "cpu":
+        assert torch.equal(V0, V1) and torch.equal(M0, M1)
+        for f0, f1 in zip(flows0, flows1, strict=True):
+            assert torch.equal(f0, f1)
+    else:
+        torch.testing.assert_close(V1, V0, rtol=1e-6, atol=1e-6)
+        for f0, f1 in zip(flows0, flows1, strict=True):
+            torch.testing.assert_close(f1, f0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)

@@ -871,14 +871,35 @@ def _chain_meta(P, j, R, ia, ok):
 
 
 @triton.jit
+def _chain_w(W, w_off, K, units, s, k, BK: tl.constexpr, FULL: tl.constexpr):
+    """A step's weights, rows s < units and columns k < K of the group's block at w_off; FULL
+    (every step of the run BK columns, its block at a multiple of 16): no column mask, and
+    offsets from one aligned base that the compiler knows (loads of 16 bytes, no address
+    arithmetic per element: the masked form's 64-bit addresses and masks were most of a 128 x 128
+    step's instructions)."""
+    if FULL:  # ((w_off // 16) * 16: a multiple the compiler sees)
+        return tl.load(W + (w_off // 16) * 16 + (s[:, None] * BK + k[None, :]), mask=(s < units)[:, None], other=0.0)
+    else:
+        return tl.load(W + w_off + s[:, None] * K + k[None, :], mask=(s < units)[:, None] & (k < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _chain_in(V, ra, k, b, B, m2):
+    """The values of input rows ra + k (0 where ra is 0: no such input), [BK, BB]: one scalar
+    base, 32-bit offsets."""
+    return tl.load(V + ra * B + (k[:, None] * B + b[None, :]), mask=m2 & (ra != 0), other=0.0)
+
+
+@triton.jit
 def sum_fwd_chain(
     V, W, CH, M, B, NS, R, AMAX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
-    PDL: tl.constexpr, VEC: tl.constexpr
+    PDL: tl.constexpr, VEC: tl.constexpr, FULL: tl.constexpr
 ):
     """Chain c's NS sum layers, in order: out[s, b] = log sum_k W[s, k] exp(c[k, b]) per step.
     VEC (small batches, triton_engine.CHAIN_VEC_MAX_B): the sums as products broadcast over the
     batch tile and reduced in registers (IEEE fp32), not tl.dot: the batch tile is the batch's own
-    (no tile of 16 with all but one column masked), no weights staged for the tensor cores."""
+    (no tile of 16 with all but one column masked), no weights staged for the tensor cores.
+    FULL: every step's weights BK columns at a multiple of 16 (_chain_w), no column masks."""
     ch = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
@@ -887,34 +908,32 @@ def sum_fwd_chain(
     k = tl.arange(0, BK)
     P = CH + ch * NS * R
     row, units, w_off, K, grp, r0 = _chain_meta(P, 0, R, ia, NS > 0)
-    w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=(s < units)[:, None] & (k < K)[None, :], other=0.0)
+    w = _chain_w(W, w_off, K, units, s, k, BK, FULL)
     row1, units1, w_off1, K1, grp1, r01 = _chain_meta(P, 1, R, ia, NS > 1)
     if PDL == 2:  # the tables and the first weights before the wait for the layer below
         gdc_launch_dependents()
         gdc_wait()
     for j in range(0, NS):
-        km = k < K
+        km = (k < K) | FULL
         m2 = km[:, None] & bm[None, :]
         c = tl.zeros([BK, BB], dtype=tl.float32)
-        for a in tl.static_range(AMAX):  # _gather's order: input 0 first
-            ra = tl.sum(tl.where(ia == a, r0, 0))
-            r = tl.where(ra != 0, ra + k, 0)
-            c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
+        for a in tl.static_range(AMAX):  # _gather's order: input 0 first (0 + 0 where no input)
+            c += _chain_in(V, tl.sum(tl.where(ia == a, r0, 0)), k, b, B, m2)
         c = tl.where(m2, c, float("-inf"))
         # the next step's weights and the table row of the one after it, while these values load
-        w1 = tl.load(
-            W + w_off1 + s[:, None] * K1 + k[None, :], mask=(s < units1)[:, None] & (k < K1)[None, :], other=0.0
-        )
+        w1 = _chain_w(W, w_off1, K1, units1, s, k, BK, FULL)
         row2, units2, w_off2, K2, grp2, r02 = _chain_meta(P, j + 2, R, ia, j + 2 < NS)
         mx = tl.max(c, axis=0)
         safe = tl.where(mx == float("-inf"), 0.0, mx)
         e = tl.exp(c - safe[None, :])
-        if VEC:
+        if VEC and BB == 1:  # row sums of a 2-d product (the 3-d form's layout shuffled 6x more)
+            acc = tl.sum(w * tl.trans(e), axis=1)[:, None]
+        elif VEC:
             acc = tl.sum(w[:, :, None] * e[None, :, :], axis=1)
         else:
             acc = {dot_we}
         out = tl.log(acc) + safe[None, :]
-        tl.store(V + (row + s)[:, None] * B + b[None, :], out, mask=(s < units)[:, None] & bm[None, :])
+        tl.store(V + row * B + (s[:, None] * B + b[None, :]), out, mask=(s < units)[:, None] & bm[None, :])
         tl.atomic_max(M + grp * B + b, mx, mask=bm, sem="relaxed")
         tl.debug_barrier()
         row, units, w_off, K, grp, r0, w = row1, units1, w_off1, K1, grp1, r01, w1
@@ -924,14 +943,15 @@ def sum_fwd_chain(
 @triton.jit(do_not_specialize=["LE", "SH"])
 def sum_bwd_chain(
     F, V, W, PF, CH, FL, M, RG, LE, SH, B, NS, R, AMAX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-    BMS: tl.constexpr, BB: tl.constexpr, VEC: tl.constexpr
+    BMS: tl.constexpr, BB: tl.constexpr, VEC: tl.constexpr, FULL: tl.constexpr
 ):
     """The backward of chain c's NS sum layers, top step first (triton_engine.CHAIN_BWD): per
     step what sum_bwd_prep and sum_bwd_mm do for its one tile, then a barrier: the step below
     reads the flows (or G) this step stored for its rows. The nodes go in sub-tiles of BMS (the
     weights, parameter flows and G of one at a time in registers). FL[j] = (G already in the
     step's value rows: no node preparation; the children's G stored, not their flows:
-    _child_flow's SC). VEC: the products broadcast and reduced in registers, as sum_fwd_chain's."""
+    _child_flow's SC). VEC, FULL: as sum_fwd_chain's. A group's rows and an input's K rows lie
+    on one side of LE (TritonEngine.alias_end ends a layer), so each has one flow-row shift."""
     ch = tl.program_id(0)
     b = tl.program_id(1) * BB + tl.arange(0, BB)
     bm = b < B
@@ -943,15 +963,13 @@ def sum_bwd_chain(
         row, units, w_off, K, grp, r0 = _chain_meta(P, j, R, ia, NS > 0)
         g_in_v = tl.load(FL + 2 * j)
         sc = tl.load(FL + 2 * j + 1)
-        km = k < K
+        km = (k < K) | FULL
         m2 = km[:, None] & bm[None, :]
         m = tl.load(M + grp * B + b, mask=bm, other=0.0)
         m = tl.where(m == float("-inf"), 0.0, m)
         c = tl.zeros([BK, BB], dtype=tl.float32)
         for a in tl.static_range(AMAX):  # the columns' values, _gather's order
-            ra = tl.sum(tl.where(ia == a, r0, 0))
-            r = tl.where(ra != 0, ra + k, 0)
-            c += tl.load(V + r[:, None] * B + b[None, :], mask=m2, other=0.0)
+            c += _chain_in(V, tl.sum(tl.where(ia == a, r0, 0)), k, b, B, m2)
         c = tl.where(m2, c, float("-inf"))
         e = tl.where(c != float("-inf"), tl.exp(c - m[None, :]), 0.0)
         acc = tl.zeros([BK, BB], dtype=tl.float32)
@@ -959,21 +977,30 @@ def sum_bwd_chain(
             s = h * BMS + tl.arange(0, BMS)
             sm = s < units
             ms = sm[:, None] & bm[None, :]
-            fs = _flow_row(row + s, LE, SH)[:, None] * B + b[None, :]
+            sb = s[:, None] * B + b[None, :]
+            fs = _flow_row(row, LE, SH) * B + sb
             g = tl.load(F + fs, mask=ms, other=0.0)
             if g_in_v == 0:  # the nodes' flows scaled in place: G = F exp(m - V) (_prep_nodes_tile)
-                v = tl.load(V + (row + s)[:, None] * B + b[None, :], mask=ms, other=float("-inf"))
+                v = tl.load(V + row * B + sb, mask=ms, other=float("-inf"))
                 ok = (g != 0.0) & (v != float("-inf"))
                 g = tl.where(ok, g * tl.exp(tl.where(ok, m[None, :] - v, 0.0)), 0.0)
                 tl.store(F + fs, g, mask=ms)
             wm = sm[:, None] & km[None, :]
-            w = tl.load(W + w_off + s[:, None] * K + k[None, :], mask=wm, other=0.0)
-            if VEC:
+            w = _chain_w(W, w_off, K, units, s, k, BK, FULL)
+            if VEC and BB == 1:
+                pf = g * tl.trans(e)
+            elif VEC:
                 pf = tl.sum(g[:, None, :] * e[None, :, :], axis=2)
             else:
                 pf = {dot_ge}
-            tl.atomic_add(PF + w_off + s[:, None] * K + k[None, :], tl.where(w != 0.0, w * pf, 0.0), mask=wm, sem="relaxed")
-            if VEC:
+            if FULL:
+                pfp = PF + (w_off // 16) * 16 + (s[:, None] * BK + k[None, :])
+            else:
+                pfp = PF + w_off + s[:, None] * K + k[None, :]
+            tl.atomic_add(pfp, tl.where(w != 0.0, w * pf, 0.0), mask=wm, sem="relaxed")
+            if VEC and BB == 1:
+                acc += tl.sum(w * g, axis=0)[:, None]
+            elif VEC:
                 acc += tl.sum(w[:, :, None] * g[:, None, :], axis=0)
             else:
                 acc += {dot_wg}
@@ -986,12 +1013,12 @@ def sum_bwd_chain(
         r0 = tl.load(P + j * R + 5 + ia)
         for a in tl.static_range(AMAX):  # exclusive: each child row's flow (or G) stored
             ra = tl.sum(tl.where(ia == a, r0, 0))
-            r = tl.where(ra != 0, ra + k, 0)
             if sc != 0:
-                out = _child_flow(fc, r, b, m2, V, M, RG, B, True)
+                out = _child_flow(fc, tl.where(ra != 0, ra + k, 0), b, m2, V, M, RG, B, True)
             else:
                 out = fc
-            tl.store(F + _flow_row(r, LE, SH)[:, None] * B + b[None, :], out, mask=m2 & (r[:, None] != 0))
+            kb = k[:, None] * B + b[None, :]
+            tl.store(F + _flow_row(ra, LE, SH) * B + kb, out, mask=m2 & (ra != 0))
         tl.debug_barrier()
 '''
 

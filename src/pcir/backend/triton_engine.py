@@ -249,6 +249,11 @@ CHAIN_VEC_MAX_TILE = 64
 CHAIN_VEC_BWD = True
 CHAIN_VEC_WARPS = 0  # the VEC form's warps (0: the run's, _ChainRun.num_warps)
 CHAIN_VEC_SUB = 32  # its node sub-tile
+# chained runs whose every step has the launch's bk columns (HCLT's and HMMs' groups) load their
+# weights without column masks from an aligned base (codegen's _chain_w, FULL).
+# ncu of hclt-128's chained forward at batch 1 (nineteenth session): 1,138 instructions a warp a
+# step, most of them 64-bit address and mask arithmetic (IMAD, ISETP, LEA) of the masked loads
+CHAIN_FULL = True
 CHAIN_SMALL_TILE = 32 * 32
 # the backward of a chained run in one launch too (codegen's sum_bwd_chain: per step the node
 # preparation, the column factors, the parameter flows by atomic add and the children's flows,
@@ -497,6 +502,8 @@ class _ChainRun:
         self.num_warps = min(16, max(4, self.bm * self.bk // 1024))
         ch = np.zeros((self.chains, self.steps, self.width), dtype=np.int64)
         self.ok = self.bm <= CHAIN_MAX_TILE and self.bk <= CHAIN_MAX_TILE
+        # every step's weights bk columns at a multiple of 16 (the kernels' FULL)
+        self.full = CHAIN_FULL and all(g.k == self.bk and g.w_off % 16 == 0 for g in groups)
         for c, path in enumerate(chain.groups):
             for j, gi in enumerate(path):
                 lay = plan.layers[chain.start + j]
@@ -889,7 +896,7 @@ class TritonEngine:
         BB = _pow2_at_least(B, 1) if vec else _chain_bb(run, B)  # vec: a program per chain
         pdl = self._fwd_pdl("sum_fwd")
         self.k.sum_fwd_chain[(run.chains, triton_cdiv(B, BB))](
-            V, W, run.ch, M, B, run.steps, run.width, AMAX=run.amax, BM=run.bm, BK=run.bk, BB=BB, PDL=pdl, VEC=vec,
+            V, W, run.ch, M, B, run.steps, run.width, AMAX=run.amax, BM=run.bm, BK=run.bk, BB=BB, PDL=pdl, VEC=vec, FULL=run.full,
             **({"launch_pdl": True} if pdl >= 2 else {}),
             num_warps=(CHAIN_VEC_WARPS or run.num_warps) if vec else max(run.num_warps, FWD_MIN_WARPS),
         )  # fmt: skip
@@ -1136,7 +1143,7 @@ class TritonEngine:
             warps = min(16, max(4, sub * run.bk // 512))
         self.k.sum_bwd_chain[(run.chains, triton_cdiv(B, BB))](
             F, V, W, PF, run.ch, run.flags[alias], M, rg, *le_sh, B, run.steps, run.width,
-            AMAX=run.amax, BM=run.bm, BK=run.bk, BMS=sub, BB=BB, VEC=vec, num_warps=warps,
+            AMAX=run.amax, BM=run.bm, BK=run.bk, BMS=sub, BB=BB, VEC=vec, FULL=run.full, num_warps=warps,
         )  # fmt: skip
 
     def _bwd_e_rows(self, B: int) -> int:
