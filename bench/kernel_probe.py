@@ -39,8 +39,9 @@ the chained runs' backward one launch per layer again
 (CHAIN_BWD off; by default one launch per run where a step fits 64 x 64); ``chainbwd128``: the
 chained backward on steps up to 128 x 128 (CHAIN_BWD_MAX_TILE). ``novec``/``vec2``/``vec4``/``vec8``:
 the chained launches' VEC form (products reduced in registers, not tl.dot) never / up to batch
-2, 4, 8 (CHAIN_VEC_MAX_B; default 1); ``vect128``: on steps up to 128 x 128 (CHAIN_VEC_MAX_TILE,
-default 64); ``vecw4``/``vecw8``: on 4/8 warps (CHAIN_VEC_WARPS); ``novecbwd``: the forward's
+2, 4, 8 (CHAIN_VEC_MAX_B; default 1); ``vect64``: the forward's on steps up to 64 x 64 only
+(CHAIN_VEC_MAX_TILE, default 128); ``vecbwd128``: the backward's up to 128 x 128
+(CHAIN_VEC_BWD_MAX_TILE, default 64); ``vecw4``/``vecw8``: on 4/8 warps (CHAIN_VEC_WARPS); ``novecbwd``: the forward's
 only (CHAIN_VEC_BWD); ``vecsub16``/``vecsub64``: its backward's node sub-tile (CHAIN_VEC_SUB).
 ``nofull``: chained runs of whole
 weight tiles loaded through masks again (CHAIN_FULL off). ``ab_cnow``/``ab_cnogather``/``ab_cnoatomic``/``ab_cnobar``: ablations of the chained forward
@@ -122,7 +123,8 @@ KNOBS = {
     "vec4": (te, "CHAIN_VEC_MAX_B", 4),
     "vec8": (te, "CHAIN_VEC_MAX_B", 8),
     "vec2": (te, "CHAIN_VEC_MAX_B", 2),
-    "vect128": (te, "CHAIN_VEC_MAX_TILE", 128),
+    "vect64": (te, "CHAIN_VEC_MAX_TILE", 64),
+    "vecbwd128": (te, "CHAIN_VEC_BWD_MAX_TILE", 128),
     "vecw4": (te, "CHAIN_VEC_WARPS", 4),
     "vecw8": (te, "CHAIN_VEC_WARPS", 8),
     "vecsub16": (te, "CHAIN_VEC_SUB", 16),

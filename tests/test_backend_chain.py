@@ -381,12 +381,12 @@ def test_chained_backward_in_node_sub_tiles_and_past_its_tile_cap(triton_device,
 
 @pytest.mark.parametrize("batch", [1, 2, 3])
 def test_small_batches_run_the_vector_forms_on_steps_past_the_matrix_forms_cap(batch, triton_device, monkeypatch):
-    """Up to CHAIN_VEC_MAX_B samples (2 here; CHAIN_VEC_MAX_TILE 128) the chained runs take the VEC forms of
+    """Up to CHAIN_VEC_MAX_B samples (2 here; CHAIN_VEC_BWD_MAX_TILE 128) the chained runs take the VEC forms of
     sum_fwd_chain and sum_bwd_chain, one program per chain, the backward on 128 x 128 steps
     (CHAIN_BWD_MAX_TILE, 64, caps the matrix-product form only); at 3 the matrix-product forward
     and the per-layer backward. Values, flows and an EM step as per layer either way."""
     monkeypatch.setattr(te, "CHAIN_VEC_MAX_B", 2)
-    monkeypatch.setattr(te, "CHAIN_VEC_MAX_TILE", 128)
+    monkeypatch.setattr(te, "CHAIN_VEC_BWD_MAX_TILE", 128)
     c = structures.hmm(4, 80, 5)
     x, miss = data_for(c, batch, seed=batch, p_missing=0.2)
     monkeypatch.setattr(te, "CHAIN_BWD", False)

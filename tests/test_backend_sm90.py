@@ -47,8 +47,9 @@ CASES = [
     ("hclt", 5, []),  # the chained backward (default for steps up to 64 x 64)
     ("hmm128", 70, ["CHAIN_BWD_MAX_TILE=128"]),  # in node sub-tiles of 16 (CHAIN_BWD_SUB_WIDE)
     ("hmm", 1, ["CHAIN_VEC_MAX_B=0"]),  # the chained runs' matrix-product forms at batch 1
-    ("hmm128", 1, ["CHAIN_VEC_MAX_TILE=128", "--hopper"]),  # their VEC forms on 128 x 128 steps
-    ("hmm128", 2, ["CHAIN_VEC_MAX_B=2", "CHAIN_VEC_MAX_TILE=128"]),
+    ("hmm128", 1, ["--hopper"]),  # their VEC forward on 128 x 128 steps, the per-layer backward
+    ("hmm128", 1, ["CHAIN_VEC_BWD_MAX_TILE=128"]),  # ... and the VEC backward there
+    ("hmm128", 2, ["CHAIN_VEC_MAX_B=2", "CHAIN_VEC_BWD_MAX_TILE=128"]),
 ]
 
 
@@ -95,6 +96,8 @@ def test_every_launched_kernel_compiles_for_sm90(name, batch, knobs, triton_cach
         assert "sum_fwd_chain" in kernels, kernels
         # ... and so is their backward (CHAIN_BWD), where a step fits CHAIN_BWD_MAX_TILE square
         # (the VEC form's cap is CHAIN_MAX_TILE)
-        cap = 128 if "CHAIN_BWD_MAX_TILE=128" in knobs or "CHAIN_VEC_MAX_TILE=128" in knobs else te.CHAIN_BWD_MAX_TILE
+        cap = (
+            128 if "CHAIN_BWD_MAX_TILE=128" in knobs or "CHAIN_VEC_BWD_MAX_TILE=128" in knobs else te.CHAIN_BWD_MAX_TILE
+        )
         fits = name == "hmm" or cap >= 128
         assert ("sum_bwd_chain" in kernels) == ("CHAIN_BWD=False" not in knobs and fits), kernels

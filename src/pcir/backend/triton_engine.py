@@ -237,16 +237,19 @@ CHAIN_BB_SMALL = 16
 # forms of codegen's sum_fwd_chain and sum_bwd_chain: the steps' sums as products broadcast over
 # the batch's own tile and reduced in registers (IEEE fp32), not tl.dot on a batch tile of 16 (at
 # batch 1, 15 of its 16 columns masked; the weights staged through shared memory for the tensor
-# cores at every step); the backward (CHAIN_VEC_BWD) in node sub-tiles of CHAIN_VEC_SUB, on steps
-# up to CHAIN_MAX_TILE square where CHAIN_VEC_MAX_TILE allows (CHAIN_BWD_MAX_TILE caps the
-# matrix-product form only). H200 (nineteenth session, bench/kernel_probe.py, engine forward /
-# backward in ms): hclt-32 (32 x 32 steps) at batch 1 0.112 -> 0.078 / 0.228 -> 0.179, at 8
-# 0.115 -> 0.154 / 0.230 -> 0.194; hclt-128 (128 x 128) at 1 0.264 -> 0.274 / 0.566 -> 0.628, at
-# 2 0.300 -> 0.428. sm_90 (bench/launch_resources.py, 128 x 128 on 16 warps): no spills at batch
-# 1; at 2 8 bytes a thread in the forward; at 4 344 (forward) and 176 (backward). 0: never
+# cores at every step); the backward (CHAIN_VEC_BWD) on steps up to CHAIN_VEC_BWD_MAX_TILE square
+# (CHAIN_BWD_MAX_TILE caps the matrix-product form only), in node sub-tiles of CHAIN_VEC_SUB.
+# H200, bench/kernel_probe.py, engine forward / backward in ms (nineteenth session): before the
+# whole-width loads (CHAIN_FULL), hclt-32 (32 x 32 steps) at batch 1 0.112 -> 0.078 / 0.228 ->
+# 0.179, at 8 0.115 -> 0.154 / 0.230 -> 0.194; hclt-128 (128 x 128) at 1 0.264 -> 0.274 / 0.566
+# -> 0.628, at 2 0.300 -> 0.428. With them, hclt-128 at 1: 0.210 -> 0.189 forward, 0.528 -> 0.811
+# backward (so the VEC backward stops at 64 x 64). sm_90 (bench/launch_resources.py, 128 x 128 on
+# 16 warps): no spills at batch 1; at 2 8 bytes a thread in the forward; at 4 344 (forward) and
+# 176 (backward). 0: never
 CHAIN_VEC_MAX_B = 1
-CHAIN_VEC_MAX_TILE = 64
+CHAIN_VEC_MAX_TILE = 128
 CHAIN_VEC_BWD = True
+CHAIN_VEC_BWD_MAX_TILE = 64
 CHAIN_VEC_WARPS = 0  # the VEC form's warps (0: the run's, _ChainRun.num_warps)
 CHAIN_VEC_SUB = 32  # its node sub-tile
 # chained runs whose every step has the launch's bk columns (HCLT's and HMMs' groups) load their
@@ -472,9 +475,11 @@ def _chain_bb(run: _ChainRun, B: int) -> int:
     return CHAIN_BB_SMALL if run.bm * run.bk <= CHAIN_SMALL_TILE else 32
 
 
-def _chain_vec(run: _ChainRun, B: int) -> bool:
-    """Whether the chained run ``run``'s launches at batch ``B`` take their VEC form
-    (CHAIN_VEC_MAX_B, CHAIN_VEC_MAX_TILE)."""
+def _chain_vec(run: _ChainRun, B: int, backward: bool = False) -> bool:
+    """Whether the chained run ``run``'s forward (``backward``) at batch ``B`` takes its VEC
+    form (CHAIN_VEC_MAX_B, CHAIN_VEC_MAX_TILE; CHAIN_VEC_BWD, CHAIN_VEC_BWD_MAX_TILE)."""
+    if backward:
+        return CHAIN_VEC_BWD and B <= CHAIN_VEC_MAX_B and max(run.bm, run.bk) <= CHAIN_VEC_BWD_MAX_TILE
     return B <= CHAIN_VEC_MAX_B and max(run.bm, run.bk) <= CHAIN_VEC_MAX_TILE
 
 
@@ -1111,7 +1116,7 @@ class TritonEngine:
 
     def use_chain_bwd(self, run: _ChainRun, B: int) -> bool:
         """Whether the chained run ``run``'s backward takes one launch at batch ``B`` (CHAIN_BWD)."""
-        cap = CHAIN_MAX_TILE if (CHAIN_VEC_BWD and _chain_vec(run, B)) else CHAIN_BWD_MAX_TILE
+        cap = CHAIN_MAX_TILE if _chain_vec(run, B, backward=True) else CHAIN_BWD_MAX_TILE
         return (
             CHAIN_BWD and run.ok and run.bm <= cap and run.bk <= cap
             and all(L.exclusive and not self.use_bmm(L, B, backward=True) for L in run.layers)
@@ -1122,7 +1127,7 @@ class TritonEngine:
         """The backward of the chained run ``run``: one launch of ``sum_bwd_chain``, one program
         per chain and batch tile, as sum_backward per step (``le_sh``, and with ``alias`` the
         steps' G in their value rows and their children's G stored, as there); at small batches
-        (``_chain_vec``, CHAIN_VEC_BWD) its VEC form, one program per chain."""
+        (``_chain_vec``) its VEC form, one program per chain."""
         B = V.shape[1]
         if alias not in run.flags:
             fl = [
@@ -1132,7 +1137,7 @@ class TritonEngine:
             run.flags[alias] = torch.as_tensor(np.asarray(fl, dtype=np.int32).reshape(-1), device=V.device)
         sc = alias and any(t in self.scale_children for t in range(run.start, run.end))
         rg = self.row_group if sc else M  # (a placeholder where no step stores G: never read)
-        vec = CHAIN_VEC_BWD and _chain_vec(run, B)
+        vec = _chain_vec(run, B, backward=True)
         if vec:
             BB = _pow2_at_least(B, 1)
             sub = min(run.bm, CHAIN_VEC_SUB)
