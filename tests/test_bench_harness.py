@@ -200,7 +200,9 @@ def test_kernel_probe_ablations_edit_the_template_and_restore_it():
     from pcir.backend import codegen
     from pcir.backend import triton_engine as te
 
-    original = {attr: getattr(codegen, attr) for attr in ("SUM_KERNELS", "GATHER")}
+    attrs = sorted({attr for by_attr in kp.ABLATIONS.values() for attr in by_attr})
+    assert {"SUM_KERNELS", "GATHER", "SUM_CHAIN"} <= set(attrs)
+    original = {attr: getattr(codegen, attr) for attr in attrs}
     for name, by_attr in kp.ABLATIONS.items():
         with kp.knobs(name):
             for attr, edits in by_attr.items():
