@@ -446,3 +446,21 @@ def test_runs_of_whole_weight_tiles_load_them_unmasked_with_the_same_results(nam
     for f0, f1 in zip(flows0, flows1, strict=True):
         torch.testing.assert_close(f1, f0, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(after1, after0, rtol=1e-5, atol=1e-5)
+
+
+def test_no_chained_backward_where_the_alias_end_cuts_a_block_of_rows(triton_device):
+    """sum_bwd_chain shifts each block of rows (a step's nodes, an input's K rows) to its flow
+    rows once, so a run where the alias end fell inside one would keep the per-layer backward;
+    in the circuits built here it never does (it ends a layer)."""
+    for c in (_hclt12(), structures.hmm(5, 16, 6), _two_chains_then_a_join()):
+        m = pc_compile(c, engine="triton", device=triton_device, precision="fp32")
+        eng = m._engine()
+        runs = list(eng.chain_at.values())
+        assert runs and not any(r.split for r in runs)
+        assert all(r.blocks for r in runs)
+        run = runs[0]
+        row, units = run.blocks[0]
+        assert eng.use_chain_bwd(run, 70)
+        assert units > 1 and run.cut_by(row + 1) and not run.cut_by(row, row + units)
+        run.split = run.cut_by(row + 1)  # as if the alias ended inside the first step's nodes
+        assert not eng.use_chain_bwd(run, 70)

@@ -506,6 +506,11 @@ class _ChainRun:
         # which keeps the weight tile and the next step's (read ahead) at 64 registers a thread
         self.num_warps = min(16, max(4, self.bm * self.bk // 1024))
         ch = np.zeros((self.chains, self.steps, self.width), dtype=np.int64)
+        # the row blocks the backward addresses from one base each: a step's nodes, each input's
+        # K rows (sum_bwd_chain shifts a block's flow rows once: TritonEngine.alias_end must not
+        # cut one; then ``split`` is set and the run keeps the per-layer backward)
+        self.blocks: list[tuple[int, int]] = []
+        self.split = False
         self.ok = self.bm <= CHAIN_MAX_TILE and self.bk <= CHAIN_MAX_TILE
         # every step's weights bk columns at a multiple of 16 (the kernels' FULL)
         self.full = CHAIN_FULL and all(g.k == self.bk and g.w_off % 16 == 0 for g in groups)
@@ -516,8 +521,14 @@ class _ChainRun:
                 self.ok &= len(g.tiles) == -(-g.units // lay.block_m) * -(-g.k // lay.block_k)
                 ch[c, j, :5] = (g.row, g.units, g.w_off, g.k, g.index)
                 ch[c, j, 5 : 5 + g.arity] = np.asarray(g.cols, dtype=np.int64)[0, : g.arity]
+                self.blocks.append((g.row, g.units))
+                self.blocks += [(int(r), g.k) for r in ch[c, j, 5 : 5 + g.arity] if r]
         self.ch = torch.as_tensor(ch.reshape(-1), device=device)
         self.flags: dict = {}  # leaf alias on/off -> the backward's per-step flags (chain_backward)
+
+    def cut_by(self, *ends: int) -> bool:
+        """Whether a row in ``ends`` falls strictly inside one of the run's row blocks."""
+        return any(r < e < r + n for r, n in self.blocks for e in ends)
 
 
 class _ProductLayer:
@@ -611,6 +622,8 @@ class TritonEngine:
         self.alias_end, self.g_alias, self.scale_children, self.row_group, zero = self._sum_alias()
         if zero is not None:  # the flow buffer's rows to zero, from the alias end on
             self.flow_zero_alias = zero
+        for run in self.chain_at.values():  # (see _ChainRun.blocks; the layers end at alias_end)
+            run.split = run.cut_by(self.alias_end, self.leaf_end)
         self.max_columns = max([L.columns for L in self.layers if isinstance(L, _SumLayer)], default=1)
         self._caps: dict = {}  # (batch, aliased) -> _chunk_caps
         self.compiled_for: set[int] = set()  # batch sizes whose kernels were compiled up front
@@ -1118,7 +1131,7 @@ class TritonEngine:
         """Whether the chained run ``run``'s backward takes one launch at batch ``B`` (CHAIN_BWD)."""
         cap = CHAIN_MAX_TILE if _chain_vec(run, B, backward=True) else CHAIN_BWD_MAX_TILE
         return (
-            CHAIN_BWD and run.ok and run.bm <= cap and run.bk <= cap
+            CHAIN_BWD and run.ok and not run.split and run.bm <= cap and run.bk <= cap
             and all(L.exclusive and not self.use_bmm(L, B, backward=True) for L in run.layers)
             and not any(self.plan.recompute.get(t) for t in range(run.start, run.end))
         )  # fmt: skip
