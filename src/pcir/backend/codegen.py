@@ -871,16 +871,22 @@ def _chain_meta(P, j, R, ia, ok):
 
 
 @triton.jit
-def _chain_w(W, w_off, K, units, s, k, BK: tl.constexpr, FULL: tl.constexpr):
-    """A step's weights, rows s < units and columns k < K of the group's block at w_off; FULL
-    (every step of the run BK columns, its block at a multiple of 16): no column mask, and
-    offsets from one aligned base that the compiler knows (loads of 16 bytes, no address
+def _chain_wp(W, w_off, K, s, k, BK: tl.constexpr, FULL: tl.constexpr):
+    """Addresses of a step's weights (or of their parameter flows: W = PF), rows s and columns k
+    of the group's block at w_off; FULL (every step of the run BK columns, its block at a multiple
+    of 16): offsets from one aligned base that the compiler knows (loads of 16 bytes, no address
     arithmetic per element: the masked form's 64-bit addresses and masks were most of a 128 x 128
     step's instructions)."""
     if FULL:  # ((w_off // 16) * 16: a multiple the compiler sees)
-        return tl.load(W + (w_off // 16) * 16 + (s[:, None] * BK + k[None, :]), mask=(s < units)[:, None], other=0.0)
+        return W + (w_off // 16) * 16 + (s[:, None] * BK + k[None, :])
     else:
-        return tl.load(W + w_off + s[:, None] * K + k[None, :], mask=(s < units)[:, None] & (k < K)[None, :], other=0.0)
+        return W + w_off + s[:, None] * K + k[None, :]
+
+
+@triton.jit
+def _chain_w(W, w_off, K, units, s, k, BK: tl.constexpr, FULL: tl.constexpr):
+    """A step's weights, rows s < units and columns k < K (FULL: every column; no mask)."""
+    return tl.load(_chain_wp(W, w_off, K, s, k, BK, FULL), mask=(s < units)[:, None] & ((k < K) | FULL)[None, :], other=0.0)
 
 
 @triton.jit
@@ -993,10 +999,7 @@ def sum_bwd_chain(
                 pf = tl.sum(g[:, None, :] * e[None, :, :], axis=2)
             else:
                 pf = {dot_ge}
-            if FULL:
-                pfp = PF + (w_off // 16) * 16 + (s[:, None] * BK + k[None, :])
-            else:
-                pfp = PF + w_off + s[:, None] * K + k[None, :]
+            pfp = _chain_wp(PF, w_off, K, s, k, BK, FULL)
             tl.atomic_add(pfp, tl.where(w != 0.0, w * pf, 0.0), mask=wm, sem="relaxed")
             if VEC and BB == 1:
                 acc += tl.sum(w * g, axis=0)[:, None]
@@ -1011,13 +1014,13 @@ def sum_bwd_chain(
         # the inputs' first rows read again: computed anew, the rows and addresses of the gathers
         # above are not kept alive until here (at 128 x 128 they spilled)
         r0 = tl.load(P + j * R + 5 + ia)
+        kb = k[:, None] * B + b[None, :]
         for a in tl.static_range(AMAX):  # exclusive: each child row's flow (or G) stored
             ra = tl.sum(tl.where(ia == a, r0, 0))
             if sc != 0:
                 out = _child_flow(fc, tl.where(ra != 0, ra + k, 0), b, m2, V, M, RG, B, True)
             else:
                 out = fc
-            kb = k[:, None] * B + b[None, :]
             tl.store(F + _flow_row(ra, LE, SH) * B + kb, out, mask=m2 & (ra != 0))
         tl.debug_barrier()
 '''

@@ -233,6 +233,7 @@ CHAIN_MAX_TILE = 128
 # 0.370 / 0.708 -> 0.720, hmm-64 0.085 -> 0.090, hclt-128 0.718 -> 0.759)
 CHAIN_BB = 0
 CHAIN_BB_SMALL = 16
+CHAIN_SMALL_TILE = 32 * 32
 # up to this batch, on steps up to CHAIN_VEC_MAX_TILE square, the chained launches run the VEC
 # forms of codegen's sum_fwd_chain and sum_bwd_chain: the steps' sums as products broadcast over
 # the batch's own tile and reduced in registers (IEEE fp32), not tl.dot on a batch tile of 16 (at
@@ -257,7 +258,6 @@ CHAIN_VEC_SUB = 32  # its node sub-tile
 # ncu of hclt-128's chained forward at batch 1 (nineteenth session): 1,138 instructions a warp a
 # step, most of them 64-bit address and mask arithmetic (IMAD, ISETP, LEA) of the masked loads
 CHAIN_FULL = True
-CHAIN_SMALL_TILE = 32 * 32
 # the backward of a chained run in one launch too (codegen's sum_bwd_chain: per step the node
 # preparation, the column factors, the parameter flows by atomic add and the children's flows,
 # top step first, a barrier between steps), where every layer of the run is exclusive, none is a
